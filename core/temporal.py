@@ -1,0 +1,62 @@
+"""The Temporal client factory: one data converter, encrypted payloads, any cluster by settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
+from temporalio.service import TLSConfig
+
+from core.codec import EncryptionCodec, generate_key_spec, parse_keys
+from core.settings import Settings
+
+
+class TemporalUnavailable(RuntimeError):
+    """The Temporal frontend could not be reached."""
+
+
+def load_codec_keys(settings: Settings) -> dict[str, bytes]:
+    """Keys from ``BIZ_CODEC_KEYS``, else from the local secret store."""
+    if settings.codec_keys is not None:
+        return parse_keys(settings.codec_keys.get_secret_value())
+    return parse_keys(settings.secret_store.get_or_create("codec-keys", generate_key_spec))
+
+
+def data_converter(keys: dict[str, bytes]) -> DataConverter:
+    """Pydantic-aware converter whose payloads are encrypted by :class:`EncryptionCodec`."""
+    return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(keys))
+
+
+def _tls(settings: Settings) -> TLSConfig | bool:
+    if settings.temporal_tls_cert is None and settings.temporal_api_key is None:
+        return False
+    return TLSConfig(
+        server_root_ca_cert=settings.temporal_tls_ca.read_bytes()
+        if settings.temporal_tls_ca
+        else None,
+        client_cert=settings.temporal_tls_cert.read_bytes() if settings.temporal_tls_cert else None,
+        client_private_key=settings.temporal_tls_key.read_bytes()
+        if settings.temporal_tls_key
+        else None,
+    )
+
+
+async def connect(settings: Settings) -> Client:
+    """Connect to the configured cluster (dev server, self-hosted with mTLS, or Temporal Cloud)."""
+    converter = data_converter(load_codec_keys(settings))
+    api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=converter,
+            tls=_tls(settings),
+            api_key=api_key,
+        )
+    except RuntimeError as exc:
+        raise TemporalUnavailable(
+            f"cannot reach Temporal at {settings.temporal_address} "
+            f"(namespace {settings.temporal_namespace!r}; set BIZ_TEMPORAL_ADDRESS): {exc}"
+        ) from exc
