@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
 from api import problems
-from api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from api.middleware import BodyLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from api.routers import audit, health
 from core.db import session_factory
 from core.settings import Settings
@@ -27,7 +27,9 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
     app.state.sessions = session_factory(engine)
 
     problems.install(app)
+    # Outermost last: request id, then the catch-all 500, then the body cap.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)
     for module in (health, audit):
         app.include_router(module.router)

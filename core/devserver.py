@@ -56,7 +56,13 @@ class DevServerConfig(BaseModel):
             "--db-filename", str(self.db_filename),
             "--log-level", self.log_level,
             *search.cli_flags(),
+            *self.dynamic_config_args(),
         ]  # fmt: skip
+        return args
+
+    def dynamic_config_args(self) -> list[str]:
+        """``--dynamic-config-value key=value`` flags (the test fixtures pass them too)."""
+        args: list[str] = []
         for key, value in self.dynamic_config.items():
             rendered = str(value).lower() if isinstance(value, bool) else str(value)
             args += ["--dynamic-config-value", f"{key}={rendered}"]

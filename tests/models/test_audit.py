@@ -1,0 +1,67 @@
+"""The hash-chained audit log, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import delete, select, update
+
+from core import audit
+from core.db import SessionFactory, transaction
+from models.audit import AuditEntry
+from tests.factories import member
+
+
+async def _chain_of_three(sessions: SessionFactory) -> uuid.UUID:
+    tenant_id = (await member(sessions)).tenant_id
+    for action in ("user.login", "user.mfa_enabled", "user.logout"):
+        async with transaction(sessions) as session:
+            await audit.append(session, action, tenant_id=tenant_id, data={"n": action})
+    return tenant_id
+
+
+async def test_appended_rows_form_an_intact_chain(sessions: SessionFactory) -> None:
+    tenant_id = await _chain_of_three(sessions)
+    async with sessions() as session:
+        report = await audit.verify(session, tenant_id)
+        seqs = (
+            await session.scalars(select(AuditEntry.seq).where(AuditEntry.tenant_id == tenant_id))
+        ).all()
+    assert report.intact
+    assert report.rows == 3
+    assert sorted(seqs) == [1, 2, 3]
+
+
+async def test_a_changed_row_is_detected(sessions: SessionFactory) -> None:
+    tenant_id = await _chain_of_three(sessions)
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(AuditEntry)
+            .where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq == 2)
+            .values(data={"n": "forged"})
+        )
+    async with sessions() as session:
+        assert (await audit.verify(session, tenant_id)).first_broken_seq == 2
+
+
+async def test_a_deleted_row_is_detected(sessions: SessionFactory) -> None:
+    tenant_id = await _chain_of_three(sessions)
+    async with transaction(sessions) as session:
+        await session.execute(
+            delete(AuditEntry).where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq == 1)
+        )
+    async with sessions() as session:
+        assert (await audit.verify(session, tenant_id)).first_broken_seq == 1
+
+
+async def test_idempotency_key_writes_one_row(sessions: SessionFactory) -> None:
+    tenant_id = (await member(sessions)).tenant_id
+    key = f"once-{uuid.uuid4()}"
+    for _ in range(2):
+        async with transaction(sessions) as session:
+            await audit.append(session, "x.done", tenant_id=tenant_id, idempotency_key=key)
+    async with sessions() as session:
+        rows = (
+            await session.scalars(select(AuditEntry).where(AuditEntry.idempotency_key == key))
+        ).all()
+    assert len(rows) == 1
