@@ -47,7 +47,7 @@ class DevServerConfig(BaseModel):
 
     def command(self, binary: str) -> list[str]:
         """The ``temporal server start-dev`` command line."""
-        args = [
+        return [
             binary, "server", "start-dev",
             "--ip", self.ip,
             "--port", str(self.port),
@@ -58,7 +58,6 @@ class DevServerConfig(BaseModel):
             *search.cli_flags(),
             *self.dynamic_config_args(),
         ]  # fmt: skip
-        return args
 
     def dynamic_config_args(self) -> list[str]:
         """``--dynamic-config-value key=value`` flags (the test fixtures pass them too)."""

@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -162,11 +162,9 @@ def sessions(engine: AsyncEngine) -> SessionFactory:
 
 
 @pytest.fixture
-def settings(
-    database_url: str, codec_spec: str, task_queue: str, tmp_path: Path
-) -> Iterator[Settings]:
-    yield Settings(
-        _env_file=None,  # type: ignore[call-arg]
+def settings(database_url: str, codec_spec: str, task_queue: str, tmp_path: Path) -> Settings:
+    return Settings(
+        _env_file=None,
         data_dir=tmp_path,
         database_url=database_url,
         codec_keys=SecretStr(codec_spec),

@@ -30,7 +30,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [*BIZOSAAS, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
     )
 
@@ -70,7 +70,7 @@ def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]
         "--temporal-port", str(ports["temporal"]),
         "--ui-port", str(ports["ui"]),
     ]  # fmt: skip
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         args, env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip

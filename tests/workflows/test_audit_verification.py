@@ -21,7 +21,9 @@ async def _verify(api: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, 
     started = await api.post("/api/v1/audit/verifications", headers=headers)
     assert started.status_code == 202, started.text
     for _ in range(100):
-        latest = (await api.get("/api/v1/audit/verifications/latest", headers=headers)).json()
+        latest: dict[str, Any] = (
+            await api.get("/api/v1/audit/verifications/latest", headers=headers)
+        ).json()
         if latest["status"] != "running":
             return latest
         await asyncio.sleep(0.05)
