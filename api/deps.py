@@ -10,11 +10,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
-from api.problems import Forbidden, Unauthorized
 from core.db import SessionFactory
+from core.errors import Forbidden, MfaEnrolmentRequired, Unauthorized
+from core.identity import live_session
 from core.security import InvalidToken, Principal, read_access_token
 from core.settings import Settings
-from models.user import Role
+from models.user import Role, User
 
 
 def get_settings(request: Request) -> Settings:
@@ -47,15 +48,22 @@ _bearer = HTTPBearer(auto_error=False)
 
 async def current_principal(
     settings: SettingsDep,
+    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller from a valid bearer access token; 401 otherwise."""
+    """The caller from a valid bearer access token of a live session; 401 otherwise.
+
+    The session is checked on every request, so logout and revocation take effect at once.
+    """
     if credentials is None:
         raise Unauthorized("A bearer access token is required.")
     try:
-        return read_access_token(credentials.credentials, settings.jwt_signing_key())
+        principal = read_access_token(credentials.credentials, settings.jwt_signing_key())
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from None
+    if await live_session(session, principal.session_id) is None:
+        raise Unauthorized("The session has ended; sign in again.")
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
@@ -70,3 +78,14 @@ def require_role(*roles: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
         return principal
 
     return check
+
+
+async def require_mfa(principal: CurrentPrincipal, session: SessionDep) -> Principal:
+    """Step-up: the caller must have TOTP enabled (approvers deciding, for one)."""
+    user = await session.get(User, principal.user_id)
+    if user is None or not user.mfa_enabled:
+        raise MfaEnrolmentRequired("Enable two-factor authentication to perform this action.")
+    return principal
+
+
+MfaPrincipal = Annotated[Principal, Depends(require_mfa)]

@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.errors import Problem
 from core.logging import request_id
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:bizosaas:problem:"
-
-
-class Problem(Exception):
-    """Base class: subclasses set ``status``, ``slug`` and ``title``."""
-
-    status: ClassVar[int] = 400
-    slug: ClassVar[str] = "bad-request"
-    title: ClassVar[str] = "Bad request"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.extra = extra
-
-
-class NotFound(Problem):
-    status, slug, title = 404, "not-found", "Not found"
-
-
-class Conflict(Problem):
-    status, slug, title = 409, "conflict", "Conflict"
-
-
-class Forbidden(Problem):
-    status, slug, title = 403, "forbidden", "Forbidden"
-
-
-class Unauthorized(Problem):
-    status, slug, title = 401, "unauthorized", "Not authenticated"
-
-
-class Unprocessable(Problem):
-    status, slug, title = 422, "validation-error", "Invalid request"
-
-
-class PayloadTooLarge(Problem):
-    status, slug, title = 413, "payload-too-large", "Request body too large"
 
 
 def problem_response(status: int, slug: str, title: str, detail: str, **extra: Any) -> JSONResponse:

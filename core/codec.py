@@ -86,3 +86,24 @@ class EncryptionCodec(PayloadCodec):
             raise CodecKeyError(f"payload was encrypted with unknown key id {kid!r}")
         nonce, ciphertext = payload.data[:_NONCE_BYTES], payload.data[_NONCE_BYTES:]
         return Payload.FromString(cipher.decrypt(nonce, ciphertext, None))
+
+
+class FieldCipher:
+    """AES-GCM for single database fields (the TOTP secret): ``kid:base64(nonce+ciphertext)``."""
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
+        self._active = next(iter(keys))
+
+    def encrypt(self, plaintext: str) -> str:
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = self._ciphers[self._active].encrypt(nonce, plaintext.encode(), None)
+        return f"{self._active}:{base64.b64encode(nonce + sealed).decode()}"
+
+    def decrypt(self, stored: str) -> str:
+        kid, _, encoded = stored.partition(":")
+        cipher = self._ciphers.get(kid)
+        if cipher is None:
+            raise CodecKeyError(f"field was encrypted with unknown key id {kid!r}")
+        raw = base64.b64decode(encoded)
+        return cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], None).decode()

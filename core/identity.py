@@ -1,12 +1,25 @@
-"""Identity writes: users, tenants and memberships (the API's one allowed write path)."""
+"""Identity writes: users, tenants, memberships and sessions (the API's one allowed write path).
+
+Functions here never commit; the request or command boundary does.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
 from core.passwords import hash_password
+from core.security import Principal, issue_access_token
+from core.settings import Settings
+from models.base import utcnow
+from models.identity import AuthSession, RefreshToken
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
 
@@ -17,6 +30,18 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
+def token_digest(token: str) -> str:
+    """SHA-256 hex of an opaque token: what the database stores instead of the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
 async def platform_tenant(session: AsyncSession) -> Tenant:
     """The tenant platform staff belong to, created on first use."""
     tenant = await session.scalar(select(Tenant).where(Tenant.slug == PLATFORM_SLUG))
@@ -25,6 +50,11 @@ async def platform_tenant(session: AsyncSession) -> Tenant:
         session.add(tenant)
         await session.flush()
     return tenant
+
+
+async def membership_of(session: AsyncSession, user_id: uuid.UUID) -> Membership | None:
+    """A user's membership (each user belongs to one tenant)."""
+    return await session.scalar(select(Membership).where(Membership.user_id == user_id))
 
 
 async def ensure_super_admin(session: AsyncSession, email: str, password: str) -> tuple[User, bool]:
@@ -45,19 +75,86 @@ async def ensure_super_admin(session: AsyncSession, email: str, password: str) -
         )
         session.add(user)
         await session.flush()
-    membership = await session.scalar(
-        select(Membership).where(Membership.user_id == user.id, Membership.tenant_id == tenant.id)
-    )
+    membership = await membership_of(session, user.id)
     if membership is None:
         session.add(Membership(user_id=user.id, tenant_id=tenant.id, role=Role.SUPER_ADMIN))
-    elif membership.role is not Role.SUPER_ADMIN:
-        membership.role = Role.SUPER_ADMIN
+    elif membership.role != Role.SUPER_ADMIN or membership.tenant_id != tenant.id:
+        membership.role, membership.tenant_id = Role.SUPER_ADMIN, tenant.id
     else:
         return user, created
     await audit.append(
         session,
-        "user.role_granted",
+        "user.role_changed",
         tenant_id=tenant.id,
         data={"user_id": str(user.id), "role": Role.SUPER_ADMIN.value},
     )
     return user, created
+
+
+def _new_refresh_token(session_id: uuid.UUID) -> tuple[str, RefreshToken]:
+    token = secrets.token_urlsafe(32)
+    return token, RefreshToken(session_id=session_id, token_hash=token_digest(token))
+
+
+def _access_token(settings: Settings, membership: Membership, session_id: uuid.UUID) -> str:
+    principal = Principal(membership.user_id, membership.tenant_id, membership.role, session_id)
+    ttl = timedelta(minutes=settings.access_token_minutes)
+    return issue_access_token(principal, settings.jwt_signing_key(), ttl)
+
+
+async def open_session(
+    session: AsyncSession,
+    membership: Membership,
+    settings: Settings,
+    actor: audit.Actor,
+) -> TokenPair:
+    """Start a sign-in session and return its first token pair."""
+    now = utcnow()
+    auth = AuthSession(
+        id=uuid.uuid4(),
+        user_id=membership.user_id,
+        tenant_id=membership.tenant_id,
+        ip=actor.ip,
+        user_agent=actor.user_agent,
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + timedelta(days=settings.refresh_token_days),
+    )
+    session.add(auth)
+    refresh, row = _new_refresh_token(auth.id)
+    session.add(row)
+    await session.flush()
+    return TokenPair(
+        _access_token(settings, membership, auth.id),
+        refresh,
+        settings.access_token_minutes * 60,
+    )
+
+
+async def revoke_session(
+    session: AsyncSession, session_id: uuid.UUID, reason: str, now: datetime | None = None
+) -> None:
+    """Revoke one session (and so every refresh token of its family)."""
+    await session.execute(
+        update(AuthSession)
+        .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=now or utcnow(), revoked_reason=reason)
+    )
+
+
+async def revoke_all_sessions(session: AsyncSession, user_id: uuid.UUID, reason: str) -> int:
+    """Revoke every live session of a user; returns how many were revoked."""
+    result = await session.execute(
+        update(AuthSession)
+        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+        .values(revoked_at=utcnow(), revoked_reason=reason)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def live_session(session: AsyncSession, session_id: uuid.UUID) -> AuthSession | None:
+    """The session if it is neither revoked nor expired."""
+    auth = await session.get(AuthSession, session_id)
+    if auth is None or auth.revoked_at is not None or auth.expires_at <= utcnow():
+        return None
+    return auth

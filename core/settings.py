@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from core.codec import FieldCipher, generate_key_spec, parse_keys
 from core.secrets import LocalSecretStore
 
 SUPPORTED_DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
@@ -64,6 +65,9 @@ class Settings(BaseSettings):
     # When unset, a key is generated once into the local secret store under data_dir.
     codec_keys: SecretStr | None = None
 
+    # Keys for fields encrypted at rest (TOTP secrets); same format as BIZ_CODEC_KEYS.
+    data_keys: SecretStr | None = None
+    # Signs access tokens and password-reset tokens.
     jwt_secret: SecretStr | None = None
     access_token_minutes: int = 15
     refresh_token_days: int = 30
@@ -88,6 +92,15 @@ class Settings(BaseSettings):
     @property
     def secret_store(self) -> LocalSecretStore:
         return LocalSecretStore(self.data_dir / "secrets")
+
+    def field_cipher(self) -> FieldCipher:
+        """``BIZ_DATA_KEYS``, else a key generated once into the local secret store."""
+        spec = (
+            self.data_keys.get_secret_value()
+            if self.data_keys is not None
+            else self.secret_store.get_or_create("data-keys", generate_key_spec)
+        )
+        return FieldCipher(parse_keys(spec))
 
     def jwt_signing_key(self) -> str:
         """``BIZ_JWT_SECRET``, else a key generated once into the local secret store."""

@@ -5,7 +5,22 @@ Importing this package registers every table on ``Base.metadata`` (Alembic relie
 
 from models.audit import AuditEntry
 from models.base import Base
+from models.email import OutboundEmail
+from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
 
-__all__ = ["AuditEntry", "Base", "Membership", "Role", "Tenant", "TenantStatus", "User"]
+__all__ = [
+    "AuditEntry",
+    "AuthSession",
+    "Base",
+    "Membership",
+    "OutboundEmail",
+    "RecoveryCode",
+    "RefreshToken",
+    "Role",
+    "SsoIdentity",
+    "Tenant",
+    "TenantStatus",
+    "User",
+]

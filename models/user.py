@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import ForeignKey, String, UniqueConstraint
@@ -28,6 +29,12 @@ class User(Timestamped, Base):
     full_name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str | None] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True)
+    failed_logins: Mapped[int] = mapped_column(default=0)
+    locked_until: Mapped[datetime | None]
+    # TOTP: the secret is encrypted at rest; the last accepted time step blocks replays.
+    mfa_enabled: Mapped[bool] = mapped_column(default=False)
+    mfa_secret: Mapped[str | None] = mapped_column(String(255))
+    mfa_last_step: Mapped[int | None]
 
 
 class Membership(Timestamped, Base):

@@ -1,13 +1,13 @@
-"""Test data written straight to the database, and tokens minted for it."""
+"""Test data written straight to the database, with a signed-in session for it."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 
+from core import audit
 from core.db import SessionFactory, transaction
-from core.security import Principal, issue_access_token
+from core.identity import open_session
 from core.settings import Settings
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
@@ -18,23 +18,25 @@ class Member:
     tenant_id: uuid.UUID
     user_id: uuid.UUID
     role: Role
+    email: str
+    access_token: str
+    refresh_token: str
 
-    def token(self, settings: Settings) -> str:
-        principal = Principal(self.user_id, self.tenant_id, self.role, uuid.uuid4())
-        return issue_access_token(principal, settings.jwt_signing_key(), timedelta(minutes=5))
-
-    def headers(self, settings: Settings) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(settings)}"}
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
 
 
 async def member(
     sessions: SessionFactory,
+    settings: Settings,
     role: Role = Role.TENANT_ADMIN,
     *,
     tenant_id: uuid.UUID | None = None,
     status: TenantStatus = TenantStatus.ACTIVE,
+    mfa_enabled: bool = False,
 ) -> Member:
-    """A user with ``role`` in a new tenant, or in ``tenant_id`` when given."""
+    """A signed-in user with ``role`` in a new tenant, or in ``tenant_id`` when given."""
     suffix = uuid.uuid4().hex[:10]
     async with transaction(sessions) as session:
         if tenant_id is None:
@@ -42,8 +44,16 @@ async def member(
             session.add(tenant)
             await session.flush()
             tenant_id = tenant.id
-        user = User(email=f"user-{suffix}@example.com", full_name="Test User", password_hash=None)
+        user = User(
+            email=f"user-{suffix}@example.com",
+            full_name="Test User",
+            password_hash=None,
+            mfa_enabled=mfa_enabled,
+        )
         session.add(user)
         await session.flush()
-        session.add(Membership(user_id=user.id, tenant_id=tenant_id, role=role))
-    return Member(tenant_id=tenant_id, user_id=user.id, role=role)
+        membership = Membership(user_id=user.id, tenant_id=tenant_id, role=role)
+        session.add(membership)
+        await session.flush()
+        tokens = await open_session(session, membership, settings, audit.Actor())
+    return Member(tenant_id, user.id, role, user.email, tokens.access_token, tokens.refresh_token)

@@ -15,8 +15,8 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SettingsDep, TemporalDep, require_role
-from api.problems import NotFound
 from core import search
+from core.errors import NotFound
 from core.security import Principal
 from models.audit import ChainReport
 from models.user import Role

@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
+from core.errors import Conflict
 
 PROBLEM = "application/problem+json"
 
@@ -28,7 +29,7 @@ def _app() -> FastAPI:
 
     @app.get("/conflict")
     async def conflict() -> None:
-        raise problems.Conflict("already decided", current_status="approved")
+        raise Conflict("already decided", current_status="approved")
 
     return app
 

@@ -8,20 +8,23 @@ from sqlalchemy import delete, select, update
 
 from core import audit
 from core.db import SessionFactory, transaction
+from core.settings import Settings
 from models.audit import AuditEntry
 from tests.factories import member
 
 
-async def _chain_of_three(sessions: SessionFactory) -> uuid.UUID:
-    tenant_id = (await member(sessions)).tenant_id
+async def _chain_of_three(sessions: SessionFactory, settings: Settings) -> uuid.UUID:
+    tenant_id = (await member(sessions, settings)).tenant_id
     for action in ("user.login", "user.mfa_enabled", "user.logout"):
         async with transaction(sessions) as session:
             await audit.append(session, action, tenant_id=tenant_id, data={"n": action})
     return tenant_id
 
 
-async def test_appended_rows_form_an_intact_chain(sessions: SessionFactory) -> None:
-    tenant_id = await _chain_of_three(sessions)
+async def test_appended_rows_form_an_intact_chain(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    tenant_id = await _chain_of_three(sessions, settings)
     async with sessions() as session:
         report = await audit.verify(session, tenant_id)
         seqs = (
@@ -32,8 +35,8 @@ async def test_appended_rows_form_an_intact_chain(sessions: SessionFactory) -> N
     assert sorted(seqs) == [1, 2, 3]
 
 
-async def test_a_changed_row_is_detected(sessions: SessionFactory) -> None:
-    tenant_id = await _chain_of_three(sessions)
+async def test_a_changed_row_is_detected(sessions: SessionFactory, settings: Settings) -> None:
+    tenant_id = await _chain_of_three(sessions, settings)
     async with transaction(sessions) as session:
         await session.execute(
             update(AuditEntry)
@@ -44,8 +47,8 @@ async def test_a_changed_row_is_detected(sessions: SessionFactory) -> None:
         assert (await audit.verify(session, tenant_id)).first_broken_seq == 2
 
 
-async def test_a_deleted_row_is_detected(sessions: SessionFactory) -> None:
-    tenant_id = await _chain_of_three(sessions)
+async def test_a_deleted_row_is_detected(sessions: SessionFactory, settings: Settings) -> None:
+    tenant_id = await _chain_of_three(sessions, settings)
     async with transaction(sessions) as session:
         await session.execute(
             delete(AuditEntry).where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq == 1)
@@ -54,8 +57,8 @@ async def test_a_deleted_row_is_detected(sessions: SessionFactory) -> None:
         assert (await audit.verify(session, tenant_id)).first_broken_seq == 1
 
 
-async def test_idempotency_key_writes_one_row(sessions: SessionFactory) -> None:
-    tenant_id = (await member(sessions)).tenant_id
+async def test_idempotency_key_writes_one_row(sessions: SessionFactory, settings: Settings) -> None:
+    tenant_id = (await member(sessions, settings)).tenant_id
     key = f"once-{uuid.uuid4()}"
     for _ in range(2):
         async with transaction(sessions) as session:

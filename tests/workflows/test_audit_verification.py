@@ -30,8 +30,8 @@ async def _verify(api: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, 
     raise AssertionError("verification did not finish")
 
 
-async def _admin_with_history(sessions: SessionFactory) -> Member:
-    admin = await member(sessions, Role.TENANT_ADMIN)
+async def _admin_with_history(sessions: SessionFactory, settings: Settings) -> Member:
+    admin = await member(sessions, settings, Role.TENANT_ADMIN)
     for n in range(3):
         async with transaction(sessions) as session:
             await audit.append(session, "user.login", tenant_id=admin.tenant_id, data={"n": n})
@@ -41,8 +41,8 @@ async def _admin_with_history(sessions: SessionFactory) -> Member:
 async def test_intact_chain(
     api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings, temporal_client: Client
 ) -> None:
-    admin = await _admin_with_history(sessions)
-    result = await _verify(api, admin.headers(settings))
+    admin = await _admin_with_history(sessions, settings)
+    result = await _verify(api, admin.headers)
     assert result["status"] == "completed"
     assert result["report"] == {"rows": 3, "first_broken_seq": None}
 
@@ -59,14 +59,14 @@ async def test_intact_chain(
 async def test_tampered_chain_is_reported_once(
     api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
 ) -> None:
-    admin = await _admin_with_history(sessions)
+    admin = await _admin_with_history(sessions, settings)
     async with transaction(sessions) as session:
         await session.execute(
             update(AuditEntry)
             .where(AuditEntry.tenant_id == admin.tenant_id, AuditEntry.seq == 2)
             .values(action="user.logout")
         )
-    result = await _verify(api, admin.headers(settings))
+    result = await _verify(api, admin.headers)
     assert result["report"] == {"rows": 2, "first_broken_seq": 2}
     async with sessions() as session:
         findings = (
@@ -85,8 +85,8 @@ async def test_tampered_chain_is_reported_once(
 async def test_roles_and_authentication(
     api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
 ) -> None:
-    reader = await member(sessions, Role.READONLY)
-    refused = await api.post("/api/v1/audit/verifications", headers=reader.headers(settings))
+    reader = await member(sessions, settings, Role.READONLY)
+    refused = await api.post("/api/v1/audit/verifications", headers=reader.headers)
     assert refused.status_code == 403
     anonymous = await api.post("/api/v1/audit/verifications")
     assert anonymous.status_code == 401
@@ -96,6 +96,6 @@ async def test_roles_and_authentication(
 async def test_no_run_yet_is_404(
     api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
 ) -> None:
-    admin = await member(sessions, Role.TENANT_ADMIN)
-    response = await api.get("/api/v1/audit/verifications/latest", headers=admin.headers(settings))
+    admin = await member(sessions, settings, Role.TENANT_ADMIN)
+    response = await api.get("/api/v1/audit/verifications/latest", headers=admin.headers)
     assert response.status_code == 404
