@@ -73,6 +73,16 @@ class Settings(BaseSettings):
     refresh_token_days: int = 30
     max_body_bytes: int = 1_048_576
 
+    # E-mail: without an SMTP host, messages go to the outbox table and the log.
+    mail_from: str = "BizOSaaS <no-reply@bizosaas.local>"
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    # Where links in e-mails point (the frontend).
+    public_app_url: str = "http://127.0.0.1:3000"
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     log_level: str = "INFO"

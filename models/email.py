@@ -1,18 +1,29 @@
-"""Every outgoing e-mail, keyed by the idempotency key of the effect that sent it."""
+"""Outgoing e-mail: the message type activities hand to the mailer, and the outbox table."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
 
+from pydantic import BaseModel, EmailStr
 from sqlalchemy import String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, new_id, utcnow
 
 
+class EmailMessage(BaseModel):
+    """One e-mail; ``idempotency_key`` makes sending it twice a no-op."""
+
+    idempotency_key: str
+    to: EmailStr
+    subject: str
+    body: str
+    tenant_id: uuid.UUID | None = None
+
+
 class OutboundEmail(Base):
-    """The outbox: the embedded default's delivery, and the SMTP path's duplicate guard."""
+    """Every e-mail sent: the embedded default's delivery, and the SMTP path's duplicate guard."""
 
     __tablename__ = "outbound_emails"
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import email
+import email.message
 import os
 import shutil
+import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,6 +51,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def sibling_binary(name: str) -> str:
@@ -178,7 +189,7 @@ async def worker(
     temporal_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
 ) -> AsyncIterator[Worker]:
     """A real worker on the dev server, polling this test's own task queue."""
-    worker = build_worker(temporal_env.client, sessions, settings.temporal_task_queue)
+    worker = build_worker(temporal_env.client, sessions, settings)
     async with worker:
         yield worker
 
@@ -208,3 +219,39 @@ async def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> 
     url = await _create_postgres_database()
     yield url
     await _drop_postgres_database(url)
+
+
+# --- E-mail -------------------------------------------------------------------------------
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on loopback that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.Message] = []
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+        assert isinstance(envelope.content, bytes)
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+    def to(self, address: str) -> list[email.message.Message]:
+        return [m for m in self.messages if m["To"] == address]
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink()
+    sink.controller.start()
+    yield sink
+    sink.controller.stop()
+
+
+@pytest.fixture
+def smtp_settings(settings: Settings, smtp_sink: SmtpSink) -> Settings:
+    """The test settings, delivering e-mail to the SMTP sink."""
+    return settings.model_copy(
+        update={"smtp_host": "127.0.0.1", "smtp_port": smtp_sink.port, "smtp_starttls": False}
+    )

@@ -17,13 +17,13 @@ from workers import registry
 log = logging.getLogger(__name__)
 
 
-def build_worker(client: Client, sessions: SessionFactory, task_queue: str) -> Worker:
-    """A worker for ``task_queue`` with every workflow and activity registered."""
+def build_worker(client: Client, sessions: SessionFactory, settings: Settings) -> Worker:
+    """A worker for the settings' task queue with every workflow and activity registered."""
     return Worker(
         client,
-        task_queue=task_queue,
+        task_queue=settings.temporal_task_queue,
         workflows=registry.WORKFLOWS,
-        activities=registry.activities(sessions),
+        activities=registry.activities(sessions, settings),
     )
 
 
@@ -35,7 +35,7 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    worker = build_worker(client, session_factory(engine), settings.temporal_task_queue)
+    worker = build_worker(client, session_factory(engine), settings)
     try:
         async with worker:
             log.info("worker polling task queue %s", settings.temporal_task_queue)
