@@ -6,6 +6,7 @@ Functions here never commit; the request or command boundary does.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -158,3 +159,42 @@ async def live_session(session: AsyncSession, session_id: uuid.UUID) -> AuthSess
     if auth is None or auth.revoked_at is not None or auth.expires_at <= utcnow():
         return None
     return auth
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60]
+    return slug or "tenant"
+
+
+async def _free_slug(session: AsyncSession, name: str) -> str:
+    base = slugify(name)
+    taken = set(
+        (await session.scalars(select(Tenant.slug).where(Tenant.slug.like(f"{base}%")))).all()
+    )
+    if base not in taken and base != PLATFORM_SLUG:
+        return base
+    return next(f"{base}-{n}" for n in range(2, len(taken) + 3) if f"{base}-{n}" not in taken)
+
+
+async def create_tenant_with_admin(
+    session: AsyncSession,
+    *,
+    email: str,
+    full_name: str,
+    company_name: str,
+    password_hash: str | None,
+) -> Membership:
+    """A new tenant in ``onboarding`` and its first user as ``tenant_admin``.
+
+    The caller owns the transaction; a taken e-mail surfaces as an ``IntegrityError`` at flush.
+    """
+    tenant = Tenant(name=company_name.strip(), slug=await _free_slug(session, company_name))
+    user = User(
+        email=normalize_email(email), full_name=full_name.strip(), password_hash=password_hash
+    )
+    session.add_all([tenant, user])
+    await session.flush()
+    membership = Membership(user_id=user.id, tenant_id=tenant.id, role=Role.TENANT_ADMIN)
+    session.add(membership)
+    await session.flush()
+    return membership
