@@ -92,12 +92,12 @@ async def ensure_super_admin(session: AsyncSession, email: str, password: str) -
     return user, created
 
 
-def _new_refresh_token(session_id: uuid.UUID) -> tuple[str, RefreshToken]:
+def new_refresh_token(session_id: uuid.UUID) -> tuple[str, RefreshToken]:
     token = secrets.token_urlsafe(32)
     return token, RefreshToken(session_id=session_id, token_hash=token_digest(token))
 
 
-def _access_token(settings: Settings, membership: Membership, session_id: uuid.UUID) -> str:
+def access_token_for(settings: Settings, membership: Membership, session_id: uuid.UUID) -> str:
     principal = Principal(membership.user_id, membership.tenant_id, membership.role, session_id)
     ttl = timedelta(minutes=settings.access_token_minutes)
     return issue_access_token(principal, settings.jwt_signing_key(), ttl)
@@ -122,11 +122,11 @@ async def open_session(
         expires_at=now + timedelta(days=settings.refresh_token_days),
     )
     session.add(auth)
-    refresh, row = _new_refresh_token(auth.id)
+    refresh, row = new_refresh_token(auth.id)
     session.add(row)
     await session.flush()
     return TokenPair(
-        _access_token(settings, membership, auth.id),
+        access_token_for(settings, membership, auth.id),
         refresh,
         settings.access_token_minutes * 60,
     )

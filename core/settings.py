@@ -71,7 +71,16 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr | None = None
     access_token_minutes: int = 15
     refresh_token_days: int = 30
+    # How long an e-mailed password-reset link stays valid.
+    password_reset_minutes: int = 30
     max_body_bytes: int = 1_048_576
+    # Sign-in protection: lockout after repeated failures, and rate limits ("N/period").
+    lockout_threshold: int = 5
+    lockout_minutes: int = 15
+    login_rate_per_ip: str = "30/minute"
+    login_rate_per_account: str = "10/minute"
+    # Rate-limit counters live in memory per process unless Redis is configured.
+    redis_url: str | None = None
 
     # E-mail: without an SMTP host, messages go to the outbox table and the log.
     mail_from: str = "BizOSaaS <no-reply@bizosaas.local>"
@@ -82,6 +91,29 @@ class Settings(BaseSettings):
     smtp_starttls: bool = True
     # Where links in e-mails point (the frontend).
     public_app_url: str = "http://127.0.0.1:3000"
+
+    # Single sign-on: a provider is enabled by its client id. The discovery URL points a provider
+    # at another issuer (a self-hosted IdP; required for the generic "oidc" one); scopes replace
+    # the provider's defaults. Plain-http issuers are allowed only with sso_allow_insecure_http.
+    sso_google_client_id: str | None = None
+    sso_google_client_secret: SecretStr | None = None
+    sso_google_discovery_url: str | None = None
+    sso_google_scopes: list[str] | None = None
+    sso_github_client_id: str | None = None
+    sso_github_client_secret: SecretStr | None = None
+    sso_github_discovery_url: str | None = None
+    sso_github_scopes: list[str] | None = None
+    sso_microsoft_client_id: str | None = None
+    sso_microsoft_client_secret: SecretStr | None = None
+    sso_microsoft_discovery_url: str | None = None
+    sso_microsoft_scopes: list[str] | None = None
+    sso_oidc_client_id: str | None = None
+    sso_oidc_client_secret: SecretStr | None = None
+    sso_oidc_discovery_url: str | None = None
+    sso_oidc_scopes: list[str] | None = None
+    sso_allow_insecure_http: bool = False
+    # This API's public base URL: SSO providers redirect back to it.
+    public_api_url: str = "http://127.0.0.1:8000"
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -97,6 +129,17 @@ class Settings(BaseSettings):
         if not self.database_url:
             path = (self.data_dir / "bizosaas.db").resolve()
             self.database_url = f"sqlite+aiosqlite:///{path}"
+        return self
+
+    @model_validator(mode="after")
+    def _check_sso(self) -> Settings:
+        for provider in ("google", "github", "microsoft", "oidc"):
+            if getattr(self, f"sso_{provider}_client_id") is None:
+                continue
+            if getattr(self, f"sso_{provider}_client_secret") is None:
+                raise ValueError(f"BIZ_SSO_{provider.upper()}_CLIENT_SECRET is not set")
+        if self.sso_oidc_client_id is not None and self.sso_oidc_discovery_url is None:
+            raise ValueError("BIZ_SSO_OIDC_DISCOVERY_URL is not set")
         return self
 
     @property

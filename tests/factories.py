@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from core import audit
 from core.db import SessionFactory, transaction
 from core.identity import open_session
+from core.passwords import hash_password
 from core.settings import Settings
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
@@ -35,6 +36,7 @@ async def member(
     tenant_id: uuid.UUID | None = None,
     status: TenantStatus = TenantStatus.ACTIVE,
     mfa_enabled: bool = False,
+    password: str | None = None,
 ) -> Member:
     """A signed-in user with ``role`` in a new tenant, or in ``tenant_id`` when given."""
     suffix = uuid.uuid4().hex[:10]
@@ -47,7 +49,7 @@ async def member(
         user = User(
             email=f"user-{suffix}@example.com",
             full_name="Test User",
-            password_hash=None,
+            password_hash=await hash_password(password) if password else None,
             mfa_enabled=mfa_enabled,
         )
         session.add(user)

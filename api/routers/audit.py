@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import csv
+import io
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel
+from sqlalchemy import select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import (
     SearchAttributePair,
@@ -14,16 +20,76 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import SettingsDep, TemporalDep, require_role
+from api.deps import SessionDep, SettingsDep, TemporalDep, require_role
 from core import search
 from core.errors import NotFound
 from core.security import Principal
-from models.audit import ChainReport
+from models.audit import AuditEntry, ChainReport, chain_of
 from models.user import Role
 from workflows.audit_verification import PROCESS, AuditVerificationWorkflow, workflow_id
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.SUPER_ADMIN))]
+
+
+class AuditItem(BaseModel):
+    seq: int
+    action: str
+    actor_id: uuid.UUID | None
+    ip: str | None
+    user_agent: str | None
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class AuditPage(BaseModel):
+    items: list[AuditItem]
+    next_cursor: int | None
+
+
+_CSV_FIELDS = ["seq", "created_at", "action", "actor_id", "ip", "user_agent", "data"]
+
+
+def _csv(items: list[AuditItem]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS)
+    writer.writeheader()
+    for item in items:
+        row = item.model_dump(mode="json")
+        row["data"] = json.dumps(row["data"], sort_keys=True)
+        writer.writerow(row)
+    return out.getvalue()
+
+
+@router.get("", summary="The caller's tenant audit log, newest first", response_model=AuditPage)
+async def list_audit(
+    principal: TenantAdmin,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        int | None, Query(ge=1, description="next_cursor of the previous page")
+    ] = None,
+    output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
+) -> AuditPage | Response:
+    """Keyset-paginated by sequence number; ``format=csv`` downloads the page as CSV."""
+    query = (
+        select(AuditEntry)
+        .where(AuditEntry.chain == chain_of(principal.tenant_id))
+        .order_by(AuditEntry.seq.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        query = query.where(AuditEntry.seq < cursor)
+    rows = (await session.scalars(query)).all()
+    items = [AuditItem.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    next_cursor = items[-1].seq if len(rows) > limit else None
+    if output == "csv":
+        return Response(
+            _csv(items),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+        )
+    return AuditPage(items=items, next_cursor=next_cursor)
 
 
 class VerificationStarted(BaseModel):

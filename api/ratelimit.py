@@ -1,0 +1,50 @@
+"""Rate limits on sign-in routes: in memory by default, shared through Redis when configured."""
+
+from __future__ import annotations
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import Storage
+from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
+from redis.asyncio import ConnectionPool
+
+from core.errors import TooManyRequests
+from core.settings import Settings
+
+
+class RateLimits:
+    """Named limits checked with a moving window.
+
+    Counters live in Redis (shared by every API process) when ``BIZ_REDIS_URL`` is set,
+    else in this process's memory.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._pool: ConnectionPool | None = None
+        if settings.redis_url:
+            self._pool = ConnectionPool.from_url(settings.redis_url)
+            url = settings.redis_url.replace("redis://", "async+redis://", 1)
+            # limits passes the pool through to redis-py (its stubs type options too narrowly).
+            storage = storage_from_string(
+                url,
+                implementation="redispy",
+                connection_pool=self._pool,  # type: ignore[arg-type]
+            )
+        else:
+            storage = storage_from_string("async+memory://")
+        assert isinstance(storage, Storage)
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._per_ip: RateLimitItem = parse(settings.login_rate_per_ip)
+        self._per_account: RateLimitItem = parse(settings.login_rate_per_account)
+
+    async def login_attempt(self, ip: str, account: str) -> None:
+        """Count one attempt against the IP and the account; 429 past either limit."""
+        by_ip = await self._limiter.hit(self._per_ip, "login-ip", ip)
+        by_account = await self._limiter.hit(self._per_account, "login-account", account)
+        if not (by_ip and by_account):
+            raise TooManyRequests("Too many sign-in attempts; wait a minute and try again.")
+
+    async def aclose(self) -> None:
+        """Close the Redis connections, if any."""
+        if self._pool is not None:
+            await self._pool.disconnect()
