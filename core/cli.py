@@ -81,8 +81,12 @@ def _api(_: argparse.Namespace) -> int:
 
 
 def _create_admin(args: argparse.Namespace) -> int:
+    from core import password_policy
     from core.db import create_engine, session_factory, transaction
     from core.identity import ensure_super_admin
+
+    if weaknesses := password_policy.problems(args.password, email=args.email):
+        raise Fatal(f"--password {'; '.join(weaknesses)}")
 
     async def run() -> bool:
         engine = create_engine(_settings().database_url)

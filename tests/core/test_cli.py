@@ -150,7 +150,18 @@ def test_unreachable_database_is_one_clear_line(tmp_path: Path) -> None:
 def test_create_admin_is_idempotent(tmp_path: Path) -> None:
     env = _env(tmp_path)
     assert _run(["migrate"], env, tmp_path).returncode == 0
-    args = ["users", "create-admin", "--email", "Root@Example.com", "--password", "x" * 16]
+    weak = _run(["users", "create-admin", "--email", "a@example.com", "--password", "password1"],
+                env, tmp_path)  # fmt: skip
+    assert weak.returncode == 1
+    assert weak.stderr.startswith("bizosaas: --password must be at least 12 characters long")
+    args = [
+        "users",
+        "create-admin",
+        "--email",
+        "Root@Example.com",
+        "--password",
+        "kite-lemon-29-orbit",
+    ]
     first, second = _run(args, env, tmp_path), _run(args, env, tmp_path)
     assert first.returncode == second.returncode == 0, first.stderr
     assert "created" in first.stdout
