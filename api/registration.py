@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
+from api.routers.onboarding import start_onboarding
 from core import audit
 from core.errors import Conflict
 from core.identity import create_tenant_with_admin
@@ -67,7 +68,5 @@ async def register_tenant(
         data={"method": method},
     )  # fmt: skip
     await session.commit()
-    from api.routers.onboarding import start_onboarding
-
     workflow_id = await start_onboarding(client, settings, membership.tenant_id)
     return Registration(membership, workflow_id)

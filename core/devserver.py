@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -141,23 +142,28 @@ def run(config: DevServerConfig, ports: DevPorts, base_env: dict[str, str]) -> i
     ):
         ensure_port_free(host, port, what=what, change_with=flag)
     config.db_filename.parent.mkdir(parents=True, exist_ok=True)
+    api = f"http://{ports.api_host}:{ports.api_port}"
+    ui_origins = [f"http://{host}:{config.ui_port}" for host in (config.ip, "localhost")]
     env = base_env | {
         "BIZ_TEMPORAL_ADDRESS": f"{config.ip}:{config.port}",
         "BIZ_TEMPORAL_NAMESPACE": config.namespace,
         "BIZ_API_HOST": ports.api_host,
         "BIZ_API_PORT": str(ports.api_port),
+        # The local UI decodes payloads through the API's codec endpoint.
+        "BIZ_CODEC_SERVER_OPEN": "true",
+        "BIZ_CODEC_SERVER_ORIGINS": json.dumps(ui_origins),
     }
     supervisor = Supervisor()
     previous = {s: signal.signal(s, supervisor.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        supervisor.start("temporal", config.command(temporal_binary()), env)
+        temporal = [*config.command(temporal_binary()), "--ui-codec-endpoint", f"{api}/codec"]
+        supervisor.start("temporal", temporal, env)
         wait_for_port(
             config.ip, config.port, timeout=30.0, alive=lambda: supervisor.exited() is None
         )
         me = [sys.executable, "-m", "core.cli"]
         supervisor.start("worker", [*me, "worker"], env)
         supervisor.start("api", [*me, "api"], env)
-        api = f"http://{ports.api_host}:{ports.api_port}"
         _wait_for_health(f"{api}/healthz", supervisor, timeout=60.0)
         if not supervisor.stopping:
             print(f"API docs:    {api}/docs", flush=True)

@@ -36,7 +36,7 @@ def problems(password: str, *, email: str = "", names: tuple[str, ...] = ()) -> 
         found.append("is a commonly used password")
     elif len(set(lowered)) <= 3:
         found.append("repeats too few characters")
-    personal = [email.split("@")[0].lower(), *(n.lower() for n in names)]
-    if any(len(p) >= 4 and p in lowered for p in personal):
+    personal = re.split(r"[\W_]+", " ".join([email.split("@")[0], *names]).lower())
+    if any(len(word) >= 4 and word in lowered for word in personal):
         found.append("must not contain your e-mail name or company name")
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -114,6 +115,31 @@ class Settings(BaseSettings):
     sso_allow_insecure_http: bool = False
     # This API's public base URL: SSO providers redirect back to it.
     public_api_url: str = "http://127.0.0.1:8000"
+
+    # Tenant onboarding: the approval's deadlines, how long an unsubmitted application lives,
+    # and the supporting documents' limits.
+    onboarding_remind_after: timedelta = timedelta(hours=24)
+    onboarding_escalate_after: timedelta = timedelta(hours=48)
+    onboarding_expire_after: timedelta = timedelta(days=7)
+    onboarding_abandon_after: timedelta = timedelta(days=30)
+    document_max_bytes: int = 10 * 1024 * 1024
+    max_documents: int = 10
+    # Lifetime of upload and download URLs.
+    document_url_seconds: int = 300
+
+    # Object storage: S3 (or any S3-compatible store) when a bucket is set, else files under
+    # data_dir served by this API through signed URLs.
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+
+    # The remote codec endpoint (/codec) lets the Temporal UI show decrypted payloads. It needs a
+    # super_admin token unless open (only `bizosaas dev` opens it, on loopback); the UI's origins
+    # are allowed to call it cross-origin.
+    codec_server_open: bool = False
+    codec_server_origins: list[str] = []
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
