@@ -7,12 +7,13 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from core.codec import FieldCipher, generate_key_spec, parse_keys
+from core.plans import PlanSpec, check_catalogue, default_plans
 from core.secrets import LocalSecretStore
 
 SUPPORTED_DRIVERS = {"sqlite+aiosqlite", "postgresql+asyncpg"}
@@ -141,6 +142,24 @@ class Settings(BaseSettings):
     codec_server_open: bool = False
     codec_server_origins: list[str] = []
 
+    # Billing through Stripe: the secret key enables it; the API base points the SDK at another
+    # Stripe-compatible server (localstripe in tests). Webhook signatures older than the
+    # tolerance are refused. Plans default to the product's four (see core/plans.py).
+    stripe_secret_key: SecretStr | None = None
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_webhook_tolerance_seconds: int = 300
+    billing_plans: list[PlanSpec] = Field(default_factory=default_plans)
+    # A new subscription's free trial (0: paid from the start), the grace period after a failed
+    # payment before the tenant is suspended, the reminder days within it, and how long a
+    # cancelled tenant's data is kept.
+    billing_trial_days: int = Field(default=14, ge=0)
+    billing_grace_days: int = Field(default=7, ge=1)
+    billing_reminder_days: list[int] = [1, 3, 6]
+    billing_retention_days: int = Field(default=30, ge=1)
+    # Usage is aggregated and reported to Stripe meters this often, per tenant.
+    usage_report_every: timedelta = timedelta(hours=1)
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     log_level: str = "INFO"
@@ -149,6 +168,17 @@ class Settings(BaseSettings):
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         return normalize_database_url(value) if value else value
+
+    @field_validator("billing_plans")
+    @classmethod
+    def _check_plans(cls, value: list[PlanSpec]) -> list[PlanSpec]:
+        return check_catalogue(value)
+
+    @model_validator(mode="after")
+    def _check_reminders(self) -> Settings:
+        if any(not 0 < day < self.billing_grace_days for day in self.billing_reminder_days):
+            raise ValueError("BIZ_BILLING_REMINDER_DAYS must fall within BIZ_BILLING_GRACE_DAYS")
+        return self
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
