@@ -26,11 +26,17 @@ log = logging.getLogger(__name__)
 class Transport(Protocol):
     """Delivers one recorded message."""
 
+    # Whether the outbox row keeps the body: only where the row is the delivery, since
+    # bodies can carry single-use links (password reset) that must not rest in the database.
+    keeps_body: bool
+
     async def deliver(self, message: EmailMessage, sender: str) -> None: ...
 
 
 class LogTransport:
     """The embedded default: the outbox row is the delivery; a log line says so."""
+
+    keeps_body = True
 
     async def deliver(self, message: EmailMessage, sender: str) -> None:
         log.info("e-mail %s recorded in the outbox (no SMTP host set)", message.idempotency_key)
@@ -38,6 +44,8 @@ class LogTransport:
 
 class SmtpTransport:
     """SMTP through aiosmtplib, with a Message-ID derived from the idempotency key."""
+
+    keeps_body = False
 
     def __init__(self, settings: Settings) -> None:
         assert settings.smtp_host is not None
@@ -92,7 +100,7 @@ class Mailer:
                     tenant_id=message.tenant_id,
                     recipient=str(message.to),
                     subject=message.subject,
-                    body=message.body,
+                    body=message.body if self._transport.keeps_body else "",
                 )
                 session.add(row)
             return row

@@ -31,6 +31,13 @@ async def test_smtp_delivers_once_per_key(
     assert received["Subject"] == "Hello"
     assert str(received.get_payload()).strip() == "Welcome aboard."
     assert message.idempotency_key.replace(":", ".") in received["Message-ID"]
+    async with sessions() as session:
+        row = await session.scalar(
+            select(OutboundEmail).where(OutboundEmail.idempotency_key == message.idempotency_key)
+        )
+    assert row is not None
+    assert row.sent_at is not None
+    assert row.body == ""  # delivered by SMTP: single-use links do not rest in the database
 
 
 async def test_default_records_in_the_outbox(settings: Settings, sessions: SessionFactory) -> None:

@@ -1,0 +1,72 @@
+"""Password reset: the types that cross the workflow boundary, and the reset token's format.
+
+The token is ``<user id hex>.<base64url HMAC-SHA256(signing key, "password-reset:" + run id)>``:
+the same for every retry of one run (so a re-sent e-mail carries the same link), different for
+every new run (so a new request kills the previous link). Only its SHA-256 digest ever enters
+workflow history; the API reads the user id from it to find the workflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import uuid
+from datetime import timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel
+
+TOKEN_PURPOSE = "password-reset:"  # noqa: S105 - the HMAC message prefix
+_TOKEN_SHAPE = re.compile(r"^([0-9a-f]{32})\.([A-Za-z0-9_-]{43})$")
+
+
+class ResetStatus(StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+
+
+class PasswordResetInput(BaseModel):
+    """What a reset run needs: whose password, and how long the e-mailed link stays valid."""
+
+    user_id: uuid.UUID
+    token_ttl: timedelta
+
+
+class ResetEmail(BaseModel):
+    """Input of the e-mail activity; the run id fixes both the token and the send key."""
+
+    user_id: uuid.UUID
+    run_id: str
+    token_ttl: timedelta
+
+
+class ResetConfirmation(BaseModel):
+    """The confirm update: the digest of the presented token and the already-hashed password."""
+
+    token_digest: str
+    password_hash: str
+
+
+class PasswordChange(BaseModel):
+    """Input of the activity that applies a confirmed reset, once per run."""
+
+    user_id: uuid.UUID
+    password_hash: str
+    workflow_id: str
+    run_id: str
+
+
+def compose_reset_token(signing_key: str, user_id: uuid.UUID, run_id: str) -> str:
+    """The reset token of one workflow run (deterministic, so retries re-send the same one)."""
+    mac = hmac.new(signing_key.encode(), (TOKEN_PURPOSE + run_id).encode(), hashlib.sha256)
+    signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()
+    return f"{user_id.hex}.{signature}"
+
+
+def reset_token_user(token: str) -> uuid.UUID | None:
+    """The user a well-formed reset token names; ``None`` for anything malformed."""
+    match = _TOKEN_SHAPE.match(token)
+    return uuid.UUID(hex=match.group(1)) if match else None
