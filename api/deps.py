@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
+from connectors.storage import ObjectStorage
 from core.db import SessionFactory
 from core.errors import Forbidden, MfaEnrolmentRequired, Unauthorized
 from core.identity import live_session
@@ -42,6 +43,14 @@ def get_temporal(request: Request) -> Client:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
+
+
+def get_storage(request: Request) -> ObjectStorage:
+    storage: ObjectStorage = request.app.state.storage
+    return storage
+
+
+StorageDep = Annotated[ObjectStorage, Depends(get_storage)]
 
 bearer = HTTPBearer(auto_error=False)
 

@@ -74,14 +74,18 @@ class UnhandledErrorMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses bodies over ``max_bytes`` with 413, by header or while streaming."""
+    """Refuses bodies over ``max_bytes`` with 413, by header or while streaming.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Paths under ``own_limits`` (signed uploads) enforce their own, larger limits.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, own_limits: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.own_limits = own_limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.own_limits):
             await self.app(scope, receive, send)
             return
         length = dict(scope["headers"]).get(b"content-length")

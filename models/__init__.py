@@ -3,24 +3,40 @@
 Importing this package registers every table on ``Base.metadata`` (Alembic relies on it).
 """
 
+from models.approval import Approval
 from models.audit import AuditEntry
 from models.base import Base
+from models.billing import (
+    BillingPlan,
+    Invoice,
+    StripeEvent,
+    Subscription,
+    UsageEvent,
+    UsageReport,
+)
 from models.email import OutboundEmail
 from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
 
 __all__ = [
+    "Approval",
     "AuditEntry",
     "AuthSession",
     "Base",
+    "BillingPlan",
+    "Invoice",
     "Membership",
     "OutboundEmail",
     "RecoveryCode",
     "RefreshToken",
     "Role",
     "SsoIdentity",
+    "StripeEvent",
+    "Subscription",
     "Tenant",
     "TenantStatus",
+    "UsageEvent",
+    "UsageReport",
     "User",
 ]

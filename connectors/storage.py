@@ -1,0 +1,260 @@
+"""The object-storage port: where uploaded files live.
+
+Production sets ``BIZ_S3_BUCKET`` (AWS S3 or any S3-compatible store): clients upload and
+download through presigned URLs. The embedded default keeps files under ``data_dir/objects``,
+and this API serves them through URLs it signs itself (``api/routers/storage.py``).
+Neither trusts what the client declared: callers check what :meth:`ObjectStorage.stat` finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from core.settings import Settings
+
+# Enough leading bytes to recognise every accepted file type.
+SNIFF_BYTES = 16
+_MAGIC = (
+    (b"%PDF-", "application/pdf"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+)
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$")
+
+
+def sniff_type(head: bytes) -> str | None:
+    """The content type the file's magic bytes show (PDF, PNG or JPEG), else ``None``."""
+    return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+
+
+@dataclass(frozen=True)
+class UploadTarget:
+    """Where and how the client sends the bytes."""
+
+    url: str
+    method: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What is really stored under a key: its size and first bytes."""
+
+    size: int
+    head: bytes
+
+
+class ObjectStorage(Protocol):
+    """Upload and download by short-lived URL; inspect and remove by key."""
+
+    async def upload_target(self, key: str, content_type: str, size: int) -> UploadTarget: ...
+
+    async def download_url(self, key: str, filename: str, content_type: str) -> str: ...
+
+    async def stat(self, key: str) -> StoredObject | None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+
+class S3Storage:
+    """S3 through boto3 (path-style, SigV4); boto3 blocks, so every call runs in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.s3_bucket is not None
+        self._bucket = settings.s3_bucket
+        self._ttl = settings.document_url_seconds
+        secret = settings.s3_secret_access_key
+        self._s3 = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+        )
+
+    async def upload_target(self, key: str, content_type: str, size: int) -> UploadTarget:
+        # Type and length are signed: real S3 refuses other uploads (moto does not check).
+        params = {
+            "Bucket": self._bucket,
+            "Key": key,
+            "ContentType": content_type,
+            "ContentLength": size,
+        }
+        url = await asyncio.to_thread(
+            self._s3.generate_presigned_url, "put_object", Params=params, ExpiresIn=self._ttl
+        )
+        return UploadTarget(url=url, method="PUT", headers={"Content-Type": content_type})
+
+    async def download_url(self, key: str, filename: str, content_type: str) -> str:
+        params = {
+            "Bucket": self._bucket,
+            "Key": key,
+            "ResponseContentType": content_type,
+            "ResponseContentDisposition": _attachment(filename),
+        }
+        url: str = await asyncio.to_thread(
+            self._s3.generate_presigned_url, "get_object", Params=params, ExpiresIn=self._ttl
+        )
+        return url
+
+    async def stat(self, key: str) -> StoredObject | None:
+        return await asyncio.to_thread(self._stat, key)
+
+    def _stat(self, key: str) -> StoredObject | None:
+        try:
+            head = self._s3.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        size = int(head["ContentLength"])
+        if size == 0:
+            return StoredObject(size=0, head=b"")
+        body = self._s3.get_object(Bucket=self._bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}")
+        return StoredObject(size=size, head=body["Body"].read())
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._s3.delete_object, Bucket=self._bucket, Key=key)
+
+
+class InvalidObjectUrl(ValueError):
+    """A local-store URL that is forged, expired, or meant for another operation."""
+
+
+class ObjectTooLarge(ValueError):
+    """An upload to the local store that outgrew the size its URL allows."""
+
+
+@dataclass(frozen=True)
+class ObjectGrant:
+    """What a signed local-store URL allows."""
+
+    op: Literal["put", "get"]
+    key: str
+    content_type: str
+    max_bytes: int
+    filename: str | None
+
+
+class LocalStorage:
+    """Files under ``data_dir/objects``, up- and downloaded through this API by signed URLs."""
+
+    URL_PATH = "/api/v1/storage/"
+
+    def __init__(self, settings: Settings) -> None:
+        self._root = (settings.data_dir / "objects").resolve()
+        self._base_url = settings.public_api_url.rstrip("/")
+        self._ttl = settings.document_url_seconds
+        self._key = hmac.digest(
+            settings.jwt_signing_key().encode(), b"local-object-storage", "sha256"
+        )
+
+    async def upload_target(self, key: str, content_type: str, size: int) -> UploadTarget:
+        token = self._sign(ObjectGrant("put", key, content_type, size, None))
+        return UploadTarget(
+            url=self._base_url + self.URL_PATH + token,
+            method="PUT",
+            headers={"Content-Type": content_type},
+        )
+
+    async def download_url(self, key: str, filename: str, content_type: str) -> str:
+        token = self._sign(ObjectGrant("get", key, content_type, 0, filename))
+        return self._base_url + self.URL_PATH + token
+
+    async def stat(self, key: str) -> StoredObject | None:
+        return await asyncio.to_thread(self._stat, key)
+
+    def _stat(self, key: str) -> StoredObject | None:
+        path = self.path_of(key)
+        if not path.is_file():
+            return None
+        with path.open("rb") as file:
+            return StoredObject(size=path.stat().st_size, head=file.read(SNIFF_BYTES))
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self.path_of(key).unlink, missing_ok=True)
+
+    async def write(self, grant: ObjectGrant, chunks: AsyncIterator[bytes]) -> int:
+        """Store an upload, refusing it once it exceeds the grant's size; returns its size."""
+        path = self.path_of(grant.key)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+        written = 0
+        try:
+            with partial.open("wb") as file:
+                async for chunk in chunks:
+                    written += len(chunk)
+                    if written > grant.max_bytes:
+                        raise ObjectTooLarge(f"the upload exceeds {grant.max_bytes} bytes")
+                    await asyncio.to_thread(file.write, chunk)
+            await asyncio.to_thread(os.replace, partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return written
+
+    def path_of(self, key: str) -> Path:
+        if not _KEY.match(key) or ".." in key.split("/"):
+            raise InvalidObjectUrl(f"not an object key: {key!r}")
+        return self._root / key
+
+    def verify(self, token: str, op: Literal["put", "get"]) -> ObjectGrant:
+        """The grant a URL token carries, if its signature holds and it has not expired."""
+        try:
+            body, signature = token.split(".")
+            expected = _b64(hmac.digest(self._key, body.encode(), "sha256"))
+            if not hmac.compare_digest(signature, expected):
+                raise InvalidObjectUrl("the URL signature does not match")
+            claims: dict[str, Any] = json.loads(_unb64(body))
+        except (ValueError, TypeError) as exc:
+            raise InvalidObjectUrl(str(exc) or "malformed URL token") from None
+        if claims.get("op") != op:
+            raise InvalidObjectUrl(f"this URL does not allow {op}")
+        if int(claims.get("exp", 0)) < time.time():
+            raise InvalidObjectUrl("the URL has expired")
+        return ObjectGrant(op, claims["key"], claims["ct"], int(claims["max"]), claims.get("fn"))
+
+    def _sign(self, grant: ObjectGrant) -> str:
+        claims = {
+            "op": grant.op,
+            "key": grant.key,
+            "ct": grant.content_type,
+            "max": grant.max_bytes,
+            "fn": grant.filename,
+            "exp": int(time.time()) + self._ttl,
+        }
+        body = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        return f"{body}.{_b64(hmac.digest(self._key, body.encode(), 'sha256'))}"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _attachment(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "'")
+    return f'attachment; filename="{ascii_name}"'
+
+
+def storage_from_settings(settings: Settings) -> ObjectStorage:
+    """S3 when ``BIZ_S3_BUCKET`` is set, else the local store under ``data_dir``."""
+    return S3Storage(settings) if settings.s3_bucket else LocalStorage(settings)
