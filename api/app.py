@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -14,7 +15,20 @@ from temporalio.client import Client
 from api import problems
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from api.ratelimit import RateLimits
-from api.routers import audit, auth, health, password_reset
+from api.routers import (
+    approvals,
+    audit,
+    auth,
+    billing,
+    codec,
+    health,
+    onboarding,
+    password_reset,
+    sso,
+    storage,
+    users,
+)
+from connectors.storage import LocalStorage, storage_from_settings
 from core.db import session_factory
 from core.settings import Settings
 
@@ -37,14 +51,38 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
     app.state.settings = settings
     app.state.temporal = temporal
     app.state.sessions = session_factory(engine)
+    app.state.storage = storage_from_settings(settings)
     app.state.rate_limits = rate_limits
 
     problems.install(app)
     # Outermost last: request id, then the catch-all 500, then the body cap.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        own_limits=(LocalStorage.URL_PATH,),
+    )
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(RequestIdMiddleware)
-    for module in (health, auth, password_reset, audit):
+    if settings.codec_server_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.codec_server_origins,
+            allow_methods=["POST"],
+            allow_headers=["authorization", "content-type", "x-namespace"],
+        )
+    for module in (
+        health,
+        auth,
+        password_reset,
+        sso,
+        users,
+        audit,
+        onboarding,
+        approvals,
+        billing,
+        storage,
+        codec,
+    ):
         app.include_router(module.router)
     Instrumentator(registry=CollectorRegistry()).instrument(app).expose(
         app, include_in_schema=False

@@ -5,15 +5,80 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from activities.approval import ApprovalActivities
 from activities.audit import AuditActivities
+from activities.billing import BillingActivities
+from activities.identity import PasswordResetActivities
+from activities.onboarding import OnboardingActivities
+from connectors.billing import gateway_from_settings
+from connectors.mail import mailer_from_settings
 from core.db import SessionFactory
 from core.settings import Settings
+from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import AuditVerificationWorkflow
+from workflows.billing import BillingWorkflow, UsageReportWorkflow
+from workflows.onboarding import OnboardingWorkflow
+from workflows.password_reset import PasswordResetWorkflow
 
-WORKFLOWS: Sequence[type] = (AuditVerificationWorkflow,)
+WORKFLOWS: Sequence[type] = (
+    AuditVerificationWorkflow,
+    PasswordResetWorkflow,
+    OnboardingWorkflow,
+    ApprovalWorkflow,
+    BillingWorkflow,
+    UsageReportWorkflow,
+)
 
 
 def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
     """Every activity, bound to its dependencies."""
     audit = AuditActivities(sessions)
-    return [audit.verify_audit_chain, audit.record_tamper_finding]
+    password_reset = PasswordResetActivities(
+        sessions, settings, mailer_from_settings(settings, sessions)
+    )
+    return [
+        audit.verify_audit_chain,
+        audit.record_tamper_finding,
+        password_reset.send_password_reset_email,
+        password_reset.apply_password_reset,
+        *onboarding_activities(sessions, settings),
+        *billing_activities(sessions, settings),
+    ]
+
+
+def onboarding_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """Tenant onboarding and the generic approval."""
+    mailer = mailer_from_settings(settings, sessions)
+    onboarding = OnboardingActivities(sessions, mailer, settings)
+    approval = ApprovalActivities(sessions, mailer, settings)
+    return [
+        onboarding.find_similar_tenants,
+        onboarding.transition_tenant,
+        onboarding.provision_billing,
+        onboarding.send_welcome_email,
+        approval.record_approval,
+        approval.notify_approvers,
+    ]
+
+
+def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """The billing lifecycle (Stripe through the gateway) and usage metering."""
+    mailer = mailer_from_settings(settings, sessions)
+    billing = BillingActivities(sessions, mailer, settings, gateway_from_settings(settings))
+    return [
+        billing.provision_tenant_billing,
+        billing.ensure_plan_price,
+        billing.ensure_customer,
+        billing.create_subscription,
+        billing.fetch_subscription,
+        billing.fetch_invoice,
+        billing.update_subscription,
+        billing.plan_excesses,
+        billing.apply_billing_transition,
+        billing.record_invoice,
+        billing.send_billing_notice,
+        billing.record_usage,
+        billing.report_usage,
+        billing.ensure_usage_schedule,
+        billing.remove_usage_schedule,
+    ]

@@ -1,0 +1,559 @@
+"""Billing activities: Stripe through the billing gateway, the billing projections, the tenant's
+access, billing e-mails, and usage metering."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio import activity
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from connectors.billing import BillingDeclined, BillingGateway, BillingRejected, GatewayOpener
+from connectors.mail import Mailer
+from core import audit, search
+from core.db import SessionFactory, transaction
+from core.plans import Excess, excesses, measured_usage, plan_of
+from core.settings import Settings
+from models.billing import (
+    GAUGES,
+    BillingEvent,
+    BillingInput,
+    BillingNotice,
+    BillingPlan,
+    BillingPolicy,
+    BillingStatus,
+    BillingTransition,
+    CustomerRequest,
+    Invoice,
+    InvoiceRecord,
+    InvoiceSnapshot,
+    NoticeKind,
+    PlanFit,
+    ProvisionRequest,
+    Subscription,
+    SubscriptionRequest,
+    SubscriptionSnapshot,
+    SubscriptionUpdate,
+    UsageEvent,
+    UsageMetric,
+    UsageRecord,
+    UsageReport,
+)
+from models.email import EmailMessage
+from models.onboarding import PlanId
+from models.tenant import Tenant, TenantStatus
+from models.user import Membership, Role, User
+
+log = logging.getLogger(__name__)
+
+PROCESS = "billing"
+USAGE_PROCESS = "usage_report"
+# Error types raised to the workflow (non-retryable).
+PAYMENT_DECLINED = "PaymentDeclined"
+STRIPE_REJECTED = "StripeRejected"
+BILLING_NOT_CONFIGURED = "BillingNotConfigured"
+
+# The tenant statuses billing governs; onboarding owns the others.
+_BILLED_TENANT = frozenset({TenantStatus.ACTIVE, TenantStatus.SUSPENDED, TenantStatus.CANCELLED})
+_TENANT_STATUS = {
+    BillingStatus.TRIALING: TenantStatus.ACTIVE,
+    BillingStatus.ACTIVE: TenantStatus.ACTIVE,
+    BillingStatus.PAST_DUE: TenantStatus.ACTIVE,
+    BillingStatus.SUSPENDED: TenantStatus.SUSPENDED,
+    BillingStatus.CANCELLED: TenantStatus.CANCELLED,
+}
+# The order of an invoice's states: at the same event time, a later state wins.
+_INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+# Stripe meter event names, one meter per metric (created in Stripe with these names).
+METER_EVENTS = {metric: f"bizosaas_{metric.value}" for metric in UsageMetric}
+
+
+def workflow_id(tenant_id: uuid.UUID) -> str:
+    return f"billing:{tenant_id}"
+
+
+def usage_schedule_id(tenant_id: uuid.UUID) -> str:
+    return f"usage-report:{tenant_id}"
+
+
+def billing_policy(settings: Settings) -> BillingPolicy:
+    """The workflow's clock, fixed from settings when it starts."""
+    return BillingPolicy(
+        trial_days=settings.billing_trial_days,
+        grace=timedelta(days=settings.billing_grace_days),
+        reminder_days=sorted(settings.billing_reminder_days),
+        retention=timedelta(days=settings.billing_retention_days),
+        usage_report_every=settings.usage_report_every,
+    )
+
+
+async def signal_billing(
+    client: Client, settings: Settings, tenant_id: uuid.UUID, signal: str, arg: object
+) -> None:
+    """Signal the tenant's billing workflow, starting it first if it is not running."""
+    await client.start_workflow(
+        "BillingWorkflow",
+        BillingInput(tenant_id=tenant_id, policy=billing_policy(settings)),
+        id=workflow_id(tenant_id),
+        task_queue=settings.temporal_task_queue,
+        start_signal=signal,
+        start_signal_args=[arg],
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(search.TENANT_ID, str(tenant_id)),
+                SearchAttributePair(search.BIZ_PROCESS, PROCESS),
+                SearchAttributePair(search.BIZ_STATUS, BillingStatus.PROVISIONING.value),
+            ]
+        ),
+    )
+
+
+async def deliver_event(
+    client: Client, settings: Settings, tenant_id: uuid.UUID, event: BillingEvent
+) -> None:
+    """Hand a stored Stripe event to the tenant's billing workflow (signal-with-start)."""
+    await signal_billing(client, settings, tenant_id, "stripe_event", event)
+
+
+@asynccontextmanager
+async def _stripe_outcomes() -> AsyncIterator[None]:
+    """The gateway's business outcomes as non-retryable activity errors; faults retry."""
+    try:
+        yield
+    except BillingDeclined as exc:
+        raise ApplicationError(
+            str(exc), {"code": exc.code}, type=PAYMENT_DECLINED, non_retryable=True
+        ) from exc
+    except BillingRejected as exc:
+        raise ApplicationError(str(exc), type=STRIPE_REJECTED, non_retryable=True) from exc
+
+
+async def _tenant_admins(session: AsyncSession, tenant_id: uuid.UUID) -> list[tuple[str, str]]:
+    """(e-mail, full name) of the tenant's active admins, oldest membership first."""
+    rows = await session.execute(
+        select(User.email, User.full_name)
+        .join(Membership, Membership.user_id == User.id)
+        .where(
+            Membership.tenant_id == tenant_id,
+            Membership.role == Role.TENANT_ADMIN,
+            User.is_active,
+        )
+        .order_by(Membership.created_at, User.email)
+    )
+    return [(email, name) for email, name in rows]
+
+
+async def _subscription_row(session: AsyncSession, tenant_id: uuid.UUID) -> Subscription:
+    row = await session.scalar(
+        select(Subscription).where(Subscription.tenant_id == tenant_id).with_for_update()
+    )
+    if row is None:
+        row = Subscription(tenant_id=tenant_id)
+        session.add(row)
+    return row
+
+
+def _copy_snapshot(row: Subscription, snapshot: SubscriptionSnapshot) -> None:
+    row.stripe_customer_id = snapshot.customer_id
+    row.stripe_subscription_id = snapshot.subscription_id
+    row.plan = snapshot.plan or row.plan
+    row.stripe_status = snapshot.stripe_status
+    row.current_period_start = snapshot.current_period_start
+    row.current_period_end = snapshot.current_period_end
+    row.cancel_at_period_end = snapshot.cancel_at_period_end
+    row.trial_end = snapshot.trial_end
+
+
+class BillingActivities:
+    """Activities bound to the database, the mail port, settings and the billing gateway."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        mailer: Mailer,
+        settings: Settings,
+        open_gateway: GatewayOpener | None,
+    ) -> None:
+        self._sessions = sessions
+        self._mailer = mailer
+        self._settings = settings
+        self._open_gateway = open_gateway
+
+    @asynccontextmanager
+    async def _stripe(self) -> AsyncIterator[BillingGateway]:
+        """The billing gateway for one activity, its outcomes as activity errors."""
+        if self._open_gateway is None:
+            raise ApplicationError(
+                "billing needs a payment provider: set BIZ_STRIPE_SECRET_KEY",
+                type=BILLING_NOT_CONFIGURED,
+                non_retryable=True,
+            )
+        async with _stripe_outcomes(), self._open_gateway() as gateway:
+            yield gateway
+
+    # --- Provisioning ---------------------------------------------------------------------
+
+    @activity.defn
+    async def provision_tenant_billing(self, request: ProvisionRequest) -> str:
+        """Ask the tenant's billing workflow to provision the plan (signal-with-start; a
+        repeated request under the same key is one). Returns the billing workflow id."""
+        await signal_billing(
+            activity.client(), self._settings, request.tenant_id, "provision", request
+        )
+        return workflow_id(request.tenant_id)
+
+    @activity.defn
+    async def ensure_plan_price(self, plan_id: PlanId) -> str:
+        """The configured plan's Stripe price, created on first use and recorded in ``plans``."""
+        plan = plan_of(self._settings.billing_plans, plan_id)
+        async with self._stripe() as gateway:
+            price_id = await gateway.ensure_plan(plan)
+        async with transaction(self._sessions) as session:
+            row = await session.get(BillingPlan, plan.id, with_for_update=True)
+            if row is None:
+                row = BillingPlan(id=plan.id)
+                session.add(row)
+            row.name, row.amount, row.currency = plan.name, plan.amount, plan.currency
+            row.interval, row.stripe_price_id = plan.interval, price_id
+            row.limits = {resource.value: limit for resource, limit in plan.limits.items()}
+        return price_id
+
+    @activity.defn
+    async def ensure_customer(self, request: CustomerRequest) -> str:
+        """The tenant's Stripe customer: the recorded one, else found by tenant id, else created
+        under the workflow's key; recorded before any subscription exists (webhooks route by
+        it)."""
+        async with self._sessions() as session:
+            recorded = await session.scalar(
+                select(Subscription.stripe_customer_id).where(
+                    Subscription.tenant_id == request.tenant_id
+                )
+            )
+            tenant = await session.get(Tenant, request.tenant_id)
+            admins = await _tenant_admins(session, request.tenant_id)
+        if recorded is not None:
+            return recorded
+        if tenant is None:
+            raise ApplicationError(f"tenant {request.tenant_id} is gone", non_retryable=True)
+        if not admins:
+            raise ApplicationError(
+                f"tenant {request.tenant_id} has no active admin to bill", non_retryable=True
+            )
+        async with self._stripe() as gateway:
+            customer_id = await gateway.ensure_customer(
+                request.tenant_id, tenant.name, admins[0][0], request.idempotency_key
+            )
+        async with transaction(self._sessions) as session:
+            row = await _subscription_row(session, request.tenant_id)
+            row.stripe_customer_id = customer_id
+        return customer_id
+
+    @activity.defn
+    async def create_subscription(self, request: SubscriptionRequest) -> SubscriptionSnapshot:
+        """The customer's live subscription, or a new one for the plan (with its trial)."""
+        async with self._stripe() as gateway:
+            existing = await gateway.find_subscription(request.customer_id)
+        if existing is not None:
+            return existing
+        price_id = await self.ensure_plan_price(request.plan)
+        async with self._stripe() as gateway:
+            return await gateway.create_subscription(
+                request.customer_id,
+                price_id,
+                request.tenant_id,
+                request.trial_end,
+                request.idempotency_key,
+            )
+
+    @activity.defn
+    async def fetch_subscription(self, subscription_id: str) -> SubscriptionSnapshot | None:
+        """The subscription as Stripe has it now (``None`` when Stripe does not know it)."""
+        async with self._stripe() as gateway:
+            return await gateway.fetch_subscription(subscription_id)
+
+    @activity.defn
+    async def fetch_invoice(self, invoice_id: str) -> InvoiceSnapshot | None:
+        """The invoice as Stripe has it now (``None`` when Stripe does not know it)."""
+        async with self._stripe() as gateway:
+            return await gateway.fetch_invoice(invoice_id)
+
+    @activity.defn
+    async def update_subscription(self, update: SubscriptionUpdate) -> SubscriptionSnapshot:
+        """Change the plan (Stripe prorates) or whether the subscription renews."""
+        price_id = await self.ensure_plan_price(update.plan) if update.plan else None
+        async with self._stripe() as gateway:
+            return await gateway.update_subscription(
+                update.subscription,
+                update.idempotency_key,
+                price_id=price_id,
+                cancel_at_period_end=update.cancel_at_period_end,
+            )
+
+    @activity.defn
+    async def plan_excesses(self, change: PlanFit) -> list[Excess]:
+        """What the tenant uses beyond the target plan's limits (empty when it fits)."""
+        plan = plan_of(self._settings.billing_plans, change.plan)
+        async with self._sessions() as session:
+            return excesses(plan, await measured_usage(session, change.tenant_id))
+
+    # --- Projections and the tenant -------------------------------------------------------
+
+    @activity.defn
+    async def apply_billing_transition(self, change: BillingTransition) -> None:
+        """Write the subscriptions projection, the tenant's status and plan, and the audit
+        row, in one transaction; a retry finds the audit row under its key and adds none."""
+        async with transaction(self._sessions) as session:
+            tenant = await session.get(Tenant, change.tenant_id, with_for_update=True)
+            if tenant is None:
+                raise ApplicationError(f"tenant {change.tenant_id} is gone", non_retryable=True)
+            row = await _subscription_row(session, change.tenant_id)
+            row.status = change.status
+            if change.customer_id is not None:
+                row.stripe_customer_id = change.customer_id
+            if change.subscription is not None:
+                _copy_snapshot(row, change.subscription)
+            row.grace_ends_at = change.grace_ends_at
+            row.retention_ends_at = change.retention_ends_at
+            tenant_status = _TENANT_STATUS.get(change.status)
+            if tenant_status is not None and tenant.status in _BILLED_TENANT:
+                tenant.status = tenant_status
+            if row.plan is not None:
+                tenant.plan = row.plan.value
+            if change.action is not None:
+                await audit.append(
+                    session,
+                    change.action,
+                    tenant_id=change.tenant_id,
+                    actor=audit.Actor(user_id=change.actor_id),
+                    data={"status": change.status.value, "from": change.previous.value}
+                    | change.data,
+                    idempotency_key=change.idempotency_key,
+                )
+
+    @activity.defn
+    async def record_invoice(self, record: InvoiceRecord) -> None:
+        """Upsert the invoice's projection row, unless it already holds a newer state."""
+        invoice = record.invoice
+        async with transaction(self._sessions) as session:
+            row = await session.scalar(
+                select(Invoice)
+                .where(Invoice.stripe_invoice_id == invoice.invoice_id)
+                .with_for_update()
+            )
+            if row is None:
+                row = Invoice(tenant_id=record.tenant_id, stripe_invoice_id=invoice.invoice_id)
+                session.add(row)
+            elif (row.as_of, _INVOICE_RANK.get(row.status, 0)) > (
+                invoice.as_of,
+                _INVOICE_RANK.get(invoice.status, 0),
+            ):
+                return
+            row.stripe_subscription_id = invoice.subscription_id
+            row.number, row.status = invoice.number, invoice.status
+            row.amount_due, row.amount_paid = invoice.amount_due, invoice.amount_paid
+            row.currency = invoice.currency
+            row.period_start, row.period_end = invoice.period_start, invoice.period_end
+            row.hosted_invoice_url = invoice.hosted_invoice_url
+            row.stripe_created, row.as_of = invoice.created, invoice.as_of
+
+    @activity.defn
+    async def send_billing_notice(self, notice: BillingNotice) -> int:
+        """E-mail the tenant's admins, once per admin under the notice's key. Returns how
+        many admins were written to."""
+        async with self._sessions() as session:
+            tenant = await session.get(Tenant, notice.tenant_id)
+            admins = await _tenant_admins(session, notice.tenant_id)
+        if tenant is None:
+            raise ApplicationError(f"tenant {notice.tenant_id} is gone", non_retryable=True)
+        subject, body = _notice_text(notice, tenant.name, self._billing_link())
+        for address, full_name in admins:
+            await self._mailer.send(
+                EmailMessage(
+                    idempotency_key=f"{notice.idempotency_key}:{address}",
+                    to=address,
+                    subject=subject,
+                    body=f"Hello {full_name},\n\n{body}\n",
+                    tenant_id=notice.tenant_id,
+                )
+            )
+        return len(admins)
+
+    def _billing_link(self) -> str:
+        return f"{self._settings.public_app_url.rstrip('/')}/settings/billing"
+
+    # --- Usage metering -------------------------------------------------------------------
+
+    @activity.defn
+    async def record_usage(self, record: UsageRecord) -> bool:
+        """Record one metered use; ``False`` when its key was already recorded."""
+        try:
+            async with transaction(self._sessions) as session:
+                session.add(
+                    UsageEvent(
+                        tenant_id=record.tenant_id,
+                        metric=record.metric,
+                        quantity=record.quantity,
+                        occurred_at=record.occurred_at,
+                        idempotency_key=record.idempotency_key,
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    @activity.defn
+    async def report_usage(self, tenant_id: uuid.UUID) -> int:
+        """Aggregate the tenant's unreported usage into reports and send each unsent report to
+        its Stripe meter (the report id is the meter event identifier). Returns how many
+        reports were sent."""
+        async with self._sessions() as session:
+            customer_id = await session.scalar(
+                select(Subscription.stripe_customer_id).where(Subscription.tenant_id == tenant_id)
+            )
+        if customer_id is None:
+            return 0
+        await self._aggregate_usage(tenant_id)
+        async with self._sessions() as session:
+            unsent = (
+                await session.scalars(
+                    select(UsageReport)
+                    .where(UsageReport.tenant_id == tenant_id, UsageReport.sent_at.is_(None))
+                    .order_by(UsageReport.created_at)
+                )
+            ).all()
+        if not unsent:
+            return 0
+        async with self._stripe() as gateway:
+            for report in unsent:
+                await gateway.report_usage(
+                    METER_EVENTS[report.metric],
+                    customer_id,
+                    report.quantity,
+                    report.id,
+                    report.occurred_at,
+                )
+                async with transaction(self._sessions) as session:
+                    stored = await session.get(UsageReport, report.id)
+                    assert stored is not None
+                    stored.sent_at = datetime.now(UTC)
+                activity.heartbeat(report.id)
+        return len(unsent)
+
+    async def _aggregate_usage(self, tenant_id: uuid.UUID) -> None:
+        """One report per metric over the usage not yet counted, in one transaction."""
+        async with transaction(self._sessions) as session:
+            events = (
+                await session.scalars(
+                    select(UsageEvent)
+                    .where(UsageEvent.tenant_id == tenant_id, UsageEvent.report_id.is_(None))
+                    .order_by(UsageEvent.occurred_at)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            by_metric: dict[UsageMetric, list[UsageEvent]] = {}
+            for event in events:
+                by_metric.setdefault(event.metric, []).append(event)
+            for metric, counted in by_metric.items():
+                quantity = (
+                    counted[-1].quantity
+                    if metric in GAUGES
+                    else sum(event.quantity for event in counted)
+                )
+                report = UsageReport(
+                    id=f"usage-{uuid.uuid4()}",
+                    tenant_id=tenant_id,
+                    metric=metric,
+                    quantity=quantity,
+                    occurred_at=counted[-1].occurred_at,
+                )
+                session.add(report)
+                await session.flush()
+                for event in counted:
+                    event.report_id = report.id
+
+    @activity.defn
+    async def ensure_usage_schedule(self, tenant_id: uuid.UUID) -> None:
+        """The tenant's usage-report Schedule (created once; an existing one is kept)."""
+        every = self._settings.usage_report_every
+        with suppress(ScheduleAlreadyRunningError):
+            await activity.client().create_schedule(
+                usage_schedule_id(tenant_id),
+                Schedule(
+                    action=ScheduleActionStartWorkflow(
+                        "UsageReportWorkflow",
+                        tenant_id,
+                        id=usage_schedule_id(tenant_id),
+                        task_queue=self._settings.temporal_task_queue,
+                        typed_search_attributes=TypedSearchAttributes(
+                            [
+                                SearchAttributePair(search.TENANT_ID, str(tenant_id)),
+                                SearchAttributePair(search.BIZ_PROCESS, USAGE_PROCESS),
+                            ]
+                        ),
+                    ),
+                    spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+                    policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+                ),
+            )
+
+    @activity.defn
+    async def remove_usage_schedule(self, tenant_id: uuid.UUID) -> None:
+        """Delete the tenant's usage-report Schedule (gone already is fine)."""
+        handle = activity.client().get_schedule_handle(usage_schedule_id(tenant_id))
+        try:
+            await handle.delete()
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+
+
+def _notice_text(notice: BillingNotice, tenant: str, link: str) -> tuple[str, str]:
+    """Subject and body of a billing e-mail."""
+    deadline = notice.deadline.strftime("%d %B %Y") if notice.deadline else "soon"
+    texts = {
+        NoticeKind.PAYMENT_REMINDER: (
+            f"Payment overdue for {tenant}",
+            f"We could not collect the payment for {tenant}'s subscription. Please update the "
+            f"payment method at {link} before {deadline}; after that the account becomes "
+            "read-only until the invoice is paid.",
+        ),
+        NoticeKind.SUSPENDED: (
+            f"{tenant} is read-only until payment",
+            f"The grace period for {tenant}'s overdue invoice has ended, so the account is "
+            f"read-only. Pay the invoice at {link} and full access returns at once.",
+        ),
+        NoticeKind.REACTIVATED: (
+            f"{tenant} is fully active again",
+            f"Thank you: the overdue invoice for {tenant} is paid and full access is restored.",
+        ),
+        NoticeKind.CANCELLED: (
+            f"{tenant}'s subscription has ended",
+            f"{tenant}'s subscription has ended. Its data is kept until {deadline}; subscribe "
+            f"again at {link} to keep it.",
+        ),
+        NoticeKind.TRIAL_ENDING: (
+            f"{tenant}'s trial ends on {deadline}",
+            f"{tenant}'s free trial ends on {deadline}. Add a payment method at {link} to keep "
+            "the account active.",
+        ),
+    }
+    return texts[notice.kind]

@@ -1,0 +1,391 @@
+"""Billing's HTTP surface: Stripe's webhooks, the caller's subscription, invoices, usage and
+plan, and changes to the subscription (sent to the tenant's billing workflow)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import stripe
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.billing import PAYMENT_DECLINED, STRIPE_REJECTED, deliver_event, workflow_id
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
+from connectors.billing import handles, parse_event
+from core.errors import Conflict, NotFound, Problem, Unprocessable
+from core.plans import PlanSpec, usage_since
+from core.security import Principal
+from models.base import utcnow
+from models.billing import (
+    BillingEvent,
+    BillingView,
+    Invoice,
+    PlanChange,
+    RenewalChange,
+    StripeEvent,
+    StripeEventStatus,
+    Subscription,
+    UsageMetric,
+)
+from models.onboarding import PlanId
+from models.tenant import Tenant
+from models.user import Role
+from workflows.billing import BILLING_STATE, PLAN_LIMIT_EXCEEDED, SAME_PLAN, BillingWorkflow
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
+TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.SUPER_ADMIN))]
+
+
+class WebhookRejected(Problem):
+    status, slug, title = 400, "webhook-rejected", "Webhook rejected"
+
+
+class WebhooksDisabled(Problem):
+    status, slug, title = 503, "webhooks-disabled", "Stripe webhooks are not configured"
+
+
+class PaymentDeclined(Problem):
+    status, slug, title = 402, "payment-declined", "Payment declined"
+
+
+class ProviderRefused(Problem):
+    status, slug, title = 502, "payment-provider-refused", "The payment provider refused"
+
+
+# --- Stripe webhooks ----------------------------------------------------------------------
+
+
+class WebhookReceipt(BaseModel):
+    received: bool = True
+    duplicate: bool
+    status: StripeEventStatus
+
+
+@router.post(
+    "/webhooks/stripe",
+    summary="Receive a Stripe event",
+    response_model=WebhookReceipt,
+    openapi_extra={"requestBody": {"content": {"application/json": {"schema": {}}}}},
+)
+async def stripe_webhook(
+    request: Request, settings: SettingsDep, session: SessionDep, client: TemporalDep
+) -> WebhookReceipt:
+    """Verify the signature on the raw body, keep the event once in the inbox, and hand it to
+    the tenant's billing workflow (signal-with-start). A repeated event is accepted and changes
+    nothing; an event type billing does not act on is recorded and ignored. Stripe is not
+    called here."""
+    if settings.stripe_webhook_secret is None:
+        raise WebhooksDisabled("Set BIZ_STRIPE_WEBHOOK_SECRET to receive Stripe events.")
+    payload = _verified_payload(
+        await request.body(),
+        request.headers.get("Stripe-Signature"),
+        settings.stripe_webhook_secret.get_secret_value(),
+        settings.stripe_webhook_tolerance_seconds,
+    )
+    try:
+        event = parse_event(payload)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WebhookRejected(
+            f"The event is not a Stripe event this API understands: {exc}"
+        ) from None
+    row, duplicate = await _store(session, event, payload)
+    if row.status is StripeEventStatus.RECEIVED and row.tenant_id is not None:
+        await deliver_event(client, settings, row.tenant_id, event)
+        row.status, row.delivered_at = StripeEventStatus.DELIVERED, utcnow()
+        await session.commit()
+    return WebhookReceipt(duplicate=duplicate, status=row.status)
+
+
+def _verified_payload(
+    body: bytes, signature: str | None, secret: str, tolerance: int
+) -> dict[str, Any]:
+    try:
+        stripe.Webhook.construct_event(body, signature, secret, tolerance)
+        payload = json.loads(body)
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookRejected(f"The Stripe-Signature does not match the body: {exc}") from None
+    except ValueError:
+        raise WebhookRejected("The body is not JSON.") from None
+    if not isinstance(payload, dict):
+        raise WebhookRejected("The body is not a Stripe event.")
+    return payload
+
+
+async def _owner(session: AsyncSession, event: BillingEvent) -> uuid.UUID | None:
+    """The tenant an event is about: from the object's metadata, else by its customer."""
+    tenant_id = event.tenant_id
+    if tenant_id is None and event.customer_id is not None:
+        tenant_id = await session.scalar(
+            select(Subscription.tenant_id).where(
+                Subscription.stripe_customer_id == event.customer_id
+            )
+        )
+    if tenant_id is None or await session.get(Tenant, tenant_id) is None:
+        return None
+    return tenant_id
+
+
+async def _store(
+    session: AsyncSession, event: BillingEvent, payload: dict[str, Any]
+) -> tuple[StripeEvent, bool]:
+    """The inbox row of the event, and whether it was there already."""
+    existing = await session.get(StripeEvent, event.event_id)
+    if existing is not None:
+        return existing, True
+    tenant_id = await _owner(session, event) if handles(event) else None
+    if not handles(event):
+        status = StripeEventStatus.IGNORED
+    elif tenant_id is None:
+        status = StripeEventStatus.UNMATCHED
+        log.warning("Stripe event %s (%s) matches no tenant", event.event_id, event.type)
+    else:
+        status = StripeEventStatus.RECEIVED
+    row = StripeEvent(
+        id=event.event_id,
+        type=event.type,
+        tenant_id=tenant_id,
+        status=status,
+        stripe_created=datetime.fromtimestamp(event.created, UTC),
+        payload=payload,
+    )
+    session.add(row)
+    try:
+        await session.commit()
+    except IntegrityError:  # the same event, stored by a concurrent delivery
+        await session.rollback()
+        stored = await session.get(StripeEvent, event.event_id)
+        assert stored is not None
+        return stored, True
+    return row, False
+
+
+# --- The caller's billing -----------------------------------------------------------------
+
+
+class SubscriptionView(BaseModel):
+    plan: PlanId | None
+    status: str
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    trial_end: datetime | None
+    grace_ends_at: datetime | None
+    retention_ends_at: datetime | None
+
+
+@router.get("/subscription", summary="The caller's tenant subscription")
+async def get_subscription(principal: CurrentPrincipal, session: SessionDep) -> SubscriptionView:
+    """Plan, billing status (``trialing``, ``active``, ``past_due``, ``suspended``,
+    ``cancelled``), period end and renewal, from the subscriptions projection."""
+    row = await _subscription(session, principal.tenant_id)
+    return SubscriptionView(
+        plan=row.plan,
+        status=row.status.value,
+        current_period_end=row.current_period_end,
+        cancel_at_period_end=row.cancel_at_period_end,
+        trial_end=row.trial_end,
+        grace_ends_at=row.grace_ends_at,
+        retention_ends_at=row.retention_ends_at,
+    )
+
+
+class InvoiceItem(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    invoice_id: str
+    number: str | None
+    status: str
+    amount_due: int
+    amount_paid: int
+    currency: str
+    period_start: datetime | None
+    period_end: datetime | None
+    hosted_invoice_url: str | None
+    created_at: datetime
+
+
+class InvoicePage(BaseModel):
+    items: list[InvoiceItem]
+    next_cursor: str | None
+
+
+@router.get("/invoices", summary="The caller's tenant invoices, newest first")
+async def list_invoices(
+    principal: TenantAdmin,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> InvoicePage:
+    """From the invoices projection (Stripe's ``invoice.*`` events), keyset-paginated."""
+    query = (
+        select(Invoice)
+        .where(Invoice.tenant_id == principal.tenant_id)
+        .order_by(Invoice.stripe_created.desc(), Invoice.id.desc())
+        .limit(limit + 1)
+    )
+    if cursor is not None:
+        query = query.where(
+            tuple_(Invoice.stripe_created, Invoice.id) < tuple_(*_read_cursor(cursor))
+        )
+    rows = (await session.scalars(query)).all()
+    items = [_invoice_item(row) for row in rows[:limit]]
+    return InvoicePage(
+        items=items, next_cursor=_cursor(rows[limit - 1]) if len(rows) > limit else None
+    )
+
+
+def _invoice_item(row: Invoice) -> InvoiceItem:
+    return InvoiceItem(
+        invoice_id=row.stripe_invoice_id,
+        number=row.number,
+        status=row.status,
+        amount_due=row.amount_due,
+        amount_paid=row.amount_paid,
+        currency=row.currency,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        hosted_invoice_url=row.hosted_invoice_url,
+        created_at=row.stripe_created,
+    )
+
+
+def _cursor(row: Invoice) -> str:
+    raw = f"{row.stripe_created.astimezone(UTC).isoformat()}|{row.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, row_id = raw.split("|")
+        created = datetime.fromisoformat(at)
+        if created.tzinfo is None:
+            raise ValueError("naive time")
+        return created, uuid.UUID(row_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise Unprocessable(
+            "The cursor is not one this API handed out.",
+            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
+        ) from None
+
+
+class UsageView(BaseModel):
+    period_start: datetime
+    usage: dict[UsageMetric, int]
+
+
+@router.get("/usage", summary="The caller's tenant usage in the current billing period")
+async def get_usage(principal: TenantAdmin, session: SessionDep) -> UsageView:
+    """Workflow runs and agent minutes since the period began; storage at its latest."""
+    since = await session.scalar(
+        select(Subscription.current_period_start).where(
+            Subscription.tenant_id == principal.tenant_id
+        )
+    )
+    if since is None:
+        now = datetime.now(UTC)
+        since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return UsageView(
+        period_start=since, usage=await usage_since(session, principal.tenant_id, since)
+    )
+
+
+@router.get("/plans", summary="The plans on offer")
+async def list_plans(_: CurrentPrincipal, settings: SettingsDep) -> list[PlanSpec]:
+    """Each plan's price and limits (``null`` is unlimited; storage in bytes)."""
+    return settings.billing_plans
+
+
+# --- Changes to the subscription ----------------------------------------------------------
+
+
+class PlanBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan_id: PlanId
+
+
+@router.put("/subscription/plan", summary="Change the plan")
+async def change_plan(
+    body: PlanBody, principal: TenantAdmin, client: TemporalDep, session: SessionDep
+) -> BillingView:
+    """Stripe prorates the change. 409 when the tenant is not trialing or active, is on that
+    plan already, or uses more than the new plan allows (``excesses`` names what)."""
+    await _subscription(session, principal.tenant_id)
+    change = PlanChange(plan=body.plan_id, requested_by=principal.user_id)
+    return await _update(client, principal, BillingWorkflow.change_plan, change)
+
+
+@router.post("/subscription/cancel", summary="Cancel at the end of the period")
+async def cancel_subscription(
+    principal: TenantAdmin, client: TemporalDep, session: SessionDep
+) -> BillingView:
+    """The subscription runs to the end of the paid period and does not renew."""
+    await _subscription(session, principal.tenant_id)
+    change = RenewalChange(cancel=True, requested_by=principal.user_id)
+    return await _update(client, principal, BillingWorkflow.set_renewal, change)
+
+
+@router.post("/subscription/resume", summary="Resume renewal")
+async def resume_subscription(
+    principal: TenantAdmin, client: TemporalDep, session: SessionDep
+) -> BillingView:
+    """Undo a cancellation at period end: the subscription renews again."""
+    await _subscription(session, principal.tenant_id)
+    change = RenewalChange(cancel=False, requested_by=principal.user_id)
+    return await _update(client, principal, BillingWorkflow.set_renewal, change)
+
+
+async def _subscription(session: AsyncSession, tenant_id: uuid.UUID) -> Subscription:
+    row = await session.scalar(select(Subscription).where(Subscription.tenant_id == tenant_id))
+    if row is None:
+        raise NotFound("Your tenant has no subscription yet.")
+    return row
+
+
+async def _update(
+    client: Client, principal: Principal, update: Any, change: BaseModel
+) -> BillingView:
+    handle = client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(principal.tenant_id))
+    try:
+        view: BillingView = await handle.execute_update(update, change)
+    except WorkflowUpdateFailedError as err:
+        if isinstance(err.cause, ApplicationError):
+            _refuse(err.cause)
+        if isinstance(err.cause, ActivityError) and isinstance(err.cause.cause, ApplicationError):
+            _provider_refusal(err.cause.cause)
+        raise
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise Conflict("Billing for your tenant has ended; subscribe again.") from None
+        raise
+    return view
+
+
+def _provider_refusal(cause: ApplicationError) -> None:
+    """Stripe's answer to the change, when it was no (see ``activities/billing.py``)."""
+    if cause.type == PAYMENT_DECLINED:
+        raise PaymentDeclined(f"The card was declined: {cause.message}")
+    if cause.type == STRIPE_REJECTED:
+        raise ProviderRefused(cause.message)
+
+
+def _refuse(cause: ApplicationError) -> None:
+    """Translate the workflow's refusal types (see ``workflows/billing.py``)."""
+    if cause.type == PLAN_LIMIT_EXCEEDED:
+        raise Conflict(cause.message, excesses=list(cause.details[0]))
+    if cause.type in (BILLING_STATE, SAME_PLAN):
+        raise Conflict(cause.message)

@@ -1,0 +1,195 @@
+"""The plan catalogue (configurable, with the product's four plans as defaults) and the checks
+that keep a tenant within its plan's limits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.errors import Problem
+from models.billing import GAUGES, UsageEvent, UsageMetric
+from models.onboarding import PlanId
+from models.tenant import Tenant
+from models.user import Membership
+
+GIB = 1024**3
+
+
+class Resource(StrEnum):
+    """What a plan limits."""
+
+    USERS = "users"
+    CONNECTORS = "connectors"
+    AI_CREDITS = "ai_credits"
+    STORAGE_BYTES = "storage_bytes"
+
+
+class PlanSpec(BaseModel):
+    """One plan as configured: its price and its limits (``None`` is unlimited)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: PlanId
+    name: str
+    amount: int = Field(ge=0, description="price per interval, in the currency's minor unit")
+    currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
+    interval: str = Field(default="month", pattern=r"^(day|week|month|year)$")
+    limits: dict[Resource, int | None]
+
+    def limit(self, resource: Resource) -> int | None:
+        return self.limits.get(resource)
+
+    @property
+    def stripe_plan_id(self) -> str:
+        """The Stripe plan (price) id; a new price gets a new id, as Stripe prices are fixed."""
+        return f"bizosaas-{self.id.value}-{self.amount}-{self.currency}-{self.interval}"
+
+
+def _limits(
+    users: int | None, connectors: int | None, ai_credits: int | None, storage_gb: int | None
+) -> dict[Resource, int | None]:
+    return {
+        Resource.USERS: users,
+        Resource.CONNECTORS: connectors,
+        Resource.AI_CREDITS: ai_credits,
+        Resource.STORAGE_BYTES: storage_gb * GIB if storage_gb is not None else None,
+    }
+
+
+def default_plans() -> list[PlanSpec]:
+    """The product's plans: starter, professional, business and enterprise (USD, monthly)."""
+    return [
+        PlanSpec(id=PlanId.STARTER, name="Starter", amount=2900, limits=_limits(3, 5, 1000, 10)),
+        PlanSpec(
+            id=PlanId.PROFESSIONAL,
+            name="Professional",
+            amount=7900,
+            limits=_limits(10, 15, 5000, 50),
+        ),
+        PlanSpec(
+            id=PlanId.BUSINESS, name="Business", amount=19900, limits=_limits(50, None, 20000, 200)
+        ),
+        PlanSpec(
+            id=PlanId.ENTERPRISE,
+            name="Enterprise",
+            amount=49900,
+            limits=_limits(None, None, None, None),
+        ),
+    ]
+
+
+def check_catalogue(plans: Iterable[PlanSpec]) -> list[PlanSpec]:
+    """Every plan id configured exactly once."""
+    plans = list(plans)
+    ids = [plan.id for plan in plans]
+    if sorted(ids) != sorted(PlanId):
+        raise ValueError(
+            "BIZ_BILLING_PLANS must configure each plan exactly once: "
+            + ", ".join(plan.value for plan in PlanId)
+        )
+    return plans
+
+
+def plan_of(plans: Iterable[PlanSpec], plan_id: PlanId) -> PlanSpec:
+    return next(plan for plan in plans if plan.id == plan_id)
+
+
+class PlanLimitReached(Problem):
+    """The tenant's plan does not allow one more of something."""
+
+    status, slug, title = 403, "plan-limit-reached", "Plan limit reached"
+
+
+class Excess(BaseModel):
+    """A resource used beyond what a plan allows."""
+
+    resource: Resource
+    used: int
+    limit: int
+
+
+def excesses(plan: PlanSpec, usage: dict[Resource, int]) -> list[Excess]:
+    """The resources ``usage`` holds beyond ``plan``'s limits (unmeasured ones are not checked)."""
+    found = []
+    for resource, used in usage.items():
+        limit = plan.limit(resource)
+        if limit is not None and used > limit:
+            found.append(Excess(resource=resource, used=used, limit=limit))
+    return found
+
+
+# --- Measured usage -----------------------------------------------------------------------
+
+
+async def member_count(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    count = await session.scalar(
+        select(func.count()).select_from(Membership).where(Membership.tenant_id == tenant_id)
+    )
+    return int(count or 0)
+
+
+async def latest_storage(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """The tenant's latest storage measurement in bytes (0 when never measured)."""
+    value = await session.scalar(
+        select(UsageEvent.quantity)
+        .where(UsageEvent.tenant_id == tenant_id, UsageEvent.metric == UsageMetric.STORAGE_BYTES)
+        .order_by(UsageEvent.occurred_at.desc())
+        .limit(1)
+    )
+    return int(value or 0)
+
+
+async def measured_usage(session: AsyncSession, tenant_id: uuid.UUID) -> dict[Resource, int]:
+    """What the tenant uses of the limited resources that are measured today (connectors and
+    AI credits have no measurement yet, so no limit on them is checked)."""
+    return {
+        Resource.USERS: await member_count(session, tenant_id),
+        Resource.STORAGE_BYTES: await latest_storage(session, tenant_id),
+    }
+
+
+async def usage_since(
+    session: AsyncSession, tenant_id: uuid.UUID, since: datetime
+) -> dict[UsageMetric, int]:
+    """The tenant's metered usage since ``since``: counters summed, gauges at their latest."""
+    rows = await session.execute(
+        select(UsageEvent.metric, func.sum(UsageEvent.quantity))
+        .where(
+            UsageEvent.tenant_id == tenant_id,
+            UsageEvent.occurred_at >= since,
+            UsageEvent.metric.not_in(GAUGES),
+        )
+        .group_by(UsageEvent.metric)
+    )
+    sums: dict[UsageMetric, int | None] = dict(rows.all())
+    usage = {metric: int(sums.get(metric) or 0) for metric in UsageMetric if metric not in GAUGES}
+    usage[UsageMetric.STORAGE_BYTES] = await latest_storage(session, tenant_id)
+    return usage
+
+
+async def ensure_room_for_user(
+    session: AsyncSession, plans: Iterable[PlanSpec], tenant_id: uuid.UUID
+) -> None:
+    """Refuse one more member when the tenant's plan has no room for it (403 naming the
+    limit). Call it where a member is created (an invitation), before writing anything; a
+    tenant without a plan yet is not limited."""
+    plan_id = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
+    if plan_id is None:
+        return
+    plan = plan_of(plans, PlanId(plan_id))
+    limit = plan.limit(Resource.USERS)
+    used = await member_count(session, tenant_id)
+    if limit is not None and used + 1 > limit:
+        raise PlanLimitReached(
+            f"The {plan.name} plan allows {limit} users and the tenant has {used}; "
+            "upgrade the plan to add more.",
+            limit=Resource.USERS.value,
+            allowed=limit,
+            used=used,
+        )

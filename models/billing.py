@@ -1,0 +1,391 @@
+"""Billing: the plan catalogue as Stripe knows it, the subscriptions and invoices projections,
+the Stripe webhook inbox, metered usage, and the types that cross the billing workflow."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, Timestamped, new_id, str_enum, utcnow
+from models.onboarding import PlanId
+
+
+class BillingStatus(StrEnum):
+    """A tenant's access as billing decides it."""
+
+    PROVISIONING = "provisioning"  # asked for, no subscription yet
+    TRIALING = "trialing"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"  # a payment failed; full access during the grace period
+    SUSPENDED = "suspended"  # grace period over: read-only until paid
+    CANCELLED = "cancelled"  # subscription ended; data kept until retention ends
+
+
+class UsageMetric(StrEnum):
+    """What is metered, and reported to Stripe meters."""
+
+    WORKFLOW_RUNS = "workflow_runs"
+    AGENT_MINUTES = "agent_minutes"
+    STORAGE_BYTES = "storage_bytes"
+
+
+# Gauges are measurements (the latest counts); the other metrics are counters (summed).
+GAUGES = frozenset({UsageMetric.STORAGE_BYTES})
+
+
+# --- Tables -------------------------------------------------------------------------------
+
+
+class BillingPlan(Timestamped, Base):
+    """A configured plan and the Stripe plan (price) that bills it, written when first used."""
+
+    __tablename__ = "plans"
+
+    id: Mapped[PlanId] = mapped_column(str_enum(PlanId), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    amount: Mapped[int]
+    currency: Mapped[str] = mapped_column(String(3))
+    interval: Mapped[str] = mapped_column(String(16))
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    stripe_price_id: Mapped[str] = mapped_column(String(100))
+
+
+class Subscription(Timestamped, Base):
+    """The subscriptions projection: one row per tenant, written by the billing workflow."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), unique=True
+    )
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    plan: Mapped[PlanId | None] = mapped_column(str_enum(PlanId))
+    status: Mapped[BillingStatus] = mapped_column(
+        str_enum(BillingStatus), default=BillingStatus.PROVISIONING
+    )
+    stripe_status: Mapped[str | None] = mapped_column(String(32))
+    current_period_start: Mapped[datetime | None]
+    current_period_end: Mapped[datetime | None]
+    cancel_at_period_end: Mapped[bool] = mapped_column(default=False)
+    trial_end: Mapped[datetime | None]
+    grace_ends_at: Mapped[datetime | None]
+    retention_ends_at: Mapped[datetime | None]
+
+
+class Invoice(Timestamped, Base):
+    """The invoices projection, from ``invoice.*`` events; a row keeps its newest state."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (Index("ix_invoices_tenant_created", "tenant_id", "stripe_created"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    stripe_invoice_id: Mapped[str] = mapped_column(String(100), unique=True)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(100))
+    number: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(32))
+    amount_due: Mapped[int] = mapped_column(BigInteger)
+    amount_paid: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    period_start: Mapped[datetime | None]
+    period_end: Mapped[datetime | None]
+    hosted_invoice_url: Mapped[str | None] = mapped_column(String(1000))
+    stripe_created: Mapped[datetime]
+    # The Stripe event time of the state held, so that an older event never overwrites it.
+    as_of: Mapped[int] = mapped_column(BigInteger)
+
+
+class StripeEventStatus(StrEnum):
+    RECEIVED = "received"  # stored, not yet handed to the tenant's workflow
+    DELIVERED = "delivered"  # signalled to the tenant's billing workflow
+    IGNORED = "ignored"  # an event type billing does not act on
+    UNMATCHED = "unmatched"  # no tenant owns the customer it is about
+
+
+class StripeEvent(Base):
+    """The webhook inbox: every verified Stripe event, once (the event id is the key)."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("tenants.id", ondelete="SET NULL"), index=True
+    )
+    status: Mapped[StripeEventStatus] = mapped_column(str_enum(StripeEventStatus))
+    stripe_created: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class UsageEvent(Base):
+    """One metered use (a workflow run, agent minutes, a storage measurement), recorded once
+    under its idempotency key; ``report_id`` is set once it is counted in a report."""
+
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_tenant_occurred", "tenant_id", "occurred_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    metric: Mapped[UsageMetric] = mapped_column(str_enum(UsageMetric))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    occurred_at: Mapped[datetime]
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    report_id: Mapped[str | None] = mapped_column(
+        ForeignKey("usage_reports.id", ondelete="SET NULL"), index=True
+    )
+
+
+class UsageReport(Base):
+    """What one aggregation reported to a Stripe meter; its id is the meter event identifier,
+    so Stripe drops a repeated report."""
+
+    __tablename__ = "usage_reports"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    metric: Mapped[UsageMetric] = mapped_column(str_enum(UsageMetric))
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    # The last use counted: the meter event's timestamp.
+    occurred_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+# --- What Stripe says, normalised by the gateway ------------------------------------------
+
+
+class SubscriptionSnapshot(BaseModel):
+    """A Stripe subscription as billing needs it; ``created`` orders snapshots (the event's
+    time when it came with an event, the fetch time when fetched)."""
+
+    subscription_id: str
+    customer_id: str
+    # The subscription's (single) item: a plan change replaces its price.
+    item_id: str | None = None
+    tenant_id: uuid.UUID | None = None
+    plan: PlanId | None = None
+    stripe_status: str
+    current_period_start: datetime | None = None
+    current_period_end: datetime | None = None
+    cancel_at_period_end: bool = False
+    trial_end: datetime | None = None
+    as_of: int
+
+
+class InvoiceSnapshot(BaseModel):
+    invoice_id: str
+    customer_id: str
+    subscription_id: str | None = None
+    tenant_id: uuid.UUID | None = None
+    number: str | None = None
+    status: str
+    amount_due: int
+    amount_paid: int
+    currency: str
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    hosted_invoice_url: str | None = None
+    created: datetime
+    as_of: int
+
+    @property
+    def settled(self) -> bool:
+        """Paid, or voided: nothing is owed on it any more."""
+        return self.status in ("paid", "void")
+
+
+class BillingEvent(BaseModel):
+    """A verified Stripe event, reduced to what the billing workflow acts on."""
+
+    event_id: str
+    type: str
+    created: int
+    customer_id: str | None = None
+    subscription: SubscriptionSnapshot | None = None
+    invoice: InvoiceSnapshot | None = None
+
+    @property
+    def tenant_id(self) -> uuid.UUID | None:
+        """The tenant named in the object's metadata, when the object carries it."""
+        if self.subscription is not None and self.subscription.tenant_id is not None:
+            return self.subscription.tenant_id
+        return self.invoice.tenant_id if self.invoice is not None else None
+
+
+# --- The workflow's input, state, requests and view ----------------------------------------
+
+
+class ProvisionRequest(BaseModel):
+    """Give a tenant its subscription (on approval); repeated requests under one key are one."""
+
+    tenant_id: uuid.UUID
+    plan: PlanId
+    idempotency_key: str
+
+
+class BillingPolicy(BaseModel):
+    """The human-facing clock, fixed from settings when the workflow starts."""
+
+    trial_days: int = 14
+    grace: timedelta = timedelta(days=7)
+    reminder_days: list[int] = Field(default_factory=lambda: [1, 3, 6])
+    retention: timedelta = timedelta(days=30)
+    usage_report_every: timedelta = timedelta(hours=1)
+    # The run continues as new once its history reaches this many events.
+    history_limit: int = 2_000
+
+
+class Dunning(BaseModel):
+    """An unpaid period: since when, and which reminders went out."""
+
+    since: datetime
+    reminders_sent: list[int] = Field(default_factory=list)
+
+
+class BillingState(BaseModel):
+    """Everything the workflow knows; carried across continue-as-new."""
+
+    status: BillingStatus = BillingStatus.PROVISIONING
+    plan: PlanId | None = None
+    customer_id: str | None = None
+    subscription: SubscriptionSnapshot | None = None
+    provision_keys: list[str] = Field(default_factory=list)
+    # Invoices a payment failed on and nothing has settled since, by Stripe id.
+    unpaid_invoices: list[str] = Field(default_factory=list)
+    # Recently settled invoices: a late failure event for one of them changes nothing.
+    settled_invoices: list[str] = Field(default_factory=list)
+    # Recently applied events (ids): a repeated signal changes nothing.
+    applied_events: list[str] = Field(default_factory=list)
+    dunning: Dunning | None = None
+    retention_ends_at: datetime | None = None
+    # Messages received but not yet handled when the run continued as new.
+    pending: list[BillingEvent] = Field(default_factory=list)
+    pending_provisions: list[ProvisionRequest] = Field(default_factory=list)
+
+
+class BillingInput(BaseModel):
+    tenant_id: uuid.UUID
+    policy: BillingPolicy = BillingPolicy()
+    state: BillingState | None = None
+
+
+class PlanChange(BaseModel):
+    plan: PlanId
+    requested_by: uuid.UUID | None = None
+
+
+class RenewalChange(BaseModel):
+    """Cancel at the period's end (``cancel=True``) or resume renewal (``cancel=False``)."""
+
+    cancel: bool
+    requested_by: uuid.UUID | None = None
+
+
+class BillingView(BaseModel):
+    """What the billing workflow reports about a tenant (its query)."""
+
+    tenant_id: uuid.UUID
+    status: BillingStatus
+    plan: PlanId | None
+    stripe_status: str | None
+    current_period_end: datetime | None
+    cancel_at_period_end: bool
+    trial_end: datetime | None
+    grace_ends_at: datetime | None
+    retention_ends_at: datetime | None
+    unpaid_invoices: list[str]
+
+
+# --- Activity inputs ----------------------------------------------------------------------
+
+
+class CustomerRequest(BaseModel):
+    tenant_id: uuid.UUID
+    idempotency_key: str
+
+
+class SubscriptionRequest(BaseModel):
+    tenant_id: uuid.UUID
+    customer_id: str
+    plan: PlanId
+    trial_end: datetime | None = None
+    idempotency_key: str
+
+
+class SubscriptionUpdate(BaseModel):
+    """A change to the live subscription through Stripe (plan, or renewal)."""
+
+    subscription: SubscriptionSnapshot
+    plan: PlanId | None = None
+    cancel_at_period_end: bool | None = None
+    idempotency_key: str
+
+
+class BillingTransition(BaseModel):
+    """One change of a tenant's billing: projection, tenant row and audit row together, once
+    under ``idempotency_key``."""
+
+    tenant_id: uuid.UUID
+    status: BillingStatus
+    previous: BillingStatus
+    # The audit action; ``None`` for a projection refresh that changes no access (a renewal).
+    action: str | None
+    idempotency_key: str
+    actor_id: uuid.UUID | None = None
+    subscription: SubscriptionSnapshot | None = None
+    customer_id: str | None = None
+    grace_ends_at: datetime | None = None
+    retention_ends_at: datetime | None = None
+    data: dict[str, str] = Field(default_factory=dict)
+
+
+class PlanFit(BaseModel):
+    """Does the tenant's usage fit ``plan``?"""
+
+    tenant_id: uuid.UUID
+    plan: PlanId
+
+
+class InvoiceRecord(BaseModel):
+    tenant_id: uuid.UUID
+    invoice: InvoiceSnapshot
+
+
+class NoticeKind(StrEnum):
+    PAYMENT_REMINDER = "payment_reminder"
+    SUSPENDED = "suspended"
+    REACTIVATED = "reactivated"
+    CANCELLED = "cancelled"
+    TRIAL_ENDING = "trial_ending"
+
+
+class BillingNotice(BaseModel):
+    """An e-mail to the tenant's admins, sent once per admin under ``idempotency_key``."""
+
+    tenant_id: uuid.UUID
+    kind: NoticeKind
+    idempotency_key: str
+    day: int | None = None
+    deadline: datetime | None = None
+
+
+class UsageRecord(BaseModel):
+    """One metered use, recorded once under ``idempotency_key``."""
+
+    tenant_id: uuid.UUID
+    metric: UsageMetric
+    quantity: int = Field(ge=0)
+    occurred_at: datetime
+    idempotency_key: str

@@ -1,0 +1,612 @@
+"""Billing through the HTTP API on the dev server: Stripe's webhooks (delivered by localstripe,
+or signed here as Stripe signs them), the subscription, its changes, invoices and usage."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import (
+    Client,
+    ScheduleActionExecutionStartWorkflow,
+    ScheduleActionStartWorkflow,
+)
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.billing import (
+    BillingActivities,
+    signal_billing,
+    usage_schedule_id,
+    workflow_id,
+)
+from api import problems
+from api.app import create_app
+from api.billing_guard import WritableTenant, read_only_guard
+from connectors.billing import stripe_gateway
+from connectors.mail import mailer_from_settings
+from core.db import SessionFactory, transaction
+from core.settings import Settings
+from models.audit import AuditEntry
+from models.billing import (
+    BillingStatus,
+    Invoice,
+    ProvisionRequest,
+    StripeEvent,
+    StripeEventStatus,
+    Subscription,
+    UsageEvent,
+    UsageMetric,
+    UsageRecord,
+    UsageReport,
+)
+from models.onboarding import PlanId
+from models.tenant import Tenant, TenantStatus
+from models.user import Role
+from tests.conftest import free_port
+from tests.factories import Member, member
+from tests.peers_stripe import (
+    WEBHOOK_SECRET,
+    LocalStripe,
+    MeterRecorder,
+    card_holder,
+    pay,
+    signed,
+    stripe_event,
+    unpaid_invoice,
+)
+from workflows.billing import BillingWorkflow
+
+pytest_plugins = ["tests.peers_stripe"]
+
+T = TypeVar("T")
+WEBHOOK = "/api/v1/billing/webhooks/stripe"
+
+
+@pytest.fixture
+def settings(settings: Settings, localstripe: LocalStripe) -> Settings:
+    """The test settings, billing through localstripe, without a trial."""
+    return localstripe.settings(settings).model_copy(update={"billing_trial_days": 0})
+
+
+async def _eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool]) -> T:
+    for _ in range(300):
+        value = await probe()
+        if check(value):
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still {value!r}")
+
+
+async def _projection(sessions: SessionFactory, tenant_id: uuid.UUID) -> Subscription | None:
+    async with sessions() as session:
+        return await session.scalar(select(Subscription).where(Subscription.tenant_id == tenant_id))
+
+
+async def _billed(
+    sessions: SessionFactory, tenant_id: uuid.UUID, status: BillingStatus
+) -> Subscription:
+    row = await _eventually(
+        lambda: _projection(sessions, tenant_id),
+        lambda row: row is not None and row.status is status,
+    )
+    assert row is not None
+    return row
+
+
+async def _subscribed(
+    client: Client, settings: Settings, sessions: SessionFactory, localstripe: LocalStripe
+) -> tuple[Member, str, Subscription]:
+    """An admin of a tenant provisioned on the starter plan, paying by card."""
+    admin = await member(sessions, settings)
+    async with localstripe.sdk() as sdk:
+        customer = await card_holder(sdk, admin.tenant_id, admin.email)
+    request = ProvisionRequest(
+        tenant_id=admin.tenant_id, plan=PlanId.STARTER, idempotency_key="approval"
+    )
+    await signal_billing(client, settings, admin.tenant_id, "provision", request)
+    return admin, customer, await _billed(sessions, admin.tenant_id, BillingStatus.ACTIVE)
+
+
+async def _post(api: httpx.AsyncClient, payload: dict[str, Any]) -> httpx.Response:
+    body, headers = signed(payload)
+    return await api.post(WEBHOOK, content=body, headers=headers)
+
+
+async def _inbox(sessions: SessionFactory, event_ids: list[str]) -> list[StripeEvent]:
+    async with sessions() as session:
+        rows = await session.scalars(select(StripeEvent).where(StripeEvent.id.in_(event_ids)))
+        return list(rows)
+
+
+async def _invoices(sessions: SessionFactory, tenant_id: uuid.UUID) -> list[Invoice]:
+    async with sessions() as session:
+        rows = await session.scalars(select(Invoice).where(Invoice.tenant_id == tenant_id))
+        return list(rows)
+
+
+async def _actions(sessions: SessionFactory, tenant_id: uuid.UUID) -> list[str]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(AuditEntry.action)
+            .where(AuditEntry.tenant_id == tenant_id, AuditEntry.action.startswith("billing."))
+            .order_by(AuditEntry.seq)
+        )
+        return list(rows)
+
+
+# --- Webhooks -----------------------------------------------------------------------------
+
+
+async def test_bad_signatures_are_refused_and_nothing_is_stored(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    payload = stripe_event("invoice.paid", {"id": "in_x", "customer": "cus_x"}, int(time.time()))
+    body, headers = signed(payload)
+    stale_body, stale = signed(payload, at=int(time.time()) - 301)
+    _, foreign = signed(payload, secret="whsec_someone_else")
+    attempts = [
+        (body.replace(b"in_x", b"in_y"), headers),  # tampered body
+        (body, foreign),  # signed with another secret
+        (stale_body, stale),  # older than the 300 s tolerance
+        (body, {"Content-Type": "application/json"}),  # unsigned
+        (b"not json", signed({"id": "x"})[1]),
+    ]
+    for content, sent_headers in attempts:
+        response = await api.post(WEBHOOK, content=content, headers=sent_headers)
+        assert response.status_code == 400, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith("webhook-rejected")
+    assert await _inbox(sessions, [payload["id"]]) == []
+
+
+async def test_unknown_types_and_strangers_are_recorded_and_ignored(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    now = int(time.time())
+    unknown = stripe_event("charge.dispute.created", {"id": "dp_1"}, now)
+    stranger = stripe_event(
+        "invoice.payment_failed",
+        {"id": "in_1", "customer": f"cus_{uuid.uuid4().hex[:12]}", "status": "open"},
+        now,
+    )
+    assert (await _post(api, unknown)).json() == {
+        "received": True,
+        "duplicate": False,
+        "status": "ignored",
+    }
+    assert (await _post(api, stranger)).json()["status"] == "unmatched"
+    assert (await _post(api, unknown)).json()["duplicate"] is True
+    rows = await _inbox(sessions, [unknown["id"], stranger["id"]])
+    assert {(row.type, row.status, row.tenant_id) for row in rows} == {
+        ("charge.dispute.created", StripeEventStatus.IGNORED, None),
+        ("invoice.payment_failed", StripeEventStatus.UNMATCHED, None),
+    }
+
+
+async def test_an_event_for_a_tenant_without_a_billing_workflow_starts_it(
+    api: httpx.AsyncClient, temporal_client: Client, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    now = int(time.time())
+    subscription = {
+        "id": f"sub_{uuid.uuid4().hex[:14]}",
+        "object": "subscription",
+        "customer": f"cus_{uuid.uuid4().hex[:14]}",
+        "status": "trialing",
+        "trial_end": now + 14 * 86_400,
+        "cancel_at_period_end": False,
+        "metadata": {"tenant_id": str(admin.tenant_id)},
+        "items": {
+            "object": "list",
+            "data": [
+                {
+                    "id": "si_1",
+                    "current_period_start": now,
+                    "current_period_end": now + 30 * 86_400,
+                    "price": {"id": "price_1", "metadata": {"plan_id": "business"}},
+                }
+            ],
+        },
+    }
+    response = await _post(api, stripe_event("customer.subscription.created", subscription, now))
+    assert response.json()["status"] == "delivered"
+    row = await _billed(sessions, admin.tenant_id, BillingStatus.TRIALING)
+    assert (row.plan, row.stripe_subscription_id) == (PlanId.BUSINESS, subscription["id"])
+    handle = temporal_client.get_workflow_handle_for(
+        BillingWorkflow.run, workflow_id(admin.tenant_id)
+    )
+    assert (await handle.query(BillingWorkflow.view)).plan is PlanId.BUSINESS
+
+
+async def test_every_event_three_times_shuffled_has_one_effect_each(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    admin, customer, row = await _subscribed(temporal_client, settings, sessions, localstripe)
+    subscription_id = str(row.stripe_subscription_id)
+    async with localstripe.sdk() as sdk:
+        invoice_id = await unpaid_invoice(sdk, customer, subscription_id)
+        unpaid = (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+        paid = await pay(sdk, customer, invoice_id)
+        subscription = (await sdk.v1.subscriptions.retrieve_async(subscription_id)).to_dict()
+    t = int(time.time()) + 5  # newer than what provisioning read
+    events = [
+        stripe_event("invoice.created", unpaid | {"status": "draft"}, t),
+        stripe_event("invoice.payment_failed", unpaid, t + 1),
+        stripe_event("customer.subscription.updated", subscription | {"status": "past_due"}, t + 1),
+        stripe_event("invoice.payment_succeeded", paid, t + 2),
+        stripe_event("invoice.paid", paid, t + 2),
+        stripe_event("customer.subscription.updated", subscription | {"status": "active"}, t + 3),
+    ]
+    deliveries = [event for event in events for _ in range(3)]
+    random.Random(2).shuffle(deliveries)  # an order that enters and leaves a lapse
+    duplicates = 0
+    for event in deliveries:
+        response = await _post(api, event)
+        assert response.status_code == 200, response.text
+        duplicates += response.json()["duplicate"]
+    assert duplicates == 2 * len(events)
+
+    ids = [event["id"] for event in events]
+    rows = await _eventually(
+        lambda: _inbox(sessions, ids),
+        lambda rows: (
+            len(rows) == len(events) and all(r.status is StripeEventStatus.DELIVERED for r in rows)
+        ),
+    )
+    assert {r.tenant_id for r in rows} == {admin.tenant_id}
+    (invoice,) = await _eventually(
+        lambda: _invoices(sessions, admin.tenant_id),
+        lambda found: [i.status for i in found] == ["paid"],
+    )
+    assert (invoice.stripe_invoice_id, invoice.amount_paid) == (invoice_id, paid["amount_paid"])
+
+    final = await _billed(sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert final.grace_ends_at is None
+    view = (await api.get("/api/v1/billing/subscription", headers=admin.headers)).json()
+    assert (view["status"], view["plan"]) == ("active", "starter")
+    actions = await _actions(sessions, admin.tenant_id)
+    # Whatever the order, a lapse is entered and left at most once, and the tenant ends active.
+    assert actions.count("billing.payment_failed") == actions.count("billing.reactivated") <= 1
+    async with sessions() as session:
+        tenant = await session.get(Tenant, admin.tenant_id)
+    assert tenant is not None
+    assert tenant.status is TenantStatus.ACTIVE
+
+
+# --- localstripe delivering to the running API --------------------------------------------
+
+
+@pytest.fixture
+async def served_api(
+    settings: Settings, temporal_env: WorkflowEnvironment, engine: AsyncEngine, worker: Worker
+) -> AsyncIterator[str]:
+    """The app served by uvicorn on a loopback port, for a peer that needs a real URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, temporal_env.client, engine),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    await _eventually(lambda: asyncio.sleep(0.02, server.started), bool)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await serving
+
+
+async def test_localstripe_delivers_signed_events_that_reach_the_workflow(
+    served_api: str,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    await localstripe.send_webhooks_to(served_api + WEBHOOK, WEBHOOK_SECRET)
+    admin, customer, row = await _subscribed(temporal_client, settings, sessions, localstripe)
+
+    # The first invoice of the subscription, paid through the SDK at creation, arrives as
+    # localstripe's own webhooks (signed with the shared secret, a second later, in any order).
+    async def delivered() -> list[StripeEvent]:
+        async with sessions() as session:
+            found = await session.scalars(
+                select(StripeEvent).where(StripeEvent.tenant_id == admin.tenant_id)
+            )
+            return list(found)
+
+    rows = await _eventually(
+        delivered,
+        lambda rows: (
+            {"customer.subscription.created", "invoice.payment_succeeded"} <= {r.type for r in rows}
+            and all(r.status is StripeEventStatus.DELIVERED for r in rows)
+        ),
+    )
+    assert {r.tenant_id for r in rows} == {admin.tenant_id}
+    await _eventually(
+        lambda: _invoices(sessions, admin.tenant_id),
+        lambda found: [i.status for i in found] == ["paid"],
+    )
+    async with httpx.AsyncClient(base_url=served_api) as http:
+        listed = (await http.get("/api/v1/billing/invoices", headers=admin.headers)).json()
+    assert [(i["status"], i["amount_paid"], i["currency"]) for i in listed["items"]] == [
+        ("paid", 2900, "usd")
+    ]
+    assert listed["next_cursor"] is None
+
+    # The usage Schedule was created with the subscription; an empty run reports nothing.
+    schedule = temporal_client.get_schedule_handle(usage_schedule_id(admin.tenant_id))
+    described = await schedule.describe()
+    assert isinstance(described.schedule.action, ScheduleActionStartWorkflow)
+    assert described.schedule.action.workflow == "UsageReportWorkflow"
+    await schedule.trigger()
+    described = await _eventually(schedule.describe, lambda found: bool(found.info.recent_actions))
+    started = described.info.recent_actions[0].action
+    assert isinstance(started, ScheduleActionExecutionStartWorkflow)
+    assert await temporal_client.get_workflow_handle(started.workflow_id).result() == 0
+    assert customer == row.stripe_customer_id
+
+
+# --- Changes to the subscription ----------------------------------------------------------
+
+
+async def test_plan_change_refuses_a_downgrade_below_usage(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    admin, _, row = await _subscribed(temporal_client, settings, sessions, localstripe)
+    plan = "/api/v1/billing/subscription/plan"
+
+    upgraded = await api.put(plan, json={"plan_id": "professional"}, headers=admin.headers)
+    assert upgraded.status_code == 200, upgraded.text
+    assert upgraded.json()["plan"] == "professional"
+    async with localstripe.sdk() as sdk:
+        in_stripe = await sdk.v1.subscriptions.retrieve_async(str(row.stripe_subscription_id))
+    assert in_stripe.to_dict()["plan"]["metadata"]["plan_id"] == "professional"
+    async with sessions() as session:
+        tenant = await session.get(Tenant, admin.tenant_id)
+    assert tenant is not None
+    assert tenant.plan == "professional"
+
+    same = await api.put(plan, json={"plan_id": "professional"}, headers=admin.headers)
+    assert same.status_code == 409
+    unknown = await api.put(plan, json={"plan_id": "platinum"}, headers=admin.headers)
+    assert unknown.status_code == 422
+
+    for _ in range(3):  # four members: more than the starter plan's three users
+        await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    refused = await api.put(plan, json={"plan_id": "starter"}, headers=admin.headers)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["excesses"] == [{"resource": "users", "used": 4, "limit": 3}]
+    unchanged = await _projection(sessions, admin.tenant_id)
+    assert unchanged is not None
+    assert unchanged.plan is PlanId.PROFESSIONAL
+
+    user = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    forbidden = await api.put(plan, json={"plan_id": "business"}, headers=user.headers)
+    assert forbidden.status_code == 403
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.plan_changed",
+    ]
+
+
+async def test_a_change_stripe_refuses_is_a_bad_gateway_and_changes_nothing(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    admin, _, _ = await _subscribed(temporal_client, settings, sessions, localstripe)
+    await localstripe.reset()  # Stripe no longer knows the subscription
+    response = await api.put(
+        "/api/v1/billing/subscription/plan", json={"plan_id": "business"}, headers=admin.headers
+    )
+    assert response.status_code == 502, response.text
+    assert response.json()["type"].endswith("payment-provider-refused")
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.plan is PlanId.STARTER
+    assert await _actions(sessions, admin.tenant_id) == ["billing.provisioned"]
+
+
+async def test_cancel_at_period_end_and_resume(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    admin, _, row = await _subscribed(temporal_client, settings, sessions, localstripe)
+    cancelled = await api.post("/api/v1/billing/subscription/cancel", headers=admin.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["cancel_at_period_end"] is True
+    again = await api.post("/api/v1/billing/subscription/cancel", headers=admin.headers)
+    assert again.status_code == 409
+    view = (await api.get("/api/v1/billing/subscription", headers=admin.headers)).json()
+    assert view["cancel_at_period_end"] is True
+    assert view["current_period_end"] is not None
+
+    resumed = await api.post("/api/v1/billing/subscription/resume", headers=admin.headers)
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["cancel_at_period_end"] is False
+    async with localstripe.sdk() as sdk:
+        in_stripe = await sdk.v1.subscriptions.retrieve_async(str(row.stripe_subscription_id))
+    assert in_stripe.cancel_at_period_end is False
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.cancellation_scheduled",
+        "billing.renewal_resumed",
+    ]
+
+
+async def test_reads_before_billing_exists(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    missing = await api.get("/api/v1/billing/subscription", headers=admin.headers)
+    assert missing.status_code == 404
+    change = await api.put(
+        "/api/v1/billing/subscription/plan", json={"plan_id": "business"}, headers=admin.headers
+    )
+    assert change.status_code == 404
+    assert (await api.get("/api/v1/billing/invoices", headers=admin.headers)).json() == {
+        "items": [],
+        "next_cursor": None,
+    }
+    plans = (await api.get("/api/v1/billing/plans", headers=admin.headers)).json()
+    assert [(p["id"], p["amount"], p["limits"]["users"]) for p in plans] == [
+        ("starter", 2900, 3),
+        ("professional", 7900, 10),
+        ("business", 19900, 50),
+        ("enterprise", 49900, None),
+    ]
+    bad_cursor = await api.get("/api/v1/billing/invoices?cursor=xyz", headers=admin.headers)
+    assert bad_cursor.status_code == 422
+
+
+# --- Usage metering -----------------------------------------------------------------------
+
+
+async def test_usage_is_recorded_once_and_reported_once(
+    api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    settings: Settings,
+    meter_recorder: MeterRecorder,
+) -> None:
+    admin = await member(sessions, settings)
+    customer = f"cus_{uuid.uuid4().hex[:12]}"
+    async with transaction(sessions) as session:
+        session.add(Subscription(tenant_id=admin.tenant_id, stripe_customer_id=customer))
+    now = datetime.now(UTC)
+    runs = [_use(admin, UsageMetric.WORKFLOW_RUNS, 1, now, f"run-{n}") for n in range(3)]
+    sizes = [_use(admin, UsageMetric.STORAGE_BYTES, size, now, f"size-{size}") for size in (5, 8)]
+    metering = BillingActivities(
+        sessions,
+        mailer_from_settings(settings, sessions),
+        settings,
+        partial(stripe_gateway, meter_recorder.settings(settings)),
+    )
+    env = ActivityEnvironment()
+    assert [await env.run(metering.record_usage, r) for r in runs + sizes] == [True] * 5
+    assert await env.run(metering.record_usage, runs[0]) is False  # the same key: once
+
+    usage = (await api.get("/api/v1/billing/usage", headers=admin.headers)).json()
+    assert usage["usage"] == {"workflow_runs": 3, "agent_minutes": 0, "storage_bytes": 8}
+
+    assert await env.run(metering.report_usage, admin.tenant_id) == 2
+    sent = {r["event_name"]: r for r in meter_recorder.received}
+    assert sent["bizosaas_workflow_runs"]["payload[value]"] == "3"  # counters: summed
+    assert sent["bizosaas_storage_bytes"]["payload[value]"] == "8"  # gauges: the latest
+    assert {r["payload[stripe_customer_id]"] for r in sent.values()} == {customer}
+    assert all(r["identifier"] == r["idempotency-key"] for r in sent.values())
+    assert await env.run(metering.report_usage, admin.tenant_id) == 0  # nothing new
+
+    # A report whose sending was not recorded (a crash) goes again under its identifier.
+    async with transaction(sessions) as session:
+        report = await session.scalar(
+            select(UsageReport).where(
+                UsageReport.tenant_id == admin.tenant_id,
+                UsageReport.metric == UsageMetric.WORKFLOW_RUNS,
+            )
+        )
+        assert report is not None
+        report.sent_at = None
+    await env.run(metering.record_usage, _use(admin, UsageMetric.WORKFLOW_RUNS, 2, now, "run-9"))
+    assert await env.run(metering.report_usage, admin.tenant_id) == 2
+    resent, fresh = meter_recorder.received[-2:]
+    assert (resent["identifier"], resent["payload[value]"]) == (report.id, "3")
+    assert fresh["payload[value]"] == "2"
+    async with sessions() as session:
+        unreported = await session.scalar(
+            select(func.count())
+            .select_from(UsageEvent)
+            .where(UsageEvent.tenant_id == admin.tenant_id, UsageEvent.report_id.is_(None))
+        )
+    assert unreported == 0
+
+
+def _use(
+    someone: Member, metric: UsageMetric, quantity: int, at: datetime, key: str
+) -> UsageRecord:
+    return UsageRecord(
+        tenant_id=someone.tenant_id,
+        metric=metric,
+        quantity=quantity,
+        occurred_at=at,
+        idempotency_key=f"{someone.tenant_id}:{key}",
+    )
+
+
+# --- The read-only guard ------------------------------------------------------------------
+
+
+async def test_a_suspended_tenant_reads_but_does_not_write(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    router = APIRouter(dependencies=[read_only_guard])
+
+    @router.get("/things")
+    async def read_things() -> dict[str, bool]:
+        return {"ok": True}
+
+    @router.post("/things")
+    async def write_things() -> dict[str, bool]:
+        return {"ok": True}
+
+    @router.put("/own")
+    async def write_own(_: WritableTenant) -> dict[str, bool]:
+        return {"ok": True}
+
+    app = FastAPI()
+    app.state.settings, app.state.sessions = settings, sessions
+    problems.install(app)
+    app.include_router(router)
+    admin = await member(sessions, settings)
+    staff = await member(sessions, settings, Role.SUPER_ADMIN, status=TenantStatus.SUSPENDED)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        for status, refusal in (
+            (TenantStatus.ACTIVE, None),
+            (TenantStatus.SUSPENDED, "tenant-suspended"),
+            (TenantStatus.CANCELLED, "tenant-cancelled"),
+        ):
+            async with transaction(sessions) as session:
+                tenant = await session.get(Tenant, admin.tenant_id)
+                assert tenant is not None
+                tenant.status = status
+            assert (await http.get("/things", headers=admin.headers)).status_code == 200
+            for response in (
+                await http.post("/things", headers=admin.headers),
+                await http.put("/own", headers=admin.headers),
+            ):
+                if refusal is None:
+                    assert response.status_code == 200
+                else:
+                    assert response.status_code == 403
+                    assert response.json()["type"].endswith(refusal)
+        # Platform staff are not held by a tenant's billing.
+        assert (await http.post("/things", headers=staff.headers)).status_code == 200

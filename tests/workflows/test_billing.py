@@ -1,0 +1,402 @@
+"""The billing workflow on the time-skipping server, with Stripe played by localstripe and the
+events it lacks posted, signed as Stripe signs them, to the real webhook route."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.billing import signal_billing, workflow_id
+from api.app import create_app
+from api.billing_guard import TenantSuspended, writable_tenant
+from connectors.billing import parse_event
+from core.db import SessionFactory
+from core.search import BIZ_STATUS
+from core.security import Principal
+from core.settings import Settings
+from models.audit import AuditEntry
+from models.billing import (
+    BillingInput,
+    BillingPolicy,
+    BillingStatus,
+    BillingView,
+    ProvisionRequest,
+    Subscription,
+)
+from models.email import OutboundEmail
+from models.onboarding import PlanId
+from models.tenant import Tenant, TenantStatus
+from tests.factories import Member, member
+from tests.peers_stripe import (
+    LocalStripe,
+    card_holder,
+    pay,
+    signed,
+    stripe_event,
+    unpaid_invoice,
+)
+from workers import registry
+from workflows.billing import BillingWorkflow
+
+pytest_plugins = ["tests.peers_stripe"]
+
+T = TypeVar("T")
+DAY = 86_400
+Billing = WorkflowHandle[BillingWorkflow, BillingStatus]
+# The time-skipping server has no Schedules: these two activities are stood in for.
+_SCHEDULE_ACTIVITIES = {"ensure_usage_schedule", "remove_usage_schedule"}
+
+
+class ScheduleLog:
+    """Stands in for the usage Schedule activities; keeps what was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, uuid.UUID]] = []
+
+    @activity.defn(name="ensure_usage_schedule")
+    async def ensure(self, tenant_id: uuid.UUID) -> None:
+        self.calls.append(("ensure", tenant_id))
+
+    @activity.defn(name="remove_usage_schedule")
+    async def remove(self, tenant_id: uuid.UUID) -> None:
+        self.calls.append(("remove", tenant_id))
+
+
+@pytest.fixture
+def billing_settings(settings: Settings, localstripe: LocalStripe) -> Settings:
+    return localstripe.settings(settings).model_copy(update={"billing_trial_days": 0})
+
+
+@pytest.fixture
+def schedules() -> ScheduleLog:
+    return ScheduleLog()
+
+
+@pytest.fixture
+async def ts_worker(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    schedules: ScheduleLog,
+) -> AsyncIterator[Worker]:
+    activities = [
+        fn
+        for fn in registry.activities(sessions, billing_settings)
+        if fn.__name__ not in _SCHEDULE_ACTIVITIES
+    ]
+    async with Worker(
+        time_skipping_env.client,
+        task_queue=billing_settings.temporal_task_queue,
+        workflows=registry.WORKFLOWS,
+        activities=[*activities, schedules.ensure, schedules.remove],
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+async def ts_api(
+    billing_settings: Settings,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    ts_worker: Worker,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API in process, on the time-skipping server."""
+    app = create_app(billing_settings, time_skipping_env.client, engine)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+async def _eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool]) -> T:
+    for _ in range(200):
+        value = await probe()
+        if check(value):
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still {value!r}")
+
+
+async def _status(
+    handle: Billing, sessions: SessionFactory, tenant_id: uuid.UUID, status: BillingStatus
+) -> BillingView:
+    """The workflow's view once it and the projection both show ``status``."""
+    await _eventually(
+        lambda: _projection(sessions, tenant_id),
+        lambda row: row is not None and row.status is status,
+    )
+    return await _eventually(
+        lambda: handle.query(BillingWorkflow.view), lambda view: view.status is status
+    )
+
+
+async def _post(api: httpx.AsyncClient, event_type: str, obj: dict[str, Any]) -> None:
+    body, headers = signed(stripe_event(event_type, obj, created=int(time.time())))
+    response = await api.post("/api/v1/billing/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "delivered"
+
+
+async def _provision(
+    client: Client, settings: Settings, tenant_id: uuid.UUID, plan: PlanId = PlanId.STARTER
+) -> Billing:
+    request = ProvisionRequest(tenant_id=tenant_id, plan=plan, idempotency_key="approval-1")
+    await signal_billing(client, settings, tenant_id, "provision", request)
+    return client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(tenant_id))
+
+
+async def _projection(sessions: SessionFactory, tenant_id: uuid.UUID) -> Subscription | None:
+    async with sessions() as session:
+        return await session.scalar(select(Subscription).where(Subscription.tenant_id == tenant_id))
+
+
+async def _tenant_status(sessions: SessionFactory, tenant_id: uuid.UUID) -> TenantStatus:
+    async with sessions() as session:
+        tenant = await session.get(Tenant, tenant_id)
+    assert tenant is not None
+    return tenant.status
+
+
+async def _subjects(sessions: SessionFactory, someone: Member) -> list[str]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(OutboundEmail.subject)
+            .where(OutboundEmail.recipient == someone.email)
+            .order_by(OutboundEmail.created_at)
+        )
+        return list(rows)
+
+
+async def _actions(sessions: SessionFactory, tenant_id: uuid.UUID) -> list[str]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(AuditEntry.action)
+            .where(AuditEntry.tenant_id == tenant_id, AuditEntry.action.startswith("billing."))
+            .order_by(AuditEntry.seq)
+        )
+        return list(rows)
+
+
+async def _is_suspended_for_writes(sessions: SessionFactory, someone: Member) -> bool:
+    principal = Principal(someone.user_id, someone.tenant_id, someone.role, uuid.uuid4())
+    async with sessions() as session:
+        try:
+            await writable_tenant(principal, session)
+        except TenantSuspended:
+            return True
+    return False
+
+
+async def _reminders(sessions: SessionFactory, someone: Member, count: int) -> list[str]:
+    return await _eventually(
+        lambda: _subjects(sessions, someone),
+        lambda subjects: sum("overdue" in s for s in subjects) == count,
+    )
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_dunning_suspends_and_payment_reactivates(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    schedules: ScheduleLog,
+) -> None:
+    admin = await member(sessions, billing_settings)
+    async with localstripe.sdk() as sdk:
+        customer = await card_holder(sdk, admin.tenant_id, admin.email)
+    handle = await _provision(time_skipping_env.client, billing_settings, admin.tenant_id)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert (row.stripe_customer_id, row.plan, row.status) == (
+        customer,  # the customer the tenant already had: found, not created again
+        PlanId.STARTER,
+        BillingStatus.ACTIVE,
+    )
+    assert row.stripe_subscription_id is not None
+    assert schedules.calls == [("ensure", admin.tenant_id)]
+
+    async with localstripe.sdk() as sdk:
+        invoice_id = await unpaid_invoice(sdk, customer, row.stripe_subscription_id)
+        invoice = (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    assert view.unpaid_invoices == [invoice_id]
+    assert view.grace_ends_at is not None
+    # Within the grace period the tenant keeps full access.
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
+    assert not await _is_suspended_for_writes(sessions, admin)
+
+    # Reminders on days 1, 3 and 6 of the grace period, suspension when it ends on day 7.
+    for skip, reminders in (
+        (timedelta(days=1, hours=1), 1),
+        (timedelta(days=2), 2),
+        (timedelta(days=3), 3),
+    ):
+        await time_skipping_env.sleep(skip)
+        await _reminders(sessions, admin, reminders)
+    assert (await handle.query(BillingWorkflow.view)).status is BillingStatus.PAST_DUE
+    await time_skipping_env.sleep(timedelta(days=1))
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.SUSPENDED
+    assert await _is_suspended_for_writes(sessions, admin)
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(BIZ_STATUS) == "suspended"
+
+    async with localstripe.sdk() as sdk:
+        paid = await pay(sdk, customer, invoice_id)
+    await _post(ts_api, "invoice.payment_succeeded", paid)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert view.unpaid_invoices == []
+    assert view.grace_ends_at is None
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
+    assert not await _is_suspended_for_writes(sessions, admin)
+
+    subjects = await _eventually(
+        lambda: _subjects(sessions, admin), lambda found: any("fully active" in s for s in found)
+    )
+    assert sum("overdue" in s for s in subjects) == 3
+    assert sum("read-only" in s for s in subjects) == 1
+    assert sum("fully active" in s for s in subjects) == 1
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.payment_failed",
+        "billing.suspended",
+        "billing.reactivated",
+    ]
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_trial_then_cancellation_keeps_data_until_retention_ends(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    schedules: ScheduleLog,
+) -> None:
+    admin = await member(sessions, billing_settings)
+    with_trial = billing_settings.model_copy(update={"billing_trial_days": 14})
+    handle = await _provision(time_skipping_env.client, with_trial, admin.tenant_id)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.TRIALING)
+    assert view.trial_end is not None
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.stripe_subscription_id is not None
+    assert row.trial_end == view.trial_end
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
+
+    # localstripe sends no trial_will_end: posted as Stripe would, about the real subscription.
+    async with localstripe.sdk() as sdk:
+        subscription = await sdk.v1.subscriptions.retrieve_async(row.stripe_subscription_id)
+        await _post(ts_api, "customer.subscription.trial_will_end", subscription.to_dict())
+        await _eventually(
+            lambda: _subjects(sessions, admin), lambda found: any("trial ends" in s for s in found)
+        )
+        ended = await sdk.v1.subscriptions.cancel_async(row.stripe_subscription_id)
+    await _post(ts_api, "customer.subscription.deleted", ended.to_dict())
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.CANCELLED)
+    assert view.retention_ends_at is not None
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.CANCELLED
+    await _eventually(lambda: asyncio.sleep(0, schedules.calls), lambda calls: len(calls) == 2)
+    assert schedules.calls[-1] == ("remove", admin.tenant_id)
+
+    started = (await handle.describe()).start_time
+    await time_skipping_env.sleep(timedelta(days=30, hours=1))
+    assert await handle.result() is BillingStatus.CANCELLED
+    closed = (await handle.describe()).close_time
+    assert closed is not None
+    assert closed - started >= timedelta(days=30)
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.cancelled",
+        "billing.retention_expired",
+    ]
+    subjects = await _subjects(sessions, admin)
+    assert sum("trial ends" in s for s in subjects) == 1
+    assert sum("has ended" in s for s in subjects) == 1
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_continues_as_new_with_its_state(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    admin = await member(sessions, billing_settings)
+    async with localstripe.sdk() as sdk:
+        await card_holder(sdk, admin.tenant_id, admin.email)
+    client = time_skipping_env.client
+    request = ProvisionRequest(tenant_id=admin.tenant_id, plan=PlanId.STARTER, idempotency_key="a")
+    handle = await client.start_workflow(
+        BillingWorkflow.run,
+        BillingInput(
+            tenant_id=admin.tenant_id, policy=BillingPolicy(trial_days=0, history_limit=60)
+        ),
+        id=workflow_id(admin.tenant_id),
+        task_queue=billing_settings.temporal_task_queue,
+        start_signal="provision",
+        start_signal_args=[request],
+    )
+    first_run = handle.result_run_id
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    async with localstripe.sdk() as sdk:
+        subscription = (
+            await sdk.v1.subscriptions.retrieve_async(str(row.stripe_subscription_id))
+        ).to_dict()
+    # Renewals and renewal toggles, one second apart: each is newer than the last.
+    base, period_end = int(time.time()) + 10, int(subscription["current_period_end"])
+    events = [
+        parse_event(
+            stripe_event(
+                "customer.subscription.updated",
+                subscription
+                | {"cancel_at_period_end": n % 2 == 0, "current_period_end": period_end + n * DAY},
+                created=base + n,
+            )
+        )
+        for n in range(15)
+    ]
+    for event in events:
+        await handle.signal(BillingWorkflow.stripe_event, event)
+    final_end = datetime.fromtimestamp(period_end + 14 * DAY, UTC)
+    row = await _eventually(
+        lambda: _projection(sessions, admin.tenant_id),
+        lambda row: row is not None and row.current_period_end == final_end,
+    )
+    assert row is not None
+    assert row.cancel_at_period_end is True
+    latest = await _eventually(
+        lambda: client.get_workflow_handle(handle.id).describe(),
+        lambda found: found.run_id != first_run and found.status == WorkflowExecutionStatus.RUNNING,
+    )
+    current = client.get_workflow_handle_for(BillingWorkflow.run, handle.id, run_id=latest.run_id)
+    view = await current.query(BillingWorkflow.view)
+    assert (view.status, view.plan, view.current_period_end) == (
+        BillingStatus.ACTIVE,
+        PlanId.STARTER,
+        final_end,
+    )
+    # Repeats of events applied in an earlier run change nothing.
+    for event in events[:3]:
+        await current.signal(BillingWorkflow.stripe_event, event)
+    view = await current.query(BillingWorkflow.view)
+    assert (view.cancel_at_period_end, view.current_period_end) == (True, final_end)
+    assert await _actions(sessions, admin.tenant_id) == ["billing.provisioned"]
