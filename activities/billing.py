@@ -213,9 +213,20 @@ class BillingActivities:
     # --- Provisioning ---------------------------------------------------------------------
 
     @activity.defn
-    async def provision_tenant_billing(self, request: ProvisionRequest) -> str:
+    async def provision_tenant_billing(self, request: ProvisionRequest) -> str | None:
         """Ask the tenant's billing workflow to provision the plan (signal-with-start; a
-        repeated request under the same key is one). Returns the billing workflow id."""
+        repeated request under the same key is one). Returns the billing workflow id.
+
+        Without a payment provider configured (the embedded default) there is nothing to
+        bill through: the tenant runs without a subscription, which is logged, and ``None``
+        is returned.
+        """
+        if self._open_gateway is None:
+            log.warning(
+                "billing is off (BIZ_STRIPE_SECRET_KEY is not set): tenant %s has no subscription",
+                request.tenant_id,
+            )
+            return None
         await signal_billing(
             activity.client(), self._settings, request.tenant_id, "provision", request
         )

@@ -17,7 +17,6 @@ from core.identity import PLATFORM_SLUG
 from core.settings import Settings
 from models.email import EmailMessage
 from models.onboarding import (
-    BillingSetup,
     DuplicateQuery,
     SimilarTenant,
     TenantTransition,
@@ -99,20 +98,6 @@ class OnboardingActivities:
                 data={"status": change.status.value, **change.data},
                 idempotency_key=change.idempotency_key,
             )
-
-    @activity.defn
-    async def provision_billing(self, setup: BillingSetup) -> None:
-        """The billing seam, a deliberate no-op until the billing lifecycle exists.
-
-        Provisioning will create the tenant's Stripe customer under ``setup.idempotency_key``
-        and start ``billing:{tenant_id}`` here. Today it records nothing and calls nothing; it
-        only logs that billing was not provisioned.
-        """
-        log.info(
-            "billing not provisioned for tenant %s (plan %s): no billing process yet",
-            setup.tenant_id,
-            setup.plan.value,
-        )
 
     @activity.defn
     async def send_welcome_email(self, welcome: WelcomeEmail) -> int:

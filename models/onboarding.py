@@ -211,12 +211,6 @@ class TenantTransition(BaseModel):
     data: dict[str, str] = Field(default_factory=dict)
 
 
-class BillingSetup(BaseModel):
-    tenant_id: uuid.UUID
-    plan: PlanId
-    idempotency_key: str
-
-
 class WelcomeEmail(BaseModel):
     """The welcome e-mail to a newly active tenant's admins; the key is fixed by the workflow."""
 

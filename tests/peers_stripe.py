@@ -25,7 +25,7 @@ import stripe
 from aiohttp import web
 from pydantic import SecretStr
 
-from connectors.billing import stripe_connection
+from connectors.billing.stripe_gateway import stripe_connection
 from core.settings import Settings
 from tests.conftest import free_port
 

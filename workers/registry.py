@@ -10,7 +10,7 @@ from activities.audit import AuditActivities
 from activities.billing import BillingActivities
 from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
-from connectors.billing import gateway_from_settings
+from connectors.billing.stripe_gateway import gateway_from_settings
 from connectors.mail import mailer_from_settings
 from core.db import SessionFactory
 from core.settings import Settings
@@ -54,7 +54,6 @@ def onboarding_activities(sessions: SessionFactory, settings: Settings) -> list[
     return [
         onboarding.find_similar_tenants,
         onboarding.transition_tenant,
-        onboarding.provision_billing,
         onboarding.send_welcome_email,
         approval.record_approval,
         approval.notify_approvers,

@@ -12,6 +12,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.billing import BillingActivities
     from activities.onboarding import OnboardingActivities
     from core.search import BIZ_PROCESS, BIZ_STATUS, TENANT_ID
     from models.approval import (
@@ -21,11 +22,11 @@ with workflow.unsafe.imports_passed_through():
         ApprovalStatus,
         Attachment,
     )
+    from models.billing import ProvisionRequest
     from models.onboarding import (
         EDITABLE,
         STEP_MODELS,
         ApprovalView,
-        BillingSetup,
         Document,
         DocumentCheck,
         DocumentUpload,
@@ -364,8 +365,8 @@ class OnboardingWorkflow:
             data={"approval_id": str(approval_id)},
         )
         await workflow.execute_activity_method(
-            OnboardingActivities.provision_billing,
-            BillingSetup(
+            BillingActivities.provision_tenant_billing,
+            ProvisionRequest(
                 tenant_id=self._input.tenant_id,
                 plan=self._plan,
                 idempotency_key=self._key(f"{approval_id}:billing"),

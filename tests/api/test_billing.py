@@ -35,7 +35,7 @@ from activities.billing import (
 from api import problems
 from api.app import create_app
 from api.billing_guard import WritableTenant, read_only_guard
-from connectors.billing import stripe_gateway
+from connectors.billing.stripe_gateway import stripe_gateway
 from connectors.mail import mailer_from_settings
 from core.db import SessionFactory, transaction
 from core.settings import Settings

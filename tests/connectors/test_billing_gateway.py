@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.billing import BillingGateway, BillingRejected, parse_event, stripe_gateway
+from connectors.billing import BillingGateway, BillingRejected, parse_event
+from connectors.billing.stripe_gateway import stripe_gateway
 from core.plans import default_plans, plan_of
 from core.settings import Settings
 from models.onboarding import PlanId

@@ -1,0 +1,223 @@
+"""The billing port: what activities and the API need from a billing provider.
+
+The port's types and Stripe's event shapes live here; the SDK itself is only imported by
+:mod:`connectors.billing.stripe_gateway`, so workflow code that imports activities never
+pulls it in. Stripe owns the billing clock; the port hides how Stripe is spoken to: which API shapes
+(``current_period_*`` on the subscription before 2025, on its items after; an invoice's
+subscription at the top level or under ``parent``), how a plan is priced, and how Stripe's
+errors divide into business outcomes (a declined card), refusals (any other 4xx) and faults
+worth retrying (connection errors, 429, 5xx: raised unchanged so that activities retry them).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from core.plans import PlanSpec
+from models.billing import BillingEvent, InvoiceSnapshot, SubscriptionSnapshot
+from models.onboarding import PlanId
+
+# Metadata keys this project sets on Stripe objects.
+TENANT_KEY = "tenant_id"
+PLAN_KEY = "plan_id"
+
+SUBSCRIPTION_EVENTS = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "customer.subscription.trial_will_end",
+        "customer.subscription.paused",
+        "customer.subscription.resumed",
+    }
+)
+INVOICE_EVENTS = frozenset(
+    {
+        "invoice.created",
+        "invoice.finalized",
+        "invoice.updated",
+        "invoice.paid",
+        "invoice.payment_succeeded",
+        "invoice.payment_failed",
+        "invoice.voided",
+        "invoice.marked_uncollectible",
+    }
+)
+# A subscription that ended (or never started) stays ended: it is never reused.
+ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
+
+class BillingDeclined(Exception):
+    """Stripe declined a payment (a business outcome, not a fault)."""
+
+    def __init__(self, message: str, code: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BillingRejected(Exception):
+    """Stripe refused the request (4xx): retrying the same request cannot succeed."""
+
+
+class BillingGateway(Protocol):
+    """What billing needs from a payment provider."""
+
+    async def ensure_plan(self, plan: PlanSpec) -> str:
+        """The provider's price id for ``plan``, created on first use."""
+        ...
+
+    async def ensure_customer(
+        self, tenant_id: uuid.UUID, name: str, email: str, idempotency_key: str
+    ) -> str:
+        """The tenant's customer id: found by its tenant id, else created under the key."""
+        ...
+
+    async def find_subscription(self, customer_id: str) -> SubscriptionSnapshot | None:
+        """The customer's live (not ended) subscription, if any."""
+        ...
+
+    async def create_subscription(
+        self,
+        customer_id: str,
+        price_id: str,
+        tenant_id: uuid.UUID,
+        trial_end: datetime | None,
+        idempotency_key: str,
+    ) -> SubscriptionSnapshot: ...
+
+    async def fetch_subscription(self, subscription_id: str) -> SubscriptionSnapshot | None: ...
+
+    async def fetch_invoice(self, invoice_id: str) -> InvoiceSnapshot | None: ...
+
+    async def update_subscription(
+        self,
+        subscription: SubscriptionSnapshot,
+        idempotency_key: str,
+        *,
+        price_id: str | None = None,
+        cancel_at_period_end: bool | None = None,
+    ) -> SubscriptionSnapshot:
+        """Change the plan (prorated) and/or whether it renews."""
+        ...
+
+    async def report_usage(
+        self,
+        event_name: str,
+        customer_id: str,
+        value: int,
+        identifier: str,
+        timestamp: datetime,
+    ) -> None:
+        """Send one meter event; the provider drops a repeated ``identifier``."""
+        ...
+
+
+# --- Stripe's shapes ----------------------------------------------------------------------
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromtimestamp(int(value), UTC) if value else None
+
+
+def _id(value: Any) -> str:
+    """An id, whether Stripe sent it bare or as an expanded object."""
+    return str(value["id"] if isinstance(value, Mapping) else value)
+
+
+def tenant_of(metadata: Mapping[str, Any] | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str((metadata or {})[TENANT_KEY]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _plan(metadata: Mapping[str, Any] | None) -> PlanId | None:
+    try:
+        return PlanId((metadata or {})[PLAN_KEY])
+    except (KeyError, ValueError):
+        return None
+
+
+def subscription_snapshot(obj: Mapping[str, Any], as_of: int) -> SubscriptionSnapshot:
+    """A Stripe subscription object (any API version, or localstripe's) as billing sees it."""
+    items = (obj.get("items") or {}).get("data") or [{}]
+    item = items[0]
+    price = item.get("price") or item.get("plan") or obj.get("plan") or {}
+    status = str(obj["status"])
+    if status == "incomplete" and obj.get("trial_end") and not obj.get("latest_invoice"):
+        # localstripe leaves a subscription created with a trial `incomplete` (and issues no
+        # invoice); Stripe calls that `trialing`. Stripe's own incomplete ones have an invoice.
+        status = "trialing"
+    return SubscriptionSnapshot(
+        subscription_id=str(obj["id"]),
+        customer_id=_id(obj["customer"]),
+        item_id=item.get("id"),
+        tenant_id=tenant_of(obj.get("metadata")),
+        plan=_plan(price.get("metadata")),
+        stripe_status=status,
+        current_period_start=_time(
+            item.get("current_period_start") or obj.get("current_period_start")
+        ),
+        current_period_end=_time(item.get("current_period_end") or obj.get("current_period_end")),
+        cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+        trial_end=_time(obj.get("trial_end")),
+        as_of=as_of,
+    )
+
+
+def invoice_snapshot(obj: Mapping[str, Any], as_of: int) -> InvoiceSnapshot:
+    """A Stripe invoice object (any API version, or localstripe's) as billing sees it."""
+    details = (obj.get("parent") or {}).get("subscription_details") or {}
+    subscription = obj.get("subscription") or details.get("subscription")
+    tenant = tenant_of(details.get("metadata")) or tenant_of(obj.get("metadata"))
+    return InvoiceSnapshot(
+        invoice_id=str(obj["id"]),
+        customer_id=_id(obj["customer"]),
+        subscription_id=_id(subscription) if subscription else None,
+        tenant_id=tenant,
+        number=obj.get("number"),
+        status=str(obj.get("status") or "draft"),
+        amount_due=int(obj.get("amount_due") or 0),
+        amount_paid=int(obj.get("amount_paid") or 0),
+        currency=str(obj.get("currency") or "usd"),
+        period_start=_time(obj.get("period_start")),
+        period_end=_time(obj.get("period_end")),
+        hosted_invoice_url=obj.get("hosted_invoice_url"),
+        created=_time(obj.get("created") or obj.get("date")) or datetime.fromtimestamp(as_of, UTC),
+        as_of=as_of,
+    )
+
+
+def parse_event(payload: Mapping[str, Any]) -> BillingEvent:
+    """A verified event's payload as a :class:`BillingEvent`; types billing does not act on
+    keep only their id, type and time."""
+    event_type = str(payload["type"])
+    created = int(payload["created"])
+    obj: Mapping[str, Any] = (payload.get("data") or {}).get("object") or {}
+    subscription = invoice = None
+    if event_type in SUBSCRIPTION_EVENTS:
+        subscription = subscription_snapshot(obj, created)
+    elif event_type in INVOICE_EVENTS:
+        invoice = invoice_snapshot(obj, created)
+    customer = subscription or invoice
+    return BillingEvent(
+        event_id=str(payload["id"]),
+        type=event_type,
+        created=created,
+        customer_id=customer.customer_id if customer else None,
+        subscription=subscription,
+        invoice=invoice,
+    )
+
+
+def handles(event: BillingEvent) -> bool:
+    """Whether billing acts on this event type."""
+    return event.type in SUBSCRIPTION_EVENTS or event.type in INVOICE_EVENTS
+
+
+# Opens a gateway for one unit of work (connections closed on exit).
+GatewayOpener = Callable[[], AbstractAsyncContextManager[BillingGateway]]
