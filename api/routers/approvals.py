@@ -19,6 +19,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.billing_guard import read_only_guard
 from api.deps import MfaPrincipal, SessionDep, SettingsDep, StorageDep, TemporalDep, require_role
 from api.tenancy import owned, scoped
 from core.errors import Conflict, Forbidden, NotFound, Unprocessable
@@ -36,7 +37,8 @@ from models.approval import (
 from models.user import Role
 from workflows.approval import ALREADY_DECIDED, NOT_A_DECIDER, ApprovalWorkflow
 
-router = APIRouter(prefix="/api/v1/approvals", tags=["approvals"])
+# A suspended tenant cannot decide its own approvals (platform staff are never held).
+router = APIRouter(prefix="/api/v1/approvals", tags=["approvals"], dependencies=[read_only_guard])
 Approver = Annotated[Principal, Depends(require_role(Role.SUPER_ADMIN, Role.TENANT_ADMIN))]
 
 

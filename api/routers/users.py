@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
+from api.billing_guard import read_only_guard
 from api.deps import SessionDep, require_role
 from api.routers.auth import request_actor
 from api.tenancy import scoped
@@ -17,7 +18,7 @@ from core.errors import Conflict, Forbidden, NotFound
 from core.security import Principal
 from models.user import Membership, Role, User
 
-router = APIRouter(prefix="/api/v1/users", tags=["users"])
+router = APIRouter(prefix="/api/v1/users", tags=["users"], dependencies=[read_only_guard])
 TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.SUPER_ADMIN))]
 _GRANTABLE = frozenset(Role) - {Role.SUPER_ADMIN}
 

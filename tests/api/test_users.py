@@ -8,6 +8,7 @@ from sqlalchemy import select
 from core.db import SessionFactory
 from core.settings import Settings
 from models.audit import AuditEntry
+from models.tenant import TenantStatus
 from models.user import Role
 from tests.factories import member
 
@@ -53,3 +54,16 @@ async def test_refusals(
     assert (await put(admin.user_id, "user", admin.headers)).status_code == 409  # last admin
     assert (await put(worker.user_id, "owner", admin.headers)).status_code == 422
     assert (await api.get("/api/v1/users", headers=worker.headers)).status_code == 403
+
+
+async def test_a_suspended_tenant_lists_but_cannot_change_roles(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings, Role.TENANT_ADMIN, status=TenantStatus.SUSPENDED)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    assert (await api.get("/api/v1/users", headers=admin.headers)).status_code == 200
+    refused = await api.put(
+        f"/api/v1/users/{worker.user_id}/role", json={"role": "readonly"}, headers=admin.headers
+    )
+    assert refused.status_code == 403
+    assert refused.json()["type"].endswith("tenant-suspended")
