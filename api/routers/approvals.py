@@ -6,8 +6,6 @@ workflow, whose id is derived from a row the caller may see (``api.tenancy.owned
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
@@ -21,8 +19,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.billing_guard import read_only_guard
 from api.deps import MfaPrincipal, SessionDep, SettingsDep, StorageDep, TemporalDep, require_role
+from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
-from core.errors import Conflict, Forbidden, NotFound, Unprocessable
+from core.errors import Conflict, Forbidden, NotFound
 from core.security import Principal
 from models.approval import (
     Approval,
@@ -110,13 +109,13 @@ async def list_approvals(
 ) -> ApprovalPage:
     """Oldest first. ``super_admin`` sees every tenant's approvals, a ``tenant_admin`` its own
     tenant's. Pass ``next_cursor`` back as ``cursor`` for the next page."""
-    after = _read_cursor(cursor) if cursor is not None else None
+    after = decode_cursor(cursor) if cursor is not None else None
     rows = list(await session.scalars(queue_query(principal, status, kind, after, limit + 1)))
     more = len(rows) > limit
     page = rows[:limit]
     return ApprovalPage(
         items=[ApprovalItem.of(row) for row in page],
-        next_cursor=_cursor(page[-1]) if more else None,
+        next_cursor=encode_cursor(page[-1].requested_at, page[-1].id) if more else None,
     )
 
 
@@ -217,23 +216,3 @@ async def _send_decision(client: Client, row: Approval, decision: Decision) -> A
         if err.status == RPCStatusCode.NOT_FOUND:
             raise Conflict("This approval has already been decided.") from None
         raise
-
-
-def _cursor(row: Approval) -> str:
-    raw = f"{row.requested_at.astimezone(UTC).isoformat()}|{row.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _read_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, approval_id = raw.split("|")
-        requested_at = datetime.fromisoformat(at)
-        if requested_at.tzinfo is None:
-            raise ValueError("naive time")
-        return requested_at, uuid.UUID(approval_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Unprocessable(
-            "The cursor is not one this API handed out.",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from None

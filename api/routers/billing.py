@@ -3,8 +3,6 @@ plan, and changes to the subscription (sent to the tenant's billing workflow).""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import uuid
@@ -23,8 +21,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.billing import PAYMENT_DECLINED, STRIPE_REJECTED, deliver_event, workflow_id
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
+from api.pagination import decode_cursor, encode_cursor
 from connectors.billing import handles, parse_event
-from core.errors import Conflict, NotFound, Problem, Unprocessable
+from core.errors import Conflict, NotFound, Problem
 from core.plans import PlanSpec, usage_since
 from core.security import Principal
 from models.base import utcnow
@@ -238,12 +237,15 @@ async def list_invoices(
     )
     if cursor is not None:
         query = query.where(
-            tuple_(Invoice.stripe_created, Invoice.id) < tuple_(*_read_cursor(cursor))
+            tuple_(Invoice.stripe_created, Invoice.id) < tuple_(*decode_cursor(cursor))
         )
     rows = (await session.scalars(query)).all()
     items = [_invoice_item(row) for row in rows[:limit]]
     return InvoicePage(
-        items=items, next_cursor=_cursor(rows[limit - 1]) if len(rows) > limit else None
+        items=items,
+        next_cursor=encode_cursor(rows[limit - 1].stripe_created, rows[limit - 1].id)
+        if len(rows) > limit
+        else None,
     )
 
 
@@ -260,26 +262,6 @@ def _invoice_item(row: Invoice) -> InvoiceItem:
         hosted_invoice_url=row.hosted_invoice_url,
         created_at=row.stripe_created,
     )
-
-
-def _cursor(row: Invoice) -> str:
-    raw = f"{row.stripe_created.astimezone(UTC).isoformat()}|{row.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _read_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, row_id = raw.split("|")
-        created = datetime.fromisoformat(at)
-        if created.tzinfo is None:
-            raise ValueError("naive time")
-        return created, uuid.UUID(row_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Unprocessable(
-            "The cursor is not one this API handed out.",
-            errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
-        ) from None
 
 
 class UsageView(BaseModel):
