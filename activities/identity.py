@@ -16,10 +16,21 @@ from core.identity import membership_of, revoke_all_sessions, token_digest
 from core.settings import Settings
 from models.audit import AuditEntry
 from models.email import EmailMessage
-from models.password_reset import PasswordChange, ResetEmail, compose_reset_token
+from models.password_reset import LinkPurpose, PasswordChange, ResetEmail, compose_reset_token
+from models.tenant import Tenant
 from models.user import User
 
 ACCOUNT_UNAVAILABLE = "AccountUnavailable"
+
+
+def _invitation_email(link: str, tenant: str, days: int) -> tuple[str, str]:
+    body = (
+        f"You have been invited to join {tenant} on BizOSaaS.\n\n"
+        f"To accept, choose your password with this link within {days} days:\n\n"
+        f"{link}\n\n"
+        "The link works once. If you do not know why you got this, ignore this e-mail.\n"
+    )
+    return f"You are invited to {tenant} on BizOSaaS", body
 
 
 def _reset_email_body(link: str, minutes: int) -> str:
@@ -54,21 +65,31 @@ class PasswordResetActivities:
 
     @activity.defn
     async def send_password_reset_email(self, request: ResetEmail) -> str:
-        """E-mail the reset link, once per run; return only the token's SHA-256 digest."""
+        """E-mail the reset (or invitation) link, once per run; return only the token's SHA-256
+        digest."""
         async with self._sessions() as session:
             user = await _active_user(session, request.user_id)
             membership = await membership_of(session, user.id)
         token = compose_reset_token(
             self._settings.jwt_signing_key(), request.user_id, request.run_id
         )
-        link = f"{self._settings.public_app_url.rstrip('/')}/reset-password?token={token}"
-        minutes = int(request.token_ttl.total_seconds() // 60)
+        base = self._settings.public_app_url.rstrip("/")
+        if request.purpose is LinkPurpose.INVITATION:
+            async with self._sessions() as session:
+                tenant = await session.get(Tenant, membership.tenant_id) if membership else None
+            link = f"{base}/accept-invitation?token={token}"
+            days = max(1, round(request.token_ttl.total_seconds() / 86_400))
+            subject, body = _invitation_email(link, tenant.name if tenant else "a team", days)
+        else:
+            link = f"{base}/reset-password?token={token}"
+            minutes = int(request.token_ttl.total_seconds() // 60)
+            subject, body = "Reset your BizOSaaS password", _reset_email_body(link, minutes)
         await self._mailer.send(
             EmailMessage(
                 idempotency_key=f"password-reset:{request.run_id}",
                 to=user.email,
-                subject="Reset your BizOSaaS password",
-                body=_reset_email_body(link, minutes),
+                subject=subject,
+                body=body,
                 tenant_id=membership.tenant_id if membership else None,
             )
         )

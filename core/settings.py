@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     refresh_token_days: int = 30
     # How long an e-mailed password-reset link stays valid.
     password_reset_minutes: int = 30
+    # How long an invitation's set-your-password link stays valid.
+    invitation_days: int = 7
     max_body_bytes: int = 1_048_576
     # Sign-in protection: lockout after repeated failures, and rate limits ("N/period").
     lockout_threshold: int = 5

@@ -28,11 +28,20 @@ class ResetStatus(StrEnum):
     EXPIRED = "expired"
 
 
+class LinkPurpose(StrEnum):
+    """Why the password link is sent: a reset, or an invitation to set a first password."""
+
+    RESET = "reset"
+    INVITATION = "invitation"
+
+
 class PasswordResetInput(BaseModel):
-    """What a reset run needs: whose password, and how long the e-mailed link stays valid."""
+    """What a reset run needs: whose password, how long the e-mailed link stays valid, and
+    why it is sent (the e-mail's wording)."""
 
     user_id: uuid.UUID
     token_ttl: timedelta
+    purpose: LinkPurpose = LinkPurpose.RESET
 
 
 class ResetEmail(BaseModel):
@@ -41,6 +50,7 @@ class ResetEmail(BaseModel):
     user_id: uuid.UUID
     run_id: str
     token_ttl: timedelta
+    purpose: LinkPurpose = LinkPurpose.RESET
 
 
 class ResetConfirmation(BaseModel):

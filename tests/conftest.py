@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.message
 import os
@@ -239,6 +240,16 @@ class SmtpSink:
 
     def to(self, address: str) -> list[email.message.Message]:
         return [m for m in self.messages if m["To"] == address]
+
+    async def wait_for(self, address: str, count: int = 1) -> list[email.message.Message]:
+        """The messages to ``address`` once ``count`` have arrived (workflows send them later)."""
+        for _ in range(200):
+            if len(self.to(address)) >= count:
+                break
+            await asyncio.sleep(0.05)
+        messages = self.to(address)
+        assert len(messages) == count, f"{len(messages)} e-mails to {address}, expected {count}"
+        return messages
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,7 @@ class PasswordResetWorkflow:
                 user_id=request.user_id,
                 run_id=workflow.info().run_id,
                 token_ttl=request.token_ttl,
+                purpose=request.purpose,
             ),
             start_to_close_timeout=timedelta(seconds=30),
         )

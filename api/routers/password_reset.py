@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, status
 from pydantic import EmailStr, Field
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -69,20 +69,13 @@ async def _active_account(
     return (row[0], row[1]) if row else None
 
 
-async def _start_reset(
-    client: Client,
-    sessions: SessionFactory,
-    settings: Settings,
-    membership: Membership,
-    actor: audit.Actor,
-) -> None:
-    """Start the user's reset run, terminating a running one (its link dies with it)."""
-    handle = await client.start_workflow(
+async def start_password_link(
+    client: Client, settings: Settings, membership: Membership, request: PasswordResetInput
+) -> WorkflowHandle[Any, Any]:
+    """Start the user's password-link run, terminating a running one (its link dies with it)."""
+    return await client.start_workflow(
         PasswordResetWorkflow.run,
-        PasswordResetInput(
-            user_id=membership.user_id,
-            token_ttl=timedelta(minutes=settings.password_reset_minutes),
-        ),
+        request,
         id=workflow_id(membership.user_id),
         task_queue=settings.temporal_task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
@@ -93,6 +86,20 @@ async def _start_reset(
                 SearchAttributePair(search.BIZ_PROCESS, PROCESS),
             ]
         ),
+    )
+
+
+async def _start_reset(
+    client: Client,
+    sessions: SessionFactory,
+    settings: Settings,
+    membership: Membership,
+    actor: audit.Actor,
+) -> None:
+    """Start the user's reset run and audit the request."""
+    ttl = timedelta(minutes=settings.password_reset_minutes)
+    handle = await start_password_link(
+        client, settings, membership, PasswordResetInput(user_id=membership.user_id, token_ttl=ttl)
     )
     async with transaction(sessions) as session:
         await audit.append(

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Request, status
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from api.billing_guard import read_only_guard
-from api.deps import SessionDep, require_role
+from api.deps import SessionDep, SettingsDep, TemporalDep, require_role
 from api.routers.auth import request_actor
+from api.routers.password_reset import start_password_link
 from api.tenancy import scoped
 from core import audit
 from core.errors import Conflict, Forbidden, NotFound
+from core.identity import normalize_email
+from core.plans import ensure_room_for_user
 from core.security import Principal
+from models.password_reset import LinkPurpose, PasswordResetInput
+from models.tenant import Tenant
 from models.user import Membership, Role, User
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], dependencies=[read_only_guard])
@@ -30,6 +37,14 @@ class UserItem(BaseModel):
     tenant_id: uuid.UUID
     role: Role
     mfa_enabled: bool
+
+
+class InviteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    email: EmailStr = Field(max_length=320)
+    full_name: str = Field(min_length=1, max_length=200)
+    role: Role = Role.USER
 
 
 class RoleBody(BaseModel):
@@ -59,6 +74,51 @@ async def list_users(principal: TenantAdmin, session: SessionDep) -> list[UserIt
         .order_by(User.email)
     )
     return [_item(user, membership) for user, membership in rows]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Invite a member")
+async def invite_user(
+    body: InviteBody,
+    principal: TenantAdmin,
+    request: Request,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> UserItem:
+    """Add a member to the caller's tenant, within the plan's user limit, and e-mail a link
+    to choose a password (valid ``BIZ_INVITATION_DAYS``)."""
+    if body.role not in _GRANTABLE:
+        raise Forbidden("The super_admin role is granted with `bizosaas users create-admin`.")
+    # Holding the tenant row keeps concurrent invitations from overrunning the limit together.
+    await session.get(Tenant, principal.tenant_id, with_for_update=True)
+    await ensure_room_for_user(session, settings.billing_plans, principal.tenant_id)
+    user = User(
+        email=normalize_email(str(body.email)), full_name=body.full_name, password_hash=None
+    )
+    session.add(user)
+    try:
+        await session.flush()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict("An account with this e-mail already exists.") from None
+    membership = Membership(user_id=user.id, tenant_id=principal.tenant_id, role=body.role)
+    session.add(membership)
+    await audit.append(
+        session,
+        "user.invited",
+        tenant_id=principal.tenant_id,
+        actor=request_actor(request, principal),
+        data={"user_id": str(user.id), "role": body.role.value},
+    )
+    await session.commit()
+    ttl = timedelta(days=settings.invitation_days)
+    await start_password_link(
+        client,
+        settings,
+        membership,
+        PasswordResetInput(user_id=user.id, token_ttl=ttl, purpose=LinkPurpose.INVITATION),
+    )
+    return _item(user, membership)
 
 
 @router.put("/{user_id}/role", summary="Change a member's role")

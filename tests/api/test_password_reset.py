@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.message
 import re
 import uuid
@@ -79,12 +78,7 @@ def _body(message: email.message.Message) -> str:
 
 async def _tokens(sink: SmtpSink, address: str, count: int = 1) -> list[str]:
     """Tokens of the first ``count`` reset e-mails that reached ``address``."""
-    for _ in range(200):
-        if len(sink.to(address)) >= count:
-            break
-        await asyncio.sleep(0.05)
-    messages = sink.to(address)
-    assert len(messages) == count, f"{len(messages)} e-mails to {address}, expected {count}"
+    messages = await sink.wait_for(address, count)
     tokens = []
     for message in messages:
         found = TOKEN_IN_LINK.search(_body(message))
