@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -80,6 +82,23 @@ def _api(_: argparse.Namespace) -> int:
     return 0
 
 
+# Commands whose process holds a Temporal client (the SDK's threads outlive the event loop).
+_HOLD_TEMPORAL_CLIENTS = frozenset({"api", "worker"})
+
+
+def _exit_without_teardown(code: int) -> NoReturn:
+    """End a process that may hold a Temporal client, after its clean shutdown.
+
+    The SDK's Rust threads can outlive the event loop and abort a finalizing interpreter
+    ("PyGILState_Release ... finalizing", temporalio/sdk-python#300); everything of ours is
+    closed by now, so the interpreter's own teardown is skipped.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _create_admin(args: argparse.Namespace) -> int:
     from core import password_policy
     from core.db import create_engine, session_factory, transaction
@@ -137,9 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except Fatal as exc:
         print(f"bizosaas: {exc}", file=sys.stderr)
-        return 1
+        code = 1
     except KeyboardInterrupt:
-        return 130
+        code = 130
+    if args.command in _HOLD_TEMPORAL_CLIENTS:
+        _exit_without_teardown(code)
     return code
 
 

@@ -93,13 +93,15 @@ class Supervisor:
         """The name of a child that has exited, if any."""
         return next((name for name, p in self.children if p.poll() is not None), None)
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> list[str]:
         """Stop children in reverse start order (API, worker, then Temporal).
 
         Each gets SIGTERM to its process group, then SIGKILL once the shared grace period ends.
+        Returns the children that did not stop cleanly (killed, or a non-zero exit).
         """
         deadline = time.monotonic() + _STOP_GRACE_SECONDS
-        for _, process in reversed(self.children):
+        unclean = []
+        for name, process in reversed(self.children):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -107,6 +109,10 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+            # uvicorn re-raises SIGTERM after its graceful shutdown: dying by it is clean too.
+            if process.returncode not in (0, -signal.SIGTERM):
+                unclean.append(f"{name} (exit {process.returncode})")
+        return unclean
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stopping = True
@@ -173,8 +179,10 @@ def run(config: DevServerConfig, ports: DevPorts, base_env: dict[str, str]) -> i
             if (name := supervisor.exited()) is not None:
                 raise Fatal(f"the {name} process exited; stopping the others")
             time.sleep(0.2)
-        return 0
     finally:
-        supervisor.stop_all()
+        unclean = supervisor.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if unclean:
+        raise Fatal(f"stopped, but not cleanly: {', '.join(unclean)}")
+    return 0

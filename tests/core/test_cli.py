@@ -102,6 +102,7 @@ def test_dev_starts_everything_and_stops_cleanly(
     assert "API docs:" in output
     assert "Temporal UI:" in output
     assert "Traceback" not in output
+    assert "Fatal Python error" not in output
     assert not [pid for pid in children if _alive(pid)]
 
 
