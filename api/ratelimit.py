@@ -24,7 +24,7 @@ class RateLimits:
         if settings.redis_url:
             self._pool = ConnectionPool.from_url(settings.redis_url)
             url = settings.redis_url.replace("redis://", "async+redis://", 1)
-            # limits passes the pool through to redis-py (its type hints for options are too narrow).
+            # limits hands the pool to redis-py (its type hints for options are too narrow).
             storage = storage_from_string(
                 url,
                 implementation="redispy",
