@@ -29,7 +29,8 @@ def data_converter(keys: dict[str, bytes]) -> DataConverter:
     return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(keys))
 
 
-def _tls(settings: Settings) -> TLSConfig | bool:
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """mTLS from the certificate files, or TLS with system roots for an API key; else plain."""
     if settings.temporal_tls_cert is None and settings.temporal_api_key is None:
         return False
     return TLSConfig(
@@ -52,7 +53,7 @@ async def connect(settings: Settings) -> Client:
             settings.temporal_address,
             namespace=settings.temporal_namespace,
             data_converter=converter,
-            tls=_tls(settings),
+            tls=tls_config(settings),
             api_key=api_key,
         )
     except RuntimeError as exc:
