@@ -34,15 +34,26 @@ class RateLimits:
             storage = storage_from_string("async+memory://")
         assert isinstance(storage, Storage)
         self._limiter = MovingWindowRateLimiter(storage)
-        self._per_ip: RateLimitItem = parse(settings.login_rate_per_ip)
-        self._per_account: RateLimitItem = parse(settings.login_rate_per_account)
+        self._login = (parse(settings.login_rate_per_ip), parse(settings.login_rate_per_account))
+        self._reset = (parse(settings.reset_rate_per_ip), parse(settings.reset_rate_per_account))
 
     async def login_attempt(self, ip: str, account: str) -> None:
-        """Count one attempt against the IP and the account; 429 past either limit."""
-        by_ip = await self._limiter.hit(self._per_ip, "login-ip", ip)
-        by_account = await self._limiter.hit(self._per_account, "login-account", account)
-        if not (by_ip and by_account):
+        """Count one sign-in attempt against the IP and the account; 429 past either limit."""
+        if not await self._hit("login", self._login, ip, account):
             raise TooManyRequests("Too many sign-in attempts; wait a minute and try again.")
+
+    async def reset_request(self, ip: str, account: str) -> None:
+        """Count one password-reset request (known e-mail or not); 429 past either limit."""
+        if not await self._hit("reset", self._reset, ip, account):
+            raise TooManyRequests("Too many reset requests; try again later.")
+
+    async def _hit(
+        self, name: str, limits: tuple[RateLimitItem, RateLimitItem], ip: str, account: str
+    ) -> bool:
+        per_ip, per_account = limits
+        by_ip = await self._limiter.hit(per_ip, f"{name}-ip", ip)
+        by_account = await self._limiter.hit(per_account, f"{name}-account", account)
+        return by_ip and by_account
 
     async def aclose(self) -> None:
         """Close the Redis connections, if any."""

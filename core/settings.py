@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     lockout_minutes: int = 15
     login_rate_per_ip: str = "30/minute"
     login_rate_per_account: str = "10/minute"
+    # Reset e-mails per address and per client: no mailbox flooding, no address sweeps.
+    reset_rate_per_account: str = "3/hour"
+    reset_rate_per_ip: str = "30/hour"
     # Rate-limit counters live in memory per process unless Redis is configured.
     redis_url: str | None = None
 

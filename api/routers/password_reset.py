@@ -21,7 +21,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import SessionDep, SettingsDep, TemporalDep, get_sessions
-from api.routers.auth import Body, request_actor
+from api.ratelimit import RateLimits
+from api.routers.auth import Body, rate_limits, request_actor
 from core import audit, password_policy, search
 from core.db import SessionFactory, transaction
 from core.errors import Problem, Unprocessable
@@ -129,18 +130,20 @@ async def request_password_reset(
     client: TemporalDep,
     settings: SettingsDep,
     background: BackgroundTasks,
+    limits: Annotated[RateLimits, Depends(rate_limits)],
 ) -> Response:
-    """Always 202, whether or not the e-mail belongs to an account.
+    """Always 202, whether or not the e-mail belongs to an account (429 past the rate limits,
+    which count unknown addresses alike).
 
     Both cases do the same lookup before answering; for an active account the reset starts
     after the response is sent, so neither the answer nor its timing tells them apart.
     """
+    actor = request_actor(request)
+    await limits.reset_request(actor.ip or "unknown", normalize_email(str(body.email)))
     account = await _active_account(session, User.email == normalize_email(str(body.email)))
     if account is not None:
         _, membership = account
-        background.add_task(
-            _start_reset, client, sessions, settings, membership, request_actor(request)
-        )
+        background.add_task(_start_reset, client, sessions, settings, membership, actor)
     return Response(status_code=status.HTTP_202_ACCEPTED)
 
 

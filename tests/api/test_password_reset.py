@@ -312,3 +312,15 @@ async def test_unknown_fields_are_422(api: httpx.AsyncClient) -> None:
     assert extra.headers["content-type"] == PROBLEM
     missing = await api.post("/api/v1/auth/password-reset/confirm", json={"token": "x"})
     assert missing.status_code == 422
+
+
+async def test_reset_requests_are_rate_limited_alike_for_unknown_addresses(
+    api: httpx.AsyncClient, sessions: SessionFactory, smtp_settings: Settings
+) -> None:
+    someone = await member(sessions, smtp_settings)
+    for address in (someone.email, f"nobody-{uuid.uuid4().hex[:8]}@example.com"):
+        statuses = [
+            (await api.post("/api/v1/auth/password-reset", json={"email": address})).status_code
+            for _ in range(4)
+        ]
+        assert statuses == [202, 202, 202, 429]
