@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from api.routers.onboarding import start_onboarding
 from core import audit
@@ -16,6 +17,7 @@ from core.errors import Conflict
 from core.identity import create_tenant_with_admin
 from core.settings import Settings
 from models.user import Membership
+from workflows.onboarding import workflow_id as onboarding_workflow_id
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,8 @@ async def register_tenant(
 ) -> Registration:
     """Create tenant + ``tenant_admin`` in one transaction (committed here), then start onboarding.
 
-    A taken e-mail is a 409 and nothing is written. Starting the workflow is idempotent, so a
-    retry after a failed start (the rows exist) resumes rather than duplicates.
+    A taken e-mail is a 409 and nothing is written. When Temporal cannot be reached after the
+    commit, the failure is logged and the wizard's first read starts the (idempotent) workflow.
     """
     try:
         membership = await create_tenant_with_admin(
@@ -68,5 +70,9 @@ async def register_tenant(
         data={"method": method},
     )  # fmt: skip
     await session.commit()
-    workflow_id = await start_onboarding(client, settings, membership.tenant_id)
-    return Registration(membership, workflow_id)
+    try:
+        await start_onboarding(client, settings, membership.tenant_id)
+    except (RPCError, RuntimeError):  # RuntimeError: the client could not connect
+        # The account exists; GET /api/v1/onboarding starts the workflow when it is missing.
+        log.exception("onboarding of tenant %s did not start", membership.tenant_id)
+    return Registration(membership, onboarding_workflow_id(membership.tenant_id))

@@ -43,7 +43,7 @@ from models.onboarding import (
     StepData,
     Submission,
 )
-from models.tenant import Tenant
+from models.tenant import Tenant, TenantStatus
 from models.user import Role
 from workflows.onboarding import (
     INVALID_DOCUMENT,
@@ -126,9 +126,25 @@ async def get_tenant(principal: CurrentPrincipal, session: SessionDep) -> Tenant
 
 
 @router.get("/onboarding", summary="The onboarding wizard's state")
-async def get_onboarding(principal: CurrentPrincipal, client: TemporalDep) -> OnboardingState:
-    """Status, current step, filled steps, missing steps, documents and the approval."""
-    return await _state(_handle(client, principal))
+async def get_onboarding(
+    principal: CurrentPrincipal, client: TemporalDep, session: SessionDep, settings: SettingsDep
+) -> OnboardingState:
+    """Status, current step, filled steps, missing steps, documents and the approval.
+
+    A tenant still in ``onboarding`` whose workflow never started (registration could not
+    reach Temporal after committing) gets it started here.
+    """
+    handle = _handle(client, principal)
+    try:
+        return await handle.query(OnboardingWorkflow.state)
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+    tenant = await session.get(Tenant, principal.tenant_id)
+    if tenant is None or tenant.status != TenantStatus.ONBOARDING:
+        raise NotFound("Your tenant has no onboarding.")
+    await start_onboarding(client, settings, principal.tenant_id)
+    return await _state(handle)
 
 
 @router.put("/onboarding/steps/{step}", summary="Save one wizard step")

@@ -8,9 +8,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowExecutionStatus
 
+from api.app import create_app
 from core.db import SessionFactory
+from core.settings import Settings
 from models.audit import AuditEntry
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
@@ -118,3 +121,33 @@ async def test_slugs_stay_unique(api: httpx.AsyncClient, sessions: SessionFactor
     async with sessions() as session:
         slugs = set(await session.scalars(select(Tenant.slug).where(Tenant.name == name)))
     assert len(slugs) == 2
+
+
+async def test_registration_survives_temporal_being_down(
+    api: httpx.AsyncClient,
+    settings: Settings,
+    engine: AsyncEngine,
+    sessions: SessionFactory,
+    temporal_client: Client,
+) -> None:
+    """The account is kept; the wizard's first read starts the missing workflow."""
+    unreachable = await Client.connect(
+        "127.0.0.1:1", lazy=True, data_converter=temporal_client.data_converter
+    )
+    app = create_app(settings, unreachable, engine)
+    transport = httpx.ASGITransport(app=app)
+    body = _body()
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as offline:
+        created = await offline.post("/api/v1/auth/register", json=body)
+    assert created.status_code == 201, created.text
+    workflow_id = created.json()["onboarding_workflow_id"]
+
+    login = await api.post(
+        "/api/v1/auth/login", json={"email": body["email"], "password": PASSWORD}
+    )
+    headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    state = await api.get("/api/v1/onboarding", headers=headers)
+    assert state.status_code == 200, state.text
+    assert state.json()["workflow_id"] == workflow_id
+    described = await temporal_client.get_workflow_handle(workflow_id).describe()
+    assert described.status == WorkflowExecutionStatus.RUNNING
