@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
@@ -16,7 +17,7 @@ from core.errors import Forbidden, MfaEnrolmentRequired, Unauthorized
 from core.identity import live_session
 from core.security import InvalidToken, Principal, read_access_token
 from core.settings import Settings
-from models.user import Role, User
+from models.user import Membership, Role, User
 
 
 def get_settings(request: Request) -> Settings:
@@ -62,7 +63,8 @@ async def current_principal(
 ) -> Principal:
     """The caller from a valid bearer access token of a live session; 401 otherwise.
 
-    The session is checked on every request, so logout and revocation take effect at once.
+    The session and the role are checked on every request, so logout, revocation and role
+    changes take effect at once.
     """
     if credentials is None:
         raise Unauthorized("A bearer access token is required.")
@@ -70,8 +72,17 @@ async def current_principal(
         principal = read_access_token(credentials.credentials, settings.jwt_signing_key())
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from None
-    if await live_session(session, principal.session_id) is None:
+    auth = await live_session(session, principal.session_id)
+    if auth is None or (auth.user_id, auth.tenant_id) != (principal.user_id, principal.tenant_id):
         raise Unauthorized("The session has ended; sign in again.")
+    role = await session.scalar(
+        select(Membership.role).where(
+            Membership.user_id == principal.user_id, Membership.tenant_id == principal.tenant_id
+        )
+    )
+    if role != principal.role:
+        # A role change takes effect at once: the client refreshes to get the new role.
+        raise Unauthorized("Your access has changed; refresh the token or sign in again.")
     return principal
 
 

@@ -67,3 +67,21 @@ async def test_a_suspended_tenant_lists_but_cannot_change_roles(
     )
     assert refused.status_code == 403
     assert refused.json()["type"].endswith("tenant-suspended")
+
+
+async def test_a_role_change_takes_effect_at_once(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings, Role.TENANT_ADMIN)
+    deputy = await member(sessions, settings, Role.TENANT_ADMIN, tenant_id=admin.tenant_id)
+    assert (await api.get("/api/v1/users", headers=deputy.headers)).status_code == 200
+    demoted = await api.put(
+        f"/api/v1/users/{deputy.user_id}/role", json={"role": "user"}, headers=admin.headers
+    )
+    assert demoted.status_code == 200
+    stale = await api.get("/api/v1/users", headers=deputy.headers)
+    assert stale.status_code == 401
+    refreshed = await api.post("/api/v1/auth/refresh", json={"refresh_token": deputy.refresh_token})
+    fresh = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
+    assert (await api.get("/api/v1/auth/me", headers=fresh)).json()["role"] == "user"
+    assert (await api.get("/api/v1/users", headers=fresh)).status_code == 403
