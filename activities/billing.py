@@ -43,12 +43,16 @@ from models.billing import (
     BillingStatus,
     BillingTransition,
     CustomerRequest,
+    DefaultPaymentMethod,
     Invoice,
     InvoiceRecord,
     InvoiceSnapshot,
     NoticeKind,
+    OpenInvoicesPayment,
+    PaymentMethodSetup,
     PlanFit,
     ProvisionRequest,
+    SetupIntentRequest,
     Subscription,
     SubscriptionRequest,
     SubscriptionSnapshot,
@@ -325,6 +329,54 @@ class BillingActivities:
         plan = plan_of(self._settings.billing_plans, change.plan)
         async with self._sessions() as session:
             return excesses(plan, await measured_usage(session, change.tenant_id))
+
+    # --- Payment methods ------------------------------------------------------------------
+
+    @activity.defn
+    async def create_setup_intent(self, request: SetupIntentRequest) -> str:
+        """A SetupIntent for the customer, created once under the workflow's key; its client
+        secret is stored encrypted for the API and only the SetupIntent's id is returned."""
+        async with self._stripe() as gateway:
+            setup_intent_id, client_secret = await gateway.create_setup_intent(
+                request.customer_id, request.idempotency_key
+            )
+        sealed = self._settings.field_cipher().encrypt(client_secret)
+        async with transaction(self._sessions) as session:
+            row = await session.get(PaymentMethodSetup, setup_intent_id, with_for_update=True)
+            if row is None:
+                session.add(
+                    PaymentMethodSetup(
+                        setup_intent_id=setup_intent_id,
+                        tenant_id=request.tenant_id,
+                        client_secret=sealed,
+                    )
+                )
+        return setup_intent_id
+
+    @activity.defn
+    async def set_default_payment_method(self, change: DefaultPaymentMethod) -> None:
+        """Bill the customer's invoices to the card it saved."""
+        async with self._stripe() as gateway:
+            await gateway.set_default_payment_method(
+                change.customer_id, change.payment_method_id, change.idempotency_key
+            )
+
+    @activity.defn
+    async def pay_open_invoices(self, payment: OpenInvoicesPayment) -> list[InvoiceSnapshot]:
+        """Charge the default payment method for each open invoice of the customer; returns
+        the invoices as they stand after the attempt (a declined one stays open)."""
+        attempted = []
+        async with self._stripe() as gateway:
+            for invoice_id in await gateway.open_invoices(payment.customer_id):
+                key = f"{payment.idempotency_key}:{invoice_id}"
+                try:
+                    attempted.append(await gateway.pay_invoice(invoice_id, key))
+                except BillingDeclined as exc:
+                    log.info("invoice %s was declined again: %s", invoice_id, exc)
+                    fetched = await gateway.fetch_invoice(invoice_id)
+                    if fetched is not None:
+                        attempted.append(fetched)
+        return attempted
 
     # --- Projections and the tenant -------------------------------------------------------
 

@@ -127,6 +127,18 @@ class StripeEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class PaymentMethodSetup(Base):
+    """A SetupIntent the tenant's admin completes in the browser; its client secret is kept
+    encrypted (``Settings.field_cipher``) for the API to hand over, never in workflow history."""
+
+    __tablename__ = "payment_method_setups"
+
+    setup_intent_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    client_secret: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class UsageEvent(Base):
     """One metered use (a workflow run, agent minutes, a storage measurement), recorded once
     under its idempotency key; ``report_id`` is set once it is counted in a report."""
@@ -206,6 +218,15 @@ class InvoiceSnapshot(BaseModel):
         return self.status in ("paid", "void")
 
 
+class SetupIntentSnapshot(BaseModel):
+    """A SetupIntent that succeeded: which card the customer saved."""
+
+    setup_intent_id: str
+    customer_id: str
+    payment_method_id: str
+    tenant_id: uuid.UUID | None = None
+
+
 class BillingEvent(BaseModel):
     """A verified Stripe event, reduced to what the billing workflow acts on."""
 
@@ -215,13 +236,15 @@ class BillingEvent(BaseModel):
     customer_id: str | None = None
     subscription: SubscriptionSnapshot | None = None
     invoice: InvoiceSnapshot | None = None
+    setup_intent: SetupIntentSnapshot | None = None
 
     @property
     def tenant_id(self) -> uuid.UUID | None:
         """The tenant named in the object's metadata, when the object carries it."""
-        if self.subscription is not None and self.subscription.tenant_id is not None:
-            return self.subscription.tenant_id
-        return self.invoice.tenant_id if self.invoice is not None else None
+        for snapshot in (self.subscription, self.invoice, self.setup_intent):
+            if snapshot is not None and snapshot.tenant_id is not None:
+                return snapshot.tenant_id
+        return None
 
 
 # --- The workflow's input, state, requests and view ----------------------------------------
@@ -349,6 +372,39 @@ class BillingTransition(BaseModel):
     grace_ends_at: datetime | None = None
     retention_ends_at: datetime | None = None
     data: dict[str, str] = Field(default_factory=dict)
+
+
+class PaymentMethodRequest(BaseModel):
+    """Start collecting a card for the tenant's subscription (a SetupIntent)."""
+
+    requested_by: uuid.UUID | None = None
+
+
+class PaymentMethodCollection(BaseModel):
+    """The SetupIntent the browser confirms; its client secret is only in the projection."""
+
+    setup_intent_id: str
+
+
+class SetupIntentRequest(BaseModel):
+    tenant_id: uuid.UUID
+    customer_id: str
+    idempotency_key: str
+
+
+class DefaultPaymentMethod(BaseModel):
+    """Make a saved card the customer's default for invoices, once under the key."""
+
+    customer_id: str
+    payment_method_id: str
+    idempotency_key: str
+
+
+class OpenInvoicesPayment(BaseModel):
+    """Retry the payment of the customer's open invoices, each once under the key."""
+
+    customer_id: str
+    idempotency_key: str
 
 
 class PlanFit(BaseModel):

@@ -215,6 +215,20 @@ async def pay(sdk: stripe.StripeClient, customer_id: str, invoice_id: str) -> di
     return paid.to_dict()
 
 
+async def confirm_card_setup(
+    sdk: stripe.StripeClient, setup_intent_id: str, client_secret: str
+) -> dict[str, Any]:
+    """What Stripe.js ``confirmCardSetup`` does in the browser with the SetupIntent's client
+    secret (a wrong one is refused) and a good card; returns the succeeded SetupIntent."""
+    confirmed = await sdk.v1.setup_intents.confirm_async(
+        setup_intent_id,
+        # The browser's call carries the client secret; the server SDK's types omit it.
+        params={"payment_method": "pm_card_visa", "client_secret": client_secret},  # type: ignore[arg-type]
+    )
+    assert confirmed.status == "succeeded"
+    return confirmed.to_dict()
+
+
 # --- Meter events: Stripe's published answer, for what localstripe lacks ------------------
 
 

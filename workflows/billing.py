@@ -28,14 +28,20 @@ with workflow.unsafe.imports_passed_through():
         BillingTransition,
         BillingView,
         CustomerRequest,
+        DefaultPaymentMethod,
         Dunning,
         InvoiceRecord,
         InvoiceSnapshot,
         NoticeKind,
+        OpenInvoicesPayment,
+        PaymentMethodCollection,
+        PaymentMethodRequest,
         PlanChange,
         PlanFit,
         ProvisionRequest,
         RenewalChange,
+        SetupIntentRequest,
+        SetupIntentSnapshot,
         SubscriptionRequest,
         SubscriptionSnapshot,
         SubscriptionUpdate,
@@ -79,7 +85,10 @@ class BillingWorkflow:
       ``suspended`` (read-only) when it ends → ``active`` again once nothing is unpaid;
     - subscription deleted → ``cancelled``; the data-retention timer then ends the workflow;
     - **change_plan**, **set_renewal** (validated updates) change the subscription through
-      Stripe (prorated; cancel at period end or resume).
+      Stripe (prorated; cancel at period end or resume);
+    - **collect_payment_method** (validated update) opens a SetupIntent for the browser; its
+      ``setup_intent.succeeded`` event makes the card the customer's default and, while
+      payment is overdue, retries the open invoices (their payment reactivates the tenant).
 
     Every transition writes the subscriptions projection, the tenant's status, ``BizStatus`` and
     an audit row. The workflow continues as new before its history grows large.
@@ -203,6 +212,44 @@ class BillingWorkflow:
     @set_renewal.validator
     def _validate_renewal(self, change: RenewalChange) -> None:
         self._check_renewal(change)
+
+    @workflow.update
+    async def collect_payment_method(
+        self, request: PaymentMethodRequest
+    ) -> PaymentMethodCollection:
+        """Open a SetupIntent for the customer's card. Its client secret stays out of history:
+        the activity keeps it (encrypted) for the API and returns only the SetupIntent's id."""
+        async with self._lock:
+            self._check_payment_method()
+            customer_id = self._state.customer_id
+            assert customer_id is not None
+            setup_intent_id = await self._activity(
+                BillingActivities.create_setup_intent,
+                SetupIntentRequest(
+                    tenant_id=self._tenant_id,
+                    customer_id=customer_id,
+                    idempotency_key=f"{workflow.info().workflow_id}:{_update_id()}:setup-intent",
+                ),
+            )
+            await self._record(
+                self._state.status,
+                "billing.payment_method_requested",
+                cause=_update_id(),
+                actor_id=request.requested_by,
+                data={"setup_intent": setup_intent_id},
+            )
+            return PaymentMethodCollection(setup_intent_id=setup_intent_id)
+
+    @collect_payment_method.validator
+    def _validate_payment_method(self, request: PaymentMethodRequest) -> None:
+        self._check_payment_method()
+
+    def _check_payment_method(self) -> None:
+        if self._state.customer_id is None or self._state.status is BillingStatus.CANCELLED:
+            raise ApplicationError(
+                f"No billing account to add a card to (billing is {self._state.status.value}).",
+                type=BILLING_STATE,
+            )
 
     def _check_plan_change(self, change: PlanChange) -> None:
         if self._state.subscription is None or self._state.status not in (
@@ -334,6 +381,8 @@ class BillingWorkflow:
             await self._on_subscription(event, event.subscription)
         elif event.invoice is not None:
             await self._on_invoice(event, event.invoice)
+        elif event.setup_intent is not None:
+            await self._on_card_saved(event, event.setup_intent)
 
     async def _on_subscription(self, event: BillingEvent, snapshot: SubscriptionSnapshot) -> None:
         current = self._state.subscription
@@ -432,6 +481,50 @@ class BillingWorkflow:
         )
         if fetched is not None and fetched.as_of >= current.as_of:
             await self._follow_subscription(fetched, cause)
+
+    async def _on_card_saved(self, event: BillingEvent, saved: SetupIntentSnapshot) -> None:
+        """A card saved through a SetupIntent becomes the default; overdue invoices are retried
+        on it at once."""
+        if saved.customer_id != self._state.customer_id:
+            return  # another customer's card
+        key = f"{workflow.info().workflow_id}:{event.event_id}"
+        try:
+            await self._activity(
+                BillingActivities.set_default_payment_method,
+                DefaultPaymentMethod(
+                    customer_id=saved.customer_id,
+                    payment_method_id=saved.payment_method_id,
+                    idempotency_key=f"{key}:default-payment-method",
+                ),
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("the saved card could not become the default: %s", exc.cause)
+            return
+        await self._record(
+            self._state.status,
+            "billing.payment_method_added",
+            cause=event.event_id,
+            data={"setup_intent": saved.setup_intent_id},
+        )
+        if self._state.status not in (BillingStatus.PAST_DUE, BillingStatus.SUSPENDED):
+            return
+        try:
+            attempted = await self._activity(
+                BillingActivities.pay_open_invoices,
+                OpenInvoicesPayment(customer_id=saved.customer_id, idempotency_key=f"{key}:pay"),
+                limit=timedelta(minutes=2),
+            )
+        except ActivityError as exc:
+            # Stripe retries on its own schedule; its invoice events still settle the lapse.
+            workflow.logger.warning("retrying the open invoices failed: %s", exc.cause)
+            return
+        for invoice in attempted:
+            await self._activity(
+                BillingActivities.record_invoice,
+                InvoiceRecord(tenant_id=self._tenant_id, invoice=invoice),
+            )
+            if invoice.settled:
+                await self._settle(invoice, event.event_id)
 
     # --- Dunning, suspension, cancellation ------------------------------------------------
 

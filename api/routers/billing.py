@@ -31,6 +31,9 @@ from models.billing import (
     BillingEvent,
     BillingView,
     Invoice,
+    PaymentMethodCollection,
+    PaymentMethodRequest,
+    PaymentMethodSetup,
     PlanChange,
     RenewalChange,
     StripeEvent,
@@ -331,6 +334,40 @@ async def resume_subscription(
     return await _update(client, principal, BillingWorkflow.set_renewal, change)
 
 
+class PaymentMethodIntent(BaseModel):
+    setup_intent_id: str
+    client_secret: str
+
+
+@router.post("/payment-method", summary="Start adding a card")
+async def collect_payment_method(
+    principal: TenantAdmin, client: TemporalDep, session: SessionDep, settings: SettingsDep
+) -> PaymentMethodIntent:
+    """A Stripe SetupIntent for the browser to confirm with Stripe.js (``confirmCardSetup``);
+    once Stripe reports it succeeded the card becomes the default, and overdue invoices are
+    charged to it. 409 when the tenant has no billing account."""
+    customer_id = await session.scalar(
+        select(Subscription.stripe_customer_id).where(Subscription.tenant_id == principal.tenant_id)
+    )
+    if customer_id is None:
+        raise Conflict("Your tenant has no billing account to add a card to.")
+    request = PaymentMethodRequest(requested_by=principal.user_id)
+    collection: PaymentMethodCollection = await _execute(
+        client, principal, BillingWorkflow.collect_payment_method, request
+    )
+    setup = await session.scalar(
+        select(PaymentMethodSetup).where(
+            PaymentMethodSetup.setup_intent_id == collection.setup_intent_id,
+            PaymentMethodSetup.tenant_id == principal.tenant_id,
+        )
+    )
+    assert setup is not None, "the activity stores the SetupIntent before the update returns"
+    return PaymentMethodIntent(
+        setup_intent_id=setup.setup_intent_id,
+        client_secret=settings.field_cipher().decrypt(setup.client_secret),
+    )
+
+
 async def _subscription(session: AsyncSession, tenant_id: uuid.UUID) -> Subscription:
     row = await session.scalar(select(Subscription).where(Subscription.tenant_id == tenant_id))
     if row is None:
@@ -341,9 +378,15 @@ async def _subscription(session: AsyncSession, tenant_id: uuid.UUID) -> Subscrip
 async def _update(
     client: Client, principal: Principal, update: Any, change: BaseModel
 ) -> BillingView:
+    view: BillingView = await _execute(client, principal, update, change)
+    return view
+
+
+async def _execute(client: Client, principal: Principal, update: Any, change: BaseModel) -> Any:
+    """Send the update to the tenant's billing workflow; its refusals as problems."""
     handle = client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(principal.tenant_id))
     try:
-        view: BillingView = await handle.execute_update(update, change)
+        return await handle.execute_update(update, change)
     except WorkflowUpdateFailedError as err:
         if isinstance(err.cause, ApplicationError):
             _refuse(err.cause)
@@ -354,7 +397,6 @@ async def _update(
         if err.status == RPCStatusCode.NOT_FOUND:
             raise Conflict("Billing for your tenant has ended; subscribe again.") from None
         raise
-    return view
 
 
 def _provider_refusal(cause: ApplicationError) -> None:

@@ -18,7 +18,12 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from core.plans import PlanSpec
-from models.billing import BillingEvent, InvoiceSnapshot, SubscriptionSnapshot
+from models.billing import (
+    BillingEvent,
+    InvoiceSnapshot,
+    SetupIntentSnapshot,
+    SubscriptionSnapshot,
+)
 from models.onboarding import PlanId
 
 # Metadata keys this project sets on Stripe objects.
@@ -47,6 +52,7 @@ INVOICE_EVENTS = frozenset(
         "invoice.marked_uncollectible",
     }
 )
+SETUP_INTENT_EVENTS = frozenset({"setup_intent.succeeded"})
 # A subscription that ended (or never started) stays ended: it is never reused.
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
@@ -113,6 +119,26 @@ class BillingGateway(Protocol):
         timestamp: datetime,
     ) -> None:
         """Send one meter event; the provider drops a repeated ``identifier``."""
+        ...
+
+    async def create_setup_intent(self, customer_id: str, idempotency_key: str) -> tuple[str, str]:
+        """A SetupIntent saving a card for the customer's future invoices, created once under
+        the key: ``(setup_intent_id, client_secret)`` for the browser to confirm."""
+        ...
+
+    async def set_default_payment_method(
+        self, customer_id: str, payment_method_id: str, idempotency_key: str
+    ) -> None:
+        """Attach the saved card to the customer (if it is not) and bill invoices to it."""
+        ...
+
+    async def open_invoices(self, customer_id: str) -> list[str]:
+        """The customer's invoices still awaiting payment, oldest first."""
+        ...
+
+    async def pay_invoice(self, invoice_id: str, idempotency_key: str) -> InvoiceSnapshot:
+        """Charge the customer's default payment method for the invoice (declines raise
+        :class:`BillingDeclined`)."""
         ...
 
 
@@ -192,18 +218,30 @@ def invoice_snapshot(obj: Mapping[str, Any], as_of: int) -> InvoiceSnapshot:
     )
 
 
+def setup_intent_snapshot(obj: Mapping[str, Any]) -> SetupIntentSnapshot:
+    """A succeeded Stripe SetupIntent as billing sees it."""
+    return SetupIntentSnapshot(
+        setup_intent_id=str(obj["id"]),
+        customer_id=_id(obj["customer"]),
+        payment_method_id=_id(obj["payment_method"]),
+        tenant_id=tenant_of(obj.get("metadata")),
+    )
+
+
 def parse_event(payload: Mapping[str, Any]) -> BillingEvent:
     """A verified event's payload as a :class:`BillingEvent`; types billing does not act on
     keep only their id, type and time."""
     event_type = str(payload["type"])
     created = int(payload["created"])
     obj: Mapping[str, Any] = (payload.get("data") or {}).get("object") or {}
-    subscription = invoice = None
+    subscription = invoice = setup_intent = None
     if event_type in SUBSCRIPTION_EVENTS:
         subscription = subscription_snapshot(obj, created)
     elif event_type in INVOICE_EVENTS:
         invoice = invoice_snapshot(obj, created)
-    customer = subscription or invoice
+    elif event_type in SETUP_INTENT_EVENTS:
+        setup_intent = setup_intent_snapshot(obj)
+    customer = subscription or invoice or setup_intent
     return BillingEvent(
         event_id=str(payload["id"]),
         type=event_type,
@@ -211,12 +249,17 @@ def parse_event(payload: Mapping[str, Any]) -> BillingEvent:
         customer_id=customer.customer_id if customer else None,
         subscription=subscription,
         invoice=invoice,
+        setup_intent=setup_intent,
     )
 
 
 def handles(event: BillingEvent) -> bool:
     """Whether billing acts on this event type."""
-    return event.type in SUBSCRIPTION_EVENTS or event.type in INVOICE_EVENTS
+    return (
+        event.type in SUBSCRIPTION_EVENTS
+        or event.type in INVOICE_EVENTS
+        or event.type in SETUP_INTENT_EVENTS
+    )
 
 
 # Opens a gateway for one unit of work (connections closed on exit).

@@ -202,6 +202,48 @@ class StripeGateway:
                 options={"idempotency_key": identifier},
             )
 
+    async def create_setup_intent(self, customer_id: str, idempotency_key: str) -> tuple[str, str]:
+        async with _classified():
+            created = await self._client.v1.setup_intents.create_async(
+                params={"customer": customer_id, "usage": "off_session"},
+                options={"idempotency_key": idempotency_key},
+            )
+        assert created.client_secret is not None
+        return str(created.id), created.client_secret
+
+    async def set_default_payment_method(
+        self, customer_id: str, payment_method_id: str, idempotency_key: str
+    ) -> None:
+        async with _classified():
+            method = await self._client.v1.payment_methods.retrieve_async(payment_method_id)
+            holder = method.customer
+            if (holder if isinstance(holder, str) or holder is None else holder.id) != customer_id:
+                await self._client.v1.payment_methods.attach_async(
+                    payment_method_id,
+                    params={"customer": customer_id},
+                    options={"idempotency_key": f"{idempotency_key}:attach"},
+                )
+            await self._client.v1.customers.update_async(
+                customer_id,
+                params={"invoice_settings": {"default_payment_method": payment_method_id}},
+                options={"idempotency_key": f"{idempotency_key}:default"},
+            )
+
+    async def open_invoices(self, customer_id: str) -> list[str]:
+        async with _classified():
+            found = await self._client.v1.invoices.list_async(
+                params={"customer": customer_id, "limit": 100}
+            )
+        open_ones = [invoice for invoice in found.data if invoice.status == "open"]
+        return [str(invoice.id) for invoice in sorted(open_ones, key=lambda i: i.created)]
+
+    async def pay_invoice(self, invoice_id: str, idempotency_key: str) -> InvoiceSnapshot:
+        async with _classified():
+            paid = await self._client.v1.invoices.pay_async(
+                invoice_id, options={"idempotency_key": idempotency_key}
+            )
+        return invoice_snapshot(paid.to_dict(), _now())
+
 
 class _HttpxClient(stripe.HTTPXClient):
     """The SDK's httpx transport, handing httpx the encoded form as ``content`` (httpx

@@ -43,6 +43,7 @@ from models.audit import AuditEntry
 from models.billing import (
     BillingStatus,
     Invoice,
+    PaymentMethodSetup,
     ProvisionRequest,
     StripeEvent,
     StripeEventStatus,
@@ -57,11 +58,13 @@ from models.tenant import Tenant, TenantStatus
 from models.user import Role
 from tests.conftest import free_port
 from tests.factories import Member, member
+from tests.history import decoded_history
 from tests.peers_stripe import (
     WEBHOOK_SECRET,
     LocalStripe,
     MeterRecorder,
     card_holder,
+    confirm_card_setup,
     pay,
     signed,
     stripe_event,
@@ -610,3 +613,97 @@ async def test_a_suspended_tenant_reads_but_does_not_write(
                     assert response.json()["type"].endswith(refusal)
         # Platform staff are not held by a tenant's billing.
         assert (await http.post("/things", headers=staff.headers)).status_code == 200
+
+
+# --- Collecting a card ---------------------------------------------------------------------
+
+
+async def test_a_card_added_through_a_setup_intent_pays_the_overdue_invoice(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    admin, customer, row = await _subscribed(temporal_client, settings, sessions, localstripe)
+    async with localstripe.sdk() as sdk:
+        invoice_id = await unpaid_invoice(sdk, customer, str(row.stripe_subscription_id))
+        failed = (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+    t = int(time.time())  # not after the retried payment, whose result is then the newer
+    assert (await _post(api, stripe_event("invoice.payment_failed", failed, t))).status_code == 200
+    await _billed(sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+
+    response = await api.post("/api/v1/billing/payment-method", headers=admin.headers)
+    assert response.status_code == 200, response.text
+    collection = response.json()
+    setup_intent_id: str = collection["setup_intent_id"]
+    client_secret: str = collection["client_secret"]
+    async with localstripe.sdk() as sdk:
+        confirmed = await confirm_card_setup(sdk, setup_intent_id, client_secret)
+    card = str(confirmed["payment_method"])
+    saved = stripe_event("setup_intent.succeeded", confirmed, t + 1)
+    for _ in range(2):  # Stripe may deliver it twice
+        assert (await _post(api, saved)).status_code == 200
+
+    final = await _billed(sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert final.grace_ends_at is None
+    async with localstripe.sdk() as sdk:
+        holder = await sdk.v1.customers.retrieve_async(customer)
+        invoice = await sdk.v1.invoices.retrieve_async(invoice_id)
+    assert holder.invoice_settings is not None
+    assert holder.invoice_settings.default_payment_method == card
+    assert invoice.status == "paid"
+    (projected,) = await _eventually(
+        lambda: _invoices(sessions, admin.tenant_id),
+        lambda found: [i.status for i in found] == ["paid"],
+    )
+    assert projected.stripe_invoice_id == invoice_id
+    actions = await _actions(sessions, admin.tenant_id)
+    async with sessions() as session:
+        requested = await session.scalar(
+            select(AuditEntry).where(
+                AuditEntry.tenant_id == admin.tenant_id,
+                AuditEntry.action == "billing.payment_method_requested",
+            )
+        )
+    assert requested is not None
+    assert (requested.actor_id, requested.data["setup_intent"]) == (admin.user_id, setup_intent_id)
+    assert actions.count("billing.payment_method_added") == 1
+    assert actions.count("billing.reactivated") == 1
+
+    handle = temporal_client.get_workflow_handle(workflow_id(admin.tenant_id))
+    run_id = (await handle.describe()).run_id
+    history = await decoded_history(temporal_client, workflow_id(admin.tenant_id), run_id)
+    assert setup_intent_id.encode() in history
+    assert client_secret.encode() not in history
+    async with sessions() as session:
+        stored = await session.get(PaymentMethodSetup, setup_intent_id)
+    assert stored is not None
+    assert client_secret not in stored.client_secret  # kept encrypted
+    assert settings.field_cipher().decrypt(stored.client_secret) == client_secret
+
+
+async def test_adding_a_card_needs_a_billing_account_and_an_admin(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    unbilled = await member(sessions, settings)
+    response = await api.post("/api/v1/billing/payment-method", headers=unbilled.headers)
+    assert response.status_code == 409, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+    admin, _, _ = await _subscribed(temporal_client, settings, sessions, localstripe)
+    user = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    response = await api.post("/api/v1/billing/payment-method", headers=user.headers)
+    assert response.status_code == 403, response.text
+    assert "billing.payment_method_requested" not in await _actions(sessions, admin.tenant_id)
+    async with sessions() as session:
+        setups = await session.scalar(
+            select(func.count())
+            .select_from(PaymentMethodSetup)
+            .where(PaymentMethodSetup.tenant_id == admin.tenant_id)
+        )
+    assert setups == 0

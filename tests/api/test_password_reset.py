@@ -5,16 +5,13 @@ from __future__ import annotations
 import email.message
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import httpx
 import pytest
-from google.protobuf.message import Message
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
@@ -31,6 +28,7 @@ from models.password_reset import ResetStatus
 from models.user import User
 from tests.conftest import SmtpSink
 from tests.factories import Member, member
+from tests.history import decoded_history
 from workers.main import build_worker
 from workflows.password_reset import PasswordResetWorkflow, workflow_id
 
@@ -110,34 +108,6 @@ async def _audit(sessions: SessionFactory, someone: Member, action: str) -> list
         return list(rows)
 
 
-def _payloads(message: Message) -> Iterator[Payload]:
-    """Every payload anywhere inside a history event."""
-    if isinstance(message, Payload):
-        yield message
-        return
-    for field, value in message.ListFields():
-        if field.message_type is None:
-            continue
-        if isinstance(value, Message):
-            items: Any = [value]
-        elif field.message_type.GetOptions().map_entry:
-            items = value.values()
-        else:  # a repeated field
-            items = value
-        for item in items:
-            if isinstance(item, Message):
-                yield from _payloads(item)
-
-
-async def _decoded_history(client: Client, workflow: str, run_id: str) -> bytes:
-    """The run's history payloads, decrypted, concatenated for searching."""
-    history = await client.get_workflow_handle(workflow, run_id=run_id).fetch_history()
-    payloads = [p for event in history.events for p in _payloads(event)]
-    codec = client.data_converter.payload_codec
-    assert codec is not None
-    return b"\n".join(p.data for p in await codec.decode(payloads))
-
-
 async def test_reset_end_to_end(
     api: httpx.AsyncClient,
     smtp_sink: SmtpSink,
@@ -204,7 +174,7 @@ async def test_no_secret_or_personal_data_in_workflow_history(
         "BizProcess": "password_reset",
         "BizStatus": "completed",
     }
-    history = await _decoded_history(temporal_client, workflow, description.run_id)
+    history = await decoded_history(temporal_client, workflow, description.run_id)
     # The search sees decrypted data: the digest, which the workflow keeps, is there.
     assert token_digest(token).encode() in history
     for secret in (token, token.split(".")[1], NEW_PASSWORD, someone.email):

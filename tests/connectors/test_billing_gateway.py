@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.billing import BillingGateway, BillingRejected, parse_event
+from connectors.billing import BillingGateway, BillingRejected, handles, parse_event
 from connectors.billing.stripe_gateway import stripe_gateway
 from core.plans import default_plans, plan_of
 from core.settings import Settings
@@ -220,3 +220,40 @@ async def test_usage_goes_to_the_meter_with_its_identifier(
             "idempotency-key": "usage-1",
         }
     ]
+
+
+async def test_a_card_saved_through_a_setup_intent_pays_the_open_invoice(
+    gateway: BillingGateway, localstripe: LocalStripe
+) -> None:
+    tenant_id = uuid.uuid4()
+    customer = await _customer_with_card(
+        localstripe, tenant_id, "setup@example.com", card=DECLINING_CARD
+    )
+    price = await gateway.ensure_plan(STARTER)
+    await gateway.create_subscription(customer, price, tenant_id, None, "key")
+    (unpaid,) = await gateway.open_invoices(customer)
+
+    setup_intent_id, client_secret = await gateway.create_setup_intent(customer, "setup-key")
+    assert setup_intent_id.startswith("seti_")
+    assert client_secret.startswith(f"{setup_intent_id}_secret_")
+    async with localstripe.sdk() as sdk:  # what Stripe.js does in the browser
+        confirmed = await sdk.v1.setup_intents.confirm_async(
+            setup_intent_id, params={"payment_method": "pm_card_visa"}
+        )
+    assert confirmed.status == "succeeded"
+    event = parse_event(stripe_event("setup_intent.succeeded", confirmed.to_dict(), 1))
+    assert handles(event)
+    assert event.setup_intent is not None
+    assert (event.customer_id, event.setup_intent.setup_intent_id) == (customer, setup_intent_id)
+    card = event.setup_intent.payment_method_id
+
+    for _ in range(2):  # the second time the card is attached already
+        await gateway.set_default_payment_method(customer, card, "default-key")
+    async with localstripe.sdk() as sdk:
+        holder = await sdk.v1.customers.retrieve_async(customer)
+    assert holder.invoice_settings is not None
+    assert holder.invoice_settings.default_payment_method == card
+
+    paid = await gateway.pay_invoice(unpaid, "pay-key")
+    assert (paid.invoice_id, paid.status, paid.amount_paid) == (unpaid, "paid", 2900)
+    assert await gateway.open_invoices(customer) == []

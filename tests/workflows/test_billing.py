@@ -43,6 +43,7 @@ from tests.factories import Member, member
 from tests.peers_stripe import (
     LocalStripe,
     card_holder,
+    confirm_card_setup,
     pay,
     signed,
     stripe_event,
@@ -314,6 +315,10 @@ async def test_trial_then_cancellation_keeps_data_until_retention_ends(
     assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.CANCELLED
     await _eventually(lambda: asyncio.sleep(0, schedules.calls), lambda calls: len(calls) == 2)
     assert schedules.calls[-1] == ("remove", admin.tenant_id)
+    # The update's validator refuses a card for a cancelled subscription: nothing is written.
+    refused = await ts_api.post("/api/v1/billing/payment-method", headers=admin.headers)
+    assert refused.status_code == 409, refused.text
+    assert "cancelled" in refused.json()["detail"]
 
     started = (await handle.describe()).start_time
     await time_skipping_env.sleep(timedelta(days=30, hours=1))
@@ -400,3 +405,53 @@ async def test_continues_as_new_with_its_state(
     view = await current.query(BillingWorkflow.view)
     assert (view.cancel_at_period_end, view.current_period_end) == (True, final_end)
     assert await _actions(sessions, admin.tenant_id) == ["billing.provisioned"]
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_suspended_tenant_adds_a_card_and_is_active_again(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    admin = await member(sessions, billing_settings)
+    async with localstripe.sdk() as sdk:
+        customer = await card_holder(sdk, admin.tenant_id, admin.email)
+    handle = await _provision(time_skipping_env.client, billing_settings, admin.tenant_id)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.stripe_subscription_id is not None
+    async with localstripe.sdk() as sdk:
+        invoice_id = await unpaid_invoice(sdk, customer, row.stripe_subscription_id)
+        invoice = (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    await time_skipping_env.sleep(timedelta(days=8))
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
+
+    # Billing stays open to a suspended tenant: its admin adds a card in the browser.
+    response = await ts_api.post("/api/v1/billing/payment-method", headers=admin.headers)
+    assert response.status_code == 200, response.text
+    collection = response.json()
+    async with localstripe.sdk() as sdk:
+        confirmed = await confirm_card_setup(
+            sdk, collection["setup_intent_id"], collection["client_secret"]
+        )
+    await _post(ts_api, "setup_intent.succeeded", confirmed)
+
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert view.unpaid_invoices == []
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
+    async with localstripe.sdk() as sdk:
+        assert (await sdk.v1.invoices.retrieve_async(invoice_id)).status == "paid"
+    await _eventually(
+        lambda: _subjects(sessions, admin), lambda found: any("fully active" in s for s in found)
+    )
+    assert (await _actions(sessions, admin.tenant_id))[-4:] == [
+        "billing.suspended",
+        "billing.payment_method_requested",
+        "billing.payment_method_added",
+        "billing.reactivated",
+    ]
