@@ -71,7 +71,7 @@ class PasswordResetActivities:
             user = await _active_user(session, request.user_id)
             membership = await membership_of(session, user.id)
         token = compose_reset_token(
-            self._settings.jwt_signing_key(), request.user_id, request.run_id
+            self._settings.jwt_signing_key(), request.user_id, request.run_id, request.token_purpose
         )
         base = self._settings.public_app_url.rstrip("/")
         if request.purpose is LinkPurpose.INVITATION:

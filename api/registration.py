@@ -13,7 +13,7 @@ from temporalio.service import RPCError
 
 from api.routers.onboarding import start_onboarding
 from core import audit
-from core.errors import Conflict
+from core.errors import Conflict, WorkflowTimeout
 from core.identity import create_tenant_with_admin
 from core.settings import Settings
 from models.user import Membership
@@ -72,7 +72,7 @@ async def register_tenant(
     await session.commit()
     try:
         await start_onboarding(client, settings, membership.tenant_id)
-    except (RPCError, RuntimeError):  # RuntimeError: the client could not connect
+    except (RPCError, RuntimeError, WorkflowTimeout):  # RuntimeError: could not connect
         # The account exists; GET /api/v1/onboarding starts the workflow when it is missing.
         log.exception("onboarding of tenant %s did not start", membership.tenant_id)
     return Registration(membership, onboarding_workflow_id(membership.tenant_id))

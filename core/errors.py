@@ -17,9 +17,10 @@ class Problem(Exception):
     slug: ClassVar[str] = "bad-request"
     title: ClassVar[str] = "Bad request"
 
-    def __init__(self, detail: str, **extra: Any) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -55,9 +56,23 @@ class MfaEnrolmentRequired(Problem):
     status, slug, title = 403, "mfa-enrolment-required", "Two-factor authentication required"
 
 
+class MfaStepUpRequired(Problem):
+    """The session has not passed MFA recently enough (RFC 9470's step-up challenge, a 401)."""
+
+    status, slug, title = 401, "mfa-step-up-required", "Confirm with a one-time code"
+
+
 class Locked(Problem):
     status, slug, title = 423, "account-locked", "Account locked"
 
 
 class TooManyRequests(Problem):
     status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class WorkflowTimeout(Problem):
+    status, slug, title = 504, "workflow-timeout", "The workflow did not answer in time"
+
+
+class ServiceUnavailable(Problem):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"

@@ -13,20 +13,25 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import Select, select, tuple_
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import MfaPrincipal, SessionDep, SettingsDep, StorageDep, TemporalDep, require_role
 from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
+from api.workflow_calls import IdempotencyKey, update_id
 from core.errors import Conflict, Forbidden, NotFound
 from core.security import Principal
+from core.settings import Settings
 from models.approval import (
+    VERDICT_STATUS,
     Approval,
     ApprovalEvent,
     ApprovalKind,
+    ApprovalOutcome,
     ApprovalRecord,
     ApprovalStatus,
     Attachment,
@@ -163,19 +168,29 @@ async def decide_approval(
     principal: MfaPrincipal,
     session: SessionDep,
     client: TemporalDep,
+    settings: SettingsDep,
+    key: IdempotencyKey,
 ) -> DecisionResult:
     """Approve, reject or request changes. 409 once decided; 403 for a role that may not
-    decide it."""
+    decide it. A retry with the same ``Idempotency-Key`` gets the first answer."""
     row = await owned(session, Approval, approval_id, principal)
     if principal.role is not row.decider_role:
         raise Forbidden(f"Only a {row.decider_role.value} may decide this approval.")
     if row.status is not ApprovalStatus.PENDING:
+        if key is not None and _is_own_decision(row, principal, body):
+            return DecisionResult(approval_id=row.id, status=row.status)
         raise Conflict(f"This approval is already {row.status.value}.")
     decision = Decision(
         **body.model_dump(), decided_by=principal.user_id, decider_role=principal.role
     )
-    record = await _send_decision(client, row, decision)
+    handle = client.get_workflow_handle_for(ApprovalWorkflow.run, row.workflow_id)
+    record = await _send_decision(handle, decision, settings, update_id("decide", principal, key))
     return DecisionResult(approval_id=record.approval_id, status=record.status)
+
+
+def _is_own_decision(row: Approval, principal: Principal, body: DecisionRequest) -> bool:
+    """The recorded decision is the one this caller asked for (a retried request)."""
+    return row.decided_by == principal.user_id and row.status is VERDICT_STATUS[body.decision]
 
 
 @router.get("/{approval_id}/documents/{document_id}", summary="A document's download URL")
@@ -200,10 +215,17 @@ async def document_download_url(
     return DownloadLink(url=url, expires_at=expires_at)
 
 
-async def _send_decision(client: Client, row: Approval, decision: Decision) -> ApprovalRecord:
-    handle = client.get_workflow_handle_for(ApprovalWorkflow.run, row.workflow_id)
+async def _send_decision(
+    handle: WorkflowHandle[ApprovalWorkflow, ApprovalOutcome],
+    decision: Decision,
+    settings: Settings,
+    update: str | None,
+) -> ApprovalRecord:
     try:
-        return await handle.execute_update(ApprovalWorkflow.decide, decision)
+        record: ApprovalRecord = await workflow_calls.execute_update(
+            handle, ApprovalWorkflow.decide, decision, settings=settings, update_id=update
+        )
+        return record
     except WorkflowUpdateFailedError as err:
         cause = err.cause
         if isinstance(cause, ApplicationError) and cause.type == ALREADY_DECIDED:

@@ -8,15 +8,26 @@ validators: refused updates become 404 / 409 / 422 here and nothing is written.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, status
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import workflow_calls
 from api.deps import (
     CurrentPrincipal,
     SessionDep,
@@ -25,7 +36,8 @@ from api.deps import (
     TemporalDep,
     require_role,
 )
-from connectors.storage import ObjectStorage, StoredObject, sniff_type
+from api.workflow_calls import IdempotencyKey, update_id
+from connectors.storage import StoredObject, sniff_type
 from core import search
 from core.errors import Conflict, NotFound, Unprocessable
 from core.security import Principal
@@ -78,21 +90,32 @@ def onboarding_input(settings: Settings, tenant_id: uuid.UUID) -> OnboardingInpu
 
 async def start_onboarding(client: Client, settings: Settings, tenant_id: uuid.UUID) -> str:
     """Start the tenant's onboarding (or find the running one) and return its workflow id."""
-    handle = await client.start_workflow(
-        OnboardingWorkflow.run,
-        onboarding_input(settings, tenant_id),
-        id=workflow_id(tenant_id),
-        task_queue=settings.temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes(
+    async with workflow_calls.deadline(settings):
+        handle = await client.start_workflow(
+            OnboardingWorkflow.run,
+            onboarding_input(settings, tenant_id),
+            **_start_options(settings, tenant_id),
+        )
+    return handle.id
+
+
+def _start_options(settings: Settings, tenant_id: uuid.UUID) -> dict[str, Any]:
+    """How an onboarding starts: one per tenant, found when running, never started twice."""
+    return {
+        "id": workflow_id(tenant_id),
+        "task_queue": settings.temporal_task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        # A finished onboarding (approved, rejected, abandoned) is never started again.
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        "static_summary": f"Onboarding of tenant {tenant_id}",
+        "search_attributes": TypedSearchAttributes(
             [
                 SearchAttributePair(search.TENANT_ID, str(tenant_id)),
                 SearchAttributePair(search.BIZ_PROCESS, PROCESS),
                 SearchAttributePair(search.BIZ_STATUS, OnboardingStatus.IN_PROGRESS.value),
             ]
         ),
-    )
-    return handle.id
+    }
 
 
 class TenantView(BaseModel):
@@ -125,26 +148,87 @@ async def get_tenant(principal: CurrentPrincipal, session: SessionDep) -> Tenant
     )
 
 
+class Wizard:
+    """The caller's onboarding workflow, reached only through the caller's own tenant.
+
+    Queries and updates are bounded by the call deadline; updates carry the id derived from
+    the request's ``Idempotency-Key`` and start the onboarding when it never started
+    (registration could not reach Temporal after committing the account).
+    """
+
+    def __init__(
+        self, client: Client, settings: Settings, principal: Principal, key: str | None
+    ) -> None:
+        self.client, self.settings, self.principal, self.key = client, settings, principal, key
+        self.handle: Onboarding = client.get_workflow_handle_for(
+            OnboardingWorkflow.run, workflow_id(principal.tenant_id)
+        )
+
+    async def state(self) -> OnboardingState:
+        """The workflow's state query; 404 when the tenant has no onboarding."""
+        try:
+            state: OnboardingState = await workflow_calls.query(
+                self.handle, OnboardingWorkflow.state, settings=self.settings
+            )
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise NotFound("Your tenant has no onboarding.") from None
+            raise
+        return state
+
+    async def update(self, update: Any, argument: BaseModel) -> OnboardingState:
+        """Send a wizard update (starting the onboarding if it never started); the workflow's
+        refusals become the matching problems."""
+        tenant_id = self.principal.tenant_id
+        start = WithStartWorkflowOperation(
+            OnboardingWorkflow.run,
+            onboarding_input(self.settings, tenant_id),
+            **_start_options(self.settings, tenant_id),
+        )
+        name = getattr(update, "__name__", str(update))
+        try:
+            async with workflow_calls.deadline(self.settings):
+                state: OnboardingState = await self.client.execute_update_with_start_workflow(
+                    update,
+                    argument,
+                    start_workflow_operation=start,
+                    id=update_id(name, self.principal, self.key),
+                )
+        except WorkflowUpdateFailedError as err:
+            if isinstance(err.cause, ApplicationError):
+                _refuse(err.cause)
+            raise
+        except WorkflowAlreadyStartedError:
+            raise Conflict("The onboarding has finished and cannot be changed.") from None
+        return state
+
+
+def wizard(
+    principal: CurrentPrincipal, client: TemporalDep, settings: SettingsDep, key: IdempotencyKey
+) -> Wizard:
+    return Wizard(client, settings, principal, key)
+
+
+WizardDep = Annotated[Wizard, Depends(wizard)]
+
+
 @router.get("/onboarding", summary="The onboarding wizard's state")
 async def get_onboarding(
-    principal: CurrentPrincipal, client: TemporalDep, session: SessionDep, settings: SettingsDep
+    principal: CurrentPrincipal, onboarding: WizardDep, session: SessionDep
 ) -> OnboardingState:
     """Status, current step, filled steps, missing steps, documents and the approval.
 
     A tenant still in ``onboarding`` whose workflow never started (registration could not
     reach Temporal after committing) gets it started here.
     """
-    handle = _handle(client, principal)
     try:
-        return await handle.query(OnboardingWorkflow.state)
-    except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND:
+        return await onboarding.state()
+    except NotFound:
+        tenant = await session.get(Tenant, principal.tenant_id)
+        if tenant is None or tenant.status != TenantStatus.ONBOARDING:
             raise
-    tenant = await session.get(Tenant, principal.tenant_id)
-    if tenant is None or tenant.status != TenantStatus.ONBOARDING:
-        raise NotFound("Your tenant has no onboarding.")
-    await start_onboarding(client, settings, principal.tenant_id)
-    return await _state(handle)
+    await start_onboarding(onboarding.client, onboarding.settings, principal.tenant_id)
+    return await onboarding.state()
 
 
 @router.put("/onboarding/steps/{step}", summary="Save one wizard step")
@@ -152,13 +236,13 @@ async def save_step(
     step: str,
     data: Annotated[dict[str, Any], Body()],
     principal: TenantAdmin,
-    client: TemporalDep,
+    onboarding: WizardDep,
 ) -> OnboardingState:
     """Replace the step's data. 422 with field errors when invalid, 409 once submitted."""
     if step not in OnboardingStep.__members__.values():
         raise NotFound(f"There is no onboarding step {step!r}.")
     step_data = StepData(step=OnboardingStep(step), data=data)
-    return await _update(_handle(client, principal), OnboardingWorkflow.save_step, step_data)
+    return await onboarding.update(OnboardingWorkflow.save_step, step_data)
 
 
 @router.post(
@@ -167,16 +251,20 @@ async def save_step(
     summary="Ask for a supporting document's upload URL",
 )
 async def request_document_upload(
-    body: DocumentRequest, principal: TenantAdmin, client: TemporalDep, storage: StorageDep
+    body: DocumentRequest, principal: TenantAdmin, onboarding: WizardDep, storage: StorageDep
 ) -> DocumentUploadTicket:
-    """Announce the document to the workflow, then hand out a short-lived upload URL."""
-    document_id = uuid.uuid4()
+    """Announce the document to the workflow, then hand out a short-lived upload URL.
+
+    A retry with the same ``Idempotency-Key`` announces the same document.
+    """
+    key = update_id("expect_document", principal, onboarding.key)
+    document_id = uuid.uuid5(uuid.NAMESPACE_URL, key) if key else uuid.uuid4()
     upload = DocumentUpload(
         **body.model_dump(),
         document_id=document_id,
         storage_key=f"tenants/{principal.tenant_id}/onboarding/{document_id}",
     )
-    await _update(_handle(client, principal), OnboardingWorkflow.expect_document, upload)
+    await onboarding.update(OnboardingWorkflow.expect_document, upload)
     target = await storage.upload_target(upload.storage_key, upload.content_type, upload.size)
     return DocumentUploadTicket(
         document_id=document_id, upload_url=target.url, method="PUT", headers=target.headers
@@ -190,7 +278,7 @@ async def request_document_upload(
 async def complete_document_upload(
     document_id: uuid.UUID,
     principal: TenantAdmin,
-    client: TemporalDep,
+    onboarding: WizardDep,
     storage: StorageDep,
     settings: SettingsDep,
 ) -> OnboardingState:
@@ -198,17 +286,20 @@ async def complete_document_upload(
 
     A document that fails the checks is removed: 422.
     """
-    handle = _handle(client, principal)
-    document = _announced(await _state(handle), document_id)
+    document = _announced(await onboarding.state(), document_id)
     stored = await storage.stat(document.storage_key)
     if stored is None:
         raise Unprocessable("Nothing has been uploaded for this document yet.")
     problem = _document_problem(document, stored, settings.document_max_bytes)
     if problem is not None:
-        await _discard(handle, storage, document)
+        await storage.delete(document.storage_key)
+        await onboarding.update(
+            OnboardingWorkflow.settle_document,
+            DocumentCheck(document_id=document.document_id, accepted=False),
+        )
         raise Unprocessable(problem)
     check = DocumentCheck(document_id=document_id, accepted=True, size=stored.size)
-    return await _update(handle, OnboardingWorkflow.settle_document, check)
+    return await onboarding.update(OnboardingWorkflow.settle_document, check)
 
 
 @router.post(
@@ -216,23 +307,10 @@ async def complete_document_upload(
     status_code=status.HTTP_202_ACCEPTED,
     summary="Submit the wizard for approval",
 )
-async def submit_onboarding(principal: TenantAdmin, client: TemporalDep) -> OnboardingState:
+async def submit_onboarding(principal: TenantAdmin, onboarding: WizardDep) -> OnboardingState:
     """Hand the application in; 409 with ``missing`` when a step is not filled."""
     submission = Submission(submitted_by=principal.user_id)
-    return await _update(_handle(client, principal), OnboardingWorkflow.submit, submission)
-
-
-def _handle(client: Client, principal: Principal) -> Onboarding:
-    return client.get_workflow_handle_for(OnboardingWorkflow.run, workflow_id(principal.tenant_id))
-
-
-async def _state(handle: Onboarding) -> OnboardingState:
-    try:
-        return await handle.query(OnboardingWorkflow.state)
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise NotFound("Your tenant has no onboarding.") from None
-        raise
+    return await onboarding.update(OnboardingWorkflow.submit, submission)
 
 
 def _announced(state: OnboardingState, document_id: uuid.UUID) -> Document:
@@ -256,27 +334,6 @@ def _document_problem(document: Document, stored: StoredObject, max_bytes: int) 
     return None
 
 
-async def _discard(handle: Onboarding, storage: ObjectStorage, document: Document) -> None:
-    await storage.delete(document.storage_key)
-    check = DocumentCheck(document_id=document.document_id, accepted=False)
-    await _update(handle, OnboardingWorkflow.settle_document, check)
-
-
-async def _update(handle: Onboarding, update: Any, argument: BaseModel) -> OnboardingState:
-    """Send a wizard update; a refusal becomes the matching problem."""
-    try:
-        state: OnboardingState = await handle.execute_update(update, argument)
-    except WorkflowUpdateFailedError as err:
-        if isinstance(err.cause, ApplicationError):
-            _refuse(err.cause)
-        raise
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            await _missing_or_finished(handle)
-        raise
-    return state
-
-
 def _refuse(cause: ApplicationError) -> None:
     """Translate the workflow's refusal types (see ``workflows/onboarding.py``)."""
     if cause.type == INVALID_STEP_DATA:
@@ -290,13 +347,3 @@ def _refuse(cause: ApplicationError) -> None:
         raise Conflict("The wizard is incomplete.", missing=list(cause.details[0]))
     if cause.type == ONBOARDING_CLOSED:
         raise Conflict(cause.message)
-
-
-async def _missing_or_finished(handle: Onboarding) -> NoReturn:
-    try:
-        await handle.describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise NotFound("Your tenant has no onboarding.") from None
-        raise
-    raise Conflict("The onboarding has finished and cannot be changed.")

@@ -1,8 +1,7 @@
-"""Password reset over HTTP: the request starts (or restarts) the workflow, confirm updates it."""
+"""Password reset over HTTP: the request starts (or renews) the workflow, confirm updates it."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import workflow_calls
 from api.deps import SessionDep, SettingsDep, TemporalDep, get_sessions
 from api.ratelimit import RateLimits
 from api.routers.auth import Body, rate_limits, request_actor
@@ -29,7 +29,12 @@ from core.errors import Problem, Unprocessable
 from core.identity import normalize_email, token_digest
 from core.passwords import hash_password
 from core.settings import Settings
-from models.password_reset import PasswordResetInput, ResetConfirmation, reset_token_user
+from models.password_reset import (
+    PasswordResetInput,
+    ResetConfirmation,
+    reset_token_user,
+    token_purpose,
+)
 from models.tenant import Tenant
 from models.user import Membership, User
 from workflows.password_reset import (
@@ -73,21 +78,26 @@ async def _active_account(
 async def start_password_link(
     client: Client, settings: Settings, membership: Membership, request: PasswordResetInput
 ) -> WorkflowHandle[Any, Any]:
-    """Start the user's password-link run, terminating a running one (its link dies with it)."""
-    return await client.start_workflow(
-        PasswordResetWorkflow.run,
-        request,
-        id=workflow_id(membership.user_id),
-        task_queue=settings.temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(search.TENANT_ID, str(membership.tenant_id)),
-                SearchAttributePair(search.BIZ_PROCESS, PROCESS),
-            ]
-        ),
-    )
+    """Start the user's password-link run for the request's purpose, or renew the running one
+    (its new link replaces the old; a confirmation in progress is never cut short)."""
+    async with workflow_calls.deadline(settings):
+        return await client.start_workflow(
+            PasswordResetWorkflow.run,
+            request,
+            id=workflow_id(membership.user_id, request.purpose),
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            start_signal="renew",
+            start_signal_args=[request],
+            static_summary=f"Password {request.purpose.value} link for user {membership.user_id}",
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search.TENANT_ID, str(membership.tenant_id)),
+                    SearchAttributePair(search.BIZ_PROCESS, PROCESS),
+                ]
+            ),
+        )
 
 
 async def _start_reset(
@@ -168,11 +178,17 @@ async def _refuse_weak_password(
 
 
 async def _send_confirmation(
-    client: Client, user_id: uuid.UUID, confirmation: ResetConfirmation
+    client: Client, settings: Settings, token: str, confirmation: ResetConfirmation
 ) -> None:
-    handle = client.get_workflow_handle_for(PasswordResetWorkflow.run, workflow_id(user_id))
+    user_id = reset_token_user(token)
+    assert user_id is not None
+    handle = client.get_workflow_handle_for(
+        PasswordResetWorkflow.run, workflow_id(user_id, token_purpose(token))
+    )
     try:
-        await handle.execute_update(PasswordResetWorkflow.confirm, confirmation)
+        await workflow_calls.execute_update(
+            handle, PasswordResetWorkflow.confirm, confirmation, settings=settings
+        )
     except WorkflowUpdateFailedError as err:
         if isinstance(err.cause, ApplicationError) and err.cause.type == INVALID_RESET_TOKEN:
             raise InvalidResetToken(err.cause.message) from None
@@ -191,7 +207,7 @@ async def _send_confirmation(
     summary="Choose a new password with the e-mailed token",
 )
 async def confirm_password_reset(
-    body: ResetConfirmBody, session: SessionDep, client: TemporalDep
+    body: ResetConfirmBody, session: SessionDep, client: TemporalDep, settings: SettingsDep
 ) -> Response:
     """204 and every session signed out; 400 for a malformed, wrong, expired or used token;
     422 for a weak password (the token stays usable)."""
@@ -204,5 +220,5 @@ async def confirm_password_reset(
         token_digest=token_digest(body.token),
         password_hash=await hash_password(body.new_password),
     )
-    await _send_confirmation(client, user_id, confirmation)
+    await _send_confirmation(client, settings, body.token, confirmation)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

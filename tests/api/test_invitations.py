@@ -16,7 +16,7 @@ from models.user import Role
 from tests.conftest import SmtpSink
 from tests.factories import Member, member
 
-INVITE_LINK = re.compile(r"/accept-invitation\?token=([0-9a-f]{32}\.[A-Za-z0-9_-]{43})")
+INVITE_LINK = re.compile(r"/accept-invitation\?token=([0-9a-f]{32}\.[A-Za-z0-9_-]{43}\.i)")
 PASSWORD = "harbor-quilt-meadow-81"
 
 
@@ -92,3 +92,27 @@ async def test_refusals_write_nothing(
     assert (await _invite(flow_api, admin, email="not-an-email")).status_code == 422
     listed = (await flow_api.get("/api/v1/users", headers=admin.headers)).json()
     assert {u["email"] for u in listed} == {admin.email, reader.email}
+
+
+async def test_a_reset_request_for_the_invitee_leaves_the_invitation_alone(
+    flow_api: httpx.AsyncClient,
+    s3_settings: Settings,
+    sessions: SessionFactory,
+    smtp_sink: SmtpSink,
+) -> None:
+    """Anyone may ask for a reset of any address: that must not cancel a pending invitation."""
+    admin = await member(sessions, s3_settings)
+    invited = (await _invite(flow_api, admin)).json()
+    [message] = await smtp_sink.wait_for(invited["email"])
+    body = message.get_payload(decode=True)
+    assert isinstance(body, bytes)
+    [token] = INVITE_LINK.findall(body.decode())
+
+    reset = await flow_api.post("/api/v1/auth/password-reset", json={"email": invited["email"]})
+    assert reset.status_code == 202
+    await smtp_sink.wait_for(invited["email"], count=2)  # the reset's own link
+
+    confirmed = await flow_api.post(
+        "/api/v1/auth/password-reset/confirm", json={"token": token, "new_password": PASSWORD}
+    )
+    assert confirmed.status_code == 204, confirmed.text
