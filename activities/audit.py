@@ -9,7 +9,7 @@ from temporalio import activity
 
 from core import audit
 from core.db import SessionFactory, transaction
-from models.audit import ChainReport
+from models.audit import ChainPosition, ChainReport
 
 
 class TamperFinding(BaseModel):
@@ -29,9 +29,13 @@ class AuditActivities:
 
     @activity.defn
     async def verify_audit_chain(self, tenant_id: uuid.UUID) -> ChainReport:
-        """Walk the tenant's audit chain and report the first broken row."""
+        """Walk the tenant's audit chain and report the first broken row.
+
+        The walk heartbeats its position; a retried attempt resumes from the last one."""
+        details = activity.info().heartbeat_details
+        since = ChainPosition.model_validate(details[0]) if details else None
         async with self._sessions() as session:
-            return await audit.verify(session, tenant_id)
+            return await audit.verify(session, tenant_id, since, activity.heartbeat)
 
     @activity.defn
     async def record_tamper_finding(self, finding: TamperFinding) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from models.audit import GENESIS_HASH, AuditEntry, ChainReport, chain_of
+from models.audit import GENESIS_HASH, AuditEntry, ChainPosition, ChainReport, chain_of
 from models.base import utcnow
 
 
@@ -76,12 +77,25 @@ async def append(
     return entry
 
 
-async def verify(session: AsyncSession, tenant_id: uuid.UUID | None) -> ChainReport:
-    """Walk a chain and report the first row that was changed, removed or inserted."""
+async def verify(
+    session: AsyncSession,
+    tenant_id: uuid.UUID | None,
+    since: ChainPosition | None = None,
+    progress: Callable[[ChainPosition], None] | None = None,
+    every: int = 1000,
+) -> ChainReport:
+    """Walk a chain and report the first row that was changed, removed or inserted.
+
+    ``since`` resumes after an earlier walk's last verified row; ``progress`` is told the
+    position every ``every`` rows (a long walk heartbeats it).
+    """
+    start = since or ChainPosition()
     rows = await session.stream_scalars(
-        select(AuditEntry).where(AuditEntry.chain == chain_of(tenant_id)).order_by(AuditEntry.seq)
+        select(AuditEntry)
+        .where(AuditEntry.chain == chain_of(tenant_id), AuditEntry.seq > start.seq)
+        .order_by(AuditEntry.seq)
     )
-    expected_prev, expected_seq, count = GENESIS_HASH, 1, 0
+    expected_prev, expected_seq, count = start.hash, start.seq + 1, start.rows
     async for entry in rows:
         count += 1
         if (
@@ -91,4 +105,6 @@ async def verify(session: AsyncSession, tenant_id: uuid.UUID | None) -> ChainRep
         ):
             return ChainReport(rows=count, first_broken_seq=expected_seq)
         expected_prev, expected_seq = entry.hash, expected_seq + 1
+        if progress is not None and count % every == 0:
+            progress(ChainPosition(seq=entry.seq, hash=entry.hash, rows=count))
     return ChainReport(rows=count, first_broken_seq=None)

@@ -6,6 +6,8 @@ import secrets
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -88,6 +90,14 @@ class Settings(BaseSettings):
     reset_rate_per_ip: str = "30/hour"
     # Rate-limit counters live in memory per process unless Redis is configured.
     redis_url: str | None = None
+    # Identity hardening: a session's passed MFA vouches for actions that need it (deciding an
+    # approval) this long, then the caller steps up with a code; registration and single
+    # sign-on are rate limited per client and for the whole API ("N/period").
+    mfa_max_age: timedelta = timedelta(minutes=30)
+    register_rate_per_ip: str = "20/hour"
+    register_rate_global: str = "600/hour"
+    sso_rate_per_ip: str = "30/minute"
+    sso_rate_global: str = "1200/minute"
 
     # E-mail: without an SMTP host, messages go to the outbox table and the log.
     mail_from: str = "BizOSaaS <no-reply@bizosaas.local>"
@@ -147,6 +157,38 @@ class Settings(BaseSettings):
     codec_server_open: bool = False
     codec_server_origins: list[str] = []
 
+    # Payload codec hardening. Decoding refuses unencrypted payloads; a cluster whose histories
+    # still hold plaintext from before encryption turns this on until those workflows have ended.
+    codec_accept_plaintext: bool = False
+    # The codec endpoint also accepts the Temporal UI's own sign-in tokens: JWTs from this OIDC
+    # issuer (signature checked against the JWKS its discovery document names), for this
+    # audience, signed with one of these algorithms, carrying every required claim (a list claim
+    # must contain the value, e.g. {"groups": "temporal-operators"}). Plain-http issuers only
+    # on loopback. The leeway allows for clock skew when checking expiry.
+    codec_oidc_issuer: str | None = None
+    codec_oidc_audience: str | None = None
+    codec_oidc_required_claims: dict[str, str] = {}
+    codec_oidc_algorithms: list[str] = ["RS256", "ES256"]
+    codec_oidc_leeway_seconds: int = Field(default=30, ge=0)
+
+    @model_validator(mode="after")
+    def _check_codec_oidc(self) -> Settings:
+        if self.codec_oidc_issuer is None:
+            return self
+        if not self.codec_oidc_audience:
+            raise ValueError("BIZ_CODEC_OIDC_AUDIENCE is required with BIZ_CODEC_OIDC_ISSUER")
+        issuer = urlsplit(self.codec_oidc_issuer)
+        loopback = issuer.hostname in ("127.0.0.1", "::1", "localhost")
+        if issuer.scheme != "https" and not (issuer.scheme == "http" and loopback):
+            raise ValueError("BIZ_CODEC_OIDC_ISSUER must be an https URL")
+        asymmetric = ("RS", "PS", "ES", "Ed")
+        weak = [alg for alg in self.codec_oidc_algorithms if alg[:2] not in asymmetric]
+        if weak or not self.codec_oidc_algorithms:
+            # With an HMAC algorithm the issuer's public key would verify as a shared secret
+            # (algorithm confusion); "none" verifies nothing.
+            raise ValueError("BIZ_CODEC_OIDC_ALGORITHMS must list asymmetric algorithms only")
+        return self
+
     # Billing through Stripe: the secret key enables it; the API base points the SDK at another
     # Stripe-compatible server (localstripe in tests). Webhook signatures older than the
     # tolerance are refused. Plans default to the product's four (see core/plans.py).
@@ -165,9 +207,33 @@ class Settings(BaseSettings):
     # Usage is aggregated and reported to Stripe meters this often, per tenant.
     usage_report_every: timedelta = timedelta(hours=1)
 
+    # How long the API waits for a workflow to answer an update or a query before it answers
+    # 504 (the update may still be applied: a retry with the same Idempotency-Key finds it).
+    workflow_call_timeout: timedelta = timedelta(seconds=10)
+    # What a 503 tells the client to wait before trying again while Temporal or the database
+    # is unreachable.
+    retry_after_seconds: int = 5
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     log_level: str = "INFO"
+
+    # Operating the processes (workers/main.py, core/metrics.py, core/telemetry.py, logging).
+    # SIGTERM lets in-flight activities finish for this long before they are cancelled.
+    worker_graceful_shutdown_timeout: timedelta = timedelta(seconds=30)
+    # Activity slots; unset, they follow the database pool (pool size + overflow).
+    worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
+    # Workflows kept in memory between tasks (a miss replays the history) and the upper bound of
+    # the autoscaling task pollers.
+    worker_max_cached_workflows: int = Field(default=500, ge=0)
+    worker_max_task_pollers: int = Field(default=10, ge=2)
+    # The worker's Prometheus endpoint (SDK and business metrics); 0 turns it off.
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(default=9464, ge=0)
+    # OTLP/gRPC collector for traces (e.g. http://otel-collector:4317); unset: no export.
+    otlp_endpoint: str | None = None
+    # "auto": JSON lines when stderr is not a terminal, plain lines on a terminal.
+    log_format: Literal["auto", "json", "plain"] = "auto"
 
     @field_validator("database_url")
     @classmethod

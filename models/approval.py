@@ -32,6 +32,7 @@ class ApprovalStatus(StrEnum):
     REJECTED = "rejected"
     CHANGES_REQUESTED = "changes_requested"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # the requesting process ended (cancelled) before a decision
 
 
 class Verdict(StrEnum):
@@ -112,7 +113,14 @@ class Decision(DecisionRequest):
 
 
 ApprovalEventName = Literal[
-    "requested", "reminded", "escalated", "approved", "rejected", "changes_requested", "expired"
+    "requested",
+    "reminded",
+    "escalated",
+    "approved",
+    "rejected",
+    "changes_requested",
+    "expired",
+    "withdrawn",
 ]
 
 

@@ -62,6 +62,16 @@ def chain_of(tenant_id: uuid.UUID | None) -> str:
     return str(tenant_id) if tenant_id else PLATFORM_CHAIN
 
 
+class ChainPosition(BaseModel):
+    """How far a verification got: the last verified row (its seq and hash) and the count.
+
+    A verification heartbeats it, and a retried one resumes from it."""
+
+    seq: int = 0
+    hash: str = GENESIS_HASH
+    rows: int = 0
+
+
 class ChainReport(BaseModel):
     """The outcome of verifying one chain: ``first_broken_seq`` is ``None`` when intact."""
 

@@ -30,6 +30,7 @@ class OnboardingStatus(StrEnum):
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    ABANDONED = "abandoned"  # never submitted in time: the tenant is cancelled, nothing reopens
 
 
 # The wizard can be edited (and submitted) in these states.

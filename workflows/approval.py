@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Literal
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRecord,
         ApprovalRequest,
         ApprovalStatus,
+        DeadlinePolicy,
         Decision,
     )
 
@@ -72,8 +74,29 @@ class ApprovalWorkflow:
 
     @workflow.run
     async def run(self, request: ApprovalRequest) -> ApprovalOutcome:
-        """Publish the request, then remind, escalate and expire as the deadlines pass."""
-        policy = request.policy
+        """Publish the request, then remind, escalate and expire as the deadlines pass.
+
+        Cancelled (its requesting process ended), it leaves the queue as ``withdrawn``."""
+        try:
+            decided = await self._deadlines(request.policy)
+        except asyncio.CancelledError:
+            await self._withdraw()
+            raise
+        if decided:
+            self._apply_decision()
+        else:
+            self._expire()
+        await self._settle()
+        return ApprovalOutcome(
+            approval_id=self._record.approval_id,
+            status=self._record.status,
+            reason=self._record.reason,
+            decided_by=self._record.decided_by,
+            decided_at=self._record.decided_at or workflow.now(),
+        )
+
+    async def _deadlines(self, policy: DeadlinePolicy) -> bool:
+        """Wait for the decision through remind, escalate and expire; ``False``: expired."""
         await self._publish()
         decided = await self._decision_within(policy.remind_after)
         if not decided:
@@ -82,20 +105,21 @@ class ApprovalWorkflow:
         if not decided:
             await self._escalate()
             decided = await self._decision_within(policy.expire_after)
-        if decided:
-            self._apply_decision()
-        else:
-            self._expire()
+        return decided
+
+    async def _settle(self) -> None:
+        """Publish the final state, then let a waiting ``decide`` return before the run ends."""
         await self._publish()
         self._settled = True
+        workflow.set_current_details(f"decided: {self._record.status.value}")
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return ApprovalOutcome(
-            approval_id=self._record.approval_id,
-            status=self._record.status,
-            reason=self._record.reason,
-            decided_by=self._record.decided_by,
-            decided_at=self._record.decided_at or workflow.now(),
-        )
+
+    async def _withdraw(self) -> None:
+        now = workflow.now()
+        self._record.status = ApprovalStatus.WITHDRAWN
+        self._record.decided_at = now
+        self._record.history.append(ApprovalEvent(at=now, event="withdrawn"))
+        await self._settle()
 
     @workflow.update
     async def decide(self, decision: Decision) -> ApprovalRecord:
@@ -128,9 +152,14 @@ class ApprovalWorkflow:
 
     async def _decision_within(self, offset: timedelta) -> bool:
         """Wait until a decision arrives or ``offset`` after the request passes."""
-        remaining = self._record.requested_at + offset - workflow.now()
+        until = self._record.requested_at + offset
+        remaining = until - workflow.now()
         if remaining <= timedelta(0):
             return self._decision is not None
+        workflow.set_current_details(
+            f"waiting for a {self._record.decider_role.value} decision "
+            f"(next deadline {until:%Y-%m-%d %H:%M} UTC)"
+        )
         try:
             await workflow.wait_condition(
                 lambda: self._decision is not None,
@@ -160,6 +189,7 @@ class ApprovalWorkflow:
                 start_to_close_timeout=timedelta(seconds=60),
                 schedule_to_close_timeout=_NOTICE_RETRY_WINDOW,
                 retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=5)),
+                summary=f"e-mail the deciders a {kind}",
             )
         except ActivityError:
             workflow.logger.warning("the %s of %s could not be sent", kind, notice.approval_id)
@@ -208,4 +238,5 @@ class ApprovalWorkflow:
             ApprovalActivities.record_approval,
             self._record,
             start_to_close_timeout=_PROJECTION_TIMEOUT,
+            summary=f"write the pending queue: {self._record.status.value}",
         )

@@ -33,10 +33,13 @@ class AuditVerificationWorkflow:
     async def run(self, tenant_id: uuid.UUID) -> ChainReport:
         """Run the verification and return the chain report."""
         workflow.upsert_search_attributes([BIZ_STATUS.value_set(self._status)])
+        workflow.set_current_details("verifying the audit chain")
         report = await workflow.execute_activity_method(
             AuditActivities.verify_audit_chain,
             tenant_id,
             start_to_close_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(minutes=1),
+            summary="walk the tenant's audit chain",
         )
         if report.first_broken_seq is not None:
             info = workflow.info()
@@ -49,8 +52,10 @@ class AuditVerificationWorkflow:
                     run_id=info.run_id,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
+                summary="record the tamper finding on the platform chain",
             )
         self._status = "intact" if report.intact else "tampered"
+        workflow.set_current_details(f"the chain is {self._status} ({report.rows} rows)")
         workflow.upsert_search_attributes([BIZ_STATUS.value_set(self._status)])
         return report
 

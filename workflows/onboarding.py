@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import BillingActivities
@@ -56,6 +57,8 @@ ONBOARDING_CLOSED = "OnboardingClosed"  # 409: submitted, or finished
 ONBOARDING_INCOMPLETE = "OnboardingIncomplete"  # 409, details: the missing steps
 
 _ACTIVITY_TIMEOUT = timedelta(seconds=30)
+# How long a notice (e-mail) is retried before it is given up and logged.
+_NOTICE_WINDOW = timedelta(hours=1)
 
 
 def workflow_id(tenant_id: uuid.UUID) -> str:
@@ -85,8 +88,8 @@ class OnboardingWorkflow:
     - **request changes** or **expiry**: the wizard opens again (``changes_requested`` or
       ``expired``) and a new submit asks for a new approval.
 
-    An application nobody submits within ``abandon_after`` ends ``expired`` with the tenant
-    ``cancelled``. ``BizStatus`` follows the onboarding status.
+    An application nobody submits within ``abandon_after`` ends ``abandoned`` (final: nothing
+    reopens it) with the tenant ``cancelled``. ``BizStatus`` follows the onboarding status.
     """
 
     @workflow.init
@@ -246,6 +249,9 @@ class OnboardingWorkflow:
         if self._abandon_at is None:
             self._abandon_at = workflow.now() + self._input.abandon_after
         remaining = self._abandon_at - workflow.now()
+        workflow.set_current_details(
+            f"waiting for the wizard's submission until {self._abandon_at:%Y-%m-%d %H:%M} UTC"
+        )
         if remaining > timedelta(0):
             try:
                 await workflow.wait_condition(
@@ -295,11 +301,16 @@ class OnboardingWorkflow:
             OnboardingActivities.find_similar_tenants,
             DuplicateQuery(tenant_id=self._input.tenant_id, legal_name=self._company["legal_name"]),
             start_to_close_timeout=_ACTIVITY_TIMEOUT,
+            summary="look for similar existing tenants",
         )
+        workflow.set_current_details(f"waiting for approval {approval_id}")
         outcome = await workflow.execute_child_workflow(
             approval.ApprovalWorkflow.run,
             self._approval_request(approval_id, similar),
             id=approval.workflow_id(approval_id),
+            # An onboarding that ends takes its pending approval out of the queue.
+            parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            static_summary=f"Tenant onboarding approval {approval_id}",
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(TENANT_ID, str(self._input.tenant_id)),
@@ -372,15 +383,22 @@ class OnboardingWorkflow:
                 idempotency_key=self._key(f"{approval_id}:billing"),
             ),
             start_to_close_timeout=_ACTIVITY_TIMEOUT,
+            summary="provision billing",
         )
-        await workflow.execute_activity_method(
-            OnboardingActivities.send_welcome_email,
-            WelcomeEmail(
-                tenant_id=self._input.tenant_id,
-                idempotency_key=self._key(f"{approval_id}:welcome"),
-            ),
-            start_to_close_timeout=timedelta(minutes=2),
-        )
+        try:
+            await workflow.execute_activity_method(
+                OnboardingActivities.send_welcome_email,
+                WelcomeEmail(
+                    tenant_id=self._input.tenant_id,
+                    idempotency_key=self._key(f"{approval_id}:welcome"),
+                ),
+                start_to_close_timeout=timedelta(minutes=2),
+                schedule_to_close_timeout=_NOTICE_WINDOW,
+                summary="e-mail the welcome",
+            )
+        except ActivityError as err:
+            # The tenant is active either way; the e-mail is not worth holding that up.
+            workflow.logger.warning("the welcome e-mail could not be sent: %s", err.cause)
         self._set_status(OnboardingStatus.APPROVED)
 
     async def _reject(self, outcome: ApprovalOutcome) -> None:
@@ -408,7 +426,9 @@ class OnboardingWorkflow:
         )
 
     async def _abandon(self) -> None:
-        self._set_status(OnboardingStatus.EXPIRED)  # first: no submission may slip in
+        # First, and terminal: no submission may slip in during the activity below.
+        abandoned = workflow.patched("onboarding-abandoned-status")
+        self._set_status(OnboardingStatus.ABANDONED if abandoned else OnboardingStatus.EXPIRED)
         await self._transition(
             TenantStatus.CANCELLED,
             "onboarding.abandoned",
@@ -447,6 +467,7 @@ class OnboardingWorkflow:
                 data=data or {},
             ),
             start_to_close_timeout=_ACTIVITY_TIMEOUT,
+            summary=f"tenant {status.value}: {action}",
         )
 
     def _key(self, effect: str) -> str:

@@ -20,6 +20,7 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from api import workflow_calls
 from api.deps import SessionDep, SettingsDep, TemporalDep, require_role
 from core import search
 from core.errors import NotFound
@@ -29,6 +30,7 @@ from models.user import Role
 from workflows.audit_verification import PROCESS, AuditVerificationWorkflow, workflow_id
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
+MAX_SEQ = 2**63 - 1
 TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.SUPER_ADMIN))]
 
 
@@ -67,7 +69,9 @@ async def list_audit(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[
-        int | None, Query(ge=1, description="next_cursor of the previous page")
+        int | None,
+        # Bounded like the column (a 64-bit integer): past it the database would fail, not refuse.
+        Query(ge=1, le=MAX_SEQ, description="next_cursor of the previous page"),
     ] = None,
     output: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
 ) -> AuditPage | Response:
@@ -112,36 +116,42 @@ async def start_verification(
     principal: TenantAdmin, client: TemporalDep, settings: SettingsDep
 ) -> VerificationStarted:
     """Start a verification run; while one is running, its handle is returned instead."""
-    handle = await client.start_workflow(
-        AuditVerificationWorkflow.run,
-        principal.tenant_id,
-        id=workflow_id(principal.tenant_id),
-        task_queue=settings.temporal_task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(search.TENANT_ID, str(principal.tenant_id)),
-                SearchAttributePair(search.BIZ_PROCESS, PROCESS),
-            ]
-        ),
-    )
+    async with workflow_calls.deadline(settings):
+        handle = await client.start_workflow(
+            AuditVerificationWorkflow.run,
+            principal.tenant_id,
+            id=workflow_id(principal.tenant_id),
+            task_queue=settings.temporal_task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"Audit chain verification of tenant {principal.tenant_id}",
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search.TENANT_ID, str(principal.tenant_id)),
+                    SearchAttributePair(search.BIZ_PROCESS, PROCESS),
+                ]
+            ),
+        )
     return VerificationStarted(workflow_id=handle.id, run_id=handle.result_run_id or "")
 
 
 @router.get("/verifications/latest", summary="The latest verification of the caller's tenant")
-async def latest_verification(principal: TenantAdmin, client: TemporalDep) -> Verification:
+async def latest_verification(
+    principal: TenantAdmin, client: TemporalDep, settings: SettingsDep
+) -> Verification:
     """State of the most recent run: running, or completed with its chain report."""
     handle = client.get_workflow_handle_for(
         AuditVerificationWorkflow.run, workflow_id(principal.tenant_id)
     )
-    try:
-        description = await handle.describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise NotFound("No verification has run for this tenant.") from None
-        raise
-    if description.status == WorkflowExecutionStatus.RUNNING:
-        return Verification(workflow_id=handle.id, status="running")
-    if description.status == WorkflowExecutionStatus.COMPLETED:
-        return Verification(workflow_id=handle.id, status="completed", report=await handle.result())
+    async with workflow_calls.deadline(settings):
+        try:
+            description = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise NotFound("No verification has run for this tenant.") from None
+            raise
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            return Verification(workflow_id=handle.id, status="running")
+        if description.status == WorkflowExecutionStatus.COMPLETED:
+            report = await handle.result()
+            return Verification(workflow_id=handle.id, status="completed", report=report)
     return Verification(workflow_id=handle.id, status="failed")

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, update
 from core import audit
 from core.db import SessionFactory, transaction
 from core.settings import Settings
-from models.audit import AuditEntry
+from models.audit import AuditEntry, ChainPosition
 from tests.factories import member
 
 
@@ -68,3 +68,25 @@ async def test_idempotency_key_writes_one_row(sessions: SessionFactory, settings
             await session.scalars(select(AuditEntry).where(AuditEntry.idempotency_key == key))
         ).all()
     assert len(rows) == 1
+
+
+async def test_a_walk_resumes_from_its_last_heartbeat(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    tenant_id = await _chain_of_three(sessions, settings)
+    seen: list[ChainPosition] = []
+    async with sessions() as session:
+        whole = await audit.verify(session, tenant_id, progress=seen.append, every=1)
+        resumed = await audit.verify(session, tenant_id, since=seen[1])
+    assert [p.seq for p in seen] == [1, 2, 3]
+    assert resumed == whole
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(AuditEntry)
+            .where(AuditEntry.tenant_id == tenant_id, AuditEntry.seq == 3)
+            .values(action="user.deleted")
+        )
+    async with sessions() as session:
+        report = await audit.verify(session, tenant_id, since=seen[1])
+    assert report.first_broken_seq == 3
+    assert report.rows == 3

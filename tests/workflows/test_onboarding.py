@@ -40,7 +40,12 @@ from tests.conftest import SmtpSink
 from tests.factories import Member, member
 from workers import registry
 from workflows import approval
-from workflows.onboarding import INVALID_STEP_DATA, OnboardingWorkflow, workflow_id
+from workflows.onboarding import (
+    INVALID_STEP_DATA,
+    ONBOARDING_CLOSED,
+    OnboardingWorkflow,
+    workflow_id,
+)
 
 Onboarding = WorkflowHandle[OnboardingWorkflow, OnboardingStatus]
 
@@ -282,7 +287,7 @@ async def test_an_untouched_application_is_abandoned(
     handle = ts_client.get_workflow_handle_for(OnboardingWorkflow.run, workflow_id(admin.tenant_id))
 
     await time_skipping_env.sleep(timedelta(days=31))
-    assert await handle.result() is OnboardingStatus.EXPIRED
+    assert await handle.result() is OnboardingStatus.ABANDONED
 
     assert (await _tenant(sessions, admin.tenant_id)).status is TenantStatus.CANCELLED
     assert await _audit_actions(sessions, admin.tenant_id) == ["onboarding.abandoned"]
@@ -340,3 +345,66 @@ async def test_a_long_edited_wizard_continues_as_new(
     assert state.steps == {OnboardingStep.PLAN: {"plan_id": plans[-1]}}
     assert state.status is OnboardingStatus.IN_PROGRESS
     await latest.terminate("test finished")
+
+
+async def test_a_submission_while_abandoning_is_refused(
+    temporal_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """Abandonment is final from its first step: a submit arriving while the tenant is being
+    cancelled is refused, not left pending for a cancelled tenant."""
+    settings = settings.model_copy(update={"onboarding_abandon_after": timedelta(seconds=2)})
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    real = OnboardingActivities(sessions, mailer_from_settings(settings, sessions), settings)
+    cancelling, release = asyncio.Event(), asyncio.Event()
+
+    @activity.defn(name="transition_tenant")
+    async def slow_cancellation(change: TenantTransition) -> None:
+        if change.action == "onboarding.abandoned":
+            cancelling.set()
+            await release.wait()
+        await real.transition_tenant(change)
+
+    activities = [
+        a
+        for a in registry.activities(sessions, settings)
+        if getattr(a, "__name__", "") != "transition_tenant"
+    ]
+    client = temporal_env.client
+    async with Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=registry.WORKFLOWS,
+        activities=[*activities, slow_cancellation],
+    ):
+        await start_onboarding(client, settings, admin.tenant_id)
+        handle = client.get_workflow_handle_for(
+            OnboardingWorkflow.run, workflow_id(admin.tenant_id)
+        )
+        for step, data in WIZARD.items():
+            await handle.execute_update(
+                OnboardingWorkflow.save_step, StepData(step=step, data=data)
+            )
+        await asyncio.wait_for(cancelling.wait(), timeout=30)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                OnboardingWorkflow.submit, Submission(submitted_by=admin.user_id)
+            )
+        assert isinstance(refused.value.cause, ApplicationError)
+        assert refused.value.cause.type == ONBOARDING_CLOSED
+        release.set()
+        assert await handle.result() is OnboardingStatus.ABANDONED
+    assert (await _tenant(sessions, admin.tenant_id)).status is TenantStatus.CANCELLED
+
+
+async def test_a_cancelled_onboarding_withdraws_its_pending_approval(
+    ts_client: Client, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    handle = await _submitted(ts_client, settings, admin)
+    pending = await _approval_row(sessions, admin.tenant_id, ApprovalStatus.PENDING)
+
+    await handle.cancel()
+
+    withdrawn = await _approval_row(sessions, admin.tenant_id, ApprovalStatus.WITHDRAWN)
+    assert withdrawn.id == pending.id
+    assert [event["event"] for event in withdrawn.history][-1] == "withdrawn"
