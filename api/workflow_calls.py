@@ -19,23 +19,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Header
+from fastapi import Depends, Header
 from temporalio.client import WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 
 from core.errors import WorkflowTimeout
 from core.security import Principal
 from core.settings import Settings
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
-        description="Makes a retried request safe: the same key has one effect and one answer.",
-    ),
-]
+
+def idempotency_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Makes a retried request safe: the same key has one effect and answer.",
+        ),
+    ] = None,
+) -> str | None:
+    return key
+
+
+IdempotencyKey = Annotated[str | None, Depends(idempotency_key)]
 
 
 def update_id(update: str, principal: Principal, key: str | None) -> str | None:
