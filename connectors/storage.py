@@ -70,6 +70,12 @@ class ObjectStorage(Protocol):
 
     async def delete(self, key: str) -> None: ...
 
+    async def seal(self, key: str, sealed_key: str) -> StoredObject | None:
+        """Move an upload to ``sealed_key``, a key no upload URL was ever issued for, and
+        describe it there; ``None`` when nothing was uploaded. Checked bytes stay the bytes
+        that were checked: a later PUT to the old URL cannot reach them."""
+        ...
+
 
 class S3Storage:
     """S3 through boto3 (path-style, SigV4); boto3 blocks, so every call runs in a thread."""
@@ -132,6 +138,22 @@ class S3Storage:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._s3.delete_object, Bucket=self._bucket, Key=key)
 
+    async def seal(self, key: str, sealed_key: str) -> StoredObject | None:
+        return await asyncio.to_thread(self._seal, key, sealed_key)
+
+    def _seal(self, key: str, sealed_key: str) -> StoredObject | None:
+        try:
+            self._s3.copy_object(
+                Bucket=self._bucket, Key=sealed_key, CopySource={"Bucket": self._bucket, "Key": key}
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
+                raise
+            # Sealed before (a retried check) or never uploaded.
+            return self._stat(sealed_key)
+        self._s3.delete_object(Bucket=self._bucket, Key=key)
+        return self._stat(sealed_key)
+
 
 class InvalidObjectUrl(ValueError):
     """A local-store URL that is forged, expired, or meant for another operation."""
@@ -189,6 +211,16 @@ class LocalStorage:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path_of(key).unlink, missing_ok=True)
+
+    async def seal(self, key: str, sealed_key: str) -> StoredObject | None:
+        return await asyncio.to_thread(self._seal, key, sealed_key)
+
+    def _seal(self, key: str, sealed_key: str) -> StoredObject | None:
+        source, target = self.path_of(key), self.path_of(sealed_key)
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)  # atomic: a concurrent upload lands beside it, unread
+        return self._stat(sealed_key)
 
     async def write(self, grant: ObjectGrant, chunks: AsyncIterator[bytes]) -> int:
         """Store an upload, refusing it once it exceeds the grant's size; returns its size."""

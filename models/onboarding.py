@@ -121,17 +121,31 @@ class DocumentUpload(DocumentRequest):
 
 
 class DocumentCheck(BaseModel):
-    """The outcome of checking an uploaded object (existence, size, type by magic bytes)."""
+    """The outcome of checking an uploaded object (existence, size, type by magic bytes).
+
+    An accepted object was moved to ``sealed_key`` before it was checked, out of reach of its
+    upload URL; that is where approvers read it."""
 
     document_id: uuid.UUID
     accepted: bool
     size: int | None = None
+    sealed_key: str | None = None
 
 
 class Document(DocumentUpload):
-    """A supporting document of the application; ``stored`` once its object passed the checks."""
+    """A supporting document of the application; ``stored`` once its object passed the checks.
+
+    An announced document holds a slot until ``announced_at + upload_window``; past that,
+    unless stored, it is forgotten."""
 
     stored: bool = False
+    announced_at: datetime | None = None
+
+
+def sealed_key(storage_key: str) -> str:
+    """Where a checked document lives: a key no upload URL is ever issued for."""
+    folder, _, name = storage_key.rpartition("/")
+    return f"{folder}/checked/{name}"
 
 
 class Submission(BaseModel):
@@ -182,6 +196,8 @@ class OnboardingInput(BaseModel):
     abandon_after: timedelta = timedelta(days=30)
     document_max_bytes: int = 10 * 1024 * 1024
     max_documents: int = 10
+    # An announced document not uploaded within its upload URL's lifetime frees its slot.
+    document_upload_window: timedelta = timedelta(minutes=5)
     # A wizard edited this many times continues as a new run (the server may ask sooner).
     history_limit: int = 2_000
     wizard: WizardState | None = None

@@ -152,9 +152,20 @@ class OnboardingWorkflow:
 
     @workflow.update
     def expect_document(self, upload: DocumentUpload) -> OnboardingState:
-        """Announce a supporting document about to be uploaded to ``storage_key``."""
-        self._documents[upload.document_id] = Document(**upload.model_dump())
+        """Announce a supporting document about to be uploaded to ``storage_key``; earlier
+        announcements whose upload window passed without an upload are forgotten."""
+        for document in [d for d in self._documents.values() if not self._holds_slot(d)]:
+            del self._documents[document.document_id]
+        self._documents[upload.document_id] = Document(
+            **upload.model_dump(), announced_at=workflow.now()
+        )
         return self.state()
+
+    def _holds_slot(self, document: Document) -> bool:
+        """Stored, or announced and its upload window still open."""
+        if document.stored or document.announced_at is None:
+            return True
+        return workflow.now() < document.announced_at + self._input.document_upload_window
 
     @expect_document.validator
     def _check_upload(self, upload: DocumentUpload) -> None:
@@ -167,7 +178,7 @@ class OnboardingWorkflow:
             )
         if upload.document_id in self._documents:
             raise ApplicationError("this document is already announced", type=INVALID_DOCUMENT)
-        if len(self._documents) >= self._input.max_documents:
+        if sum(map(self._holds_slot, self._documents.values())) >= self._input.max_documents:
             raise ApplicationError(
                 f"an application has at most {self._input.max_documents} documents",
                 type=INVALID_DOCUMENT,
@@ -180,6 +191,7 @@ class OnboardingWorkflow:
             document = self._documents[check.document_id]
             document.stored = True
             document.size = check.size if check.size is not None else document.size
+            document.storage_key = check.sealed_key or document.storage_key
         else:
             self._documents.pop(check.document_id, None)
         return self.state()

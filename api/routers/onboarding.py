@@ -8,6 +8,7 @@ validators: refused updates become 404 / 409 / 422 here and nothing is written.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, status
@@ -54,6 +55,7 @@ from models.onboarding import (
     OnboardingStep,
     StepData,
     Submission,
+    sealed_key,
 )
 from models.tenant import Tenant, TenantStatus
 from models.user import Role
@@ -85,6 +87,7 @@ def onboarding_input(settings: Settings, tenant_id: uuid.UUID) -> OnboardingInpu
         abandon_after=settings.onboarding_abandon_after,
         document_max_bytes=settings.document_max_bytes,
         max_documents=settings.max_documents,
+        document_upload_window=timedelta(seconds=settings.document_url_seconds),
     )
 
 
@@ -282,24 +285,44 @@ async def complete_document_upload(
     storage: StorageDep,
     settings: SettingsDep,
 ) -> OnboardingState:
-    """Check the stored object (exists, size, type by its magic bytes) and record it.
+    """Seal the uploaded object (move it where no upload URL reaches), check it (size, type
+    by its magic bytes) and record it.
 
-    A document that fails the checks is removed: 422.
+    A document that fails the checks is removed: 422. One whose upload window passed with
+    nothing uploaded frees its slot: 422. Completing a stored document again changes nothing.
     """
-    document = _announced(await onboarding.state(), document_id)
-    stored = await storage.stat(document.storage_key)
+    state = await onboarding.state()
+    document = _announced(state, document_id)
+    if document.stored:
+        return state
+    sealed = sealed_key(document.storage_key)
+    stored = await storage.seal(document.storage_key, sealed)
     if stored is None:
+        if _upload_window_passed(document, settings):
+            await _forget(onboarding, document)
+            raise Unprocessable("The upload window has passed; announce the document again.")
         raise Unprocessable("Nothing has been uploaded for this document yet.")
     problem = _document_problem(document, stored, settings.document_max_bytes)
     if problem is not None:
-        await storage.delete(document.storage_key)
-        await onboarding.update(
-            OnboardingWorkflow.settle_document,
-            DocumentCheck(document_id=document.document_id, accepted=False),
-        )
+        await storage.delete(sealed)
+        await _forget(onboarding, document)
         raise Unprocessable(problem)
-    check = DocumentCheck(document_id=document_id, accepted=True, size=stored.size)
+    check = DocumentCheck(
+        document_id=document_id, accepted=True, size=stored.size, sealed_key=sealed
+    )
     return await onboarding.update(OnboardingWorkflow.settle_document, check)
+
+
+async def _forget(onboarding: Wizard, document: Document) -> None:
+    check = DocumentCheck(document_id=document.document_id, accepted=False)
+    await onboarding.update(OnboardingWorkflow.settle_document, check)
+
+
+def _upload_window_passed(document: Document, settings: Settings) -> bool:
+    if document.announced_at is None:
+        return False
+    window = timedelta(seconds=settings.document_url_seconds)
+    return datetime.now(UTC) >= document.announced_at + window
 
 
 @router.post(

@@ -38,7 +38,7 @@ from tests.api.flows import (
     wizard,
 )
 from tests.conftest import SmtpSink
-from tests.factories import member
+from tests.factories import Member, member
 
 
 def _company() -> str:
@@ -275,7 +275,12 @@ async def test_local_store_when_no_bucket_is_configured(
     refused = await upload_document(api, admin, b"GIF89a, not a PDF", filename="fake.pdf")
     assert refused.status_code == 422
     objects = settings.data_dir / "objects" / "tenants" / str(admin.tenant_id) / "onboarding"
-    assert [path.name for path in objects.iterdir()] == [body["document_id"]]
+    assert [path.name for path in objects.iterdir()] == ["checked"]
+    assert [path.name for path in (objects / "checked").iterdir()] == [body["document_id"]]
+
+    # The upload URL still answers, but what it stores is never what the approver reads.
+    swapped = await put_object(api, body["upload_url"], PNG[:-1] + b"!", body["headers"])
+    assert swapped.status_code == 200
 
     await fill_wizard(api, admin, _company())
     await submit(api, admin)
@@ -382,3 +387,73 @@ async def test_request_changes_then_resubmit(
     assert actions.count("onboarding.submitted") == 2
     assert actions.count("onboarding.changes_requested") == 1
     assert actions.count("tenant.activated") == 1
+
+
+async def test_a_checked_document_cannot_be_swapped_on_s3(
+    flow_api: httpx.AsyncClient,
+    s3_settings: Settings,
+    sessions: SessionFactory,
+    temporal_client: Client,
+) -> None:
+    api = flow_api
+    admin = await applicant(sessions, s3_settings, temporal_client)
+    approver = await staff(sessions, s3_settings)
+    ticket = (
+        await api.post(
+            "/api/v1/onboarding/documents",
+            json={"filename": "r.pdf", "content_type": "application/pdf", "size": len(PDF)},
+            headers=admin.headers,
+        )
+    ).json()
+    await put_object(api, ticket["upload_url"], PDF, ticket["headers"])
+    path = f"/api/v1/onboarding/documents/{ticket['document_id']}/complete"
+    completed = await api.post(path, headers=admin.headers)
+    assert completed.status_code == 200, completed.text
+    again = await api.post(path, headers=admin.headers)  # a retried completion changes nothing
+    assert again.status_code == 200
+    assert again.json()["documents"] == completed.json()["documents"]
+
+    evil = b"%PDF-1.7 something else entirely, unchecked\n%%EOF\n"
+    await put_object(api, ticket["upload_url"], evil, ticket["headers"])
+
+    await fill_wizard(api, admin, _company())
+    await submit(api, admin)
+    item = await pending_approval(api, approver, admin.tenant_id)
+    link = await api.get(
+        f"/api/v1/approvals/{item['approval_id']}/documents/{ticket['document_id']}",
+        headers=approver.headers,
+    )
+    assert (await get_url(api, link.json()["url"])).content == PDF
+
+
+async def test_an_unused_announcement_frees_its_slot(
+    api: httpx.AsyncClient,
+    settings: Settings,
+    sessions: SessionFactory,
+    temporal_client: Client,
+    engine: AsyncEngine,
+) -> None:
+    short = settings.model_copy(update={"document_url_seconds": 1, "max_documents": 1})
+    app = create_app(short, temporal_client, engine)  # the api fixture's worker runs the workflow
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as short_api:
+        await _slot_freed(short_api, await applicant(sessions, short, temporal_client))
+
+
+async def _slot_freed(api: httpx.AsyncClient, admin: Member) -> None:
+    body = {"filename": "a.pdf", "content_type": "application/pdf", "size": len(PDF)}
+    first = await api.post("/api/v1/onboarding/documents", json=body, headers=admin.headers)
+    assert first.status_code == 201
+    full = await api.post("/api/v1/onboarding/documents", json=body, headers=admin.headers)
+    assert full.status_code == 422  # the one slot is held while its upload URL lives
+
+    await asyncio.sleep(1.2)
+    expired = await api.post(
+        f"/api/v1/onboarding/documents/{first.json()['document_id']}/complete",
+        headers=admin.headers,
+    )
+    assert expired.status_code == 422
+    assert "window has passed" in expired.json()["detail"]
+    assert (await onboarding(api, admin))["documents"] == []
+    second = await api.post("/api/v1/onboarding/documents", json=body, headers=admin.headers)
+    assert second.status_code == 201, second.text
