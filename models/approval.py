@@ -35,6 +35,12 @@ class ApprovalStatus(StrEnum):
     WITHDRAWN = "withdrawn"  # the requesting process ended (cancelled) before a decision
 
 
+# Facts only the deciders see: what the checks found about other tenants. The applicant's
+# own view of its approval never shows them (nor the identities of the staff who decide).
+SIMILAR_TENANTS_FACT = "similar_tenants"
+DECIDER_ONLY_FACTS = frozenset({SIMILAR_TENANTS_FACT})
+
+
 class Verdict(StrEnum):
     """What a decider may say (expiry is the workflow's own decision)."""
 

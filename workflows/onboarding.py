@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.onboarding import OnboardingActivities
     from core.search import BIZ_PROCESS, BIZ_STATUS, TENANT_ID
     from models.approval import (
+        SIMILAR_TENANTS_FACT,
         ApprovalKind,
         ApprovalOutcome,
         ApprovalRequest,
@@ -353,7 +354,7 @@ class OnboardingWorkflow:
             "primary_goal": goals["primary_goal"],
             "monthly_budget": f"{goals['monthly_budget']} {goals['currency']}",
             "plan": plan,
-            "similar_tenants": "; ".join(
+            SIMILAR_TENANTS_FACT: "; ".join(
                 f"{t.name} ({t.status.value}, {t.tenant_id})" for t in similar
             )
             or "none",

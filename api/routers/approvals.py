@@ -27,6 +27,7 @@ from core.errors import Conflict, Forbidden, NotFound
 from core.security import Principal
 from core.settings import Settings
 from models.approval import (
+    DECIDER_ONLY_FACTS,
     VERDICT_STATUS,
     Approval,
     ApprovalEvent,
@@ -148,9 +149,12 @@ def queue_query(
 async def get_approval(
     approval_id: uuid.UUID, principal: Approver, session: SessionDep
 ) -> ApprovalDetail:
-    """The approval, its facts, its documents and every event so far."""
+    """The approval, its facts, its documents and every event so far.
+
+    Its deciders see everything; anyone else (the applicant) sees the approval without what
+    the checks found about other tenants and without the deciders' identities."""
     row = await owned(session, Approval, approval_id, principal)
-    return ApprovalDetail(
+    detail = ApprovalDetail(
         **ApprovalItem.of(row).model_dump(),
         decided_at=row.decided_at,
         decided_by=row.decided_by,
@@ -158,6 +162,17 @@ async def get_approval(
         facts=row.facts,
         documents=[DocumentInfo.model_validate(a) for a in row.attachments],
         history=[ApprovalEvent.model_validate(e) for e in row.history],
+    )
+    return detail if principal.role is row.decider_role else _applicant_view(detail)
+
+
+def _applicant_view(detail: ApprovalDetail) -> ApprovalDetail:
+    return detail.model_copy(
+        update={
+            "decided_by": None,
+            "facts": {k: v for k, v in detail.facts.items() if k not in DECIDER_ONLY_FACTS},
+            "history": [event.model_copy(update={"by": None}) for event in detail.history],
+        }
     )
 
 

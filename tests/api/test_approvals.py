@@ -12,7 +12,7 @@ from temporalio.client import Client
 from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.approval import Approval, ApprovalKind, ApprovalStatus
-from models.tenant import TenantStatus
+from models.tenant import Tenant, TenantStatus
 from models.user import Role
 from tests.api.flows import (
     applicant,
@@ -158,3 +158,40 @@ async def test_keyset_pagination_and_filters(
         "/api/v1/approvals", params={"cursor": "not-a-cursor"}, headers=admin.headers
     )
     assert bad_cursor.status_code == 422
+
+
+async def test_the_applicant_sees_neither_other_tenants_nor_staff(
+    flow_api: httpx.AsyncClient,
+    s3_settings: Settings,
+    sessions: SessionFactory,
+    temporal_client: Client,
+) -> None:
+    """The duplicate check's findings name other tenants: they are for platform staff only."""
+    api, name = flow_api, f"Lookalike {uuid.uuid4().hex[:8]} GmbH"
+    existing = await member(sessions, s3_settings, status=TenantStatus.SUSPENDED)
+    async with transaction(sessions) as session:
+        tenant = await session.get(Tenant, existing.tenant_id)
+        assert tenant is not None
+        tenant.name = name
+    admin = await applicant(sessions, s3_settings, temporal_client)
+    approver = await staff(sessions, s3_settings)
+    await fill_wizard(api, admin, name.upper())
+    await submit(api, admin)
+    approval_id = (await pending_approval(api, approver, admin.tenant_id))["approval_id"]
+    url = f"/api/v1/approvals/{approval_id}"
+
+    seen_by_staff = (await api.get(url, headers=approver.headers)).json()
+    assert str(existing.tenant_id) in seen_by_staff["facts"]["similar_tenants"]
+    assert "suspended" in seen_by_staff["facts"]["similar_tenants"]
+
+    assert (
+        await decide(api, approver, approval_id, "request_changes", "Proof?")
+    ).status_code == 200
+    response = await api.get(url, headers=admin.headers)
+    assert response.status_code == 200
+    assert "similar_tenants" not in response.json()["facts"]
+    assert str(existing.tenant_id) not in response.text
+    assert "suspended" not in response.text
+    assert str(approver.user_id) not in response.text
+    assert response.json()["decided_by"] is None
+    assert response.json()["history"][-1]["event"] == "changes_requested"
