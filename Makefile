@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench clean lock
+.PHONY: run test lint typecheck unit bench clean lock histories
 
 run: $(STAMP)
 	$(BIN)/bizosaas dev
@@ -22,6 +22,11 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Record workflow histories for the replay suite (tests/workflows/test_replay.py) into
+# tests/histories/: only states not committed yet; committed ones are replayed, never rewritten.
+histories: $(STAMP)
+	BIZ_RECORD_HISTORIES=1 $(BIN)/pytest -p no:cacheprovider tests/histories/scenarios.py $(PYTEST_ARGS)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

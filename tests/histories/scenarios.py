@@ -1,0 +1,695 @@
+"""The recorder: drives every workflow type to its interesting states and saves each history.
+
+Run with ``make histories`` (``BIZ_RECORD_HISTORIES=1``); without it every scenario is skipped.
+The scenarios run on the time-skipping server (days of timers pass in milliseconds) with the
+same peers, helpers and activity stand-ins as the workflow tests, and the payloads are encrypted
+with the committed test key (see :mod:`tests.histories`). Each saved history is replayed at
+once, so a recording that would not replay is never written silently.
+
+Recording adds NEW states only: a history already committed is kept as it is (it stands for
+the workflows running in production) and is replayed instead of overwritten. If it no longer
+replays, the change breaks running workflows: put it behind ``workflow.patched``; never delete a
+history to make a recording pass. A history is dropped (delete the file, then record) only once
+no run of that shape can exist any more, e.g. after a patch was deprecated and its runs ended.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
+
+from activities.billing import usage_schedule_id
+from activities.billing import workflow_id as billing_workflow_id
+from api.app import create_app
+from api.routers.onboarding import onboarding_input, start_onboarding
+from api.routers.password_reset import start_password_link
+from connectors.billing import parse_event
+from core.db import SessionFactory, transaction
+from core.identity import membership_of
+from core.settings import Settings
+from models.approval import ApprovalStatus, Decision, Verdict
+from models.audit import AuditEntry
+from models.billing import (
+    BillingInput,
+    BillingPolicy,
+    BillingStatus,
+    ProvisionRequest,
+    Subscription,
+    UsageMetric,
+    UsageRecord,
+)
+from models.email import OutboundEmail
+from models.onboarding import (
+    DocumentCheck,
+    DocumentUpload,
+    OnboardingStatus,
+    OnboardingStep,
+    PlanId,
+    StepData,
+    Submission,
+)
+from models.password_reset import LinkPurpose, PasswordResetInput, ResetStatus
+from models.tenant import TenantStatus
+from models.user import Membership, Role, User
+from tests.factories import Member, member
+from tests.histories import HISTORIES, load, replay_converter
+from tests.peers_stripe import (
+    LocalStripe,
+    MeterRecorder,
+    card_holder,
+    confirm_card_setup,
+    stripe_event,
+    unpaid_invoice,
+)
+from tests.workflows.test_audit_verification import _admin_with_history, _verify
+from tests.workflows.test_billing import (
+    _SCHEDULE_ACTIVITIES,
+    ScheduleLog,
+    _eventually,
+    _post,
+    _projection,
+    _provision,
+    _reminders,
+    _status,
+)
+from tests.workflows.test_onboarding import WIZARD, _approval_row, _state_until, _submitted
+from tests.workflows.test_password_reset import _confirmation, _emailed_token, _start
+from workers import registry
+from workers.main import build_worker
+from workflows.approval import ApprovalWorkflow
+from workflows.audit_verification import workflow_id as audit_workflow_id
+from workflows.billing import BillingWorkflow, UsageReportWorkflow
+from workflows.onboarding import OnboardingWorkflow, workflow_id
+from workflows.password_reset import PasswordResetWorkflow
+
+pytest_plugins = ["tests.peers_stripe"]
+
+RECORDING = os.environ.get("BIZ_RECORD_HISTORIES") == "1"
+pytestmark = pytest.mark.skipif(
+    not RECORDING, reason="records histories only with BIZ_RECORD_HISTORIES=1 (make histories)"
+)
+
+
+async def record(client: Client, name: str, workflow: str, run_id: str | None = None) -> None:
+    """Save the run's history as ``<name>.json`` (unless committed already) and prove at once
+    that the file replays on the current code."""
+    path = HISTORIES / f"{name}.json"
+    if not path.exists():
+        history = await client.get_workflow_handle(workflow, run_id=run_id).fetch_history()
+        path.write_text(history.to_json() + "\n")
+    replayer = Replayer(workflows=registry.WORKFLOWS, data_converter=replay_converter())
+    result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
+    if result.replay_failure is not None:
+        pytest.fail(
+            f"{path.name} does not replay on this code: the change breaks running workflows. "
+            f"Guard it with workflow.patched; do not re-record it. {result.replay_failure!r}"
+        )
+
+
+async def finish(client: Client, workflow: str) -> None:
+    """Terminate a run left waiting: its timers would move the shared server's clock."""
+    handle = client.get_workflow_handle(workflow)
+    if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        await handle.terminate("history recorded")
+
+
+def _decision(verdict: Verdict, by: Member, reason: str | None = None) -> Decision:
+    return Decision(decision=verdict, reason=reason, decided_by=by.user_id, decider_role=by.role)
+
+
+async def _approval_events(client: Client, approval_workflow: str, count: int) -> None:
+    """Wait until the approval's own history shows ``count`` events (requested, reminded...)."""
+    handle = client.get_workflow_handle_for(ApprovalWorkflow.run, approval_workflow)
+    await _eventually(
+        lambda: handle.query(ApprovalWorkflow.record), lambda found: len(found.history) == count
+    )
+
+
+# --- Fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def ts_worker(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> AsyncIterator[Worker]:
+    """The production worker (no payment provider: billing is off) on the time-skipping server."""
+    async with build_worker(time_skipping_env.client, sessions, settings) as worker:
+        yield worker
+
+
+@pytest.fixture
+def billing_settings(settings: Settings, localstripe: LocalStripe) -> Settings:
+    return localstripe.settings(settings).model_copy(update={"billing_trial_days": 0})
+
+
+@pytest.fixture
+async def billing_worker(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, billing_settings: Settings
+) -> AsyncIterator[Worker]:
+    """As in the billing tests: Stripe is localstripe; the time-skipping server has no Schedules,
+    so the two Schedule activities are stood in for (same activity names)."""
+    schedules = ScheduleLog()
+    activities = [
+        fn
+        for fn in registry.activities(sessions, billing_settings)
+        if fn.__name__ not in _SCHEDULE_ACTIVITIES
+    ]
+    async with Worker(
+        time_skipping_env.client,
+        task_queue=billing_settings.temporal_task_queue,
+        workflows=registry.WORKFLOWS,
+        activities=[*activities, schedules.ensure, schedules.remove],
+    ) as worker:
+        yield worker
+
+
+@pytest.fixture
+async def ts_api(
+    billing_settings: Settings,
+    time_skipping_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    billing_worker: Worker,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP API in process on the time-skipping server (webhooks, audit verification)."""
+    app = create_app(billing_settings, time_skipping_env.client, engine)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+# --- Onboarding and approval ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_onboarding_mid_wizard(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    client = time_skipping_env.client
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    await start_onboarding(client, settings, admin.tenant_id)
+    handle = client.get_workflow_handle_for(OnboardingWorkflow.run, workflow_id(admin.tenant_id))
+    for step in (OnboardingStep.COMPANY, OnboardingStep.GOALS):
+        await handle.execute_update(
+            OnboardingWorkflow.save_step, StepData(step=step, data=WIZARD[step])
+        )
+    document_id = uuid.uuid4()
+    await handle.execute_update(
+        OnboardingWorkflow.expect_document,
+        DocumentUpload(
+            document_id=document_id,
+            storage_key=f"onboarding/{admin.tenant_id}/{document_id}",
+            filename="registration.pdf",
+            content_type="application/pdf",
+            size=2048,
+        ),
+    )
+    await handle.execute_update(
+        OnboardingWorkflow.settle_document,
+        DocumentCheck(document_id=document_id, accepted=True, size=2048),
+    )
+    await record(client, "onboarding-mid-wizard", handle.id)
+    await finish(client, handle.id)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_onboarding_approved(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    client = time_skipping_env.client
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    decider = await member(sessions, settings, Role.SUPER_ADMIN, mfa_enabled=True)
+    handle = await _submitted(client, settings, admin)
+    row = await _approval_row(sessions, admin.tenant_id, ApprovalStatus.PENDING)
+    await record(client, "onboarding-pending-approval", handle.id)
+    await record(client, "approval-pending", row.workflow_id)
+
+    await client.get_workflow_handle(row.workflow_id).execute_update(
+        ApprovalWorkflow.decide, _decision(Verdict.APPROVE, decider)
+    )
+    assert await handle.result() is OnboardingStatus.APPROVED
+    await record(client, "approval-approved", row.workflow_id)
+    await record(client, "onboarding-approved", handle.id)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_approval_deadlines_and_reopened_wizard(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """Reminded, escalated, expired; the wizard reopens; changes requested; then rejected."""
+    client = time_skipping_env.client
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    decider = await member(sessions, settings, Role.SUPER_ADMIN, mfa_enabled=True)
+    handle = await _submitted(client, settings, admin)
+    first = await _approval_row(sessions, admin.tenant_id, ApprovalStatus.PENDING)
+
+    await time_skipping_env.sleep(timedelta(hours=30))
+    await _approval_events(client, first.workflow_id, 2)
+    await record(client, "approval-reminded", first.workflow_id)
+    await time_skipping_env.sleep(timedelta(hours=20))
+    await _approval_events(client, first.workflow_id, 3)
+    await record(client, "approval-escalated", first.workflow_id)
+    await time_skipping_env.sleep(timedelta(days=6))
+    await _state_until(handle, OnboardingStatus.EXPIRED)
+    await record(client, "approval-expired", first.workflow_id)
+    await record(client, "onboarding-approval-expired", handle.id)
+
+    await handle.execute_update(OnboardingWorkflow.submit, Submission(submitted_by=admin.user_id))
+    second = await _approval_row(sessions, admin.tenant_id, ApprovalStatus.PENDING)
+    await time_skipping_env.sleep(timedelta(hours=30))
+    await _approval_events(client, second.workflow_id, 2)
+    await client.get_workflow_handle(second.workflow_id).execute_update(
+        ApprovalWorkflow.decide,
+        _decision(Verdict.REQUEST_CHANGES, decider, "Add the VAT number."),
+    )
+    await _state_until(handle, OnboardingStatus.CHANGES_REQUESTED)
+    await record(client, "approval-changes-requested-after-reminder", second.workflow_id)
+    await record(client, "onboarding-changes-requested", handle.id)
+
+    await handle.execute_update(
+        OnboardingWorkflow.save_step,
+        StepData(step=OnboardingStep.PLAN, data={"plan_id": "professional"}),
+    )
+    await handle.execute_update(OnboardingWorkflow.submit, Submission(submitted_by=admin.user_id))
+    third = await _approval_row(sessions, admin.tenant_id, ApprovalStatus.PENDING)
+    await client.get_workflow_handle(third.workflow_id).execute_update(
+        ApprovalWorkflow.decide, _decision(Verdict.REJECT, decider, "Not a fit for the platform.")
+    )
+    assert await handle.result() is OnboardingStatus.REJECTED
+    await record(client, "approval-rejected", third.workflow_id)
+    await record(client, "onboarding-rejected", handle.id)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_onboarding_abandoned(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    client = time_skipping_env.client
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    await start_onboarding(client, settings, admin.tenant_id)
+    handle = client.get_workflow_handle_for(OnboardingWorkflow.run, workflow_id(admin.tenant_id))
+    await handle.execute_update(
+        OnboardingWorkflow.save_step,
+        StepData(step=OnboardingStep.COMPANY, data=WIZARD[OnboardingStep.COMPANY]),
+    )
+    await time_skipping_env.sleep(timedelta(days=31))
+    assert await handle.result() is OnboardingStatus.ABANDONED
+    # onboarding-abandoned.json, recorded before this final status existed, stays committed:
+    # it is the old branch of the "onboarding-abandoned-status" patch.
+    await record(client, "onboarding-abandoned-final-status", handle.id)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_onboarding_cancelled_while_pending_approval(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A cancelled onboarding cancels its approval, which leaves the queue as withdrawn."""
+    client = time_skipping_env.client
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    handle = await _submitted(client, settings, admin)
+    row = await _approval_row(sessions, admin.tenant_id, ApprovalStatus.PENDING)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    await _approval_row(sessions, admin.tenant_id, ApprovalStatus.WITHDRAWN)
+    approval_run = client.get_workflow_handle(row.workflow_id)
+    await _eventually(
+        approval_run.describe, lambda found: found.status == WorkflowExecutionStatus.CANCELED
+    )
+    await record(client, "onboarding-cancelled-pending-approval", handle.id)
+    await record(client, "approval-withdrawn", row.workflow_id)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_onboarding_continued_as_new(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    client = time_skipping_env.client
+    admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
+    start = onboarding_input(settings, admin.tenant_id).model_copy(update={"history_limit": 40})
+    handle = await client.start_workflow(
+        OnboardingWorkflow.run,
+        start,
+        id=workflow_id(admin.tenant_id),
+        task_queue=settings.temporal_task_queue,
+    )
+    first_run = handle.result_run_id
+    for plan in ["starter", "professional", "business", "enterprise"] * 5:
+        await handle.execute_update(
+            OnboardingWorkflow.save_step, StepData(step=OnboardingStep.PLAN, data={"plan_id": plan})
+        )
+    latest = await client.get_workflow_handle(handle.id).describe()
+    assert latest.run_id != first_run
+    await record(client, "onboarding-continued-as-new-first-run", handle.id, first_run)
+    await record(client, "onboarding-continued-as-new-next-run", handle.id, latest.run_id)
+    await finish(client, handle.id)
+
+
+# --- Billing -------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("billing_worker")
+async def test_billing_trial_then_cancelled(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    client = time_skipping_env.client
+    admin = await member(sessions, billing_settings)
+    with_trial = billing_settings.model_copy(update={"billing_trial_days": 14})
+    handle = await _provision(client, with_trial, admin.tenant_id)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.TRIALING)
+    assert view.trial_end is not None
+    await record(client, "billing-trialing", handle.id)
+
+    subscription_id = await _subscription_id(sessions, admin.tenant_id)
+    async with localstripe.sdk() as sdk:
+        subscription = await sdk.v1.subscriptions.retrieve_async(subscription_id)
+        await _post(ts_api, "customer.subscription.trial_will_end", subscription.to_dict())
+        ended = await sdk.v1.subscriptions.cancel_async(subscription_id)
+    await _post(ts_api, "customer.subscription.deleted", ended.to_dict())
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.CANCELLED)
+    await record(client, "billing-cancelled", handle.id)
+
+    await time_skipping_env.sleep(timedelta(days=30, hours=1))
+    assert await handle.result() is BillingStatus.CANCELLED
+    await record(client, "billing-retention-ended", handle.id)
+
+
+async def _subscription_id(sessions: SessionFactory, tenant_id: uuid.UUID) -> str:
+    row = await _projection(sessions, tenant_id)
+    assert row is not None
+    assert row.stripe_subscription_id is not None
+    return row.stripe_subscription_id
+
+
+@pytest.mark.usefixtures("billing_worker")
+async def test_billing_dunning_suspension_and_card(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    """Active, past due (with its reminders), suspended, a card added, active again; then a plan
+    change and a scheduled cancellation through the updates."""
+    client = time_skipping_env.client
+    admin = await member(sessions, billing_settings)
+    async with localstripe.sdk() as sdk:
+        customer = await card_holder(sdk, admin.tenant_id, admin.email)
+    handle = await _provision(client, billing_settings, admin.tenant_id)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    await record(client, "billing-active", handle.id)
+
+    subscription_id = await _subscription_id(sessions, admin.tenant_id)
+    async with localstripe.sdk() as sdk:
+        invoice_id = await unpaid_invoice(sdk, customer, subscription_id)
+        invoice = (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    await time_skipping_env.sleep(timedelta(days=3, hours=1))
+    await _reminders(sessions, admin, 2)
+    await record(client, "billing-past-due", handle.id)
+
+    await time_skipping_env.sleep(timedelta(days=4))
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
+    await _reminders(sessions, admin, 3)
+    await record(client, "billing-suspended", handle.id)
+
+    response = await ts_api.post("/api/v1/billing/payment-method", headers=admin.headers)
+    assert response.status_code == 200, response.text
+    collection = response.json()
+    async with localstripe.sdk() as sdk:
+        confirmed = await confirm_card_setup(
+            sdk, collection["setup_intent_id"], collection["client_secret"]
+        )
+    await _post(ts_api, "setup_intent.succeeded", confirmed)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    await record(client, "billing-reactivated-by-card", handle.id)
+
+    changed = await ts_api.put(
+        "/api/v1/billing/subscription/plan", json={"plan_id": "professional"}, headers=admin.headers
+    )
+    assert changed.status_code == 200, changed.text
+    cancelled = await ts_api.post("/api/v1/billing/subscription/cancel", headers=admin.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    await record(client, "billing-plan-changed-and-cancel-scheduled", handle.id)
+    await finish(client, handle.id)
+
+
+@pytest.mark.usefixtures("billing_worker")
+async def test_billing_continued_as_new(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    """Renewal events until the run continues as new: both runs are recorded."""
+    client = time_skipping_env.client
+    admin = await member(sessions, billing_settings)
+    async with localstripe.sdk() as sdk:
+        await card_holder(sdk, admin.tenant_id, admin.email)
+    request = ProvisionRequest(tenant_id=admin.tenant_id, plan=PlanId.STARTER, idempotency_key="a")
+    handle = await client.start_workflow(
+        BillingWorkflow.run,
+        BillingInput(
+            tenant_id=admin.tenant_id, policy=BillingPolicy(trial_days=0, history_limit=60)
+        ),
+        id=billing_workflow_id(admin.tenant_id),
+        task_queue=billing_settings.temporal_task_queue,
+        start_signal="provision",
+        start_signal_args=[request],
+    )
+    first_run = handle.result_run_id
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    async with localstripe.sdk() as sdk:
+        subscription = (
+            await sdk.v1.subscriptions.retrieve_async(
+                await _subscription_id(sessions, admin.tenant_id)
+            )
+        ).to_dict()
+    base, period_end = int(time.time()) + 10, int(subscription["current_period_end"])
+    for n in range(15):
+        renewal = subscription | {
+            "cancel_at_period_end": n % 2 == 0,
+            "current_period_end": period_end + n * 86_400,
+        }
+        event = stripe_event("customer.subscription.updated", renewal, created=base + n)
+        await handle.signal(BillingWorkflow.stripe_event, parse_event(event))
+    final_end = datetime.fromtimestamp(period_end + 14 * 86_400, UTC)
+    latest = await _eventually(
+        lambda: client.get_workflow_handle(handle.id).describe(),
+        lambda found: found.run_id != first_run and found.status == WorkflowExecutionStatus.RUNNING,
+    )
+    current = client.get_workflow_handle_for(BillingWorkflow.run, handle.id, run_id=latest.run_id)
+    await _eventually(
+        lambda: current.query(BillingWorkflow.view),
+        lambda view: view.current_period_end == final_end,
+    )
+    await record(client, "billing-continued-as-new-first-run", handle.id, first_run)
+    await record(client, "billing-continued-as-new-next-run", handle.id, latest.run_id)
+    await finish(client, handle.id)
+
+
+@pytest.fixture
+async def meter_worker(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    meter_recorder: MeterRecorder,
+) -> AsyncIterator[Settings]:
+    """The production worker with Stripe's meter events answered by the meter recorder."""
+    metered = meter_recorder.settings(settings)
+    async with build_worker(time_skipping_env.client, sessions, metered):
+        yield metered
+
+
+async def test_usage_report(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    meter_worker: Settings,
+    meter_recorder: MeterRecorder,
+) -> None:
+    """What the tenant's usage Schedule starts: usage aggregated and sent to the meters."""
+    client = time_skipping_env.client
+    admin = await member(sessions, meter_worker)
+    async with transaction(sessions) as session:
+        session.add(Subscription(tenant_id=admin.tenant_id, stripe_customer_id="cus_replaytest01"))
+    metering = [
+        fn for fn in registry.activities(sessions, meter_worker) if fn.__name__ == "record_usage"
+    ]
+    now = datetime.now(UTC)
+    for n, (metric, quantity) in enumerate(
+        [
+            (UsageMetric.WORKFLOW_RUNS, 1),
+            (UsageMetric.WORKFLOW_RUNS, 2),
+            (UsageMetric.STORAGE_BYTES, 8),
+        ]
+    ):
+        usage = UsageRecord(
+            tenant_id=admin.tenant_id,
+            metric=metric,
+            quantity=quantity,
+            occurred_at=now,
+            idempotency_key=f"{admin.tenant_id}:use-{n}",
+        )
+        assert await ActivityEnvironment().run(metering[0], usage) is True
+    sent = await client.execute_workflow(
+        UsageReportWorkflow.run,
+        admin.tenant_id,
+        id=usage_schedule_id(admin.tenant_id),
+        task_queue=meter_worker.temporal_task_queue,
+    )
+    assert sent == 2
+    assert len(meter_recorder.received) == 2
+    await record(client, "usage-report-sent", usage_schedule_id(admin.tenant_id))
+
+
+# --- Password reset, audit verification ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_password_reset(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    client = time_skipping_env.client
+    someone = await member(sessions, settings)
+    handle = await _start(time_skipping_env, settings, someone.user_id)
+    token = await _emailed_token(sessions, handle.result_run_id or "")
+    await record(client, "password-reset-pending", handle.id)
+    await time_skipping_env.sleep(timedelta(minutes=10))
+    await handle.execute_update(PasswordResetWorkflow.confirm, _confirmation(token))
+    assert await handle.result() == ResetStatus.COMPLETED
+    await record(client, "password-reset-done", handle.id)
+
+    other = await member(sessions, settings)
+    expiring = await _start(time_skipping_env, settings, other.user_id)
+    await _emailed_token(sessions, expiring.result_run_id or "")
+    assert await expiring.result() == ResetStatus.EXPIRED
+    await record(client, "password-reset-expired", expiring.id)
+
+
+async def _membership(sessions: SessionFactory, user_id: uuid.UUID) -> Membership:
+    async with sessions() as session:
+        found = await membership_of(session, user_id)
+    assert found is not None
+    return found
+
+
+async def _sent(sessions: SessionFactory, link_id: str) -> None:
+    """Wait for the e-mail of one link (the outbox row the mail port writes)."""
+    key = f"password-reset:{link_id}"
+
+    async def probe() -> int:
+        async with sessions() as session:
+            found = await session.scalar(
+                select(func.count())
+                .select_from(OutboundEmail)
+                .where(OutboundEmail.idempotency_key == key)
+            )
+        return int(found or 0)
+
+    await _eventually(probe, lambda count: count == 1)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_password_link_requested_twice(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """Started as the API starts it (signal-with-start ``renew``); a second request renews the
+    link, and the new link is confirmed."""
+    client = time_skipping_env.client
+    someone = await member(sessions, settings)
+    membership = await _membership(sessions, someone.user_id)
+    request = PasswordResetInput(
+        user_id=someone.user_id, token_ttl=timedelta(minutes=settings.password_reset_minutes)
+    )
+    started = await start_password_link(client, settings, membership, request)
+    run_id = (await started.describe()).run_id
+    await _sent(sessions, run_id)
+    await record(client, "password-reset-requested", started.id)
+
+    await start_password_link(client, settings, membership, request)
+    token = await _emailed_token(sessions, f"{run_id}:1")
+    await record(client, "password-reset-renewed", started.id)
+    handle = client.get_workflow_handle_for(PasswordResetWorkflow.run, started.id)
+    await handle.execute_update(PasswordResetWorkflow.confirm, _confirmation(token))
+    assert await handle.result() == ResetStatus.COMPLETED
+    await record(client, "password-reset-renewed-done", started.id)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_invitation_link(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """An invited member's first-password link runs in its own workflow."""
+    client = time_skipping_env.client
+    invited = await member(sessions, settings)
+    request = PasswordResetInput(
+        user_id=invited.user_id,
+        token_ttl=timedelta(days=settings.invitation_days),
+        purpose=LinkPurpose.INVITATION,
+    )
+    started = await start_password_link(
+        client, settings, await _membership(sessions, invited.user_id), request
+    )
+    await _sent(sessions, (await started.describe()).run_id)
+    await record(client, "invitation-pending", started.id)
+    await finish(client, started.id)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_password_link_undeliverable(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """The account was deactivated before its link went out: the e-mail cannot be sent (a
+    non-retryable activity failure) and the run ends ``undeliverable``."""
+    client = time_skipping_env.client
+    someone = await member(sessions, settings)
+    membership = await _membership(sessions, someone.user_id)
+    async with transaction(sessions) as session:
+        user = await session.get(User, someone.user_id)
+        assert user is not None
+        user.is_active = False
+    request = PasswordResetInput(
+        user_id=someone.user_id, token_ttl=timedelta(minutes=settings.password_reset_minutes)
+    )
+    started = await start_password_link(client, settings, membership, request)
+    handle = client.get_workflow_handle_for(PasswordResetWorkflow.run, started.id)
+    assert await handle.result() == ResetStatus.UNDELIVERABLE
+    await record(client, "password-reset-undeliverable", started.id)
+
+
+async def test_audit_verification(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+) -> None:
+    """Started through the API as an operator would; one intact chain, one tampered."""
+    client = time_skipping_env.client
+    intact = await _admin_with_history(sessions, billing_settings)
+    assert (await _verify(ts_api, intact.headers))["report"]["first_broken_seq"] is None
+    await record(client, "audit-verification-intact", audit_workflow_id(intact.tenant_id))
+
+    tampered = await _admin_with_history(sessions, billing_settings)
+    async with transaction(sessions) as session:
+        await session.execute(
+            update(AuditEntry)
+            .where(AuditEntry.tenant_id == tampered.tenant_id, AuditEntry.seq == 2)
+            .values(action="user.logout")
+        )
+    assert (await _verify(ts_api, tampered.headers))["report"]["first_broken_seq"] == 2
+    await record(client, "audit-verification-tampered", audit_workflow_id(tampered.tenant_id))
