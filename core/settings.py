@@ -214,13 +214,31 @@ class Settings(BaseSettings):
     # is unreachable.
     retry_after_seconds: int = 5
 
+    # Connectors to tenants' systems (connectors/). Tenant-supplied base URLs must be public
+    # https addresses (checked after DNS resolution, against SSRF); only tests and local
+    # development allow loopback/private addresses and plain http. One vendor answer is read up
+    # to the byte limit, then refused; the timeout bounds each read.
+    connector_allow_private_urls: bool = False
+    connector_max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    connector_timeout_seconds: float = Field(default=30, gt=0)
+
+    # Tenants' credentials and keys: Vault (or OpenBao) when an address is set, authenticated by
+    # a token or AppRole; else encrypted files under data_dir/secrets/vault.
+    vault_addr: str | None = None
+    vault_namespace: str | None = None
+    vault_token: SecretStr | None = None
+    vault_role_id: str | None = None
+    vault_secret_id: SecretStr | None = None
+    vault_kv_mount: str = "secret"
+    vault_transit_mount: str = "transit"
+
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     log_level: str = "INFO"
 
     # Operating the processes (workers/main.py, core/metrics.py, core/telemetry.py, logging).
     # SIGTERM lets in-flight activities finish for this long before they are cancelled.
-    worker_graceful_shutdown_timeout: timedelta = timedelta(seconds=30)
+    worker_graceful_shutdown_seconds: float = Field(default=30, ge=0)
     # Activity slots; unset, they follow the database pool (pool size + overflow).
     worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
     # Workflows kept in memory between tasks (a miss replays the history) and the upper bound of
