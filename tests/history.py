@@ -9,6 +9,8 @@ from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
+from core.codec import decode_for_display
+
 
 def _payloads(message: Message) -> Iterator[Payload]:
     """Every payload anywhere inside a history event."""
@@ -35,4 +37,5 @@ async def decoded_history(client: Client, workflow: str, run_id: str) -> bytes:
     payloads = [p for event in history.events for p in _payloads(event)]
     codec = client.data_converter.payload_codec
     assert codec is not None
-    return b"\n".join(p.data for p in await codec.decode(payloads))
+    # Payloads stored in clear (search attributes, patch markers) are searched as they are.
+    return b"\n".join(p.data for p in await decode_for_display(codec, payloads))

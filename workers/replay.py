@@ -39,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not paths:
         print("usage: python -m workers.replay HISTORY.json...", file=sys.stderr)
         return 2
-    converter = data_converter(load_codec_keys(Settings()))
+    settings = Settings()
+    converter = data_converter(
+        load_codec_keys(settings), accept_plaintext=settings.codec_accept_plaintext
+    )
     outcomes = asyncio.run(replay(paths, converter))
     for path, failure in outcomes.items():
         print(f"{path}: {'ok' if failure is None else failure}")

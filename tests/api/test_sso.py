@@ -6,12 +6,9 @@ and form, then our callback with the code and state the provider redirected to.
 
 from __future__ import annotations
 
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,8 +28,8 @@ from models.audit import AuditEntry
 from models.identity import AuthSession, SsoIdentity
 from models.tenant import Tenant
 from models.user import User
-from tests.conftest import free_port, sibling_binary
 from tests.factories import Member, member
+from tests.peers.oidc import oidc_provider
 from workflows.onboarding import workflow_id as onboarding_workflow_id
 
 PROBLEM = "application/problem+json"
@@ -41,43 +38,9 @@ OIDC_SCOPES = ["openid", "email", "profile"]
 
 @pytest.fixture(scope="session")
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The OpenID provider on loopback for the whole session.
-
-    A process of its own: its libraries warn, and this suite turns warnings into errors.
-    """
-    port = free_port()
-    log = tmp_path_factory.mktemp("oidc") / "provider.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sibling_binary("oidc-provider-mock"), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(f"{url}/.well-known/openid-configuration", process, log)
+    """The OpenID provider on loopback for the whole session."""
+    with oidc_provider(tmp_path_factory.mktemp("oidc")) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"oidc-provider-mock exited: {log.read_text()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"oidc-provider-mock did not answer at {url}: {log.read_text()}")
 
 
 @pytest.fixture
