@@ -16,7 +16,7 @@ from core.temporal import TemporalUnavailable, connect
 
 async def serve(settings: Settings) -> None:
     """Fail fast with one clear line on a taken port or an unreachable dependency."""
-    biz_logging.configure(settings.log_level)
+    biz_logging.configure(settings.log_level, settings.log_format)
     ensure_port_free(settings.api_host, settings.api_port, what="API", change_with="BIZ_API_PORT")
     try:
         client = await connect(settings)

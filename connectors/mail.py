@@ -15,6 +15,7 @@ import aiosmtplib
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from core import metrics
 from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.base import utcnow
@@ -85,7 +86,12 @@ class Mailer:
         row = await self._record(message)
         if row.sent_at is not None:
             return False
-        await self._transport.deliver(message, self._sender)
+        try:
+            await self._transport.deliver(message, self._sender)
+        except Exception:
+            metrics.EMAILS.labels("failed").inc()
+            raise
+        metrics.EMAILS.labels("sent").inc()
         async with transaction(self._sessions) as session:
             stored = await session.get(OutboundEmail, row.id)
             assert stored is not None

@@ -40,7 +40,12 @@ def _dev(args: argparse.Namespace) -> int:
     if args.ui_port is not None:
         config.ui_port = args.ui_port
     _migrate_database(settings, migrate.upgrade_sync)
-    ports = devserver.DevPorts(settings.api_host, args.api_port or settings.api_port)
+    ports = devserver.DevPorts(
+        settings.api_host,
+        args.api_port or settings.api_port,
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+    )
     return devserver.run(config, ports, dict(os.environ))
 
 
@@ -67,18 +72,23 @@ def _migrate(_: argparse.Namespace) -> int:
 
 def _worker(_: argparse.Namespace) -> int:
     from core import logging as biz_logging
+    from core import telemetry
     from workers import main as worker_main
 
     settings = _settings()
-    biz_logging.configure(settings.log_level)
+    biz_logging.configure(settings.log_level, settings.log_format)
+    telemetry.configure_tracing(settings, "bizosaas-worker")
     asyncio.run(worker_main.run(settings))
     return 0
 
 
 def _api(_: argparse.Namespace) -> int:
     from api.server import serve
+    from core import telemetry
 
-    asyncio.run(serve(_settings()))
+    settings = _settings()
+    telemetry.configure_tracing(settings, "bizosaas-api")
+    asyncio.run(serve(settings))
     return 0
 
 
@@ -93,6 +103,9 @@ def _exit_without_teardown(code: int) -> NoReturn:
     ("PyGILState_Release ... finalizing", temporalio/sdk-python#300); everything of ours is
     closed by now, so the interpreter's own teardown is skipped.
     """
+    from core import telemetry
+
+    telemetry.shutdown_tracing()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

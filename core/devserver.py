@@ -22,6 +22,9 @@ from core.errors import Fatal
 from core.net import ensure_port_free, wait_for_port
 
 _STOP_GRACE_SECONDS = 10.0
+# Restart backoff of the worker and API: doubling up to the cap, reset after a healthy run.
+_RESTART_MAX_SECONDS = 30.0
+_HEALTHY_RUN_SECONDS = 60.0
 
 
 class DevServerConfig(BaseModel):
@@ -79,29 +82,84 @@ def temporal_binary() -> str:
 
 
 @dataclass
-class Supervisor:
-    """Starts children in their own sessions and stops all of them together."""
+class Child:
+    """One supervised process, and when it may be started again after dying."""
 
-    children: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    restart: bool
+    process: subprocess.Popen[bytes]
+    started_at: float
+    restarts: int = 0
+    restart_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    """Starts children in their own sessions, restarts the ones that may die, stops all together."""
+
+    children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        process = subprocess.Popen(args, env=env, start_new_session=True)  # noqa: S603
-        self.children.append((name, process))
+    def start(self, name: str, args: list[str], env: dict[str, str], *, restart: bool) -> None:
+        self.children.append(
+            Child(name, args, env, restart, self._spawn(args, env), time.monotonic())
+        )
+
+    @staticmethod
+    def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, env=env, start_new_session=True)  # noqa: S603
 
     def exited(self) -> str | None:
         """The name of a child that has exited, if any."""
-        return next((name for name, p in self.children if p.poll() is not None), None)
+        return next((c.name for c in self.children if c.process.poll() is not None), None)
+
+    def tend(self) -> None:
+        """Restart children that died, with backoff; a dead child that may not restart is Fatal.
+
+        The delay doubles with each restart in a row (1 s up to 30 s) and starts over once a
+        child has stayed up for a minute, so a crash loop neither spins nor hides.
+        """
+        now = time.monotonic()
+        for child in self.children:
+            code = child.process.poll()
+            if code is None:
+                continue
+            if not child.restart:
+                raise Fatal(f"the {child.name} process exited (exit {code}); stopping the others")
+            if child.restart_at is None:
+                if now - child.started_at > _HEALTHY_RUN_SECONDS:
+                    child.restarts = 0
+                delay = min(_RESTART_MAX_SECONDS, 2.0**child.restarts)
+                child.restart_at = now + delay
+                print(
+                    f"bizosaas dev: the {child.name} process exited (exit {code}); "
+                    f"restarting it in {delay:.0f} s",
+                    flush=True,
+                )
+            elif now >= child.restart_at:
+                child.process = self._spawn(child.args, child.env)
+                child.started_at, child.restart_at = now, None
+                child.restarts += 1
+                print(
+                    f"bizosaas dev: restarted the {child.name} process (pid {child.process.pid})",
+                    flush=True,
+                )
 
     def stop_all(self) -> list[str]:
         """Stop children in reverse start order (API, worker, then Temporal).
 
         Each gets SIGTERM to its process group, then SIGKILL once the shared grace period ends.
-        Returns the children that did not stop cleanly (killed, or a non-zero exit).
+        Returns the children that did not stop cleanly (killed, or a non-zero exit). A child
+        waiting to be restarted is already gone and counts as neither.
         """
         deadline = time.monotonic() + _STOP_GRACE_SECONDS
         unclean = []
-        for name, process in reversed(self.children):
+        for child in reversed(self.children):
+            name, process = child.name, child.process
+            if child.restart_at is not None:
+                continue
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -137,6 +195,8 @@ def _wait_for_health(url: str, supervisor: Supervisor, timeout: float) -> None:
 class DevPorts:
     api_host: str
     api_port: int
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = 0
 
 
 def run(config: DevServerConfig, ports: DevPorts, base_env: dict[str, str]) -> int:
@@ -145,8 +205,11 @@ def run(config: DevServerConfig, ports: DevPorts, base_env: dict[str, str]) -> i
         ("Temporal frontend", config.ip, config.port, "--temporal-port"),
         ("Temporal UI", config.ip, config.ui_port, "--ui-port"),
         ("API", ports.api_host, ports.api_port, "--api-port or BIZ_API_PORT"),
-    ):
-        ensure_port_free(host, port, what=what, change_with=flag)
+        ("worker metrics", ports.worker_metrics_host, ports.worker_metrics_port,
+         "BIZ_WORKER_METRICS_PORT (0 turns it off)"),
+    ):  # fmt: skip
+        if port:
+            ensure_port_free(host, port, what=what, change_with=flag)
     config.db_filename.parent.mkdir(parents=True, exist_ok=True)
     api = f"http://{ports.api_host}:{ports.api_port}"
     ui_origins = [f"http://{host}:{config.ui_port}" for host in (config.ip, "localhost")]
@@ -163,21 +226,21 @@ def run(config: DevServerConfig, ports: DevPorts, base_env: dict[str, str]) -> i
     previous = {s: signal.signal(s, supervisor.on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         temporal = [*config.command(temporal_binary()), "--ui-codec-endpoint", f"{api}/codec"]
-        supervisor.start("temporal", temporal, env)
+        # The dev server holds everything else: if it dies, the stack stops.
+        supervisor.start("temporal", temporal, env, restart=False)
         wait_for_port(
             config.ip, config.port, timeout=30.0, alive=lambda: supervisor.exited() is None
         )
         me = [sys.executable, "-m", "core.cli"]
-        supervisor.start("worker", [*me, "worker"], env)
-        supervisor.start("api", [*me, "api"], env)
+        supervisor.start("worker", [*me, "worker"], env, restart=True)
+        supervisor.start("api", [*me, "api"], env, restart=True)
         _wait_for_health(f"{api}/healthz", supervisor, timeout=60.0)
         if not supervisor.stopping:
             print(f"API docs:    {api}/docs", flush=True)
             print(f"Temporal UI: http://{config.ip}:{config.ui_port}", flush=True)
-            print("Press Ctrl-C to stop.", flush=True)
+            print("A worker or API that dies is restarted. Press Ctrl-C to stop.", flush=True)
         while not supervisor.stopping:
-            if (name := supervisor.exited()) is not None:
-                raise Fatal(f"the {name} process exited; stopping the others")
+            supervisor.tend()
             time.sleep(0.2)
     finally:
         unclean = supervisor.stop_all()

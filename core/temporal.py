@@ -6,9 +6,10 @@ import dataclasses
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
 
+from core import telemetry
 from core.codec import EncryptionCodec, generate_key_spec, parse_keys
 from core.settings import Settings
 
@@ -24,9 +25,18 @@ def load_codec_keys(settings: Settings) -> dict[str, bytes]:
     return parse_keys(settings.secret_store.get_or_create("codec-keys", generate_key_spec))
 
 
-def data_converter(keys: dict[str, bytes]) -> DataConverter:
-    """Pydantic-aware converter whose payloads are encrypted by :class:`EncryptionCodec`."""
-    return dataclasses.replace(pydantic_data_converter, payload_codec=EncryptionCodec(keys))
+def data_converter(keys: dict[str, bytes], *, accept_plaintext: bool = False) -> DataConverter:
+    """Pydantic-aware converter whose payloads are encrypted by :class:`EncryptionCodec`.
+
+    Failures keep their message and stack trace in encoded attributes, so the codec encrypts
+    them too: error text (a database error quoting a row, say) never reaches history in clear.
+    ``accept_plaintext`` is the migration switch ``BIZ_CODEC_ACCEPT_PLAINTEXT``.
+    """
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(keys, accept_plaintext=accept_plaintext),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 def tls_config(settings: Settings) -> TLSConfig | bool:
@@ -46,7 +56,9 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
 
 async def connect(settings: Settings) -> Client:
     """Connect to the configured cluster (dev server, self-hosted with mTLS, or Temporal Cloud)."""
-    converter = data_converter(load_codec_keys(settings))
+    converter = data_converter(
+        load_codec_keys(settings), accept_plaintext=settings.codec_accept_plaintext
+    )
     api_key = settings.temporal_api_key.get_secret_value() if settings.temporal_api_key else None
     try:
         return await Client.connect(
@@ -55,6 +67,8 @@ async def connect(settings: Settings) -> Client:
             data_converter=converter,
             tls=tls_config(settings),
             api_key=api_key,
+            runtime=telemetry.runtime(),
+            interceptors=telemetry.client_interceptors(),
         )
     except RuntimeError as exc:
         raise TemporalUnavailable(

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -59,15 +59,16 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    ports = {"api": free_port(), "temporal": free_port(), "ui": free_port()}
+    ports = {"api": free_port(), "temporal": free_port(), "ui": free_port(), "metrics": free_port()}
     args = [
         *BIZOSAAS, "dev", "--config", str(ROOT / "temporal-dev.yml"),
         "--api-port", str(ports["api"]),
         "--temporal-port", str(ports["temporal"]),
         "--ui-port", str(ports["ui"]),
     ]  # fmt: skip
+    env = _env(tmp_path, BIZ_WORKER_METRICS_PORT=str(ports["metrics"]))
     process = subprocess.Popen(
-        args, env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     yield process, ports
@@ -95,15 +96,64 @@ def test_dev_starts_everything_and_stops_cleanly(
         pass
     children = _descendants(process.pid)
     assert len(children) >= 3  # temporal, worker, api
+    # The worker serves its metrics (SDK worker metrics included once it polls).
+    scraped = _wait_for_metrics(ports["metrics"], "temporal_worker_task_slots_available")
+    assert "bizosaas_emails_total" in scraped
+
+    # A worker that dies is restarted, with a line that says so; the rest stays up.
+    [worker] = _children_running(process.pid, "worker")
+    os.kill(worker, signal.SIGKILL)
+    restarted = _wait_for(lambda: _children_running(process.pid, "worker"), timeout=30)
+    assert restarted != [worker]
+    assert process.poll() is None
+    assert httpx.get(f"http://127.0.0.1:{ports['api']}/healthz").status_code == 200
+    _wait_for_metrics(ports["metrics"], "temporal_worker_task_slots_available")
+    children = _descendants(process.pid)
 
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
+    assert "the worker process exited (exit -9); restarting it in 1 s" in output
+    assert f"restarted the worker process (pid {restarted[0]})" in output
     assert "API docs:" in output
     assert "Temporal UI:" in output
     assert "Traceback" not in output
     assert "Fatal Python error" not in output
     assert not [pid for pid in children if _alive(pid)]
+
+
+def _children_running(pid: int, command: str) -> list[int]:
+    """Descendants of ``pid`` running ``python -m core.cli <command>``."""
+    found = []
+    for child in _descendants(pid):
+        try:
+            argv = (Path("/proc") / str(child) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"core.cli" in argv and command.encode() in argv and _alive(child):
+            found.append(child)
+    return found
+
+
+def _wait_for(probe: Callable[[], list[int]], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return found
+
+
+def _wait_for_metrics(port: int, name: str) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            if name in text:
+                return text
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"{name} never appeared on the worker's metrics"
+        time.sleep(0.2)
 
 
 def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
