@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Problem
 from models.billing import GAUGES, UsageEvent, UsageMetric
+from models.connection import Connection, ConnectionStatus
 from models.onboarding import PlanId
 from models.tenant import Tenant
 from models.user import Membership
@@ -190,6 +191,40 @@ async def ensure_room_for_user(
             f"The {plan.name} plan allows {limit} users and the tenant has {used}; "
             "upgrade the plan to add more.",
             limit=Resource.USERS.value,
+            allowed=limit,
+            used=used,
+        )
+
+
+async def connection_count(session: AsyncSession, tenant_id: uuid.UUID) -> int:
+    """The tenant's connections that count against its plan (disconnected ones do not)."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Connection)
+        .where(
+            Connection.tenant_id == tenant_id,
+            Connection.status != ConnectionStatus.DISCONNECTED,
+        )
+    )
+    return int(count or 0)
+
+
+async def ensure_room_for_connection(
+    session: AsyncSession, plans: Iterable[PlanSpec], tenant_id: uuid.UUID
+) -> None:
+    """Refuse one more connection when the tenant's plan has no room for it (403 naming the
+    limit); a tenant without a plan yet is not limited."""
+    plan_id = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
+    if plan_id is None:
+        return
+    plan = plan_of(plans, PlanId(plan_id))
+    limit = plan.limit(Resource.CONNECTORS)
+    used = await connection_count(session, tenant_id)
+    if limit is not None and used + 1 > limit:
+        raise PlanLimitReached(
+            f"The {plan.name} plan allows {limit} connections and the tenant has {used}; "
+            "upgrade the plan or disconnect one.",
+            limit=Resource.CONNECTORS.value,
             allowed=limit,
             used=used,
         )

@@ -14,6 +14,7 @@ from models.billing import (
     UsageEvent,
     UsageReport,
 )
+from models.connection import Connection
 from models.email import OutboundEmail
 from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
 from models.tenant import Tenant, TenantStatus
@@ -25,6 +26,7 @@ __all__ = [
     "AuthSession",
     "Base",
     "BillingPlan",
+    "Connection",
     "Invoice",
     "Membership",
     "OutboundEmail",

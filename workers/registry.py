@@ -8,15 +8,18 @@ from typing import Any
 from activities.approval import ApprovalActivities
 from activities.audit import AuditActivities
 from activities.billing import BillingActivities
+from activities.connections import ConnectionActivities
 from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
 from connectors.billing.stripe_gateway import gateway_from_settings
 from connectors.mail import mailer_from_settings
+from connectors.secrets import secret_store_from_settings
 from core.db import SessionFactory
 from core.settings import Settings
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import AuditVerificationWorkflow
 from workflows.billing import BillingWorkflow, UsageReportWorkflow
+from workflows.connection import ConnectionWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.password_reset import PasswordResetWorkflow
 
@@ -27,6 +30,7 @@ WORKFLOWS: Sequence[type] = (
     ApprovalWorkflow,
     BillingWorkflow,
     UsageReportWorkflow,
+    ConnectionWorkflow,
 )
 
 
@@ -43,6 +47,7 @@ def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..
         password_reset.apply_password_reset,
         *onboarding_activities(sessions, settings),
         *billing_activities(sessions, settings),
+        *connection_activities(sessions, settings),
     ]
 
 
@@ -77,10 +82,24 @@ def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Cal
         billing.set_default_payment_method,
         billing.pay_open_invoices,
         billing.apply_billing_transition,
+        billing.record_billing_failure,
+        billing.load_billing_state,
         billing.record_invoice,
         billing.send_billing_notice,
         billing.record_usage,
         billing.report_usage,
         billing.ensure_usage_schedule,
         billing.remove_usage_schedule,
+    ]
+
+
+def connection_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """Tenants' connections to their own systems (credentials through the secret store)."""
+    connections = ConnectionActivities(sessions, settings, secret_store_from_settings(settings))
+    return [
+        connections.check_credentials,
+        connections.adopt_credentials,
+        connections.discard_staged_credentials,
+        connections.record_connection,
+        connections.disconnect,
     ]

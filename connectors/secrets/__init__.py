@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.settings import Settings
 
@@ -21,11 +21,11 @@ class SecretStoreError(RuntimeError):
 class SecretStore(Protocol):
     """Versioned secrets by path, and named encryption keys that never leave the store."""
 
-    async def put(self, path: str, secret: Mapping[str, str]) -> int:
+    async def put(self, path: str, secret: Mapping[str, Any]) -> int:
         """Write a new version of the secret at ``path``; returns its version number."""
         ...
 
-    async def get(self, path: str) -> dict[str, str] | None:
+    async def get(self, path: str) -> dict[str, Any] | None:
         """The latest version, or ``None`` when there is none."""
         ...
 
@@ -49,6 +49,12 @@ class SecretStore(Protocol):
 def connection_path(tenant_id: uuid.UUID, connection_id: uuid.UUID) -> str:
     """Where a connection's credentials live."""
     return f"tenants/{tenant_id}/connections/{connection_id}"
+
+
+def staged_path(tenant_id: uuid.UUID, connection_id: uuid.UUID) -> str:
+    """Where the API leaves new credentials for the connection workflow to check: they become
+    the connection's only once the vendor accepted them."""
+    return f"{connection_path(tenant_id, connection_id)}/staged"
 
 
 def tenant_key(tenant_id: uuid.UUID) -> str:

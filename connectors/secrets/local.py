@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -34,24 +34,24 @@ class LocalSecretVault:
         self._secrets, self._keys = root / "vault", root / "vault-keys"
         self._cipher = settings.field_cipher()
 
-    async def put(self, path: str, secret: Mapping[str, str]) -> int:
+    async def put(self, path: str, secret: Mapping[str, Any]) -> int:
         return await asyncio.to_thread(self._put, path, dict(secret))
 
-    def _put(self, path: str, secret: dict[str, str]) -> int:
+    def _put(self, path: str, secret: dict[str, Any]) -> int:
         file = self._file(self._secrets, path)
         version = self._read(file)["version"] + 1 if file.exists() else 1
         sealed = self._cipher.encrypt(json.dumps(secret))
         _write_private(file, json.dumps({"version": version, "data": sealed}))
         return version
 
-    async def get(self, path: str) -> dict[str, str] | None:
+    async def get(self, path: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self._get, path)
 
-    def _get(self, path: str) -> dict[str, str] | None:
+    def _get(self, path: str) -> dict[str, Any] | None:
         file = self._file(self._secrets, path)
         if not file.exists():
             return None
-        secret: dict[str, str] = json.loads(self._cipher.decrypt(self._read(file)["data"]))
+        secret: dict[str, Any] = json.loads(self._cipher.decrypt(self._read(file)["data"]))
         return secret
 
     async def delete(self, path: str) -> None:

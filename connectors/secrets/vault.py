@@ -65,7 +65,7 @@ class VaultSecretStore:
             # Vault's message names the path and the reason, never a secret value.
             raise SecretStoreError(f"Vault refused the operation: {exc}") from None
 
-    async def put(self, path: str, secret: Mapping[str, str]) -> int:
+    async def put(self, path: str, secret: Mapping[str, Any]) -> int:
         written: dict[str, Any] = await self._call(
             lambda: self._client.secrets.kv.v2.create_or_update_secret(
                 path=path, secret=dict(secret), mount_point=self._kv
@@ -73,7 +73,7 @@ class VaultSecretStore:
         )
         return int(written["data"]["version"])
 
-    async def get(self, path: str) -> dict[str, str] | None:
+    async def get(self, path: str) -> dict[str, Any] | None:
         try:
             read: dict[str, Any] = await self._call(
                 lambda: self._client.secrets.kv.v2.read_secret_version(
@@ -82,7 +82,8 @@ class VaultSecretStore:
             )
         except InvalidPath:
             return None
-        return {str(k): str(v) for k, v in read["data"]["data"].items()}
+        secret: dict[str, Any] = read["data"]["data"]
+        return secret
 
     async def delete(self, path: str) -> None:
         try:

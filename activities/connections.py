@@ -1,0 +1,190 @@
+"""Connection activities: check credentials at the vendor, keep them in the secret store, and
+record the connection. Credentials are read from the store here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import httpx
+from pydantic import ValidationError
+from sqlalchemy import select
+from temporalio import activity
+
+from connectors import registry
+from connectors.http import AuthFailed, ConnectorError, as_application_error
+from connectors.ports import Connector
+from connectors.secrets import SecretStore, connection_path, staged_path
+from core import audit
+from core.db import SessionFactory, transaction
+from core.settings import Settings
+from models.connection import (
+    CheckOutcome,
+    Connection,
+    ConnectionAction,
+    ConnectionCommand,
+    ConnectionHealth,
+    ConnectionStatus,
+    ConnectionView,
+    VerifiedAccount,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionActivities:
+    """Activities bound to the database, the secret store and the connector registry."""
+
+    def __init__(self, sessions: SessionFactory, settings: Settings, secrets: SecretStore) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._secrets = secrets
+
+    @activity.defn
+    async def check_credentials(self, command: ConnectionCommand) -> CheckOutcome:
+        """Ask the vendor who the credentials act as: the staged ones for a connect, the
+        stored ones otherwise. A refusal is an outcome; a vendor that cannot answer now is
+        retried (its ``Retry-After`` honoured)."""
+        path = _credentials_path(command)
+        credentials = await self._secrets.get(path)
+        if credentials is None:
+            return CheckOutcome(
+                health=ConnectionHealth.AUTH_FAILED, error="No credentials are stored."
+            )
+        try:
+            async with registry.client_from_settings(self._settings) as http:
+                account = await self._open(command, credentials, http).verify()
+        except AuthFailed as exc:
+            return CheckOutcome(health=ConnectionHealth.AUTH_FAILED, error=exc.message)
+        except ConnectorError as exc:
+            if exc.retryable:
+                raise as_application_error(exc) from None
+            return CheckOutcome(health=ConnectionHealth.UNREACHABLE, error=exc.message)
+        except ValidationError as exc:  # stored data that no longer fits the connector
+            return CheckOutcome(health=ConnectionHealth.AUTH_FAILED, error=_first_error(exc))
+        return CheckOutcome(
+            health=ConnectionHealth.HEALTHY,
+            account=VerifiedAccount.model_validate(account, from_attributes=True),
+        )
+
+    @activity.defn
+    async def adopt_credentials(self, command: ConnectionCommand) -> None:
+        """Make the staged credentials the connection's (replacing older ones)."""
+        staged = staged_path(command.tenant_id, command.connection_id)
+        credentials = await self._secrets.get(staged)
+        if credentials is not None:  # None: adopted by an earlier attempt
+            await self._secrets.put(
+                connection_path(command.tenant_id, command.connection_id), credentials
+            )
+            await self._secrets.delete(staged)
+
+    @activity.defn
+    async def discard_staged_credentials(self, command: ConnectionCommand) -> None:
+        """Forget credentials the vendor refused: nothing of them is kept."""
+        await self._secrets.delete(staged_path(command.tenant_id, command.connection_id))
+
+    @activity.defn
+    async def record_connection(
+        self, command: ConnectionCommand, check: CheckOutcome
+    ) -> ConnectionView:
+        """Write the connection's row for a connect or a test, and audit a connect."""
+        now = datetime.now(UTC)
+        async with transaction(self._sessions) as session:
+            row = await session.get(Connection, command.connection_id)
+            if row is None:
+                row = Connection(
+                    id=command.connection_id,
+                    tenant_id=command.tenant_id,
+                    connector_id=command.connector_id,
+                    auth_kind=command.auth_kind,
+                    label=command.label,
+                    settings=command.settings,
+                    status=ConnectionStatus.CONNECTED,
+                )
+                session.add(row)
+            elif command.action is ConnectionAction.CONNECT:
+                row.settings, row.status = command.settings, ConnectionStatus.CONNECTED
+                row.label = command.label or row.label
+            row.health, row.last_error, row.checked_at = check.health, check.error, now
+            if check.account is not None:
+                row.account = check.account.model_dump(mode="json")
+            if command.action is ConnectionAction.CONNECT:
+                await audit.append(
+                    session,
+                    "connection.connected",
+                    tenant_id=command.tenant_id,
+                    actor=audit.Actor(user_id=command.requested_by),
+                    data={
+                        "connection_id": str(command.connection_id),
+                        "connector": command.connector_id,
+                    },
+                    idempotency_key=f"{activity.info().workflow_run_id}:connected",
+                )
+            await session.flush()
+            return ConnectionView.of(row)
+
+    @activity.defn
+    async def disconnect(self, command: ConnectionCommand) -> ConnectionView | None:
+        """Revoke the credentials at the vendor where it can, delete them, mark the connection
+        disconnected and audit it. A vendor that cannot revoke does not hold this up."""
+        path = connection_path(command.tenant_id, command.connection_id)
+        credentials = await self._secrets.get(path)
+        revoked = False
+        if credentials is not None:
+            revoked = await self._revoke(command, credentials)
+            await self._secrets.delete(path)
+        async with transaction(self._sessions) as session:
+            row = await session.scalar(
+                select(Connection).where(
+                    Connection.id == command.connection_id,
+                    Connection.tenant_id == command.tenant_id,
+                )
+            )
+            if row is None:
+                return None
+            row.status = ConnectionStatus.DISCONNECTED
+            await audit.append(
+                session,
+                "connection.disconnected",
+                tenant_id=command.tenant_id,
+                actor=audit.Actor(user_id=command.requested_by),
+                data={"connection_id": str(row.id), "revoked_at_vendor": revoked},
+                idempotency_key=f"{activity.info().workflow_run_id}:disconnected",
+            )
+            await session.flush()
+            return ConnectionView.of(row)
+
+    async def _revoke(self, command: ConnectionCommand, credentials: dict[str, Any]) -> bool:
+        try:
+            async with registry.client_from_settings(self._settings) as http:
+                return await self._open(command, credentials, http).revoke()
+        except (ConnectorError, ValidationError) as exc:
+            log.warning(
+                "connection %s: revoking at the vendor failed: %s", command.connection_id, exc
+            )
+            return False
+
+    def _open(
+        self, command: ConnectionCommand, credentials: dict[str, Any], http: httpx.AsyncClient
+    ) -> Connector:
+        return registry.open_connector(
+            command.connector_id,
+            command.settings,
+            credentials,
+            http,
+            registry.context_from_settings(self._settings),
+            auth_kind=cast(registry.AuthKind, command.auth_kind),
+        )
+
+
+def _credentials_path(command: ConnectionCommand) -> str:
+    if command.action is ConnectionAction.CONNECT:
+        return staged_path(command.tenant_id, command.connection_id)
+    return connection_path(command.tenant_id, command.connection_id)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}"

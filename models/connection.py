@@ -1,0 +1,130 @@
+"""Connections: a tenant's link to one of its own systems (CMS, CRM, shop, analytics).
+
+The ``connections`` table keeps what the platform needs to reach the system: the connector,
+the non-secret settings, the account the credentials act as, and the connection's health. The
+credentials live in the secret store (``connectors/secrets``), never here and never in
+workflow history. Every change goes through ``ConnectionWorkflow`` (``connection:{id}``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import JSON, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, Timestamped, str_enum
+
+
+class ConnectionStatus(StrEnum):
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+class ConnectionHealth(StrEnum):
+    """How the connection's last calls went."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"  # the vendor failed or limited us; it retries
+    AUTH_FAILED = "auth_failed"  # the credentials were refused: a human must reconnect
+    UNREACHABLE = "unreachable"
+
+
+class ConnectionAction(StrEnum):
+    CONNECT = "connect"  # also a reconnect: new credentials for the same connection
+    TEST = "test"
+    DISCONNECT = "disconnect"
+
+
+class Connection(Timestamped, Base):
+    __tablename__ = "connections"
+    __table_args__ = (Index("ix_connections_tenant_listing", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    connector_id: Mapped[str] = mapped_column(String(64))
+    auth_kind: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(200))
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    account: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[ConnectionStatus] = mapped_column(str_enum(ConnectionStatus))
+    health: Mapped[ConnectionHealth] = mapped_column(str_enum(ConnectionHealth))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    checked_at: Mapped[datetime | None]
+
+
+class ConnectionCommand(BaseModel):
+    """One change to a connection, run by ``connection:{connection_id}``.
+
+    A ``connect`` finds the new credentials staged in the secret store by the API (at
+    :func:`connectors.secrets.staged_path`); only their path's ids cross into history.
+    """
+
+    action: ConnectionAction
+    connection_id: uuid.UUID
+    tenant_id: uuid.UUID
+    requested_by: uuid.UUID
+    connector_id: str = Field(max_length=64)
+    auth_kind: str = Field(max_length=32)
+    label: str = Field(default="", max_length=200)
+    settings: dict[str, Any] = {}
+
+
+class VerifiedAccount(BaseModel):
+    """Who the credentials act as at the vendor (no secret)."""
+
+    account_id: str
+    name: str
+    detail: dict[str, str] = {}
+
+
+class CheckOutcome(BaseModel):
+    """What a credentials check found: the account, or why the vendor said no."""
+
+    health: ConnectionHealth
+    account: VerifiedAccount | None = None
+    error: str | None = None
+
+
+class ConnectionView(BaseModel):
+    """A connection as the API shows it: never a credential."""
+
+    connection_id: uuid.UUID
+    connector_id: str
+    auth_kind: str
+    label: str
+    settings: dict[str, Any]
+    account: dict[str, Any]
+    status: ConnectionStatus
+    health: ConnectionHealth
+    last_error: str | None
+    checked_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Connection) -> ConnectionView:
+        return cls(
+            connection_id=row.id,
+            connector_id=row.connector_id,
+            auth_kind=row.auth_kind,
+            label=row.label,
+            settings=row.settings,
+            account=row.account,
+            status=row.status,
+            health=row.health,
+            last_error=row.last_error,
+            checked_at=row.checked_at,
+            created_at=row.created_at,
+        )
+
+
+class ConnectionOutcome(BaseModel):
+    """What one run of the connection workflow did."""
+
+    action: ConnectionAction
+    check: CheckOutcome | None = None
+    connection: ConnectionView | None = None

@@ -1,0 +1,236 @@
+"""Connections over HTTP on the dev server, against a real WordPress with a real application
+password: connect, refuse bad credentials (keeping nothing), test, reconnect, disconnect."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from connectors.secrets import connection_path, secret_store_from_settings, staged_path
+from core.db import SessionFactory, transaction
+from core.settings import Settings
+from models.audit import AuditEntry
+from models.connection import Connection, ConnectionHealth, ConnectionStatus
+from models.tenant import Tenant
+from models.user import Role
+from tests.factories import Member, member
+from tests.history import decoded_history
+from tests.peers.wordpress import WordPressSite
+from workers.main import build_worker
+from workflows.connection import workflow_id
+
+pytest_plugins = ["tests.peers.wordpress"]
+
+
+@pytest.fixture
+def connect_settings(settings: Settings) -> Settings:
+    # The WordPress peer listens on loopback, which production settings refuse (SSRF).
+    return settings.model_copy(update={"connector_allow_private_urls": True})
+
+
+@pytest.fixture
+async def connections_api(
+    connect_settings: Settings,
+    temporal_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    sessions: SessionFactory,
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with build_worker(temporal_env.client, sessions, connect_settings):
+        app = create_app(connect_settings, temporal_env.client, engine)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+
+
+def _form(site: WordPressSite, password: str | None = None) -> dict[str, Any]:
+    return {
+        "site_url": site.url,
+        "username": site.username,
+        "application_password": password or site.application_password,
+    }
+
+
+async def _connect(
+    api: httpx.AsyncClient, who: Member, site: WordPressSite, password: str | None = None
+) -> httpx.Response:
+    body = {"connector_id": "wordpress", "label": "Main site", "form": _form(site, password)}
+    return await api.post("/api/v1/connections", json=body, headers=who.headers)
+
+
+async def test_the_registry_describes_every_connector(
+    connections_api: httpx.AsyncClient, sessions: SessionFactory, connect_settings: Settings
+) -> None:
+    someone = await member(sessions, connect_settings, Role.READONLY)
+    listed = await connections_api.get("/api/v1/connectors", headers=someone.headers)
+    assert listed.status_code == 200
+    wordpress = next(c for c in listed.json() if c["id"] == "wordpress")
+    form = wordpress["forms"]["application_password"]
+    assert form["properties"]["application_password"]["writeOnly"] is True
+    missing = await connections_api.get("/api/v1/connectors/nope", headers=someone.headers)
+    assert missing.status_code == 404
+
+
+async def _own_password(site: WordPressSite) -> str:
+    """A fresh application password (disconnecting revokes the one the connection holds)."""
+    async with httpx.AsyncClient(auth=(site.username, site.application_password)) as wp:
+        created = await wp.post(
+            f"{site.url}/wp-json/wp/v2/users/me/application-passwords",
+            json={"name": f"connection-{uuid.uuid4().hex[:6]}"},
+        )
+    assert created.status_code == 201, created.text
+    password: str = created.json()["password"]
+    return password
+
+
+async def test_connect_test_reconnect_disconnect(
+    connections_api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    connect_settings: Settings,
+    temporal_client: Client,
+) -> None:
+    api, admin = connections_api, await member(sessions, connect_settings)
+    own_password = await _own_password(wordpress_site)
+    created = await _connect(api, admin, wordpress_site, own_password)
+    assert created.status_code == 201, created.text
+    view = created.json()
+    assert view["status"] == "connected"
+    assert view["health"] == "healthy"
+    assert view["account"]["name"]
+    assert own_password not in created.text
+    connection_id = uuid.UUID(view["connection_id"])
+
+    store = secret_store_from_settings(connect_settings)
+    stored = await store.get(connection_path(admin.tenant_id, connection_id))
+    assert stored is not None
+    assert stored["application_password"] == own_password
+    assert await store.get(staged_path(admin.tenant_id, connection_id)) is None
+    history = await decoded_history(temporal_client, workflow_id(connection_id), "")
+    assert own_password.encode() not in history
+
+    tested = await api.post(f"/api/v1/connections/{connection_id}/test", headers=admin.headers)
+    assert tested.status_code == 200, tested.text
+    assert tested.json()["checked_at"] is not None
+
+    # New credentials the vendor refuses: 422, and the old ones stay.
+    refused = await api.put(
+        f"/api/v1/connections/{connection_id}/credentials",
+        json={"form": _form(wordpress_site, "wrong wrong wrong wrong")},
+        headers=admin.headers,
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"].endswith("credentials-rejected")
+    assert await store.get(connection_path(admin.tenant_id, connection_id)) == stored
+
+    listed = await api.get("/api/v1/connections", headers=admin.headers)
+    assert [c["connection_id"] for c in listed.json()["items"]] == [str(connection_id)]
+
+    gone = await api.delete(f"/api/v1/connections/{connection_id}", headers=admin.headers)
+    assert gone.status_code == 204
+    assert await store.get(connection_path(admin.tenant_id, connection_id)) is None
+    revoked = await _connect(api, admin, wordpress_site, own_password)
+    assert revoked.status_code == 422  # revoked at WordPress too
+    after = await api.get(f"/api/v1/connections/{connection_id}", headers=admin.headers)
+    assert after.json()["status"] == "disconnected"
+    async with sessions() as session:
+        actions = list(
+            await session.scalars(
+                select(AuditEntry.action).where(AuditEntry.tenant_id == admin.tenant_id)
+            )
+        )
+    assert actions.count("connection.connected") == 1
+    assert actions.count("connection.disconnected") == 1
+
+
+async def test_refused_credentials_keep_nothing(
+    connections_api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    connect_settings: Settings,
+) -> None:
+    admin = await member(sessions, connect_settings)
+    refused = await _connect(connections_api, admin, wordpress_site, "not the password at all")
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"].endswith("credentials-rejected")
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Connection).where(Connection.tenant_id == admin.tenant_id)
+        )
+        assert list(rows) == []
+    folder = connect_settings.data_dir / "secrets" / "vault" / "tenants" / str(admin.tenant_id)
+    assert not any(path.is_file() for path in folder.rglob("*"))
+
+
+async def test_bad_forms_and_foreign_connections_are_refused(
+    connections_api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    connect_settings: Settings,
+) -> None:
+    api, admin = connections_api, await member(sessions, connect_settings)
+    unknown = await api.post(
+        "/api/v1/connections",
+        json={"connector_id": "nope", "label": "x", "form": {}},
+        headers=admin.headers,
+    )
+    assert unknown.status_code == 404
+    incomplete = await api.post(
+        "/api/v1/connections",
+        json={"connector_id": "wordpress", "label": "x", "form": {"site_url": "http://x"}},
+        headers=admin.headers,
+    )
+    assert incomplete.status_code == 422
+    assert incomplete.json()["errors"]
+
+    connected = await _connect(api, admin, wordpress_site)
+    assert connected.status_code == 201, connected.text
+    created = connected.json()
+    path = f"/api/v1/connections/{created['connection_id']}"
+    stranger = await member(sessions, connect_settings)
+    for method, suffix in (("GET", ""), ("POST", "/test"), ("DELETE", "")):
+        response = await api.request(method, path + suffix, headers=stranger.headers)
+        assert response.status_code == 404, (method, suffix, response.text)
+        assert wordpress_site.url not in response.text
+    reader = await member(sessions, connect_settings, Role.READONLY, tenant_id=admin.tenant_id)
+    assert (await api.get(path, headers=reader.headers)).status_code == 200
+    assert (await api.delete(path, headers=reader.headers)).status_code == 403
+    assert (await _connect(api, reader, wordpress_site)).status_code == 403
+
+
+async def test_the_plan_limits_connections(
+    connections_api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    connect_settings: Settings,
+) -> None:
+    admin = await member(sessions, connect_settings)
+    async with transaction(sessions) as session:
+        tenant = await session.get(Tenant, admin.tenant_id)
+        assert tenant is not None
+        tenant.plan = "starter"  # five connections
+        for n in range(5):
+            session.add(
+                Connection(
+                    id=uuid.uuid4(),
+                    tenant_id=admin.tenant_id,
+                    connector_id="wordpress",
+                    auth_kind="application_password",
+                    label=f"site {n}",
+                    settings={},
+                    account={},
+                    status=ConnectionStatus.CONNECTED,
+                    health=ConnectionHealth.HEALTHY,
+                )
+            )
+    limited = await _connect(connections_api, admin, wordpress_site)
+    assert limited.status_code == 403
+    assert limited.json()["limit"] == "connectors"

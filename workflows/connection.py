@@ -1,0 +1,120 @@
+"""Connection: one change to a tenant's connection to its own system (connect, test,
+disconnect). The credentials never pass through here: activities read them from the secret
+store by the connection's id."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    # Activities by name: their module reaches vendors over HTTP, which no workflow imports.
+    from core.search import BIZ_STATUS
+    from models.connection import (
+        CheckOutcome,
+        ConnectionAction,
+        ConnectionCommand,
+        ConnectionHealth,
+        ConnectionOutcome,
+        ConnectionView,
+    )
+
+PROCESS = "connection"
+# A person waits for a connect or a test: a vendor that does not answer in this time is
+# reported unreachable rather than retried for longer.
+_CHECK_WINDOW = timedelta(seconds=20)
+_STORE_TIMEOUT = timedelta(seconds=30)
+
+
+def workflow_id(connection_id: uuid.UUID) -> str:
+    return f"connection:{connection_id}"
+
+
+@workflow.defn
+class ConnectionWorkflow:
+    """Carry out one change to a connection, then end (one change at a time per connection).
+
+    - **connect** (also a reconnect): check the staged credentials with the vendor; accepted,
+      they replace the connection's credentials and the connection is recorded ``connected``
+      and ``healthy``; refused, they are discarded and nothing changes.
+    - **test**: check the stored credentials and record the connection's health.
+    - **disconnect**: revoke at the vendor where it can, delete the credentials, record the
+      connection ``disconnected``.
+
+    ``BizStatus`` ends as the connection's health (or ``disconnected``).
+    """
+
+    @workflow.run
+    async def run(self, command: ConnectionCommand) -> ConnectionOutcome:
+        """Run the command's action and return what it found."""
+        if command.action is ConnectionAction.DISCONNECT:
+            return await self._disconnect(command)
+        check = await self._check(command)
+        self._publish(check.health.value)
+        if command.action is ConnectionAction.TEST:
+            view = await self._record(command, check)
+            return ConnectionOutcome(action=command.action, check=check, connection=view)
+        if check.health is not ConnectionHealth.HEALTHY:
+            await workflow.execute_activity(
+                "discard_staged_credentials",
+                command,
+                start_to_close_timeout=_STORE_TIMEOUT,
+                summary="forget the refused credentials",
+            )
+            return ConnectionOutcome(action=command.action, check=check)
+        await workflow.execute_activity(
+            "adopt_credentials",
+            command,
+            start_to_close_timeout=_STORE_TIMEOUT,
+            summary="keep the accepted credentials",
+        )
+        view = await self._record(command, check)
+        return ConnectionOutcome(action=command.action, check=check, connection=view)
+
+    async def _record(self, command: ConnectionCommand, check: CheckOutcome) -> ConnectionView:
+        view: ConnectionView = await workflow.execute_activity(
+            "record_connection",
+            args=[command, check],
+            result_type=ConnectionView,
+            start_to_close_timeout=_STORE_TIMEOUT,
+            summary=f"record the connection: {check.health.value}",
+        )
+        return view
+
+    async def _check(self, command: ConnectionCommand) -> CheckOutcome:
+        workflow.set_current_details(f"checking the credentials with {command.connector_id}")
+        try:
+            check: CheckOutcome = await workflow.execute_activity(
+                "check_credentials",
+                command,
+                result_type=CheckOutcome,
+                start_to_close_timeout=timedelta(seconds=15),
+                schedule_to_close_timeout=_CHECK_WINDOW,
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=5)),
+                summary=f"ask {command.connector_id} who the credentials are",
+            )
+        except ActivityError as err:
+            reason = getattr(err.cause, "message", None) or "no answer"
+            return CheckOutcome(
+                health=ConnectionHealth.UNREACHABLE, error=f"The vendor did not answer: {reason}"
+            )
+        return check
+
+    async def _disconnect(self, command: ConnectionCommand) -> ConnectionOutcome:
+        workflow.set_current_details("revoking and deleting the credentials")
+        view: ConnectionView | None = await workflow.execute_activity(
+            "disconnect",
+            command,
+            result_type=ConnectionView | None,  # type: ignore[arg-type]
+            start_to_close_timeout=timedelta(seconds=60),
+            summary="revoke at the vendor, delete the credentials",
+        )
+        self._publish("disconnected")
+        return ConnectionOutcome(action=command.action, connection=view)
+
+    def _publish(self, status: str) -> None:
+        workflow.upsert_search_attributes([BIZ_STATUS.value_set(status)])
