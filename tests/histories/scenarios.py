@@ -35,6 +35,7 @@ from api.app import create_app
 from api.routers.onboarding import onboarding_input, start_onboarding
 from api.routers.password_reset import start_password_link
 from connectors.billing import parse_event
+from connectors.secrets import secret_store_from_settings, staged_path
 from core.db import SessionFactory, transaction
 from core.identity import membership_of
 from core.settings import Settings
@@ -49,6 +50,7 @@ from models.billing import (
     UsageMetric,
     UsageRecord,
 )
+from models.connection import ConnectionAction, ConnectionCommand, ConnectionOutcome
 from models.email import OutboundEmail
 from models.onboarding import (
     DocumentCheck,
@@ -62,8 +64,10 @@ from models.onboarding import (
 from models.password_reset import LinkPurpose, PasswordResetInput, ResetStatus
 from models.tenant import TenantStatus
 from models.user import Membership, Role, User
+from tests.api.test_connections import _own_password
 from tests.factories import Member, member
 from tests.histories import HISTORIES, load, replay_converter
+from tests.peers.wordpress import WordPressSite
 from tests.peers_stripe import (
     LocalStripe,
     MeterRecorder,
@@ -90,10 +94,12 @@ from workers.main import build_worker
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import workflow_id as audit_workflow_id
 from workflows.billing import BillingWorkflow, UsageReportWorkflow
+from workflows.connection import ConnectionWorkflow
+from workflows.connection import workflow_id as connection_workflow_id
 from workflows.onboarding import OnboardingWorkflow, workflow_id
 from workflows.password_reset import PasswordResetWorkflow
 
-pytest_plugins = ["tests.peers_stripe"]
+pytest_plugins = ["tests.peers_stripe", "tests.peers.wordpress"]
 
 RECORDING = os.environ.get("BIZ_RECORD_HISTORIES") == "1"
 pytestmark = pytest.mark.skipif(
@@ -693,3 +699,56 @@ async def test_audit_verification(
         )
     assert (await _verify(ts_api, tampered.headers))["report"]["first_broken_seq"] == 2
     await record(client, "audit-verification-tampered", audit_workflow_id(tampered.tenant_id))
+
+
+# --- Connections -------------------------------------------------------------------------
+
+
+async def test_connection_lifecycle(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    wordpress_site: WordPressSite,
+) -> None:
+    """Connect (refused, then accepted), test and disconnect a real WordPress."""
+    allowed = settings.model_copy(update={"connector_allow_private_urls": True})
+    client = time_skipping_env.client
+    admin = await member(sessions, allowed)
+    command = ConnectionCommand(
+        action=ConnectionAction.CONNECT,
+        connection_id=uuid.uuid4(),
+        tenant_id=admin.tenant_id,
+        requested_by=admin.user_id,
+        connector_id="wordpress",
+        auth_kind="application_password",
+        label="Main site",
+        settings={"site_url": wordpress_site.url},
+    )
+    store = secret_store_from_settings(allowed)
+    staged = staged_path(admin.tenant_id, command.connection_id)
+    runs: dict[str, ConnectionCommand] = {
+        "connection-refused": command,
+        "connection-connected": command,
+        "connection-tested": command.model_copy(update={"action": ConnectionAction.TEST}),
+        "connection-disconnected": command.model_copy(
+            update={"action": ConnectionAction.DISCONNECT}
+        ),
+    }
+    own_password = await _own_password(wordpress_site)  # disconnecting revokes it
+    async with build_worker(client, sessions, allowed):
+        for name, run in runs.items():
+            password = "wrong" if name == "connection-refused" else own_password
+            if run.action is ConnectionAction.CONNECT:
+                await store.put(
+                    staged,
+                    {"username": wordpress_site.username, "application_password": password},
+                )
+            handle = await client.start_workflow(
+                ConnectionWorkflow.run,
+                run,
+                id=connection_workflow_id(run.connection_id),
+                task_queue=allowed.temporal_task_queue,
+            )
+            outcome: ConnectionOutcome = await handle.result()
+            assert (outcome.connection is None) == (name == "connection-refused"), outcome
+            await record(client, name, handle.id, handle.result_run_id)

@@ -66,6 +66,10 @@ EXPECTED = {
     "audit-verification-intact",
     "audit-verification-tampered",
     "usage-report-sent",
+    "connection-refused",
+    "connection-connected",
+    "connection-tested",
+    "connection-disconnected",
 }
 
 
