@@ -1,8 +1,9 @@
-"""Rate limits on sign-in routes: in memory by default, shared through Redis when configured."""
+"""Rate limits on sign-in, sign-up and SSO routes and on live reads through a connection: in
+memory, or shared through Redis."""
 
 from __future__ import annotations
 
-from limits import RateLimitItem, parse
+from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -10,6 +11,9 @@ from redis.asyncio import ConnectionPool
 
 from core.errors import TooManyRequests
 from core.settings import Settings
+
+# The key of limits that count every client together.
+_EVERYONE = "*"
 
 
 class RateLimits:
@@ -36,24 +40,71 @@ class RateLimits:
         self._limiter = MovingWindowRateLimiter(storage)
         self._login = (parse(settings.login_rate_per_ip), parse(settings.login_rate_per_account))
         self._reset = (parse(settings.reset_rate_per_ip), parse(settings.reset_rate_per_account))
+        self._register = (
+            parse(settings.register_rate_per_ip),
+            parse(settings.register_rate_global),
+        )
+        self._sso = (parse(settings.sso_rate_per_ip), parse(settings.sso_rate_global))
 
     async def login_attempt(self, ip: str, account: str) -> None:
         """Count one sign-in attempt against the IP and the account; 429 past either limit."""
-        if not await self._hit("login", self._login, ip, account):
-            raise TooManyRequests("Too many sign-in attempts; wait a minute and try again.")
+        await self._check(
+            "login",
+            self._login,
+            ip,
+            account,
+            "Too many sign-in attempts; wait a minute and try again.",
+        )
 
     async def reset_request(self, ip: str, account: str) -> None:
         """Count one password-reset request (known e-mail or not); 429 past either limit."""
-        if not await self._hit("reset", self._reset, ip, account):
-            raise TooManyRequests("Too many reset requests; try again later.")
+        await self._check(
+            "reset", self._reset, ip, account, "Too many reset requests; try again later."
+        )
 
-    async def _hit(
-        self, name: str, limits: tuple[RateLimitItem, RateLimitItem], ip: str, account: str
-    ) -> bool:
+    async def registration(self, ip: str) -> None:
+        """Count one sign-up (password or a new SSO account) per client and for the whole API.
+
+        The global limit bounds how fast tenants (and their workflows) can be created at all,
+        whatever the number of clients; 429 past either.
+        """
+        await self._check(
+            "register", self._register, ip, _EVERYONE, "Too many sign-ups; try again later."
+        )
+
+    async def sso(self, ip: str) -> None:
+        """Count one single sign-on request (redirect or callback); 429 past either limit."""
+        await self._check(
+            "sso",
+            self._sso,
+            ip,
+            _EVERYONE,
+            "Too many single sign-on attempts; wait a minute and try again.",
+        )
+
+    async def _check(
+        self,
+        name: str,
+        limits: tuple[RateLimitItem, RateLimitItem],
+        ip: str,
+        account: str,
+        message: str,
+    ) -> None:
         per_ip, per_account = limits
-        by_ip = await self._limiter.hit(per_ip, f"{name}-ip", ip)
-        by_account = await self._limiter.hit(per_account, f"{name}-account", account)
-        return by_ip and by_account
+        # A client over its own limit is not counted against the account or everyone else.
+        for item, scope, key in ((per_ip, "ip", ip), (per_account, "account", account)):
+            if not await self._limiter.hit(item, f"{name}-{scope}", key):
+                raise TooManyRequests(message, headers={"Retry-After": str(item.get_expiry())})
+
+    async def connection_call(self, connection_id: str, requests: int, per_seconds: float) -> None:
+        """Count one live read through a connection against its vendor rate limit (shared by
+        every API process with Redis); 429 past it, before the vendor is called."""
+        item = RateLimitItemPerSecond(requests, max(1, round(per_seconds)))
+        if not await self._limiter.hit(item, "connection", connection_id):
+            raise TooManyRequests(
+                "This connection's rate limit is reached; try again shortly.",
+                headers={"Retry-After": str(item.get_expiry())},
+            )
 
     async def aclose(self) -> None:
         """Close the Redis connections, if any."""

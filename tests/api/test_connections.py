@@ -3,6 +3,7 @@ password: connect, refuse bad credentials (keeping nothing), test, reconnect, di
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -234,3 +235,50 @@ async def test_the_plan_limits_connections(
     limited = await _connect(connections_api, admin, wordpress_site)
     assert limited.status_code == 403
     assert limited.json()["limit"] == "connectors"
+
+
+async def test_live_reads_come_from_the_tenants_own_system(
+    connections_api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    connect_settings: Settings,
+) -> None:
+    api, admin = connections_api, await member(sessions, connect_settings)
+    title = f"Live {uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(
+        auth=(wordpress_site.username, wordpress_site.application_password)
+    ) as wp:
+        for n in range(2):
+            made = await wp.post(
+                f"{wordpress_site.url}/wp-json/wp/v2/posts",
+                json={"title": f"{title} {n}", "status": "publish", "slug": f"{title}-{n}"},
+            )
+            assert made.status_code == 201, made.text
+    created = (await _connect(api, admin, wordpress_site)).json()
+    base = f"/api/v1/connections/{created['connection_id']}"
+
+    first = await api.get(f"{base}/posts", params={"limit": 1}, headers=admin.headers)
+    assert first.status_code == 200, first.text
+    assert len(first.json()["items"]) == 1
+    cursor = first.json()["next_cursor"]
+    assert cursor
+    second = await api.get(
+        f"{base}/posts", params={"limit": 1, "cursor": cursor}, headers=admin.headers
+    )
+    titles = [p["title"] for p in first.json()["items"] + second.json()["items"]]
+    assert titles == [f"{title} 1", f"{title} 0"]  # newest first, as WordPress lists them
+
+    assert (await api.get(f"{base}/contacts", headers=admin.headers)).status_code == 404
+    bad_cursor = await api.get(f"{base}/posts", params={"cursor": "x"}, headers=admin.headers)
+    assert bad_cursor.status_code == 422
+    stranger = await member(sessions, connect_settings)
+    assert (await api.get(f"{base}/posts", headers=stranger.headers)).status_code == 404
+
+    # WordPress allows five calls a second per connection (the cache answers repeats): of
+    # eight different reads at once, the limiter refuses some before they reach WordPress.
+    answers = await asyncio.gather(
+        *(api.get(f"{base}/tags", params={"limit": n}, headers=admin.headers) for n in range(1, 9))
+    )
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused, [a.status_code for a in answers]
+    assert all(int(a.headers["retry-after"]) >= 1 for a in refused)

@@ -1,0 +1,214 @@
+"""Live reads for the frontend's CMS, CRM, shop and analytics tabs.
+
+BizOSaaS keeps no copy of a tenant's data: these routes read it from the tenant's own system
+through the connection's port, within the connection's rate limit (shared by every API
+process when Redis is configured), with a short in-process cache so that a tab switched back
+and forth does not call the vendor each time. Nothing is written here: writes go through
+workflows.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep
+from api.ratelimit import RateLimits
+from api.tenancy import owned
+from connectors import registry
+from connectors.analytics import ReportRequest
+from connectors.cms import PostQuery
+from connectors.commerce import SyncQuery
+from connectors.crm import ActivityQuery
+from connectors.http import (
+    AuthFailed,
+    ConnectorError,
+    InvalidCursor,
+    RateLimited,
+    VendorNotFound,
+    VendorUnavailable,
+)
+from connectors.ports import ListQuery
+from connectors.secrets import connection_path, secret_store_from_settings
+from core.errors import Conflict, NotFound, Problem, TooManyRequests, Unprocessable
+from core.security import Principal
+from core.settings import Settings
+from models.connection import Connection, ConnectionStatus
+
+router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
+
+# What each kind of connection can list: resource -> (port method, its query model).
+LISTINGS: dict[str, dict[str, tuple[str, type[ListQuery]]]] = {
+    "cms": {
+        "posts": ("list_posts", PostQuery),
+        "pages": ("list_pages", ListQuery),
+        "media": ("list_media", ListQuery),
+        "categories": ("list_categories", ListQuery),
+        "tags": ("list_tags", ListQuery),
+    },
+    "crm": {
+        "contacts": ("list_contacts", ListQuery),
+        "companies": ("list_companies", ListQuery),
+        "deals": ("list_deals", ListQuery),
+        "activities": ("list_activities", ActivityQuery),
+    },
+    "commerce": {
+        "customers": ("list_customers", SyncQuery),
+        "orders": ("list_orders", SyncQuery),
+        "products": ("list_products", SyncQuery),
+    },
+}
+_CACHE_SECONDS = 15.0
+_CACHE_ENTRIES = 1000
+
+
+class VendorFailed(Problem):
+    status, slug, title = 502, "vendor-error", "The connected system failed"
+
+
+class LivePage(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class _Cache:
+    """Answers of the last few seconds, per connection and request (bounded, oldest out)."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...]) -> Any | None:
+        found = self._entries.get(key)
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        self._entries[key] = (time.monotonic() + _CACHE_SECONDS, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > _CACHE_ENTRIES:
+            self._entries.popitem(last=False)
+
+
+def _cache(request: Request) -> _Cache:
+    app_state = request.app.state
+    if not hasattr(app_state, "live_read_cache"):
+        app_state.live_read_cache = _Cache()
+    cache: _Cache = app_state.live_read_cache
+    return cache
+
+
+def _limits(request: Request) -> RateLimits:
+    limits: RateLimits = request.app.state.rate_limits
+    return limits
+
+
+@router.get("/{connection_id}/{resource}", summary="Read records live from a connected system")
+async def list_live(
+    connection_id: uuid.UUID,
+    resource: str,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    cache: Annotated[_Cache, Depends(_cache)],
+    limits: Annotated[RateLimits, Depends(_limits)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2000)] = None,
+) -> LivePage:
+    """One page of ``resource`` (posts, contacts, deals, orders…) as the tenant's system holds
+    it now; ``next_cursor`` continues. 404 for a resource the connection's kind has not."""
+    row = await _connected(session, connection_id, principal)
+    spec = registry.get_spec(row.connector_id)
+    method, query_model = _listing(spec.kind, resource)
+    if method not in spec.supported:
+        raise NotFound(f"{spec.display_name} does not offer {resource}.")
+    query = query_model(cursor=cursor, limit=limit)
+    key = (row.id, resource, cursor, limit)
+    page = cache.get(key)
+    if page is None:
+        await limits.connection_call(
+            str(row.id), spec.rate_limit.requests, spec.rate_limit.per_seconds
+        )
+        page = await _call(settings, row, lambda port: getattr(port, method)(query))
+        cache.put(key, page)
+    return LivePage(
+        items=[item.model_dump(mode="json") for item in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.post("/{connection_id}/reports", summary="Run an analytics report live")
+async def run_report(
+    connection_id: uuid.UUID,
+    body: ReportRequest,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    settings: SettingsDep,
+    limits: Annotated[RateLimits, Depends(_limits)],
+) -> dict[str, Any]:
+    """A report by date range, dimensions and metrics from a connected analytics system."""
+    row = await _connected(session, connection_id, principal)
+    spec = registry.get_spec(row.connector_id)
+    if spec.kind != "analytics":
+        raise NotFound("This connection has no reports.")
+    await limits.connection_call(str(row.id), spec.rate_limit.requests, spec.rate_limit.per_seconds)
+    report = await _call(settings, row, lambda port: port.run_report(body))
+    dumped: dict[str, Any] = report.model_dump(mode="json")
+    return dumped
+
+
+async def _connected(
+    session: AsyncSession, connection_id: uuid.UUID, principal: Principal
+) -> Connection:
+    row = await owned(session, Connection, connection_id, principal)
+    if row.status is ConnectionStatus.DISCONNECTED:
+        raise Conflict("This connection is disconnected; connect again.")
+    return row
+
+
+def _listing(kind: str, resource: str) -> tuple[str, type[ListQuery]]:
+    try:
+        return LISTINGS[kind][resource]
+    except KeyError:
+        known = ", ".join(LISTINGS.get(kind, {})) or "none"
+        raise NotFound(f"A {kind} connection has no {resource!r} (it has: {known}).") from None
+
+
+async def _call(settings: Settings, row: Connection, read: Any) -> Any:
+    """Open the connection's port with its stored credentials and run ``read`` on it; the
+    vendor's failures become problems (never a credential in them)."""
+    credentials = await secret_store_from_settings(settings).get(
+        connection_path(row.tenant_id, row.id)
+    )
+    if credentials is None:
+        raise Conflict("This connection has no credentials; connect it again.")
+    try:
+        async with registry.client_from_settings(settings) as http:
+            port = registry.open_connector(
+                row.connector_id,
+                row.settings,
+                credentials,
+                http,
+                registry.context_from_settings(settings),
+                auth_kind=cast(registry.AuthKind, row.auth_kind),
+            )
+            return await read(port)
+    except InvalidCursor:
+        raise Unprocessable("The cursor is not one this connection handed out.") from None
+    except AuthFailed as exc:
+        raise Conflict(
+            f"{exc.message} Reconnect the connection with new credentials.",
+            reason="auth_failed",
+        ) from None
+    except VendorNotFound as exc:
+        raise NotFound(exc.message) from None
+    except RateLimited as exc:
+        seconds = str(round(exc.retry_after or 1))
+        raise TooManyRequests(exc.message, headers={"Retry-After": seconds}) from None
+    except (VendorUnavailable, ConnectorError) as exc:
+        raise VendorFailed(exc.message) from None
