@@ -1,19 +1,21 @@
 """Connection activities: check credentials at the vendor, keep them in the secret store, and
-record the connection. Credentials are read from the store here and nowhere else."""
+record the connection. Credentials are read from the store here (and by live reads), never
+carried by a workflow."""
 
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import Any, cast
 
-import httpx
 from pydantic import ValidationError
 from sqlalchemy import select
 from temporalio import activity
 
 from connectors import registry
+from connectors.access import open_connection
 from connectors.http import AuthFailed, ConnectorError, as_application_error
+from connectors.oauth import exchange_code, oauth_client
 from connectors.ports import Connector
 from connectors.secrets import SecretStore, connection_path, staged_path
 from core import audit
@@ -46,15 +48,9 @@ class ConnectionActivities:
         """Ask the vendor who the credentials act as: the staged ones for a connect, the
         stored ones otherwise. A refusal is an outcome; a vendor that cannot answer now is
         retried (its ``Retry-After`` honoured)."""
-        path = _credentials_path(command)
-        credentials = await self._secrets.get(path)
-        if credentials is None:
-            return CheckOutcome(
-                health=ConnectionHealth.AUTH_FAILED, error="No credentials are stored."
-            )
         try:
-            async with registry.client_from_settings(self._settings) as http:
-                account = await self._open(command, credentials, http).verify()
+            async with self._open(command, _credentials_path(command)) as connector:
+                account = await connector.verify()
         except AuthFailed as exc:
             return CheckOutcome(health=ConnectionHealth.AUTH_FAILED, error=exc.message)
         except ConnectorError as exc:
@@ -67,6 +63,38 @@ class ConnectionActivities:
             health=ConnectionHealth.HEALTHY,
             account=VerifiedAccount.model_validate(account, from_attributes=True),
         )
+
+    @activity.defn
+    async def exchange_authorization_code(self, command: ConnectionCommand) -> CheckOutcome:
+        """Trade the authorization code the callback staged for tokens, staged in its place;
+        a refused code is an outcome (the consent must be given again)."""
+        staged = staged_path(command.tenant_id, command.connection_id)
+        grant = await self._secrets.get(staged)
+        spec = registry.get_spec(command.connector_id)
+        client = oauth_client(self._settings, spec)
+        if grant is None or "authorization_code" not in grant or client is None:
+            return CheckOutcome(
+                health=ConnectionHealth.AUTH_FAILED, error="No authorization code to exchange."
+            )
+        context = registry.context_from_settings(self._settings)
+        try:
+            async with registry.client_from_settings(self._settings) as http:
+                tokens = await exchange_code(
+                    spec,
+                    spec.settings_model.model_validate(command.settings),
+                    client,
+                    code=grant["authorization_code"],
+                    redirect_uri=grant["redirect_uri"],
+                    http=http,
+                    context=context,
+                )
+        except AuthFailed as exc:
+            await self._secrets.delete(staged)
+            return CheckOutcome(health=ConnectionHealth.AUTH_FAILED, error=exc.message)
+        except ConnectorError as exc:
+            raise as_application_error(exc) from None
+        await self._secrets.put(staged, registry.dump_credentials(tokens))
+        return CheckOutcome(health=ConnectionHealth.HEALTHY)
 
     @activity.defn
     async def adopt_credentials(self, command: ConnectionCommand) -> None:
@@ -129,10 +157,9 @@ class ConnectionActivities:
         """Revoke the credentials at the vendor where it can, delete them, mark the connection
         disconnected and audit it. A vendor that cannot revoke does not hold this up."""
         path = connection_path(command.tenant_id, command.connection_id)
-        credentials = await self._secrets.get(path)
         revoked = False
-        if credentials is not None:
-            revoked = await self._revoke(command, credentials)
+        if await self._secrets.get(path) is not None:
+            revoked = await self._revoke(command, path)
             await self._secrets.delete(path)
         async with transaction(self._sessions) as session:
             row = await session.scalar(
@@ -155,10 +182,11 @@ class ConnectionActivities:
             await session.flush()
             return ConnectionView.of(row)
 
-    async def _revoke(self, command: ConnectionCommand, credentials: dict[str, Any]) -> bool:
+    async def _revoke(self, command: ConnectionCommand, path: str) -> bool:
         try:
-            async with registry.client_from_settings(self._settings) as http:
-                return await self._open(command, credentials, http).revoke()
+            async with self._open(command, path) as connector:
+                revoked: bool = await connector.revoke()
+                return revoked
         except (ConnectorError, ValidationError) as exc:
             log.warning(
                 "connection %s: revoking at the vendor failed: %s", command.connection_id, exc
@@ -166,15 +194,17 @@ class ConnectionActivities:
             return False
 
     def _open(
-        self, command: ConnectionCommand, credentials: dict[str, Any], http: httpx.AsyncClient
-    ) -> Connector:
-        return registry.open_connector(
-            command.connector_id,
-            command.settings,
-            credentials,
-            http,
-            registry.context_from_settings(self._settings),
-            auth_kind=cast(registry.AuthKind, command.auth_kind),
+        self, command: ConnectionCommand, path: str
+    ) -> AbstractAsyncContextManager[Connector]:
+        return open_connection(
+            self._settings,
+            self._secrets,
+            tenant_id=command.tenant_id,
+            connection_id=command.connection_id,
+            connector_id=command.connector_id,
+            auth_kind=command.auth_kind,
+            connection_settings=command.settings,
+            credentials_path=path,
         )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -46,6 +46,13 @@ def normalize_database_url(value: str) -> str:
             "(use postgresql:// or sqlite://)"
         )
     return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+class OAuthClientConfig(BaseModel):
+    """One OAuth application of this platform at a vendor."""
+
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
 
 
 class Settings(BaseSettings):
@@ -221,6 +228,16 @@ class Settings(BaseSettings):
     connector_allow_private_urls: bool = False
     connector_max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     connector_timeout_seconds: float = Field(default=30, gt=0)
+    # Vendors' fixed origins (https://api.hubapi.com, https://accounts.zoho.eu, ...) replaced by
+    # others, as a JSON object: for tests and local development against vendor peers. Those
+    # hosts receive the platform's OAuth client secrets: set by operators only, never per tenant.
+    connector_vendor_origins: dict[str, str] = {}
+
+    # This platform's OAuth applications at vendors, by connector id, as a JSON object:
+    # {"hubspot": {"client_id": "...", "client_secret": "..."}}. Consent for an OAuth connection
+    # must come back within oauth_consent_minutes.
+    oauth_clients: dict[str, OAuthClientConfig] = {}
+    oauth_consent_minutes: int = Field(default=15, ge=1, le=24 * 60)
 
     # Tenants' credentials and keys: Vault (or OpenBao) when an address is set, authenticated by
     # a token or AppRole; else encrypted files under data_dir/secrets/vault.

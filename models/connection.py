@@ -9,7 +9,7 @@ workflow history. Every change goes through ``ConnectionWorkflow`` (``connection
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -72,6 +72,8 @@ class ConnectionCommand(BaseModel):
     auth_kind: str = Field(max_length=32)
     label: str = Field(default="", max_length=200)
     settings: dict[str, Any] = {}
+    # An OAuth connect waits this long for the provider's redirect (the consent) first.
+    consent_timeout: timedelta | None = None
 
 
 class VerifiedAccount(BaseModel):
@@ -123,8 +125,18 @@ class ConnectionView(BaseModel):
 
 
 class ConnectionOutcome(BaseModel):
-    """What one run of the connection workflow did."""
+    """What one run of the connection workflow did (``consent_expired``: an OAuth consent did
+    not come back in time)."""
 
     action: ConnectionAction
     check: CheckOutcome | None = None
     connection: ConnectionView | None = None
+    consent_expired: bool = False
+
+
+class OAuthStart(BaseModel):
+    """Where the tenant admin gives consent, and until when the attempt waits for it."""
+
+    connection_id: uuid.UUID
+    authorize_url: str
+    expires_at: datetime

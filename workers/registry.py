@@ -98,6 +98,7 @@ def connection_activities(sessions: SessionFactory, settings: Settings) -> list[
     connections = ConnectionActivities(sessions, settings, secret_store_from_settings(settings))
     return [
         connections.check_credentials,
+        connections.exchange_authorization_code,
         connections.adopt_credentials,
         connections.discard_staged_credentials,
         connections.record_connection,

@@ -5,6 +5,7 @@ store by the connection's id."""
 from __future__ import annotations
 
 import uuid
+from contextlib import suppress
 from datetime import timedelta
 
 from temporalio import workflow
@@ -38,7 +39,9 @@ def workflow_id(connection_id: uuid.UUID) -> str:
 class ConnectionWorkflow:
     """Carry out one change to a connection, then end (one change at a time per connection).
 
-    - **connect** (also a reconnect): check the staged credentials with the vendor; accepted,
+    - **connect** (also a reconnect): for an OAuth vendor, first wait (at most
+      ``consent_timeout``) for the provider's redirect and exchange its code for tokens; then
+      check the staged credentials with the vendor; accepted,
       they replace the connection's credentials and the connection is recorded ``connected``
       and ``healthy``; refused, they are discarded and nothing changes.
     - **test**: check the stored credentials and record the connection's health.
@@ -48,23 +51,25 @@ class ConnectionWorkflow:
     ``BizStatus`` ends as the connection's health (or ``disconnected``).
     """
 
+    def __init__(self) -> None:
+        self._consent: bool | None = None
+
     @workflow.run
     async def run(self, command: ConnectionCommand) -> ConnectionOutcome:
         """Run the command's action and return what it found."""
         if command.action is ConnectionAction.DISCONNECT:
             return await self._disconnect(command)
+        if command.consent_timeout is not None:
+            refused = await self._oauth_grant(command, command.consent_timeout)
+            if refused is not None:
+                return refused
         check = await self._check(command)
         self._publish(check.health.value)
         if command.action is ConnectionAction.TEST:
             view = await self._record(command, check)
             return ConnectionOutcome(action=command.action, check=check, connection=view)
         if check.health is not ConnectionHealth.HEALTHY:
-            await workflow.execute_activity(
-                "discard_staged_credentials",
-                command,
-                start_to_close_timeout=_STORE_TIMEOUT,
-                summary="forget the refused credentials",
-            )
+            await self._discard(command)
             return ConnectionOutcome(action=command.action, check=check)
         await workflow.execute_activity(
             "adopt_credentials",
@@ -74,6 +79,53 @@ class ConnectionWorkflow:
         )
         view = await self._record(command, check)
         return ConnectionOutcome(action=command.action, check=check, connection=view)
+
+    @workflow.signal
+    def consent(self, given: bool) -> None:
+        """The provider sent the tenant admin back: consent given (the API staged the
+        authorization code in the secret store) or denied. Only the first answer counts."""
+        if self._consent is None:
+            self._consent = given
+
+    async def _oauth_grant(
+        self, command: ConnectionCommand, wait: timedelta
+    ) -> ConnectionOutcome | None:
+        """Wait for the consent, then exchange its code for tokens (staged for the check);
+        the outcome when there is nothing to check."""
+        until = workflow.now() + wait
+        workflow.set_current_details(f"waiting for consent until {until:%Y-%m-%d %H:%M} UTC")
+        with suppress(TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._consent is not None, timeout=wait, timeout_summary="consent expiry"
+            )
+        if not self._consent:
+            await self._discard(command)
+            reason = "The consent was denied." if self._consent is False else "Consent expired."
+            return ConnectionOutcome(
+                action=command.action,
+                check=CheckOutcome(health=ConnectionHealth.AUTH_FAILED, error=reason),
+                consent_expired=self._consent is None,
+            )
+        exchanged: CheckOutcome = await workflow.execute_activity(
+            "exchange_authorization_code",
+            command,
+            result_type=CheckOutcome,
+            start_to_close_timeout=timedelta(seconds=15),
+            schedule_to_close_timeout=_CHECK_WINDOW,
+            summary="exchange the authorization code for tokens",
+        )
+        if exchanged.health is ConnectionHealth.HEALTHY:
+            return None
+        await self._discard(command)
+        return ConnectionOutcome(action=command.action, check=exchanged)
+
+    async def _discard(self, command: ConnectionCommand) -> None:
+        await workflow.execute_activity(
+            "discard_staged_credentials",
+            command,
+            start_to_close_timeout=_STORE_TIMEOUT,
+            summary="forget the refused credentials",
+        )
 
     async def _record(self, command: ConnectionCommand, check: CheckOutcome) -> ConnectionView:
         view: ConnectionView = await workflow.execute_activity(

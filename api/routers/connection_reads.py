@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
@@ -22,6 +22,7 @@ from api.deps import CurrentPrincipal, SessionDep, SettingsDep
 from api.ratelimit import RateLimits
 from api.tenancy import owned
 from connectors import registry
+from connectors.access import open_connection
 from connectors.analytics import ReportRequest
 from connectors.cms import PostQuery
 from connectors.commerce import SyncQuery
@@ -35,7 +36,7 @@ from connectors.http import (
     VendorUnavailable,
 )
 from connectors.ports import ListQuery
-from connectors.secrets import connection_path, secret_store_from_settings
+from connectors.secrets import secret_store_from_settings
 from core.errors import Conflict, NotFound, Problem, TooManyRequests, Unprocessable
 from core.security import Principal
 from core.settings import Settings
@@ -182,21 +183,16 @@ def _listing(kind: str, resource: str) -> tuple[str, type[ListQuery]]:
 async def _call(settings: Settings, row: Connection, read: Any) -> Any:
     """Open the connection's port with its stored credentials and run ``read`` on it; the
     vendor's failures become problems (never a credential in them)."""
-    credentials = await secret_store_from_settings(settings).get(
-        connection_path(row.tenant_id, row.id)
-    )
-    if credentials is None:
-        raise Conflict("This connection has no credentials; connect it again.")
     try:
-        async with registry.client_from_settings(settings) as http:
-            port = registry.open_connector(
-                row.connector_id,
-                row.settings,
-                credentials,
-                http,
-                registry.context_from_settings(settings),
-                auth_kind=cast(registry.AuthKind, row.auth_kind),
-            )
+        async with open_connection(
+            settings,
+            secret_store_from_settings(settings),
+            tenant_id=row.tenant_id,
+            connection_id=row.id,
+            connector_id=row.connector_id,
+            auth_kind=row.auth_kind,
+            connection_settings=row.settings,
+        ) as port:
             return await read(port)
     except InvalidCursor:
         raise Unprocessable("The cursor is not one this connection handed out.") from None

@@ -9,8 +9,10 @@ vendor has accepted them.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, cast
 
+import jwt
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select, tuple_
@@ -22,6 +24,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from api import workflow_calls
 from api.billing_guard import read_only_guard
@@ -29,6 +32,7 @@ from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, req
 from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
 from connectors import registry
+from connectors.oauth import authorize_url, oauth_client
 from connectors.secrets import secret_store_from_settings, staged_path
 from core import search
 from core.errors import Conflict, NotFound, Problem, Unprocessable
@@ -43,16 +47,56 @@ from models.connection import (
     ConnectionOutcome,
     ConnectionStatus,
     ConnectionView,
+    OAuthStart,
 )
 from models.user import Role
 from workflows.connection import PROCESS, ConnectionWorkflow, workflow_id
 
 router = APIRouter(prefix="/api/v1", tags=["connections"], dependencies=[read_only_guard])
+# The provider's redirect carries no bearer token: the signed state authenticates it.
+callback_router = APIRouter(prefix="/api/v1", tags=["connections"])
 TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN))]
 
 
 class CredentialsRejected(Problem):
     status, slug, title = 422, "credentials-rejected", "The vendor refused the credentials"
+
+
+class InvalidOAuthState(Problem):
+    status, slug, title = 400, "invalid-oauth-state", "Invalid consent callback"
+
+
+_STATE_AUDIENCE = "bizosaas:connection-consent"
+
+
+def oauth_state(
+    settings: Settings, connection_id: uuid.UUID, tenant_id: uuid.UUID, expires_at: datetime
+) -> str:
+    """The signed ``state`` of one consent attempt: it names the connection and its tenant."""
+    claims = {
+        "aud": _STATE_AUDIENCE,
+        "cid": str(connection_id),
+        "tid": str(tenant_id),
+        "exp": expires_at,
+    }
+    return jwt.encode(claims, settings.jwt_signing_key(), algorithm="HS256")
+
+
+def read_oauth_state(settings: Settings, state: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The connection and tenant a ``state`` names; 400 for a forged or expired one."""
+    try:
+        claims = jwt.decode(
+            state,
+            settings.jwt_signing_key(),
+            algorithms=["HS256"],
+            audience=_STATE_AUDIENCE,
+            options={"require": ["exp", "aud", "cid", "tid"]},
+        )
+        return uuid.UUID(claims["cid"]), uuid.UUID(claims["tid"])
+    except (jwt.InvalidTokenError, ValueError, KeyError):
+        raise InvalidOAuthState(
+            "The consent callback's state is not valid or has expired."
+        ) from None
 
 
 class ConnectRequest(BaseModel):
@@ -122,6 +166,96 @@ async def connect(
         ),
     )
     return _connected(await _run(client, settings, command))
+
+
+@router.post(
+    "/connections/oauth",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Connect a system through its consent screen",
+)
+async def connect_with_consent(
+    body: ConnectRequest,
+    principal: TenantAdmin,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> OAuthStart:
+    """Start an OAuth connection: send the browser to ``authorize_url``; the provider returns
+    it to the callback, which completes the connection. The attempt expires at
+    ``expires_at``."""
+    spec = _spec(body.connector_id)
+    if "oauth2_authorization_code" not in spec.auth_kinds:
+        raise Unprocessable(f"{spec.display_name} has no consent screen to connect with.")
+    platform_client = oauth_client(settings, spec)
+    if platform_client is None:
+        raise Unprocessable(f"No OAuth application is configured for {spec.display_name}.")
+    try:
+        connection_settings, _ = spec.split_form(body.form, "oauth2_authorization_code")
+    except ValidationError as exc:
+        raise _invalid_form(exc) from None
+    await ensure_room_for_connection(session, settings.billing_plans, principal.tenant_id)
+    wait = timedelta(minutes=settings.oauth_consent_minutes)
+    command = ConnectionCommand(
+        action=ConnectionAction.CONNECT,
+        connection_id=uuid.uuid4(),
+        tenant_id=principal.tenant_id,
+        requested_by=principal.user_id,
+        connector_id=spec.id,
+        auth_kind="oauth2_authorization_code",
+        label=body.label,
+        settings=connection_settings.model_dump(mode="json"),
+        consent_timeout=wait,
+    )
+    async with workflow_calls.deadline(settings):
+        await client.start_workflow(
+            ConnectionWorkflow.run, command, **_start_options(command, settings)
+        )
+    expires_at = datetime.now(UTC) + wait
+    url = authorize_url(
+        spec,
+        connection_settings,
+        platform_client,
+        redirect_uri=_redirect_uri(settings),
+        state=oauth_state(settings, command.connection_id, principal.tenant_id, expires_at),
+        context=registry.context_from_settings(settings),
+    )
+    return OAuthStart(connection_id=command.connection_id, authorize_url=url, expires_at=expires_at)
+
+
+@callback_router.get(
+    "/connections/oauth/callback", summary="Where the provider returns after consent"
+)
+async def oauth_callback(
+    state: Annotated[str, Query(max_length=2000)],
+    client: TemporalDep,
+    settings: SettingsDep,
+    code: Annotated[str | None, Query(max_length=2000)] = None,
+    error: Annotated[str | None, Query(max_length=200)] = None,
+) -> ConnectionView:
+    """The signed ``state`` names the attempt (400 when forged, expired or used). The code is
+    staged in the secret store, never sent to the workflow; the answer is the connection, or
+    422 when the consent was denied or the vendor refused the code."""
+    connection_id, tenant_id = read_oauth_state(settings, state)
+    store = secret_store_from_settings(settings)
+    staged = staged_path(tenant_id, connection_id)
+    given = code is not None and error is None
+    if given:
+        if await store.get(staged) is not None:
+            raise InvalidOAuthState("This consent was already received.")
+        await store.put(
+            staged, {"authorization_code": code, "redirect_uri": _redirect_uri(settings)}
+        )
+    handle = client.get_workflow_handle_for(ConnectionWorkflow.run, workflow_id(connection_id))
+    try:
+        async with workflow_calls.deadline(settings):
+            await handle.signal(ConnectionWorkflow.consent, given)
+            outcome: ConnectionOutcome = await handle.result()
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        await store.delete(staged)
+        raise InvalidOAuthState("This consent link was already used or has expired.") from None
+    return _connected(outcome)
 
 
 @router.get("/connections", summary="Your tenant's connections")
@@ -211,6 +345,16 @@ async def disconnect(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+def _invalid_form(exc: ValidationError) -> Unprocessable:
+    return Unprocessable(
+        "The connection form has invalid fields.",
+        errors=[
+            {"loc": ["body", "form", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_input=False, include_url=False)
+        ],
+    )
+
+
 def _spec(connector_id: str) -> registry.ConnectorSpec:
     try:
         return registry.get_spec(connector_id)
@@ -251,21 +395,14 @@ async def _stage(
     if auth_kind not in spec.auth_kinds:
         raise Unprocessable(f"{spec.display_name} does not accept {auth_kind} credentials.")
     if auth_kind == "oauth2_authorization_code":
-        others = [kind for kind in spec.auth_kinds if kind != auth_kind]
         raise Unprocessable(
-            f"Connecting {spec.display_name} through its consent screen is not available; "
-            f"use one of: {', '.join(others) or 'none'}."
+            f"{spec.display_name} connects through its consent screen: "
+            "POST /api/v1/connections/oauth."
         )
     try:
         connection_settings, credentials = spec.split_form(form, auth_kind)
     except ValidationError as exc:
-        raise Unprocessable(
-            "The connection form has invalid fields.",
-            errors=[
-                {"loc": ["body", "form", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_input=False, include_url=False)
-            ],
-        ) from None
+        raise _invalid_form(exc) from None
     assert credentials is not None
     await secret_store_from_settings(settings).put(
         staged_path(tenant_id, command_of), registry.dump_credentials(credentials)
@@ -278,24 +415,33 @@ async def _run(client: Client, settings: Settings, command: ConnectionCommand) -
     try:
         async with workflow_calls.deadline(settings):
             handle = await client.start_workflow(
-                ConnectionWorkflow.run,
-                command,
-                id=workflow_id(command.connection_id),
-                task_queue=settings.temporal_task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                static_summary=f"Connection {command.connector_id}: {command.action.value}",
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(search.TENANT_ID, str(command.tenant_id)),
-                        SearchAttributePair(search.BIZ_PROCESS, PROCESS),
-                    ]
-                ),
+                ConnectionWorkflow.run, command, **_start_options(command, settings)
             )
             outcome: ConnectionOutcome = await handle.result()
     except WorkflowAlreadyStartedError:
         raise Conflict("Another change to this connection is running; try again.") from None
     return outcome
+
+
+def _start_options(command: ConnectionCommand, settings: Settings) -> dict[str, Any]:
+    """One change at a time per connection (a second start is refused, not queued)."""
+    return {
+        "id": workflow_id(command.connection_id),
+        "task_queue": settings.temporal_task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.FAIL,
+        "id_reuse_policy": WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        "static_summary": f"Connection {command.connector_id}: {command.action.value}",
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(search.TENANT_ID, str(command.tenant_id)),
+                SearchAttributePair(search.BIZ_PROCESS, PROCESS),
+            ]
+        ),
+    }
+
+
+def _redirect_uri(settings: Settings) -> str:
+    return settings.public_api_url.rstrip("/") + "/api/v1/connections/oauth/callback"
 
 
 def _connected(outcome: ConnectionOutcome) -> ConnectionView:

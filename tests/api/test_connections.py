@@ -7,29 +7,33 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from connectors.crm.hubspot import API_BASE
 from connectors.secrets import connection_path, secret_store_from_settings, staged_path
 from core.db import SessionFactory, transaction
-from core.settings import Settings
+from core.settings import OAuthClientConfig, Settings
 from models.audit import AuditEntry
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.tenant import Tenant
 from models.user import Role
 from tests.factories import Member, member
 from tests.history import decoded_history
+from tests.peers.hubspot import CLIENT_ID, CLIENT_SECRET, HubSpotPeer
 from tests.peers.wordpress import WordPressSite
 from workers.main import build_worker
 from workflows.connection import workflow_id
 
-pytest_plugins = ["tests.peers.wordpress"]
+pytest_plugins = ["tests.peers.wordpress", "tests.peers.hubspot"]
 
 
 @pytest.fixture
@@ -282,3 +286,100 @@ async def test_live_reads_come_from_the_tenants_own_system(
     refused = [a for a in answers if a.status_code == 429]
     assert refused, [a.status_code for a in answers]
     assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+
+
+@pytest.fixture
+async def hubspot_api(
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+    temporal_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    sessions: SessionFactory,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API and a worker whose HubSpot is the peer, with this platform's OAuth app there."""
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {API_BASE: hubspot_peer.url},
+            "oauth_clients": {
+                "hubspot": OAuthClientConfig(
+                    client_id=CLIENT_ID, client_secret=SecretStr(CLIENT_SECRET)
+                )
+            },
+        }
+    )
+    async with build_worker(temporal_env.client, sessions, peered):
+        app = create_app(peered, temporal_env.client, engine)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+
+
+async def test_oauth_consent_connects_and_tokens_refresh_into_the_store(
+    hubspot_api: httpx.AsyncClient,
+    hubspot_peer: HubSpotPeer,
+    sessions: SessionFactory,
+    settings: Settings,
+) -> None:
+    api, admin = hubspot_api, await member(sessions, settings)
+    started = await api.post(
+        "/api/v1/connections/oauth",
+        json={"connector_id": "hubspot", "label": "CRM", "form": {}},
+        headers=admin.headers,
+    )
+    assert started.status_code == 202, started.text
+    query = parse_qs(urlsplit(started.json()["authorize_url"]).query)
+    assert query["client_id"] == [CLIENT_ID]
+    assert query["redirect_uri"] == [settings.public_api_url + "/api/v1/connections/oauth/callback"]
+    state = query["state"][0]
+
+    # The tenant admin consents; HubSpot sends the browser back with a code.
+    hubspot_peer.authorization_codes.add("consent-code-1")
+    callback = "/api/v1/connections/oauth/callback"
+    back = await api.get(callback, params={"state": state, "code": "consent-code-1"})
+    assert back.status_code == 200, back.text
+    assert back.json()["health"] == "healthy"
+    connection_id = uuid.UUID(back.json()["connection_id"])
+    stored = await secret_store_from_settings(settings).get(
+        connection_path(admin.tenant_id, connection_id)
+    )
+    assert stored is not None
+    assert stored["access_token"] in hubspot_peer.access_tokens
+    assert stored["refresh_token"] in hubspot_peer.refresh_tokens
+
+    replayed = await api.get(callback, params={"state": state, "code": "consent-code-1"})
+    assert replayed.status_code == 400
+    forged = await api.get(callback, params={"state": state[:-2] + "xx", "code": "c"})
+    assert forged.status_code == 400
+
+    # An expired access token is refreshed by the connector and written back to the store.
+    hubspot_peer.expire(stored["access_token"])
+    contacts = await api.get(f"/api/v1/connections/{connection_id}/contacts", headers=admin.headers)
+    assert contacts.status_code == 200, contacts.text
+    refreshed = await secret_store_from_settings(settings).get(
+        connection_path(admin.tenant_id, connection_id)
+    )
+    assert refreshed is not None
+    assert refreshed["access_token"] != stored["access_token"]
+
+
+async def test_a_denied_or_unknown_code_keeps_nothing(
+    hubspot_api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    api, admin = hubspot_api, await member(sessions, settings)
+    for params in ({"error": "access_denied"}, {"code": "never-issued"}):
+        started = await api.post(
+            "/api/v1/connections/oauth",
+            json={"connector_id": "hubspot", "label": "CRM", "form": {}},
+            headers=admin.headers,
+        )
+        state = parse_qs(urlsplit(started.json()["authorize_url"]).query)["state"][0]
+        back = await api.get(
+            "/api/v1/connections/oauth/callback", params={"state": state, **params}
+        )
+        assert back.status_code == 422, back.text
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Connection).where(Connection.tenant_id == admin.tenant_id)
+        )
+        assert list(rows) == []

@@ -752,3 +752,32 @@ async def test_connection_lifecycle(
             outcome: ConnectionOutcome = await handle.result()
             assert (outcome.connection is None) == (name == "connection-refused"), outcome
             await record(client, name, handle.id, handle.result_run_id)
+
+
+async def test_connection_consent_expired(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """An OAuth connect whose consent never comes back."""
+    admin = await member(sessions, settings)
+    command = ConnectionCommand(
+        action=ConnectionAction.CONNECT,
+        connection_id=uuid.uuid4(),
+        tenant_id=admin.tenant_id,
+        requested_by=admin.user_id,
+        connector_id="hubspot",
+        auth_kind="oauth2_authorization_code",
+        label="CRM",
+        consent_timeout=timedelta(minutes=15),
+    )
+    client = time_skipping_env.client
+    async with build_worker(client, sessions, settings):
+        handle = await client.start_workflow(
+            ConnectionWorkflow.run,
+            command,
+            id=connection_workflow_id(command.connection_id),
+            task_queue=settings.temporal_task_queue,
+        )
+        await time_skipping_env.sleep(timedelta(minutes=16))
+        outcome: ConnectionOutcome = await handle.result()
+        assert outcome.consent_expired
+        await record(client, "connection-consent-expired", handle.id, handle.result_run_id)

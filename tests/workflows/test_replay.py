@@ -70,6 +70,7 @@ EXPECTED = {
     "connection-connected",
     "connection-tested",
     "connection-disconnected",
+    "connection-consent-expired",
 }
 
 
