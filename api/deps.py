@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,11 +17,87 @@ from temporalio.client import Client
 
 from connectors.storage import ObjectStorage
 from core.db import SessionFactory
-from core.errors import Forbidden, MfaEnrolmentRequired, Unauthorized
+from core.errors import Forbidden, MfaEnrolmentRequired, MfaStepUpRequired, Unauthorized
 from core.identity import live_session
 from core.security import InvalidToken, Principal, read_access_token
 from core.settings import Settings
+from models.base import utcnow
+from models.identity import AuthSession
 from models.user import Membership, Role, User
+
+# No body of this API nests deeper; deeper documents only cost (and overflow serializers).
+MAX_JSON_DEPTH = 32
+_UNSAFE = re.compile("[\x00\ud800-\udfff]")
+
+
+class _NotJson(str):
+    """``NaN``, ``Infinity`` or ``-Infinity``: Python's parser accepts them, JSON does not."""
+
+
+def _printable(loc: list[str]) -> list[str]:
+    return [part.encode("utf-8", "backslashreplace").decode() for part in loc]
+
+
+def json_body_problems(document: Any) -> Iterator[dict[str, Any]]:
+    """Field errors for what no JSON body may hold: nesting deeper than ``MAX_JSON_DEPTH``,
+    ``NaN`` and infinities (not JSON at all), and strings (keys included) with NUL characters or
+    lone surrogates.
+
+    JSON can spell both (``"\\u0000"``, ``"\\ud800"``), but neither can be encoded as UTF-8
+    for a workflow payload, nor stored by PostgreSQL. Walked without recursion.
+    """
+    stack: list[tuple[Any, list[str]]] = [(document, ["body"])]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, dict | list) and len(loc) > MAX_JSON_DEPTH:
+            yield {
+                "loc": _printable(loc),
+                "msg": f"nested deeper than {MAX_JSON_DEPTH} levels",
+                "type": "too_deep",
+            }
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                stack.append((key, loc))
+                stack.append((item, [*loc, str(key)]))
+        elif isinstance(value, list):
+            stack.extend((item, [*loc, str(index)]) for index, item in enumerate(value))
+        elif isinstance(value, _NotJson):
+            yield {
+                "loc": _printable(loc),
+                "msg": f"{value} is not a JSON number",
+                "type": "json_invalid",
+            }
+        elif isinstance(value, str) and _UNSAFE.search(value):
+            yield {
+                "loc": _printable(loc),
+                "msg": "text must not contain NUL characters or unpaired surrogates",
+                "type": "string_unsafe_characters",
+            }
+
+
+async def check_json_body(request: Request) -> None:
+    """App-wide: a JSON body too deep, with ``NaN`` or an infinity, or with a NUL or a lone
+    surrogate anywhere, is a 422 before any route runs.
+
+    FastAPI has already parsed (and refused malformed) JSON for routes with a body model; this
+    looks at the same bytes again. Raw-body routes (webhooks, uploads) check their own bodies.
+    """
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.body_field is None:
+        return
+    content_type = request.headers.get("content-type", "application/json").lower()
+    if "json" not in content_type:
+        return
+    raw = await request.body()
+    if not raw:
+        return
+    try:
+        document = json.loads(raw, parse_constant=_NotJson)
+    except (ValueError, RecursionError):
+        return  # FastAPI answered malformed JSON already
+    errors = [error for _, error in zip(range(20), json_body_problems(document), strict=False)]
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def get_settings(request: Request) -> Settings:
@@ -100,11 +180,32 @@ def require_role(*roles: Role) -> Callable[..., Coroutine[Any, Any, Principal]]:
     return check
 
 
-async def require_mfa(principal: CurrentPrincipal, session: SessionDep) -> Principal:
-    """Step-up: the caller must have TOTP enabled (approvers deciding, for one)."""
+async def require_mfa(
+    principal: CurrentPrincipal, session: SessionDep, settings: SettingsDep
+) -> Principal:
+    """Step-up: the caller's *session* passed MFA within ``BIZ_MFA_MAX_AGE`` (approvers deciding).
+
+    Enrolment alone is not enough: a session opened with the password before TOTP was enabled,
+    or one whose MFA is older than the window, gets 401 ``mfa-step-up-required`` with RFC 9470's
+    challenge and steps up with ``POST /api/v1/auth/mfa/step-up``. 401 rather than 403 because
+    authenticating again (more strongly) is what fixes it; a user without TOTP gets 403
+    ``mfa-enrolment-required``, which no sign-in fixes until they enrol.
+    """
     user = await session.get(User, principal.user_id)
     if user is None or not user.mfa_enabled:
         raise MfaEnrolmentRequired("Enable two-factor authentication to perform this action.")
+    auth = await session.get(AuthSession, principal.session_id)
+    max_age = int(settings.mfa_max_age.total_seconds())
+    if auth is None or auth.mfa_at is None or auth.mfa_at < utcnow() - settings.mfa_max_age:
+        raise MfaStepUpRequired(
+            "Confirm this action with a code from your authenticator app "
+            "(POST /api/v1/auth/mfa/step-up), then retry with the new access token.",
+            headers={
+                "WWW-Authenticate": 'Bearer error="insufficient_user_authentication", '
+                f'error_description="A recent second factor is required", max_age={max_age}'
+            },
+            max_age=max_age,
+        )
     return principal
 
 

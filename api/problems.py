@@ -54,7 +54,7 @@ async def _on_http(_: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else phrase
     # Keep the exception's headers: a 405 names the allowed methods in ``Allow``.
     return problem_response(
-        exc.status_code, _slug(exc.status_code), phrase, detail, headers=exc.headers
+        exc.status_code, _slug(exc.status_code), phrase, detail, headers=dict(exc.headers or {})
     )
 
 

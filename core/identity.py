@@ -97,10 +97,29 @@ def new_refresh_token(session_id: uuid.UUID) -> tuple[str, RefreshToken]:
     return token, RefreshToken(session_id=session_id, token_hash=token_digest(token))
 
 
-def access_token_for(settings: Settings, membership: Membership, session_id: uuid.UUID) -> str:
-    principal = Principal(membership.user_id, membership.tenant_id, membership.role, session_id)
+def access_token_for(settings: Settings, membership: Membership, auth: AuthSession) -> str:
+    """An access token for ``membership`` in session ``auth``, carrying how it authenticated."""
+    principal = Principal(
+        membership.user_id,
+        membership.tenant_id,
+        membership.role,
+        auth.id,
+        amr=tuple(auth.amr),
+        auth_time=auth.mfa_at or auth.created_at,
+    )
     ttl = timedelta(minutes=settings.access_token_minutes)
     return issue_access_token(principal, settings.jwt_signing_key(), ttl)
+
+
+def token_pair(
+    session: AsyncSession, settings: Settings, membership: Membership, auth: AuthSession
+) -> TokenPair:
+    """A fresh access token and a new refresh token (added to ``auth``'s family)."""
+    refresh, row = new_refresh_token(auth.id)
+    session.add(row)
+    return TokenPair(
+        access_token_for(settings, membership, auth), refresh, settings.access_token_minutes * 60
+    )
 
 
 async def open_session(
@@ -108,8 +127,15 @@ async def open_session(
     membership: Membership,
     settings: Settings,
     actor: audit.Actor,
+    *,
+    method: str = "pwd",
+    mfa: bool = False,
 ) -> TokenPair:
-    """Start a sign-in session and return its first token pair."""
+    """Start a sign-in session and return its first token pair.
+
+    ``method`` is how the user signed in (``pwd`` or ``sso``); ``mfa`` that a second factor was
+    checked too, which marks the session for actions that need MFA (see ``api.deps.require_mfa``).
+    """
     now = utcnow()
     auth = AuthSession(
         id=uuid.uuid4(),
@@ -120,16 +146,13 @@ async def open_session(
         created_at=now,
         last_used_at=now,
         expires_at=now + timedelta(days=settings.refresh_token_days),
+        method=method,
+        mfa_at=now if mfa else None,
     )
     session.add(auth)
-    refresh, row = new_refresh_token(auth.id)
-    session.add(row)
+    tokens = token_pair(session, settings, membership, auth)
     await session.flush()
-    return TokenPair(
-        access_token_for(settings, membership, auth.id),
-        refresh,
-        settings.access_token_minutes * 60,
-    )
+    return tokens
 
 
 async def revoke_session(

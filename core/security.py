@@ -26,6 +26,11 @@ class Principal:
     tenant_id: uuid.UUID
     role: Role
     session_id: uuid.UUID
+    # How the session authenticated (RFC 8176 values, e.g. ["pwd", "otp", "mfa"]) and when.
+    # Informative for clients: decisions that need MFA read the session row, which a step-up
+    # or a revocation changes at once.
+    amr: tuple[str, ...] = ()
+    auth_time: datetime | None = None
 
     @property
     def is_super_admin(self) -> bool:
@@ -35,7 +40,7 @@ class Principal:
 def issue_access_token(principal: Principal, key: str, ttl: timedelta) -> str:
     """A signed access token for ``principal`` that expires after ``ttl``."""
     now = datetime.now(UTC)
-    claims = {
+    claims: dict[str, object] = {
         "sub": str(principal.user_id),
         "tenant_id": str(principal.tenant_id),
         "role": principal.role.value,
@@ -43,7 +48,10 @@ def issue_access_token(principal: Principal, key: str, ttl: timedelta) -> str:
         "iat": now,
         "exp": now + ttl,
         "jti": uuid.uuid4().hex,
+        "amr": list(principal.amr),
     }
+    if principal.auth_time is not None:
+        claims["auth_time"] = int(principal.auth_time.timestamp())
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
@@ -58,6 +66,12 @@ def read_access_token(token: str, key: str) -> Principal:
             tenant_id=uuid.UUID(claims["tenant_id"]),
             role=Role(claims["role"]),
             session_id=uuid.UUID(claims["sid"]),
+            amr=tuple(str(method) for method in claims.get("amr", [])),
+            auth_time=(
+                datetime.fromtimestamp(int(claims["auth_time"]), UTC)
+                if "auth_time" in claims
+                else None
+            ),
         )
     except jwt.ExpiredSignatureError:
         raise InvalidToken("the access token has expired") from None

@@ -18,6 +18,7 @@ from core.errors import (
     Conflict,
     Forbidden,
     Locked,
+    MfaEnrolmentRequired,
     MfaRequired,
     Problem,
     Unauthorized,
@@ -25,13 +26,12 @@ from core.errors import (
 )
 from core.identity import (
     TokenPair,
-    access_token_for,
     membership_of,
-    new_refresh_token,
     normalize_email,
     open_session,
     revoke_session,
     token_digest,
+    token_pair,
 )
 from core.passwords import hash_password, verify_password
 from core.security import Principal
@@ -86,7 +86,8 @@ async def login(
     if new_hash is not None:
         user.password_hash = new_hash
     user.failed_logins, user.locked_until = 0, None
-    tokens = await open_session(session, membership, settings, actor)
+    # The session records whether a second factor was checked, for actions that need one.
+    tokens = await open_session(session, membership, settings, actor, mfa=user.mfa_enabled)
     await audit.append(
         session, "user.login", tenant_id=tenant_id, actor=who, data={"method": "password"}
     )
@@ -123,12 +124,12 @@ async def _second_factor_ok(
     session: AsyncSession, settings: Settings, user: User, code: str
 ) -> bool:
     """A fresh TOTP code (its step is recorded) or an unused recovery code (it is spent)."""
-    assert user.mfa_secret is not None
-    secret = settings.field_cipher().decrypt(user.mfa_secret)
-    step = mfa.accepted_step(secret, code.strip(), user.mfa_last_step)
-    if step is not None:
-        user.mfa_last_step = step
-        return True
+    if user.mfa_secret is not None:
+        secret = settings.field_cipher().decrypt(user.mfa_secret)
+        step = mfa.accepted_step(secret, code.strip(), user.mfa_last_step)
+        if step is not None:
+            user.mfa_last_step = step
+            return True
     spent = await session.execute(
         update(RecoveryCode)
         .where(
@@ -169,13 +170,7 @@ async def refresh(
     if membership is None:
         return Unauthorized("The account no longer has access; sign in again.")
     auth.last_used_at, auth.ip, auth.user_agent = now, actor.ip, actor.user_agent
-    new_token, new_row = new_refresh_token(auth.id)
-    session.add(new_row)
-    return TokenPair(
-        access_token_for(settings, membership, auth.id),
-        new_token,
-        settings.access_token_minutes * 60,
-    )
+    return token_pair(session, settings, membership, auth)
 
 
 async def logout(session: AsyncSession, principal: Principal, actor: audit.Actor) -> None:
@@ -234,4 +229,52 @@ async def disable_totp(
             {"loc": ["body", "code"], "msg": "invalid code", "type": "value_error"}])  # fmt: skip
     user.mfa_enabled, user.mfa_secret, user.mfa_last_step = False, None, None
     await session.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
+    # A factor that no longer exists vouches for no session (nor for one after re-enrolment).
+    await session.execute(
+        update(AuthSession).where(AuthSession.user_id == user.id).values(mfa_at=None)
+    )
     await audit.append(session, "user.mfa_disabled", tenant_id=principal.tenant_id, actor=actor)
+
+
+async def step_up(
+    session: AsyncSession,
+    settings: Settings,
+    principal: Principal,
+    code: str,
+    actor: audit.Actor,
+) -> TokenPair | Problem:
+    """Mark the caller's session as having passed MFA now, with a TOTP or recovery code.
+
+    Returns a fresh token pair of the same session (its ``amr`` says ``mfa``); the refresh tokens
+    handed out before are spent. A wrong code counts towards the lockout like a failed sign-in.
+    """
+    user = await _user(session, principal)
+    auth = await session.get(AuthSession, principal.session_id)
+    membership = await membership_of(session, user.id)
+    assert auth is not None  # the principal comes from a live session
+    assert membership is not None
+    if not user.mfa_enabled:
+        return MfaEnrolmentRequired("Enable two-factor authentication first.")
+    now = utcnow()
+    if user.locked_until is not None and user.locked_until > now:
+        return Locked(
+            "Too many failed sign-ins; try again later.", locked_until=str(user.locked_until)
+        )
+    if not await _second_factor_ok(session, settings, user, code):
+        failed = await _failed(session, settings, user, principal.tenant_id, actor, "mfa")
+        if isinstance(failed, Locked):
+            return failed
+        return Unprocessable("The code is wrong or was already used.", errors=[
+            {"loc": ["body", "code"], "msg": "invalid code", "type": "value_error"}])  # fmt: skip
+    user.failed_logins = 0
+    auth.mfa_at = auth.last_used_at = now
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.session_id == auth.id, RefreshToken.rotated_at.is_(None))
+        .values(rotated_at=now)
+    )
+    await audit.append(
+        session, "user.mfa_step_up", tenant_id=principal.tenant_id, actor=actor,
+        data={"session_id": str(auth.id)},
+    )  # fmt: skip
+    return token_pair(session, settings, membership, auth)

@@ -28,6 +28,15 @@ class AuthSession(Base):
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     revoked_reason: Mapped[str | None] = mapped_column(String(64))
+    # How the session signed in ("pwd" or "sso") and when it last passed a second factor
+    # (at sign-in or by a later step-up); actions that need MFA read these, not the enrolment.
+    method: Mapped[str] = mapped_column(String(16), default="pwd", server_default="pwd")
+    mfa_at: Mapped[datetime | None]
+
+    @property
+    def amr(self) -> list[str]:
+        """Authentication methods references (RFC 8176) for the access token."""
+        return [self.method, "otp", "mfa"] if self.mfa_at is not None else [self.method]
 
 
 class RefreshToken(Base):

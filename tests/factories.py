@@ -57,5 +57,6 @@ async def member(
         membership = Membership(user_id=user.id, tenant_id=tenant_id, role=role)
         session.add(membership)
         await session.flush()
-        tokens = await open_session(session, membership, settings, audit.Actor())
+        # A member with TOTP on signed in with it: the session passed MFA (see require_mfa).
+        tokens = await open_session(session, membership, settings, audit.Actor(), mfa=mfa_enabled)
     return Member(tenant_id, user.id, role, user.email, tokens.access_token, tokens.refresh_token)

@@ -63,7 +63,12 @@ def _csv(items: list[AuditItem]) -> str:
     return out.getvalue()
 
 
-@router.get("", summary="The caller's tenant audit log, newest first", response_model=AuditPage)
+@router.get(
+    "",
+    summary="The caller's tenant audit log, newest first",
+    response_model=AuditPage,
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}},
+)
 async def list_audit(
     principal: TenantAdmin,
     session: SessionDep,

@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep
 from api.ratelimit import RateLimits
@@ -20,14 +28,27 @@ router = APIRouter(prefix="/api/v1/auth", tags=["identity"])
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # No whitespace stripping: a password is taken exactly as typed (its spaces count, and its
+    # length limit is the typed length). Fields that should be trimmed say so themselves.
+    model_config = ConfigDict(extra="forbid")
+
+
+# A person's or company's name: trimmed, one line, no control characters (NUL included: the
+# database refuses it, and so does a printed invoice).
+Name = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+]
+Password = Annotated[str, Field(max_length=password_policy.MAX_LENGTH)]
 
 
 class RegisterBody(Body):
     email: EmailStr = Field(max_length=320)
-    full_name: str = Field(min_length=1, max_length=200)
-    company_name: str = Field(min_length=1, max_length=200)
-    password: str = Field(max_length=password_policy.MAX_LENGTH)
+    full_name: Name
+    company_name: Name
+    password: Password
 
     @field_validator("password")
     @classmethod
@@ -46,8 +67,8 @@ class Registered(BaseModel):
 
 
 class LoginBody(Body):
-    email: EmailStr
-    password: str = Field(max_length=password_policy.MAX_LENGTH)
+    email: EmailStr = Field(max_length=320)
+    password: Password
     totp_code: str | None = Field(default=None, max_length=32)
 
 
@@ -87,6 +108,12 @@ class TotpSetup(BaseModel):
 class CodeBody(Body):
     code: str = Field(min_length=6, max_length=32)
 
+    @field_validator("code")
+    @classmethod
+    def _trim(cls, value: str) -> str:
+        # Codes are copied from apps and e-mails with stray spaces; they are not secrets-as-typed.
+        return value.strip()
+
 
 class RecoveryCodes(BaseModel):
     recovery_codes: list[str]
@@ -106,6 +133,9 @@ def rate_limits(request: Request) -> RateLimits:
     return limits
 
 
+RateLimitsDep = Annotated[RateLimits, Depends(rate_limits)]
+
+
 def _tokens_or_raise(outcome: TokenPair | Problem) -> Tokens:
     if isinstance(outcome, Problem):
         raise outcome
@@ -119,8 +149,13 @@ async def register(
     session: SessionDep,
     client: TemporalDep,
     settings: SettingsDep,
+    limits: RateLimitsDep,
 ) -> Registered:
-    """Create the tenant (state ``onboarding``) and its ``tenant_admin``; start onboarding."""
+    """Create the tenant (state ``onboarding``) and its ``tenant_admin``; start onboarding.
+
+    409 on a taken e-mail; 429 past the per-client or the global sign-up rate.
+    """
+    await limits.registration(request_actor(request).ip or "unknown")
     registration = await register_tenant(
         session,
         client,
@@ -144,7 +179,7 @@ async def login(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    limits: Annotated[RateLimits, Depends(rate_limits)],
+    limits: RateLimitsDep,
 ) -> Tokens:
     """401 bad credentials; 401 ``mfa-required``; 423 locked out; 429 rate limited."""
     actor = request_actor(request)
@@ -236,3 +271,25 @@ async def totp_disable(
     )
     await session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/mfa/step-up", summary="Confirm this session with a one-time code")
+async def mfa_step_up(
+    body: CodeBody,
+    principal: CurrentPrincipal,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    limits: RateLimitsDep,
+) -> Tokens:
+    """Mark the caller's session as having passed two-factor authentication now.
+
+    Answers a fresh token pair of the same session (its ``amr`` lists ``mfa``); actions that need
+    MFA (deciding approvals) accept the session for ``BIZ_MFA_MAX_AGE``. 422 for a wrong or
+    reused code (counted towards the lockout), 423 while locked out, 403 without TOTP enabled.
+    """
+    actor = request_actor(request, principal)
+    await limits.login_attempt(actor.ip or "unknown", f"step-up:{principal.user_id}")
+    outcome = await signin.step_up(session, settings, principal, body.code, actor)
+    await session.commit()  # a failed code is counted even though the request fails
+    return _tokens_or_raise(outcome)

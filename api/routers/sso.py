@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -12,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from api.deps import SessionDep, SettingsDep, TemporalDep
+from api.ratelimit import RateLimits
 from api.registration import register_tenant
-from api.routers.auth import Tokens, request_actor
+from api.routers.auth import RateLimitsDep, Tokens, request_actor
 from connectors import sso
 from core import audit
 from core.errors import Conflict, Forbidden
@@ -23,6 +25,8 @@ from models.identity import SsoIdentity
 from models.user import Membership, User
 
 router = APIRouter(prefix="/api/v1/auth/sso", tags=["identity"])
+# Bounded like any name; unknown or unconfigured providers are a 404 from the connector.
+Provider = Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[a-z0-9-]+$")]
 
 
 @router.get(
@@ -31,22 +35,26 @@ router = APIRouter(prefix="/api/v1/auth/sso", tags=["identity"])
     status_code=status.HTTP_303_SEE_OTHER,
     summary="Start single sign-on with google, github, microsoft or oidc",
 )
-async def sso_login(provider: str, settings: SettingsDep) -> Response:
+async def sso_login(
+    provider: Provider, request: Request, settings: SettingsDep, limits: RateLimitsDep
+) -> Response:
     """Redirect to the provider's sign-in page; the state travels in an HTTP-only cookie.
 
-    404 when the provider is unknown or not configured.
+    404 when the provider is unknown or not configured; 429 when rate limited.
     """
+    await limits.sso(request_actor(request).ip or "unknown")
     return await sso.login_redirect(provider, settings)
 
 
 @router.get("/{provider}/callback", summary="Finish single sign-on and receive tokens")
 async def sso_callback(
-    provider: str,
+    provider: Provider,
     request: Request,
     response: Response,
     session: SessionDep,
     client: TemporalDep,
     settings: SettingsDep,
+    limits: RateLimitsDep,
 ) -> Tokens:
     """Sign in the account linked to this provider identity.
 
@@ -54,13 +62,16 @@ async def sso_callback(
     (unless that user has two-factor authentication on), or signs up a new user and tenant
     (onboarding then collects the company's details).
     400 for an incomplete callback, 401 when the provider rejects the sign-in (bad or replayed
-    code, state mismatch), 403 for an unverified address or a deactivated account.
+    code, state mismatch), 403 for an unverified address or a deactivated account, 429 when
+    rate limited (a new account also counts as a sign-up).
     """
-    account = await sso.account_from_callback(provider, settings, request)
     actor = request_actor(request)
-    membership = await _member_for(session, client, settings, account, actor)
+    await limits.sso(actor.ip or "unknown")
+    account = await sso.account_from_callback(provider, settings, request)
+    membership = await _member_for(session, client, settings, account, actor, limits)
     who = audit.Actor(membership.user_id, actor.ip, actor.user_agent)
-    tokens = await open_session(session, membership, settings, who)
+    # No second factor was checked here: the session cannot decide approvals until it steps up.
+    tokens = await open_session(session, membership, settings, who, method="sso")
     await audit.append(
         session,
         "user.login",
@@ -79,6 +90,7 @@ async def _member_for(
     settings: Settings,
     account: sso.SsoAccount,
     actor: audit.Actor,
+    limits: RateLimits,
 ) -> Membership:
     """The membership to sign in: by the identity's link, else by e-mail, else a new tenant."""
     identity = await session.scalar(
@@ -103,6 +115,7 @@ async def _member_for(
                 "to it automatically; sign in with your password and code."
             )
     else:
+        await limits.registration(actor.ip or "unknown")
         membership = await _sign_up(session, client, settings, account, actor)
     await _link(session, membership, account, actor)
     return membership
