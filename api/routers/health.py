@@ -5,14 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from api.deps import SessionDep, TemporalDep
 
 router = APIRouter(tags=["health"])
+
+
+class Health(BaseModel):
+    """``ok``, or ``unavailable`` with the failing dependency's check ``failing``."""
+
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, Literal["ok", "failing"]]
+
+
 log = logging.getLogger(__name__)
 _TIMEOUT = 2.0
 
@@ -34,7 +45,12 @@ async def _temporal_ok(client: TemporalDep) -> bool:
         return False
 
 
-@router.get("/healthz", summary="Health of the API, its database and Temporal")
+@router.get(
+    "/healthz",
+    summary="Health of the API, its database and Temporal",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "A dependency is failing"}},
+)
 async def healthz(session: SessionDep, client: TemporalDep) -> JSONResponse:
     """200 when every dependency answers; 503 naming the failing ones otherwise."""
     database, temporal = await asyncio.gather(_database_ok(session), _temporal_ok(client))
