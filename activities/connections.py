@@ -15,6 +15,7 @@ from temporalio import activity
 from connectors import registry
 from connectors.access import open_connection
 from connectors.http import AuthFailed, ConnectorError, as_application_error
+from connectors.mail import Mailer
 from connectors.oauth import exchange_code, oauth_client
 from connectors.ports import Connector
 from connectors.secrets import SecretStore, connection_path, staged_path
@@ -31,6 +32,8 @@ from models.connection import (
     ConnectionView,
     VerifiedAccount,
 )
+from models.email import EmailMessage
+from models.user import Membership, Role, User
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,13 @@ log = logging.getLogger(__name__)
 class ConnectionActivities:
     """Activities bound to the database, the secret store and the connector registry."""
 
-    def __init__(self, sessions: SessionFactory, settings: Settings, secrets: SecretStore) -> None:
+    def __init__(
+        self, sessions: SessionFactory, settings: Settings, secrets: SecretStore, mailer: Mailer
+    ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._secrets = secrets
+        self._mailer = mailer
 
     @activity.defn
     async def check_credentials(self, command: ConnectionCommand) -> CheckOutcome:
@@ -135,6 +141,8 @@ class ConnectionActivities:
                 row.settings, row.status = command.settings, ConnectionStatus.CONNECTED
                 row.label = command.label or row.label
             row.health, row.last_error, row.checked_at = check.health, check.error, now
+            if check.health is ConnectionHealth.HEALTHY:
+                row.auth_notified_at = None  # a later auth failure is news again
             if check.account is not None:
                 row.account = check.account.model_dump(mode="json")
             if command.action is ConnectionAction.CONNECT:
@@ -151,6 +159,50 @@ class ConnectionActivities:
                 )
             await session.flush()
             return ConnectionView.of(row)
+
+    @activity.defn
+    async def notify_auth_failure(self, command: ConnectionCommand) -> bool:
+        """Tell the tenant admins, once per failure episode, that the connection's credentials
+        stopped working; ``False`` when they were told already.
+
+        The e-mails go out before the episode is marked told: a retry re-sends under the same
+        keys (the mail port delivers each key once), so nobody is told twice or never.
+        """
+        async with self._sessions() as session:
+            row = await session.get(Connection, command.connection_id)
+            if row is None or row.auth_notified_at is not None:
+                return False
+            admins = (
+                await session.execute(
+                    select(User.id, User.email)
+                    .join(Membership, Membership.user_id == User.id)
+                    .where(
+                        Membership.tenant_id == command.tenant_id,
+                        Membership.role == Role.TENANT_ADMIN,
+                        User.is_active,
+                    )
+                )
+            ).all()
+        link = f"{self._settings.public_app_url.rstrip('/')}/connections/{row.id}"
+        for user_id, address in admins:
+            await self._mailer.send(
+                EmailMessage(
+                    idempotency_key=f"{activity.info().workflow_run_id}:auth-failed:{user_id}",
+                    to=address,
+                    subject=f"Reconnect {row.label}: its credentials stopped working",
+                    body=(
+                        f"The {row.connector_id} connection {row.label!r} was refused by the "
+                        f"vendor ({row.last_error or 'authentication failed'}).\n\n"
+                        f"Reconnect it with new credentials at {link}.\n"
+                    ),
+                    tenant_id=command.tenant_id,
+                )
+            )
+        async with transaction(self._sessions) as session:
+            told = await session.get(Connection, command.connection_id)
+            if told is not None:
+                told.auth_notified_at = datetime.now(UTC)
+        return True
 
     @activity.defn
     async def disconnect(self, command: ConnectionCommand) -> ConnectionView | None:

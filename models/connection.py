@@ -55,6 +55,8 @@ class Connection(Timestamped, Base):
     health: Mapped[ConnectionHealth] = mapped_column(str_enum(ConnectionHealth))
     last_error: Mapped[str | None] = mapped_column(Text)
     checked_at: Mapped[datetime | None]
+    # When the tenant admins were told the credentials stopped working (once per episode).
+    auth_notified_at: Mapped[datetime | None]
 
 
 class ConnectionCommand(BaseModel):
@@ -67,7 +69,7 @@ class ConnectionCommand(BaseModel):
     action: ConnectionAction
     connection_id: uuid.UUID
     tenant_id: uuid.UUID
-    requested_by: uuid.UUID
+    requested_by: uuid.UUID | None = None  # None: the platform noticed (a failed read)
     connector_id: str = Field(max_length=64)
     auth_kind: str = Field(max_length=32)
     label: str = Field(default="", max_length=200)

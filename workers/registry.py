@@ -95,12 +95,18 @@ def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Cal
 
 def connection_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
     """Tenants' connections to their own systems (credentials through the secret store)."""
-    connections = ConnectionActivities(sessions, settings, secret_store_from_settings(settings))
+    connections = ConnectionActivities(
+        sessions,
+        settings,
+        secret_store_from_settings(settings),
+        mailer_from_settings(settings, sessions),
+    )
     return [
         connections.check_credentials,
         connections.exchange_authorization_code,
         connections.adopt_credentials,
         connections.discard_staged_credentials,
         connections.record_connection,
+        connections.notify_auth_failure,
         connections.disconnect,
     ]

@@ -29,6 +29,7 @@ PROCESS = "connection"
 # reported unreachable rather than retried for longer.
 _CHECK_WINDOW = timedelta(seconds=20)
 _STORE_TIMEOUT = timedelta(seconds=30)
+_NOTICE_WINDOW = timedelta(hours=1)
 
 
 def workflow_id(connection_id: uuid.UUID) -> str:
@@ -44,7 +45,8 @@ class ConnectionWorkflow:
       check the staged credentials with the vendor; accepted,
       they replace the connection's credentials and the connection is recorded ``connected``
       and ``healthy``; refused, they are discarded and nothing changes.
-    - **test**: check the stored credentials and record the connection's health.
+    - **test**: check the stored credentials and record the connection's health; credentials
+      that stopped working are reported to the tenant admins (once until they work again).
     - **disconnect**: revoke at the vendor where it can, delete the credentials, record the
       connection ``disconnected``.
 
@@ -67,6 +69,8 @@ class ConnectionWorkflow:
         self._publish(check.health.value)
         if command.action is ConnectionAction.TEST:
             view = await self._record(command, check)
+            if check.health is ConnectionHealth.AUTH_FAILED:
+                await self._notify_auth_failure(command)
             return ConnectionOutcome(action=command.action, check=check, connection=view)
         if check.health is not ConnectionHealth.HEALTHY:
             await self._discard(command)
@@ -118,6 +122,19 @@ class ConnectionWorkflow:
             return None
         await self._discard(command)
         return ConnectionOutcome(action=command.action, check=exchanged)
+
+    async def _notify_auth_failure(self, command: ConnectionCommand) -> None:
+        """Tell the tenant admins (once per failure episode); a mail outage is logged."""
+        try:
+            await workflow.execute_activity(
+                "notify_auth_failure",
+                command,
+                start_to_close_timeout=timedelta(seconds=60),
+                schedule_to_close_timeout=_NOTICE_WINDOW,
+                summary="e-mail the tenant admins: reconnect",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("the reconnect notice could not be sent: %s", err.cause)
 
     async def _discard(self, command: ConnectionCommand) -> None:
         await workflow.execute_activity(

@@ -12,14 +12,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import suppress
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.deps import CurrentPrincipal, SessionDep, SettingsDep
+from api import workflow_calls
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep
 from api.ratelimit import RateLimits
+from api.routers.connections import start_options
 from api.tenancy import owned
 from connectors import registry
 from connectors.access import open_connection
@@ -40,7 +45,8 @@ from connectors.secrets import secret_store_from_settings
 from core.errors import Conflict, NotFound, Problem, TooManyRequests, Unprocessable
 from core.security import Principal
 from core.settings import Settings
-from models.connection import Connection, ConnectionStatus
+from models.connection import Connection, ConnectionAction, ConnectionCommand, ConnectionStatus
+from workflows.connection import ConnectionWorkflow
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
 
@@ -117,6 +123,7 @@ async def list_live(
     principal: CurrentPrincipal,
     session: SessionDep,
     settings: SettingsDep,
+    client: TemporalDep,
     cache: Annotated[_Cache, Depends(_cache)],
     limits: Annotated[RateLimits, Depends(_limits)],
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
@@ -136,7 +143,7 @@ async def list_live(
         await limits.connection_call(
             str(row.id), spec.rate_limit.requests, spec.rate_limit.per_seconds
         )
-        page = await _call(settings, row, lambda port: getattr(port, method)(query))
+        page = await _call(client, settings, row, lambda port: getattr(port, method)(query))
         cache.put(key, page)
     return LivePage(
         items=[item.model_dump(mode="json") for item in page.items], next_cursor=page.next_cursor
@@ -150,6 +157,7 @@ async def run_report(
     principal: CurrentPrincipal,
     session: SessionDep,
     settings: SettingsDep,
+    client: TemporalDep,
     limits: Annotated[RateLimits, Depends(_limits)],
 ) -> dict[str, Any]:
     """A report by date range, dimensions and metrics from a connected analytics system."""
@@ -158,7 +166,7 @@ async def run_report(
     if spec.kind != "analytics":
         raise NotFound("This connection has no reports.")
     await limits.connection_call(str(row.id), spec.rate_limit.requests, spec.rate_limit.per_seconds)
-    report = await _call(settings, row, lambda port: port.run_report(body))
+    report = await _call(client, settings, row, lambda port: port.run_report(body))
     dumped: dict[str, Any] = report.model_dump(mode="json")
     return dumped
 
@@ -180,7 +188,26 @@ def _listing(kind: str, resource: str) -> tuple[str, type[ListQuery]]:
         raise NotFound(f"A {kind} connection has no {resource!r} (it has: {known}).") from None
 
 
-async def _call(settings: Settings, row: Connection, read: Any) -> Any:
+async def _check_health(client: Client, settings: Settings, row: Connection) -> None:
+    """Credentials refused on a read: run the connection's check, which records the health and
+    tells the tenant admins once. One already running answers for this one too."""
+    command = ConnectionCommand(
+        action=ConnectionAction.TEST,
+        connection_id=row.id,
+        tenant_id=row.tenant_id,
+        connector_id=row.connector_id,
+        auth_kind=row.auth_kind,
+        label=row.label,
+        settings=row.settings,
+    )
+    with suppress(WorkflowAlreadyStartedError):
+        async with workflow_calls.deadline(settings):
+            await client.start_workflow(
+                ConnectionWorkflow.run, command, **start_options(command, settings)
+            )
+
+
+async def _call(client: Client, settings: Settings, row: Connection, read: Any) -> Any:
     """Open the connection's port with its stored credentials and run ``read`` on it; the
     vendor's failures become problems (never a credential in them)."""
     try:
@@ -197,6 +224,7 @@ async def _call(settings: Settings, row: Connection, read: Any) -> Any:
     except InvalidCursor:
         raise Unprocessable("The cursor is not one this connection handed out.") from None
     except AuthFailed as exc:
+        await _check_health(client, settings, row)
         raise Conflict(
             f"{exc.message} Reconnect the connection with new credentials.",
             reason="auth_failed",

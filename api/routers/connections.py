@@ -208,7 +208,7 @@ async def connect_with_consent(
     )
     async with workflow_calls.deadline(settings):
         await client.start_workflow(
-            ConnectionWorkflow.run, command, **_start_options(command, settings)
+            ConnectionWorkflow.run, command, **start_options(command, settings)
         )
     expires_at = datetime.now(UTC) + wait
     url = authorize_url(
@@ -415,7 +415,7 @@ async def _run(client: Client, settings: Settings, command: ConnectionCommand) -
     try:
         async with workflow_calls.deadline(settings):
             handle = await client.start_workflow(
-                ConnectionWorkflow.run, command, **_start_options(command, settings)
+                ConnectionWorkflow.run, command, **start_options(command, settings)
             )
             outcome: ConnectionOutcome = await handle.result()
     except WorkflowAlreadyStartedError:
@@ -423,8 +423,9 @@ async def _run(client: Client, settings: Settings, command: ConnectionCommand) -
     return outcome
 
 
-def _start_options(command: ConnectionCommand, settings: Settings) -> dict[str, Any]:
-    """One change at a time per connection (a second start is refused, not queued)."""
+def start_options(command: ConnectionCommand, settings: Settings) -> dict[str, Any]:
+    """How a connection's workflow starts: one change at a time per connection (a second
+    start is refused, not queued)."""
     return {
         "id": workflow_id(command.connection_id),
         "task_queue": settings.temporal_task_queue,

@@ -41,6 +41,7 @@ def upgrade() -> None:
         ),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("checked_at", models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("auth_notified_at", models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", models.base.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(

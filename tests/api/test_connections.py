@@ -24,11 +24,12 @@ from core.db import SessionFactory, transaction
 from core.settings import OAuthClientConfig, Settings
 from models.audit import AuditEntry
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
+from models.email import OutboundEmail
 from models.tenant import Tenant
 from models.user import Role
 from tests.factories import Member, member
 from tests.history import decoded_history
-from tests.peers.hubspot import CLIENT_ID, CLIENT_SECRET, HubSpotPeer
+from tests.peers.hubspot import CLIENT_ID, CLIENT_SECRET, PRIVATE_APP_TOKEN, HubSpotPeer
 from tests.peers.wordpress import WordPressSite
 from workers.main import build_worker
 from workflows.connection import workflow_id
@@ -383,3 +384,55 @@ async def test_a_denied_or_unknown_code_keeps_nothing(
             select(Connection).where(Connection.tenant_id == admin.tenant_id)
         )
         assert list(rows) == []
+
+
+async def _outbox(sessions: SessionFactory, tenant_id: uuid.UUID, subject: str) -> int:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(OutboundEmail).where(
+                OutboundEmail.tenant_id == tenant_id, OutboundEmail.subject.startswith(subject)
+            )
+        )
+        return len(list(rows))
+
+
+async def test_revoked_credentials_mark_the_connection_and_tell_the_admins_once(
+    hubspot_api: httpx.AsyncClient,
+    hubspot_peer: HubSpotPeer,
+    sessions: SessionFactory,
+    settings: Settings,
+) -> None:
+    api, admin = hubspot_api, await member(sessions, settings)
+    created = await api.post(
+        "/api/v1/connections",
+        json={
+            "connector_id": "hubspot",
+            "label": "Main CRM",
+            "auth_kind": "api_key",
+            "form": {"api_key": PRIVATE_APP_TOKEN},
+        },
+        headers=admin.headers,
+    )
+    assert created.status_code == 201, created.text
+    base = f"/api/v1/connections/{created.json()['connection_id']}"
+    assert (await api.get(f"{base}/contacts", headers=admin.headers)).status_code == 200
+
+    del hubspot_peer.access_tokens[PRIVATE_APP_TOKEN]  # the account's owner revokes the app
+    read = await api.get(f"{base}/companies", headers=admin.headers)
+    assert read.status_code == 409, read.text
+    assert read.json()["reason"] == "auth_failed"
+    for _ in range(100):  # the check that the failed read started runs in the background
+        view = (await api.get(base, headers=admin.headers)).json()
+        if view["health"] == "auth_failed":
+            break
+        await asyncio.sleep(0.05)
+    assert view["health"] == "auth_failed"
+    assert view["last_error"]
+    for _ in range(100):  # 409 while the background check is still running
+        again = await api.post(f"{base}/test", headers=admin.headers)
+        if again.status_code != 409:
+            break
+        await asyncio.sleep(0.05)
+    assert again.status_code == 200, again.text
+    assert again.json()["health"] == "auth_failed"
+    assert await _outbox(sessions, admin.tenant_id, "Reconnect Main CRM") == 1
