@@ -8,12 +8,13 @@ import logging
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from temporalio import activity
 
 from connectors import registry
 from connectors.access import open_connection
+from connectors.crm import CompanyDraft, ContactDraft, DealDraft
 from connectors.http import AuthFailed, ConnectorError, as_application_error
 from connectors.mail import Mailer
 from connectors.oauth import exchange_code, oauth_client
@@ -31,6 +32,8 @@ from models.connection import (
     ConnectionStatus,
     ConnectionView,
     VerifiedAccount,
+    WriteCommand,
+    WrittenRecord,
 )
 from models.email import EmailMessage
 from models.user import Membership, Role, User
@@ -205,6 +208,39 @@ class ConnectionActivities:
         return True
 
     @activity.defn
+    async def write_record(self, write: WriteCommand) -> WrittenRecord:
+        """Create the record in the tenant's CRM unless it exists (found by the write id as
+        its external id), and audit the write once."""
+        singular = _SINGULAR[write.resource]
+        draft = _DRAFTS[write.resource].model_validate(
+            {**write.record, "external_id": str(write.write_id)}
+        )
+        connection = write.connection
+        try:
+            async with self._open(
+                connection, connection_path(connection.tenant_id, connection.connection_id)
+            ) as port:
+                found = await getattr(port, f"find_{singular}_by_external_id")(str(write.write_id))
+                record = found or await getattr(port, f"create_{singular}")(draft)
+        except ConnectorError as exc:
+            raise as_application_error(exc) from None
+        async with transaction(self._sessions) as session:
+            await audit.append(
+                session,
+                f"connection.{singular}_created",
+                tenant_id=connection.tenant_id,
+                actor=audit.Actor(user_id=connection.requested_by),
+                data={"connection_id": str(connection.connection_id), "record_id": record.id},
+                idempotency_key=f"connection-write:{write.write_id}",
+            )
+        return WrittenRecord(
+            resource=write.resource,
+            record_id=record.id,
+            created=found is None,
+            record=record.model_dump(mode="json"),
+        )
+
+    @activity.defn
     async def disconnect(self, command: ConnectionCommand) -> ConnectionView | None:
         """Revoke the credentials at the vendor where it can, delete them, mark the connection
         disconnected and audit it. A vendor that cannot revoke does not hold this up."""
@@ -258,6 +294,14 @@ class ConnectionActivities:
             connection_settings=command.settings,
             credentials_path=path,
         )
+
+
+_SINGULAR = {"contacts": "contact", "companies": "company", "deals": "deal"}
+_DRAFTS: dict[str, type[BaseModel]] = {
+    "contacts": ContactDraft,
+    "companies": CompanyDraft,
+    "deals": DealDraft,
+}
 
 
 def _credentials_path(command: ConnectionCommand) -> str:

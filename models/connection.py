@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from sqlalchemy import JSON, ForeignKey, Index, String, Text
@@ -38,6 +38,12 @@ class ConnectionAction(StrEnum):
     CONNECT = "connect"  # also a reconnect: new credentials for the same connection
     TEST = "test"
     DISCONNECT = "disconnect"
+    WRITE = "write"  # the connection a ConnectionWriteWorkflow writes through
+
+
+# What a write can create in a connected CRM: created once per write id (kept at the vendor as
+# the record's external id, looked up before creating).
+WritableResource = Literal["contacts", "companies", "deals"]
 
 
 class Connection(Timestamped, Base):
@@ -142,3 +148,21 @@ class OAuthStart(BaseModel):
     connection_id: uuid.UUID
     authorize_url: str
     expires_at: datetime
+
+
+class WriteCommand(BaseModel):
+    """One record to create in a tenant's system, once: ``write_id`` is its external id there."""
+
+    write_id: uuid.UUID
+    connection: ConnectionCommand
+    resource: WritableResource
+    record: dict[str, Any]
+
+
+class WrittenRecord(BaseModel):
+    """The record as the vendor holds it; ``created`` is False when it existed already."""
+
+    resource: WritableResource
+    record_id: str
+    created: bool
+    record: dict[str, Any]

@@ -19,7 +19,7 @@ from core.settings import Settings
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import AuditVerificationWorkflow
 from workflows.billing import BillingWorkflow, UsageReportWorkflow
-from workflows.connection import ConnectionWorkflow
+from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.password_reset import PasswordResetWorkflow
 
@@ -31,6 +31,7 @@ WORKFLOWS: Sequence[type] = (
     BillingWorkflow,
     UsageReportWorkflow,
     ConnectionWorkflow,
+    ConnectionWriteWorkflow,
 )
 
 
@@ -109,4 +110,5 @@ def connection_activities(sessions: SessionFactory, settings: Settings) -> list[
         connections.record_connection,
         connections.notify_auth_failure,
         connections.disconnect,
+        connections.write_record,
     ]

@@ -22,6 +22,8 @@ with workflow.unsafe.imports_passed_through():
         ConnectionHealth,
         ConnectionOutcome,
         ConnectionView,
+        WriteCommand,
+        WrittenRecord,
     )
 
 PROCESS = "connection"
@@ -34,6 +36,10 @@ _NOTICE_WINDOW = timedelta(hours=1)
 
 def workflow_id(connection_id: uuid.UUID) -> str:
     return f"connection:{connection_id}"
+
+
+def write_workflow_id(write_id: uuid.UUID) -> str:
+    return f"connection-write:{write_id}"
 
 
 @workflow.defn
@@ -187,3 +193,32 @@ class ConnectionWorkflow:
 
     def _publish(self, status: str) -> None:
         workflow.upsert_search_attributes([BIZ_STATUS.value_set(status)])
+
+
+@workflow.defn
+class ConnectionWriteWorkflow:
+    """Create one record in a tenant's connected system, exactly once.
+
+    The write id is the record's external id at the vendor: a retry (of the activity, or of
+    the whole request with the same ``Idempotency-Key``) finds the record it created instead
+    of creating a second one. The vendor's rate limits are honoured by the activity's retries;
+    a refusal (bad data, revoked credentials) ends the write with the vendor's reason.
+    """
+
+    @workflow.run
+    async def run(self, write: WriteCommand) -> WrittenRecord:
+        """Write the record and return it as the vendor holds it."""
+        workflow.set_current_details(
+            f"creating {write.resource} in {write.connection.connector_id}"
+        )
+        written: WrittenRecord = await workflow.execute_activity(
+            "write_record",
+            write,
+            result_type=WrittenRecord,
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=timedelta(minutes=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            summary=f"create {write.resource} at {write.connection.connector_id}",
+        )
+        workflow.upsert_search_attributes([BIZ_STATUS.value_set("written")])
+        return written

@@ -1,10 +1,10 @@
-"""Live reads for the frontend's CMS, CRM, shop and analytics tabs.
+"""Live reads (and writes) for the frontend's CMS, CRM, shop and analytics tabs.
 
 BizOSaaS keeps no copy of a tenant's data: these routes read it from the tenant's own system
 through the connection's port, within the connection's rate limit (shared by every API
 process when Redis is configured), with a short in-process cache so that a tab switched back
-and forth does not call the vendor each time. Nothing is written here: writes go through
-workflows.
+and forth does not call the vendor each time. Writes (a new contact, company or deal) run as a
+``ConnectionWriteWorkflow``: retried, created once, audited.
 """
 
 from __future__ import annotations
@@ -15,23 +15,31 @@ from collections import OrderedDict
 from contextlib import suppress
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import Client
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 
 from api import workflow_calls
-from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep
+from api.billing_guard import read_only_guard
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
 from api.ratelimit import RateLimits
 from api.routers.connections import start_options
 from api.tenancy import owned
+from api.workflow_calls import IdempotencyKey
 from connectors import registry
 from connectors.access import open_connection
 from connectors.analytics import ReportRequest
 from connectors.cms import PostQuery
 from connectors.commerce import SyncQuery
-from connectors.crm import ActivityQuery
+from connectors.crm import ActivityQuery, CompanyDraft, ContactDraft, DealDraft
 from connectors.http import (
     AuthFailed,
     ConnectorError,
@@ -42,13 +50,24 @@ from connectors.http import (
 )
 from connectors.ports import ListQuery
 from connectors.secrets import secret_store_from_settings
+from core import search
 from core.errors import Conflict, NotFound, Problem, TooManyRequests, Unprocessable
 from core.security import Principal
 from core.settings import Settings
-from models.connection import Connection, ConnectionAction, ConnectionCommand, ConnectionStatus
-from workflows.connection import ConnectionWorkflow
+from models.connection import (
+    Connection,
+    ConnectionAction,
+    ConnectionCommand,
+    ConnectionStatus,
+    WritableResource,
+    WriteCommand,
+    WrittenRecord,
+)
+from models.user import Role
+from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow, write_workflow_id
 
 router = APIRouter(prefix="/api/v1/connections", tags=["connections"])
+Writer = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.USER))]
 
 # What each kind of connection can list: resource -> (port method, its query model).
 LISTINGS: dict[str, dict[str, tuple[str, type[ListQuery]]]] = {
@@ -191,20 +210,27 @@ def _listing(kind: str, resource: str) -> tuple[str, type[ListQuery]]:
 async def _check_health(client: Client, settings: Settings, row: Connection) -> None:
     """Credentials refused on a read: run the connection's check, which records the health and
     tells the tenant admins once. One already running answers for this one too."""
-    command = ConnectionCommand(
-        action=ConnectionAction.TEST,
-        connection_id=row.id,
-        tenant_id=row.tenant_id,
-        connector_id=row.connector_id,
-        auth_kind=row.auth_kind,
-        label=row.label,
-        settings=row.settings,
-    )
+    command = _as_command(row, ConnectionAction.TEST, None)
     with suppress(WorkflowAlreadyStartedError):
         async with workflow_calls.deadline(settings):
             await client.start_workflow(
                 ConnectionWorkflow.run, command, **start_options(command, settings)
             )
+
+
+def _as_command(
+    row: Connection, action: ConnectionAction, requested_by: uuid.UUID | None
+) -> ConnectionCommand:
+    return ConnectionCommand(
+        action=action,
+        connection_id=row.id,
+        tenant_id=row.tenant_id,
+        requested_by=requested_by,
+        connector_id=row.connector_id,
+        auth_kind=row.auth_kind,
+        label=row.label,
+        settings=row.settings,
+    )
 
 
 async def _call(client: Client, settings: Settings, row: Connection, read: Any) -> Any:
@@ -236,3 +262,87 @@ async def _call(client: Client, settings: Settings, row: Connection, read: Any) 
         raise TooManyRequests(exc.message, headers={"Retry-After": seconds}) from None
     except (VendorUnavailable, ConnectorError) as exc:
         raise VendorFailed(exc.message) from None
+
+
+_WRITE_DRAFTS: dict[str, type[BaseModel]] = {
+    "contacts": ContactDraft,
+    "companies": CompanyDraft,
+    "deals": DealDraft,
+}
+
+
+@router.post(
+    "/{connection_id}/{resource}",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a record in a connected CRM",
+    dependencies=[read_only_guard],
+)
+async def write_live(
+    connection_id: uuid.UUID,
+    resource: WritableResource,
+    body: dict[str, Any],
+    principal: Writer,
+    session: SessionDep,
+    settings: SettingsDep,
+    client: TemporalDep,
+    key: IdempotencyKey,
+) -> WrittenRecord:
+    """Create a contact, company or deal in the tenant's CRM, once: a retry with the same
+    ``Idempotency-Key`` answers with the record the first request created. 422 for a record
+    the form or the vendor refuses."""
+    row = await _connected(session, connection_id, principal)
+    if registry.get_spec(row.connector_id).kind != "crm":
+        raise NotFound(f"A {row.connector_id} connection has no {resource}.")
+    try:
+        record = _WRITE_DRAFTS[resource].model_validate(body)
+    except ValidationError as exc:
+        raise Unprocessable(
+            "The record has invalid fields.",
+            errors=[
+                {"loc": ["body", *map(str, e["loc"])], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_input=False, include_url=False)
+            ],
+        ) from None
+    write = WriteCommand(
+        write_id=_write_id(principal, row, resource, key),
+        connection=_as_command(row, ConnectionAction.WRITE, principal.user_id),
+        resource=resource,
+        record=record.model_dump(mode="json", exclude_none=True),
+    )
+    return await _written(client, settings, write)
+
+
+def _write_id(principal: Principal, row: Connection, resource: str, key: str | None) -> uuid.UUID:
+    if key is None:
+        return uuid.uuid4()
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"{principal.user_id}/{row.id}/{resource}/{key}")
+
+
+async def _written(client: Client, settings: Settings, write: WriteCommand) -> WrittenRecord:
+    handle = client.get_workflow_handle_for(
+        ConnectionWriteWorkflow.run, write_workflow_id(write.write_id)
+    )
+    try:
+        async with workflow_calls.deadline(settings):
+            with suppress(WorkflowAlreadyStartedError):  # a retry: its first run answers
+                handle = await client.start_workflow(
+                    ConnectionWriteWorkflow.run,
+                    write,
+                    id=write_workflow_id(write.write_id),
+                    task_queue=settings.temporal_task_queue,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                    static_summary=f"Create {write.resource} in {write.connection.connector_id}",
+                    search_attributes=TypedSearchAttributes(
+                        [
+                            SearchAttributePair(search.TENANT_ID, str(write.connection.tenant_id)),
+                            SearchAttributePair(search.BIZ_PROCESS, "connection_write"),
+                        ]
+                    ),
+                )
+            written: WrittenRecord = await handle.result()
+    except WorkflowFailureError as err:
+        cause = err.cause.cause if isinstance(err.cause, ActivityError) else err.cause
+        message = getattr(cause, "message", None) or "The connected system refused the record."
+        raise Unprocessable(message) from None
+    return written

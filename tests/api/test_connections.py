@@ -436,3 +436,46 @@ async def test_revoked_credentials_mark_the_connection_and_tell_the_admins_once(
     assert again.status_code == 200, again.text
     assert again.json()["health"] == "auth_failed"
     assert await _outbox(sessions, admin.tenant_id, "Reconnect Main CRM") == 1
+
+
+async def test_a_record_is_created_once_however_often_the_request_is_retried(
+    hubspot_api: httpx.AsyncClient,
+    hubspot_peer: HubSpotPeer,
+    sessions: SessionFactory,
+    settings: Settings,
+) -> None:
+    api, admin = hubspot_api, await member(sessions, settings)
+    created = await api.post(
+        "/api/v1/connections",
+        json={
+            "connector_id": "hubspot",
+            "label": "CRM",
+            "auth_kind": "api_key",
+            "form": {"api_key": PRIVATE_APP_TOKEN},
+        },
+        headers=admin.headers,
+    )
+    path = f"/api/v1/connections/{created.json()['connection_id']}/contacts"
+    contact = {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = await api.post(path, json=contact, headers=admin.headers | key)
+    assert first.status_code == 201, first.text
+    assert first.json()["created"] is True
+    again = await api.post(path, json=contact, headers=admin.headers | key)
+    assert again.status_code == 201, again.text
+    assert again.json()["record_id"] == first.json()["record_id"]
+    listed = await api.get(path, headers=admin.headers)
+    assert [c["email"] for c in listed.json()["items"]] == ["ada@example.com"]
+
+    bad = await api.post(path, json={"email": "not an address"}, headers=admin.headers)
+    assert bad.status_code == 422
+    reader = await member(sessions, settings, Role.READONLY, tenant_id=admin.tenant_id)
+    assert (await api.post(path, json=contact, headers=reader.headers)).status_code == 403
+    async with sessions() as session:
+        audited = await session.scalars(
+            select(AuditEntry).where(
+                AuditEntry.tenant_id == admin.tenant_id,
+                AuditEntry.action == "connection.contact_created",
+            )
+        )
+        assert len(list(audited)) == 1

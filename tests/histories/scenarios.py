@@ -35,7 +35,8 @@ from api.app import create_app
 from api.routers.onboarding import onboarding_input, start_onboarding
 from api.routers.password_reset import start_password_link
 from connectors.billing import parse_event
-from connectors.secrets import secret_store_from_settings, staged_path
+from connectors.crm.hubspot import API_BASE as HUBSPOT_API
+from connectors.secrets import connection_path, secret_store_from_settings, staged_path
 from core.db import SessionFactory, transaction
 from core.identity import membership_of
 from core.settings import Settings
@@ -50,7 +51,13 @@ from models.billing import (
     UsageMetric,
     UsageRecord,
 )
-from models.connection import ConnectionAction, ConnectionCommand, ConnectionOutcome
+from models.connection import (
+    ConnectionAction,
+    ConnectionCommand,
+    ConnectionOutcome,
+    WriteCommand,
+    WrittenRecord,
+)
 from models.email import OutboundEmail
 from models.onboarding import (
     DocumentCheck,
@@ -67,6 +74,7 @@ from models.user import Membership, Role, User
 from tests.api.test_connections import _own_password
 from tests.factories import Member, member
 from tests.histories import HISTORIES, load, replay_converter
+from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
 from tests.peers.wordpress import WordPressSite
 from tests.peers_stripe import (
     LocalStripe,
@@ -94,12 +102,12 @@ from workers.main import build_worker
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import workflow_id as audit_workflow_id
 from workflows.billing import BillingWorkflow, UsageReportWorkflow
-from workflows.connection import ConnectionWorkflow
+from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow, write_workflow_id
 from workflows.connection import workflow_id as connection_workflow_id
 from workflows.onboarding import OnboardingWorkflow, workflow_id
 from workflows.password_reset import PasswordResetWorkflow
 
-pytest_plugins = ["tests.peers_stripe", "tests.peers.wordpress"]
+pytest_plugins = ["tests.peers_stripe", "tests.peers.wordpress", "tests.peers.hubspot"]
 
 RECORDING = os.environ.get("BIZ_RECORD_HISTORIES") == "1"
 pytestmark = pytest.mark.skipif(
@@ -781,3 +789,53 @@ async def test_connection_consent_expired(
         outcome: ConnectionOutcome = await handle.result()
         assert outcome.consent_expired
         await record(client, "connection-consent-expired", handle.id, handle.result_run_id)
+
+
+async def test_connection_write(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+) -> None:
+    """A contact created in a connected HubSpot, then the same write again (found, not made)."""
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+        }
+    )
+    admin = await member(sessions, peered)
+    connection = ConnectionCommand(
+        action=ConnectionAction.WRITE,
+        connection_id=uuid.uuid4(),
+        tenant_id=admin.tenant_id,
+        requested_by=admin.user_id,
+        connector_id="hubspot",
+        auth_kind="api_key",
+        label="CRM",
+    )
+    await secret_store_from_settings(peered).put(
+        connection_path(admin.tenant_id, connection.connection_id),
+        {"api_key": PRIVATE_APP_TOKEN},
+    )
+    write = WriteCommand(
+        write_id=uuid.uuid4(),
+        connection=connection,
+        resource="contacts",
+        record={"email": "grace@example.com", "first_name": "Grace"},
+    )
+    client = time_skipping_env.client
+    async with build_worker(client, sessions, peered):
+        for name, created in (
+            ("connection-write-created", True),
+            ("connection-write-found", False),
+        ):
+            handle = await client.start_workflow(
+                ConnectionWriteWorkflow.run,
+                write,
+                id=write_workflow_id(write.write_id),
+                task_queue=peered.temporal_task_queue,
+            )
+            written: WrittenRecord = await handle.result()
+            assert written.created is created
+            await record(client, name, handle.id, handle.result_run_id)

@@ -71,6 +71,8 @@ EXPECTED = {
     "connection-tested",
     "connection-disconnected",
     "connection-consent-expired",
+    "connection-write-created",
+    "connection-write-found",
 }
 
 
