@@ -60,7 +60,6 @@ class PasswordResetWorkflow:
         self._user_id: uuid.UUID | None = None
         self._confirming = False
         self._deadline_passed = False
-        self._sending = False
         self._links = 0
         self._renewals: list[PasswordResetInput] = []
 
@@ -87,10 +86,10 @@ class PasswordResetWorkflow:
 
     @workflow.signal
     def renew(self, request: PasswordResetInput) -> None:
-        """A new request for this user's link: e-mail a new one that replaces the current one.
-
-        A request while a link is being sent is answered by that link."""
-        if request.user_id != self._user_id or self._sending or self._token_digest is None:
+        """A new request for this user's link: e-mail a new one that replaces the current one
+        (after the one being sent, if any)."""
+        # The request that started the run arrives before the run begins: the run answers it.
+        if request.user_id != self._user_id:
             return
         self._renewals.append(request)
 
@@ -134,7 +133,7 @@ class PasswordResetWorkflow:
 
     async def _send_link(self, request: PasswordResetInput, link_id: str) -> bool:
         """E-mail a link and keep its digest; ``False`` (the run ends) when it cannot be sent."""
-        self._sending, self._token_digest = True, None
+        self._token_digest = None
         info = workflow.info()
         workflow.set_current_details(f"sending the {request.purpose.value} link")
         try:
@@ -155,8 +154,6 @@ class PasswordResetWorkflow:
             workflow.logger.warning("the password link could not be e-mailed: %s", err.cause)
             self._set_status(ResetStatus.UNDELIVERABLE)
             return False
-        finally:
-            self._sending = False
         return True
 
     async def _wait_for_confirmation(self, ttl: timedelta) -> bool:
