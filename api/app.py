@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import CollectorRegistry
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
 
-from api import problems
+from api import openapi, problems
+from api.deps import check_json_body
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from api.ratelimit import RateLimits
 from api.routers import (
@@ -21,6 +22,8 @@ from api.routers import (
     auth,
     billing,
     codec,
+    connection_reads,
+    connections,
     health,
     onboarding,
     password_reset,
@@ -29,6 +32,7 @@ from api.routers import (
     users,
 )
 from connectors.storage import LocalStorage, storage_from_settings
+from core import metrics
 from core.db import session_factory
 from core.settings import Settings
 
@@ -47,6 +51,9 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         title="BizOSaaS Flow",
         version="0.1.0",
         summary="Starts, signals and reads the platform's business workflows.",
+        # No JSON body may nest too deeply or carry text that cannot be stored or encoded
+        # (NUL, lone surrogates): 422 before any route runs.
+        dependencies=[Depends(check_json_body)],
     )
     app.state.settings = settings
     app.state.temporal = temporal
@@ -70,6 +77,8 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
             allow_methods=["POST"],
             allow_headers=["authorization", "content-type", "x-namespace"],
         )
+    # First: the live reads' /connections/{id}/{resource} would shadow it.
+    app.include_router(connections.callback_router)
     for module in (
         health,
         auth,
@@ -80,11 +89,17 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         onboarding,
         approvals,
         billing,
+        connections,
+        connection_reads,
         storage,
         codec,
     ):
         app.include_router(module.router)
-    Instrumentator(registry=CollectorRegistry()).instrument(app).expose(
-        app, include_in_schema=False
-    )
+    # The served document declares every error each route answers (api/openapi.py).
+    openapi.install(app)
+    registry = metrics.api_registry()
+    Instrumentator(registry=registry).instrument(app)
+    metrics.expose(app, registry, app.state.sessions)
+    # One trace per request, continued into workflows by the Temporal client's interceptor.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,metrics")
     return app
