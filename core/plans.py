@@ -180,20 +180,8 @@ async def ensure_room_for_user(
     """Refuse one more member when the tenant's plan has no room for it (403 naming the
     limit). Call it where a member is created (an invitation), before writing anything; a
     tenant without a plan yet is not limited."""
-    plan_id = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
-    if plan_id is None:
-        return
-    plan = plan_of(plans, PlanId(plan_id))
-    limit = plan.limit(Resource.USERS)
     used = await member_count(session, tenant_id)
-    if limit is not None and used + 1 > limit:
-        raise PlanLimitReached(
-            f"The {plan.name} plan allows {limit} users and the tenant has {used}; "
-            "upgrade the plan to add more.",
-            limit=Resource.USERS.value,
-            allowed=limit,
-            used=used,
-        )
+    await _ensure_room(session, plans, tenant_id, Resource.USERS, used, "upgrade the plan")
 
 
 async def connection_count(session: AsyncSession, tenant_id: uuid.UUID) -> int:
@@ -214,17 +202,32 @@ async def ensure_room_for_connection(
 ) -> None:
     """Refuse one more connection when the tenant's plan has no room for it (403 naming the
     limit); a tenant without a plan yet is not limited."""
+    used = await connection_count(session, tenant_id)
+    advice = "upgrade the plan or disconnect one"
+    await _ensure_room(session, plans, tenant_id, Resource.CONNECTORS, used, advice)
+
+
+_NOUNS = {Resource.USERS: "users", Resource.CONNECTORS: "connections"}
+
+
+async def _ensure_room(
+    session: AsyncSession,
+    plans: Iterable[PlanSpec],
+    tenant_id: uuid.UUID,
+    resource: Resource,
+    used: int,
+    advice: str,
+) -> None:
     plan_id = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
     if plan_id is None:
         return
     plan = plan_of(plans, PlanId(plan_id))
-    limit = plan.limit(Resource.CONNECTORS)
-    used = await connection_count(session, tenant_id)
+    limit = plan.limit(resource)
     if limit is not None and used + 1 > limit:
+        noun = _NOUNS[resource]
         raise PlanLimitReached(
-            f"The {plan.name} plan allows {limit} connections and the tenant has {used}; "
-            "upgrade the plan or disconnect one.",
-            limit=Resource.CONNECTORS.value,
+            f"The {plan.name} plan allows {limit} {noun} and the tenant has {used}; {advice}.",
+            limit=resource.value,
             allowed=limit,
             used=used,
         )

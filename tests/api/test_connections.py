@@ -396,6 +396,22 @@ async def _outbox(sessions: SessionFactory, tenant_id: uuid.UUID, subject: str) 
         return len(list(rows))
 
 
+async def _hubspot_connection(api: httpx.AsyncClient, admin: Member, label: str) -> str:
+    """A HubSpot connection by private app token; its path."""
+    created = await api.post(
+        "/api/v1/connections",
+        json={
+            "connector_id": "hubspot",
+            "label": label,
+            "auth_kind": "api_key",
+            "form": {"api_key": PRIVATE_APP_TOKEN},
+        },
+        headers=admin.headers,
+    )
+    assert created.status_code == 201, created.text
+    return f"/api/v1/connections/{created.json()['connection_id']}"
+
+
 async def test_revoked_credentials_mark_the_connection_and_tell_the_admins_once(
     hubspot_api: httpx.AsyncClient,
     hubspot_peer: HubSpotPeer,
@@ -403,18 +419,7 @@ async def test_revoked_credentials_mark_the_connection_and_tell_the_admins_once(
     settings: Settings,
 ) -> None:
     api, admin = hubspot_api, await member(sessions, settings)
-    created = await api.post(
-        "/api/v1/connections",
-        json={
-            "connector_id": "hubspot",
-            "label": "Main CRM",
-            "auth_kind": "api_key",
-            "form": {"api_key": PRIVATE_APP_TOKEN},
-        },
-        headers=admin.headers,
-    )
-    assert created.status_code == 201, created.text
-    base = f"/api/v1/connections/{created.json()['connection_id']}"
+    base = await _hubspot_connection(api, admin, "Main CRM")
     assert (await api.get(f"{base}/contacts", headers=admin.headers)).status_code == 200
 
     del hubspot_peer.access_tokens[PRIVATE_APP_TOKEN]  # the account's owner revokes the app
@@ -445,17 +450,7 @@ async def test_a_record_is_created_once_however_often_the_request_is_retried(
     settings: Settings,
 ) -> None:
     api, admin = hubspot_api, await member(sessions, settings)
-    created = await api.post(
-        "/api/v1/connections",
-        json={
-            "connector_id": "hubspot",
-            "label": "CRM",
-            "auth_kind": "api_key",
-            "form": {"api_key": PRIVATE_APP_TOKEN},
-        },
-        headers=admin.headers,
-    )
-    path = f"/api/v1/connections/{created.json()['connection_id']}/contacts"
+    path = f"{await _hubspot_connection(api, admin, 'CRM')}/contacts"
     contact = {"email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace"}
     key = {"Idempotency-Key": uuid.uuid4().hex}
     first = await api.post(path, json=contact, headers=admin.headers | key)
