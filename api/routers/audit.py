@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import (
     SearchAttributePair,
@@ -26,7 +27,7 @@ from core import search
 from core.errors import NotFound
 from core.security import Principal
 from models.audit import AuditEntry, ChainReport, chain_of
-from models.user import Role
+from models.user import Membership, Role
 from workflows.audit_verification import PROCESS, AuditVerificationWorkflow, workflow_id
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -63,6 +64,25 @@ def _csv(items: list[AuditItem]) -> str:
     return out.getvalue()
 
 
+async def _without_staff(
+    session: AsyncSession, tenant_id: uuid.UUID, items: list[AuditItem]
+) -> list[AuditItem]:
+    """A tenant sees its own members as actors; platform staff who acted on it (a decider, an
+    operator) stay anonymous, as in its view of its approvals."""
+    actors = {item.actor_id for item in items if item.actor_id is not None}
+    members = set(
+        await session.scalars(
+            select(Membership.user_id).where(
+                Membership.tenant_id == tenant_id, Membership.user_id.in_(actors)
+            )
+        )
+    )
+    return [
+        item if item.actor_id in members else item.model_copy(update={"actor_id": None})
+        for item in items
+    ]
+
+
 @router.get(
     "",
     summary="The caller's tenant audit log, newest first",
@@ -91,6 +111,8 @@ async def list_audit(
         query = query.where(AuditEntry.seq < cursor)
     rows = (await session.scalars(query)).all()
     items = [AuditItem.model_validate(row, from_attributes=True) for row in rows[:limit]]
+    if not principal.is_super_admin:
+        items = await _without_staff(session, principal.tenant_id, items)
     next_cursor = items[-1].seq if len(rows) > limit else None
     if output == "csv":
         return Response(

@@ -272,14 +272,14 @@ _WRITE_DRAFTS: dict[str, type[BaseModel]] = {
 
 
 @router.post(
-    "/{connection_id}/{resource}",
+    "/{connection_id}/{record_kind}",
     status_code=status.HTTP_201_CREATED,
     summary="Create a record in a connected CRM",
     dependencies=[read_only_guard],
 )
 async def write_live(
     connection_id: uuid.UUID,
-    resource: WritableResource,
+    record_kind: WritableResource,
     body: dict[str, Any],
     principal: Writer,
     session: SessionDep,
@@ -292,9 +292,9 @@ async def write_live(
     the form or the vendor refuses."""
     row = await _connected(session, connection_id, principal)
     if registry.get_spec(row.connector_id).kind != "crm":
-        raise NotFound(f"A {row.connector_id} connection has no {resource}.")
+        raise NotFound(f"A {row.connector_id} connection has no {record_kind}.")
     try:
-        record = _WRITE_DRAFTS[resource].model_validate(body)
+        record = _WRITE_DRAFTS[record_kind].model_validate(body)
     except ValidationError as exc:
         raise Unprocessable(
             "The record has invalid fields.",
@@ -304,9 +304,9 @@ async def write_live(
             ],
         ) from None
     write = WriteCommand(
-        write_id=_write_id(principal, row, resource, key),
+        write_id=_write_id(principal, row, record_kind, key),
         connection=_as_command(row, ConnectionAction.WRITE, principal.user_id),
-        resource=resource,
+        resource=record_kind,
         record=record.model_dump(mode="json", exclude_none=True),
     )
     return await _written(client, settings, write)

@@ -9,7 +9,12 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response, stat
 from pydantic import EmailStr, Field
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -46,6 +51,10 @@ from workflows.password_reset import (
 
 router = APIRouter(prefix="/api/v1/auth/password-reset", tags=["identity"])
 SessionsDep = Annotated[SessionFactory, Depends(get_sessions)]
+
+
+# One answer for every token that cannot be used: which reason applies is nobody's business.
+INVALID_LINK = "This link is not valid, has expired or was already used."
 
 
 class InvalidResetToken(Problem):
@@ -177,6 +186,23 @@ async def _refuse_weak_password(
         )
 
 
+async def _link_open(client: Client, settings: Settings, token: str) -> bool:
+    """Whether the token's link workflow is waiting for a confirmation: a token naming an
+    account without one is refused before anything about the account (its password policy)
+    is revealed."""
+    user_id = reset_token_user(token)
+    assert user_id is not None
+    handle = client.get_workflow_handle(workflow_id(user_id, token_purpose(token)))
+    try:
+        async with workflow_calls.deadline(settings):
+            described = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return described.status == WorkflowExecutionStatus.RUNNING
+
+
 async def _send_confirmation(
     client: Client, settings: Settings, token: str, confirmation: ResetConfirmation
 ) -> None:
@@ -191,12 +217,12 @@ async def _send_confirmation(
         )
     except WorkflowUpdateFailedError as err:
         if isinstance(err.cause, ApplicationError) and err.cause.type == INVALID_RESET_TOKEN:
-            raise InvalidResetToken(err.cause.message) from None
+            raise InvalidResetToken(INVALID_LINK) from None
         raise
     except RPCError as err:
         # No run for this user, or the run has ended (used, expired or replaced).
         if err.status == RPCStatusCode.NOT_FOUND:
-            raise InvalidResetToken("This reset link has expired or was already used.") from None
+            raise InvalidResetToken(INVALID_LINK) from None
         raise
 
 
@@ -213,8 +239,8 @@ async def confirm_password_reset(
     422 for a weak password (the token stays usable)."""
     user_id = reset_token_user(body.token)
     account = await _active_account(session, User.id == user_id) if user_id else None
-    if user_id is None or account is None:
-        raise InvalidResetToken("This reset link is not valid.")
+    if user_id is None or account is None or not await _link_open(client, settings, body.token):
+        raise InvalidResetToken(INVALID_LINK)
     await _refuse_weak_password(session, body.new_password, *account)
     confirmation = ResetConfirmation(
         token_digest=token_digest(body.token),
