@@ -11,19 +11,19 @@ from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client
 
 from connectors.storage import ObjectStorage
+from core import logging as log_context
 from core.db import SessionFactory
 from core.errors import Forbidden, MfaEnrolmentRequired, MfaStepUpRequired, Unauthorized
-from core.identity import live_session
+from core.identity import live_session_and_role
 from core.security import InvalidToken, Principal, read_access_token
 from core.settings import Settings
 from models.base import utcnow
 from models.identity import AuthSession
-from models.user import Membership, Role, User
+from models.user import Role, User
 
 # No body of this API nests deeper; deeper documents only cost (and overflow serializers).
 MAX_JSON_DEPTH = 32
@@ -152,17 +152,16 @@ async def current_principal(
         principal = read_access_token(credentials.credentials, settings.jwt_signing_key())
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from None
-    auth = await live_session(session, principal.session_id)
-    if auth is None or (auth.user_id, auth.tenant_id) != (principal.user_id, principal.tenant_id):
+    found = await live_session_and_role(session, principal.session_id)
+    if found is None or (found[0].user_id, found[0].tenant_id) != (
+        principal.user_id,
+        principal.tenant_id,
+    ):
         raise Unauthorized("The session has ended; sign in again.")
-    role = await session.scalar(
-        select(Membership.role).where(
-            Membership.user_id == principal.user_id, Membership.tenant_id == principal.tenant_id
-        )
-    )
-    if role != principal.role:
+    if found[1] != principal.role:
         # A role change takes effect at once: the client refreshes to get the new role.
         raise Unauthorized("Your access has changed; refresh the token or sign in again.")
+    log_context.tenant_id.set(str(principal.tenant_id))
     return principal
 
 

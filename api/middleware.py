@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import MEDIA_TYPE, TYPE_PREFIX, internal_error_response
-from core.logging import request_id
+from core.logging import request_id, tenant_id
 
 log = logging.getLogger(__name__)
 HEADER = b"x-request-id"
@@ -30,7 +30,7 @@ class RequestIdMiddleware:
             return
         given = dict(scope["headers"]).get(HEADER, b"").decode("latin-1")
         rid = given if _VALID_ID.match(given) else uuid.uuid4().hex
-        token = request_id.set(rid)
+        token, tenant = request_id.set(rid), tenant_id.set(None)  # the principal sets the tenant
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -42,6 +42,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
+            tenant_id.reset(tenant)
 
 
 class UnhandledErrorMiddleware:

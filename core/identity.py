@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core import audit
@@ -182,6 +182,32 @@ async def live_session(session: AsyncSession, session_id: uuid.UUID) -> AuthSess
     if auth is None or auth.revoked_at is not None or auth.expires_at <= utcnow():
         return None
     return auth
+
+
+async def live_session_and_role(
+    session: AsyncSession, session_id: uuid.UUID
+) -> tuple[AuthSession, Role | None] | None:
+    """The live session and its member's current role (``None``: no longer a member), in one
+    round trip: every request checks both."""
+    row = (
+        await session.execute(
+            select(AuthSession, Membership.role)
+            .outerjoin(
+                Membership,
+                and_(
+                    Membership.user_id == AuthSession.user_id,
+                    Membership.tenant_id == AuthSession.tenant_id,
+                ),
+            )
+            .where(AuthSession.id == session_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    auth, role = row
+    if auth.revoked_at is not None or auth.expires_at <= utcnow():
+        return None
+    return auth, role
 
 
 def slugify(name: str) -> str:
