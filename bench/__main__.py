@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from bench import codec, passwords
+from bench import api_overhead, codec, passwords
 
 
 async def main() -> None:
-    for module in (codec, passwords):
+    for module in (codec, passwords, api_overhead):
         await module.main()
 
 

@@ -182,27 +182,39 @@ class Wizard:
     async def update(self, update: Any, argument: BaseModel) -> OnboardingState:
         """Send a wizard update (starting the onboarding if it never started); the workflow's
         refusals become the matching problems."""
-        tenant_id = self.principal.tenant_id
-        start = WithStartWorkflowOperation(
-            OnboardingWorkflow.run,
-            onboarding_input(self.settings, tenant_id),
-            **_start_options(self.settings, tenant_id),
-        )
         name = getattr(update, "__name__", str(update))
+        uid = update_id(name, self.principal, self.key)
         try:
             async with workflow_calls.deadline(self.settings):
-                state: OnboardingState = await self.client.execute_update_with_start_workflow(
-                    update,
-                    argument,
-                    start_workflow_operation=start,
-                    id=update_id(name, self.principal, self.key),
-                )
+                try:
+                    state: OnboardingState = await self.handle.execute_update(
+                        update, argument, id=uid
+                    )
+                except RPCError as err:
+                    if err.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                    # Never started (or finished: then the start is refused below).
+                    state = await self._update_with_start(update, argument, uid)
         except WorkflowUpdateFailedError as err:
             if isinstance(err.cause, ApplicationError):
                 _refuse(err.cause)
             raise
         except WorkflowAlreadyStartedError:
             raise Conflict("The onboarding has finished and cannot be changed.") from None
+        return state
+
+    async def _update_with_start(
+        self, update: Any, argument: BaseModel, uid: str | None
+    ) -> OnboardingState:
+        tenant_id = self.principal.tenant_id
+        start = WithStartWorkflowOperation(
+            OnboardingWorkflow.run,
+            onboarding_input(self.settings, tenant_id),
+            **_start_options(self.settings, tenant_id),
+        )
+        state: OnboardingState = await self.client.execute_update_with_start_workflow(
+            update, argument, start_workflow_operation=start, id=uid
+        )
         return state
 
 
