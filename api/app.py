@@ -29,6 +29,7 @@ from api.routers import (
     password_reset,
     sso,
     storage,
+    sync,
     users,
 )
 from connectors.storage import LocalStorage, storage_from_settings
@@ -93,6 +94,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         connection_reads,
         storage,
         codec,
+        sync,
     ):
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).

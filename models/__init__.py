@@ -17,6 +17,7 @@ from models.billing import (
 from models.connection import Connection
 from models.email import OutboundEmail
 from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
+from models.sync import SyncMapping, SyncProfile, SyncRun
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
 
@@ -36,6 +37,9 @@ __all__ = [
     "SsoIdentity",
     "StripeEvent",
     "Subscription",
+    "SyncMapping",
+    "SyncProfile",
+    "SyncRun",
     "Tenant",
     "TenantStatus",
     "UsageEvent",

@@ -11,6 +11,7 @@ from activities.billing import BillingActivities
 from activities.connections import ConnectionActivities
 from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
+from activities.sync import SyncActivities
 from connectors.billing.stripe_gateway import gateway_from_settings
 from connectors.mail import mailer_from_settings
 from connectors.secrets import secret_store_from_settings
@@ -22,6 +23,7 @@ from workflows.billing import BillingWorkflow, UsageReportWorkflow
 from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.password_reset import PasswordResetWorkflow
+from workflows.sync import SyncWorkflow
 
 WORKFLOWS: Sequence[type] = (
     AuditVerificationWorkflow,
@@ -32,6 +34,7 @@ WORKFLOWS: Sequence[type] = (
     UsageReportWorkflow,
     ConnectionWorkflow,
     ConnectionWriteWorkflow,
+    SyncWorkflow,
 )
 
 
@@ -49,6 +52,7 @@ def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..
         *onboarding_activities(sessions, settings),
         *billing_activities(sessions, settings),
         *connection_activities(sessions, settings),
+        *sync_activities(sessions, settings),
     ]
 
 
@@ -111,4 +115,16 @@ def connection_activities(sessions: SessionFactory, settings: Settings) -> list[
         connections.notify_auth_failure,
         connections.disconnect,
         connections.write_record,
+    ]
+
+
+def sync_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """Connector sync between a tenant's connections (credentials through the secret store)."""
+    sync = SyncActivities(sessions, settings, secret_store_from_settings(settings))
+    return [
+        sync.begin_sync_run,
+        sync.sync_page,
+        sync.commit_sync_page,
+        sync.finish_sync_run,
+        sync.suspend_sync,
     ]

@@ -69,12 +69,14 @@ from models.onboarding import (
     Submission,
 )
 from models.password_reset import LinkPurpose, PasswordResetInput, ResetStatus
+from models.sync import SyncRunState
 from models.tenant import TenantStatus
 from models.user import Membership, Role, User
 from tests.api.test_connections import _own_password
 from tests.factories import Member, member
 from tests.histories import HISTORIES, load, replay_converter
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
+from tests.peers.woocommerce import WooCommercePeer
 from tests.peers.wordpress import WordPressSite
 from tests.peers_stripe import (
     LocalStripe,
@@ -97,6 +99,8 @@ from tests.workflows.test_billing import (
 )
 from tests.workflows.test_onboarding import WIZARD, _approval_row, _state_until, _submitted
 from tests.workflows.test_password_reset import _confirmation, _emailed_token, _start
+from tests.workflows.test_sync import T0 as SYNC_T0
+from tests.workflows.test_sync import add_profile, connect_pair
 from workers import registry
 from workers.main import build_worker
 from workflows.approval import ApprovalWorkflow
@@ -106,8 +110,14 @@ from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow, wr
 from workflows.connection import workflow_id as connection_workflow_id
 from workflows.onboarding import OnboardingWorkflow, workflow_id
 from workflows.password_reset import PasswordResetWorkflow
+from workflows.sync import SyncWorkflow
 
-pytest_plugins = ["tests.peers_stripe", "tests.peers.wordpress", "tests.peers.hubspot"]
+pytest_plugins = [
+    "tests.peers_stripe",
+    "tests.peers.wordpress",
+    "tests.peers.hubspot",
+    "tests.peers.woocommerce",
+]
 
 RECORDING = os.environ.get("BIZ_RECORD_HISTORIES") == "1"
 pytestmark = pytest.mark.skipif(
@@ -839,3 +849,52 @@ async def test_connection_write(
             written: WrittenRecord = await handle.result()
             assert written.created is created
             await record(client, name, handle.id, handle.result_run_id)
+
+
+# --- Connector sync ------------------------------------------------------------------------
+
+
+async def test_connector_sync(
+    temporal_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+    woocommerce_peer: WooCommercePeer,
+) -> None:
+    """Shop customers to CRM contacts: one run; a run that continues as new; refused
+    credentials. On the dev server: the auth failure pauses the profile's Schedule."""
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+        }
+    )
+    admin = await member(sessions, peered)
+    for n in range(5):
+        woocommerce_peer.add_customer(
+            f"shopper{n}@example.com", modified=SYNC_T0 + timedelta(minutes=n)
+        )
+    client = temporal_env.client
+    async with build_worker(client, sessions, peered):
+        for name, state, secret in (
+            ("sync-completed", {}, None),
+            ("sync-continued-as-new", {"page_size": 2, "pages_per_run": 2}, None),
+            ("sync-auth-failed", {}, "cs_refused"),
+        ):
+            shop, crm = await connect_pair(
+                sessions, peered, admin.tenant_id, woocommerce_peer.url,
+                **({"shop_secret": secret} if secret else {}),
+            )  # fmt: skip
+            profile_id = await add_profile(sessions, admin.tenant_id, shop, crm)
+            handle = await client.start_workflow(
+                SyncWorkflow.run,
+                SyncRunState(profile_id=profile_id, **state),
+                id=f"sync:{profile_id}",
+                task_queue=peered.temporal_task_queue,
+            )
+            await handle.result()
+            if name == "sync-continued-as-new":
+                await record(client, f"{name}-first-run", handle.id, handle.first_execution_run_id)
+                await record(client, f"{name}-next-run", handle.id)
+            else:
+                await record(client, name, handle.id)

@@ -53,6 +53,7 @@ from models.approval import Approval, ApprovalStatus
 from models.audit import AuditEntry, chain_of
 from models.billing import Invoice
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
+from models.sync import MatchRule, SyncProfile, SyncStatus
 from models.user import Membership, Role
 from tests.api.flows import (
     PDF,
@@ -155,6 +156,7 @@ class Victim:
     invoice_id: str
     connection_id: str
     connection_label: str
+    profile_id: str
 
     def markers(self) -> dict[str, str]:
         """Everything of the victim an attacker must never read."""
@@ -172,6 +174,7 @@ class Victim:
             "victim invoice id": self.invoice_id,
             "victim connection id": self.connection_id,
             "victim connection label": self.connection_label,
+            "victim sync profile id": self.profile_id,
         }
 
     def foreign_ids(self) -> dict[str, list[str]]:
@@ -182,6 +185,7 @@ class Victim:
             "user_id": [str(self.admin.user_id), self.invitee_id],
             "invoice_id": [self.invoice_id],
             "connection_id": [self.connection_id],
+            "profile_id": [self.profile_id],
         }
 
 
@@ -194,6 +198,7 @@ class World:
     own_approval_id: str
     decided_approval_id: str
     own_connection_id: str
+    own_profile_id: str
     staff: Member
 
 
@@ -274,6 +279,7 @@ async def _victim(
     invoice_id, connection_id = f"in_victim{tag}", uuid.uuid4()
     connection_label = f"Lanternfish shop {tag}"
     await _connection(sessions, admin.tenant_id, connection_label, connection_id)
+    profile_id = await _sync_profile(sessions, admin.tenant_id, connection_id)
     # The invoices projection row, as billing's workflow writes it.
     async with transaction(sessions) as session:
         session.add(
@@ -300,7 +306,31 @@ async def _victim(
         invoice_id=invoice_id,
         connection_id=str(connection_id),
         connection_label=connection_label,
+        profile_id=str(profile_id),
     )
+
+
+async def _sync_profile(
+    sessions: SessionFactory, tenant_id: uuid.UUID, connection_id: uuid.UUID
+) -> uuid.UUID:
+    """A sync profile's row, as the API writes it (no Schedule: attacks never reach it)."""
+    profile_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            SyncProfile(
+                id=profile_id,
+                tenant_id=tenant_id,
+                source_connection_id=connection_id,
+                target_connection_id=connection_id,
+                source_resource="customers",
+                target_resource="contacts",
+                field_mapping={"email": "email"},
+                match_rule=MatchRule.EXTERNAL_ID,
+                interval=timedelta(hours=1),
+                status=SyncStatus.ACTIVE,
+            )
+        )
+    return profile_id
 
 
 async def _connection(
@@ -354,6 +384,7 @@ async def world(
         for role in TENANT_ROLES
     }
     own_connection = await _connection(sessions, owner.tenant_id, f"Mallory blog {tag}")
+    own_profile = await _sync_profile(sessions, owner.tenant_id, own_connection)
     return World(
         app=app,
         api=api,
@@ -362,6 +393,7 @@ async def world(
         own_approval_id=str(again["approval_id"]),
         decided_approval_id=decided,
         own_connection_id=str(own_connection),
+        own_profile_id=str(own_profile),
         staff=platform,
     )
 
@@ -651,7 +683,10 @@ async def _victim_state(sessions: SessionFactory, world: World) -> dict[str, Any
         )
         connection = await session.get(Connection, uuid.UUID(victim.connection_id))
         assert connection is not None
+        profile = await session.get(SyncProfile, uuid.UUID(victim.profile_id))
+        assert profile is not None
     return {
+        "sync profile": profile.status,
         "connection": (connection.status, connection.health, connection.label),
         "approval": (approval.status, len(approval.history), approval.decided_by),
         "attachments": [a["document_id"] for a in approval.attachments],
@@ -673,6 +708,7 @@ async def test_roles_refused_where_they_may_not_act(
         "user_id": str(world.attackers[Role.TENANT_ADMIN].user_id),
         "invoice_id": str(uuid.uuid4()),
         "connection_id": world.own_connection_id,
+        "profile_id": world.own_profile_id,
         **NOT_IDS,
     }
     for route in routes_of(world.app):

@@ -73,6 +73,10 @@ EXPECTED = {
     "connection-consent-expired",
     "connection-write-created",
     "connection-write-found",
+    "sync-completed",
+    "sync-continued-as-new-first-run",
+    "sync-continued-as-new-next-run",
+    "sync-auth-failed",
 }
 
 

@@ -1,0 +1,494 @@
+"""Connector sync activities: read one page of the source, upsert it at the target, and keep the
+profile's cursor, id mappings and run statistics. Credentials are read from the secret store
+here, never carried by the workflow.
+
+A source/target pair is one :class:`SyncPair` entry in :data:`PAIRS`: how the source is listed,
+which fields it has, and how the target finds, creates and updates a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from temporalio import activity
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from connectors.access import open_connection
+from connectors.commerce import CommercePort, SyncQuery
+from connectors.crm import ContactDraft, ContactUpdate, CRMPort
+from connectors.http import (
+    AuthFailed,
+    ConnectorError,
+    InvalidCursor,
+    RateLimited,
+    VendorNotFound,
+    VendorRejected,
+    as_application_error,
+)
+from connectors.ports import Page
+from connectors.secrets import SecretStore
+from core import search
+from core.db import SessionFactory, transaction
+from core.settings import Settings
+from models.connection import Connection, ConnectionAction, ConnectionCommand
+from models.sync import (
+    FAILURE_SAMPLE,
+    MatchRule,
+    PageCommit,
+    PageOutcome,
+    PageRequest,
+    SyncCounts,
+    SyncFailure,
+    SyncMapping,
+    SyncProfile,
+    SyncRun,
+    SyncRunState,
+    SyncStart,
+    SyncStatus,
+)
+
+#: A vendor asking to wait longer than ``Settings.sync_inline_wait_seconds`` ends the page
+#: attempt with this error type; the workflow sleeps durably for the vendor's ``Retry-After``
+#: instead of holding a worker slot or exhausting retries.
+LONG_WAIT_ERROR = "SyncRateLimited"
+_INLINE_WAITS = 30
+T = TypeVar("T")
+PROCESS = "sync"
+
+
+@dataclass(frozen=True)
+class SyncPair:
+    """How records flow from a source resource to a target resource."""
+
+    source_kind: str
+    target_kind: str
+    source_fields: frozenset[str]
+    target_fields: frozenset[str]
+    default_mapping: dict[str, str]
+    list_page: Callable[[Any, SyncQuery], Awaitable[Page[Any]]]
+    find_by_external_id: Callable[[Any, str], Awaitable[Any | None]]
+    find_by_email: Callable[[Any, str], Awaitable[Any | None]] | None
+    create: Callable[[Any, dict[str, Any]], Awaitable[Any]]
+    update: Callable[[Any, str, dict[str, Any]], Awaitable[Any]]
+    validate: Callable[[dict[str, Any]], BaseModel]
+
+
+async def _list_customers(port: Any, query: SyncQuery) -> Page[Any]:
+    return await cast(CommercePort, port).list_customers(query)
+
+
+async def _find_contact_by_external_id(port: Any, external_id: str) -> Any | None:
+    return await cast(CRMPort, port).find_contact_by_external_id(external_id)
+
+
+async def _find_contact_by_email(port: Any, email: str) -> Any | None:
+    return await cast(CRMPort, port).find_contact_by_email(email)
+
+
+async def _create_contact(port: Any, record: dict[str, Any]) -> Any:
+    return await cast(CRMPort, port).create_contact(ContactDraft.model_validate(record))
+
+
+async def _update_contact(port: Any, target_id: str, record: dict[str, Any]) -> Any:
+    fields = {k: v for k, v in record.items() if k != "external_id"}
+    return await cast(CRMPort, port).update_contact(target_id, ContactUpdate.model_validate(fields))
+
+
+PAIRS: dict[tuple[str, str], SyncPair] = {
+    ("customers", "contacts"): SyncPair(
+        source_kind="commerce",
+        target_kind="crm",
+        source_fields=frozenset({"email", "first_name", "last_name", "phone"}),
+        target_fields=frozenset({"email", "first_name", "last_name", "phone", "job_title"}),
+        default_mapping={
+            "email": "email",
+            "first_name": "first_name",
+            "last_name": "last_name",
+            "phone": "phone",
+        },
+        list_page=_list_customers,
+        find_by_external_id=_find_contact_by_external_id,
+        find_by_email=_find_contact_by_email,
+        create=_create_contact,
+        update=_update_contact,
+        validate=ContactDraft.model_validate,
+    ),
+}
+
+
+def schedule_id(profile_id: uuid.UUID) -> str:
+    return f"sync-schedule:{profile_id}"
+
+
+def workflow_id(profile_id: uuid.UUID) -> str:
+    return f"sync:{profile_id}"
+
+
+def external_id(profile: SyncProfile, source_id: str) -> str:
+    """The marker a target record carries: the source connection and the source record's id."""
+    return f"{profile.source_connection_id}:{source_id}"
+
+
+async def create_schedule(
+    client: Client,
+    settings: Settings,
+    *,
+    profile_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    every: timedelta,
+    paused: bool = False,
+) -> None:
+    """The profile's Schedule (an existing one is kept): a run per interval, never two at once."""
+    try:
+        await client.create_schedule(
+            schedule_id(profile_id),
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    "SyncWorkflow",
+                    SyncRunState(profile_id=profile_id),
+                    id=workflow_id(profile_id),
+                    task_queue=settings.temporal_task_queue,
+                    typed_search_attributes=TypedSearchAttributes(
+                        [
+                            SearchAttributePair(search.TENANT_ID, str(tenant_id)),
+                            SearchAttributePair(search.BIZ_PROCESS, PROCESS),
+                        ]
+                    ),
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+                state=ScheduleState(paused=paused),
+            ),
+        )
+    except ScheduleAlreadyRunningError:
+        return
+
+
+async def delete_schedule(client: Client, profile_id: uuid.UUID) -> None:
+    """Delete the profile's Schedule (gone already is fine)."""
+    try:
+        await client.get_schedule_handle(schedule_id(profile_id)).delete()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+
+
+async def pause_schedule(client: Client, profile_id: uuid.UUID, note: str) -> None:
+    try:
+        await client.get_schedule_handle(schedule_id(profile_id)).pause(note=note)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+
+
+class SyncActivities:
+    """Activities bound to the database, the secret store and the connector registry."""
+
+    def __init__(self, sessions: SessionFactory, settings: Settings, secrets: SecretStore) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._secrets = secrets
+
+    @activity.defn
+    async def begin_sync_run(self, profile_id: uuid.UUID, workflow_run_id: str) -> SyncStart:
+        """Record the run's start and say where it reads from: an interrupted run's committed
+        page, else the profile's watermark. A paused or deleted profile does not run."""
+        async with transaction(self._sessions) as session:
+            profile = await session.get(SyncProfile, profile_id)
+            if profile is None or profile.status is SyncStatus.PAUSED:
+                return SyncStart(active=False)
+            known = await session.scalar(
+                select(SyncRun.id).where(SyncRun.workflow_run_id == workflow_run_id)
+            )
+            if known is None:  # None: an earlier attempt of this activity recorded it
+                session.add(
+                    SyncRun(
+                        id=uuid.uuid4(),
+                        profile_id=profile_id,
+                        workflow_run_id=workflow_run_id,
+                        started_at=datetime.now(UTC),
+                        read=0,
+                        created=0,
+                        updated=0,
+                        skipped=0,
+                        failed=0,
+                        failures=[],
+                    )
+                )
+            return SyncStart(
+                active=True,
+                updated_since=profile.cursor,
+                page_cursor=profile.page_cursor,
+                pending_cursor=profile.pending_cursor,
+            )
+
+    @activity.defn
+    async def sync_page(self, request: PageRequest) -> PageOutcome:
+        """Read one page of the source and upsert each record at the target: the mapping table
+        first, then the target's external-id marker (and e-mail, by the match rule), then a
+        create. Each record's mapping is kept as soon as it is written, so a retried page
+        writes nothing twice. Invalid records are skipped and counted."""
+        async with self._sessions() as session:
+            profile = await session.get(SyncProfile, request.profile_id)
+            if profile is None:
+                raise ApplicationError("The sync profile was deleted.", non_retryable=True)
+            source = await session.get(Connection, profile.source_connection_id)
+            target = await session.get(Connection, profile.target_connection_id)
+        if source is None or target is None:
+            raise ApplicationError("A connection of the profile is gone.", non_retryable=True)
+        pair = PAIRS[(profile.source_resource, profile.target_resource)]
+        query = SyncQuery(
+            cursor=request.page_cursor,
+            updated_since=request.updated_since,
+            limit=request.page_size,
+        )
+        try:
+            async with self._open(source) as source_port:
+                try:
+                    page = await self._patiently(lambda: pair.list_page(source_port, query))
+                except InvalidCursor:
+                    # A cursor the vendor no longer accepts: read again from the watermark.
+                    fresh = query.model_copy(update={"cursor": None})
+                    page = await self._patiently(lambda: pair.list_page(source_port, fresh))
+        except AuthFailed as exc:
+            return PageOutcome(auth_failed_connection=source.id, auth_error=exc.message)
+        except ConnectorError as exc:
+            raise self._application_error(exc) from None
+        activity.heartbeat(request.page_cursor, 0)
+        counts = SyncCounts(read=len(page.items))
+        newest: datetime | None = None
+        try:
+            async with self._open(target) as target_port:
+                for index, record in enumerate(page.items):
+                    activity.heartbeat(request.page_cursor, index)
+                    updated_at = getattr(record, "updated_at", None)
+                    if updated_at is not None and (newest is None or updated_at > newest):
+                        newest = updated_at
+                    counts = counts.add(
+                        await self._patiently(
+                            partial(self._upsert, profile, pair, target_port, record)
+                        )
+                    )
+        except AuthFailed as exc:
+            return PageOutcome(auth_failed_connection=target.id, auth_error=exc.message)
+        except ConnectorError as exc:
+            raise self._application_error(exc) from None
+        return PageOutcome(counts=counts, next_cursor=page.next_cursor, max_updated_at=newest)
+
+    async def _upsert(
+        self, profile: SyncProfile, pair: SyncPair, port: Any, record: Any
+    ) -> SyncCounts:
+        source_id = str(record.id)
+        values = {
+            target: getattr(record, source, None)
+            for target, source in profile.field_mapping.items()
+        }
+        marker = external_id(profile, source_id)
+        try:
+            pair.validate({**values, "external_id": marker})
+        except ValidationError as exc:
+            error = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(part) for part in error["loc"])
+            return _failure(source_id, f"invalid {where}: {error['type']}", skipped=True)
+        # Empty source fields do not clear what the target holds.
+        values = {k: v for k, v in values.items() if v not in (None, "")}
+        async with self._sessions() as session:
+            target_id = await session.scalar(
+                select(SyncMapping.target_id).where(
+                    SyncMapping.profile_id == profile.id, SyncMapping.source_id == source_id
+                )
+            )
+        try:
+            if target_id is not None:
+                try:
+                    await pair.update(port, target_id, values)
+                    return SyncCounts(updated=1)
+                except VendorNotFound:
+                    target_id = None  # deleted at the target: found or made again below
+            found = await pair.find_by_external_id(port, marker)
+            if (
+                found is None
+                and pair.find_by_email is not None
+                and profile.match_rule is MatchRule.EXTERNAL_ID_THEN_EMAIL
+                and values.get("email")
+            ):
+                found = await pair.find_by_email(port, str(values["email"]))
+            if found is not None:
+                await pair.update(port, found.id, values)
+                await self._map(profile.id, source_id, found.id)
+                return SyncCounts(updated=1)
+            created = await pair.create(port, {**values, "external_id": marker})
+        except VendorRejected as exc:
+            # The vendor's code, never its message: that can quote the record's values.
+            return _failure(source_id, f"rejected by {exc.vendor}: {exc.code or exc.status}")
+        await self._map(profile.id, source_id, created.id)
+        return SyncCounts(created=1)
+
+    async def _map(self, profile_id: uuid.UUID, source_id: str, target_id: str) -> None:
+        # One page activity at a time per profile (the Schedule skips overlaps, the workflow id
+        # is the profile's): nobody else writes this profile's mappings meanwhile.
+        async with transaction(self._sessions) as session:
+            mapping = await session.scalar(
+                select(SyncMapping).where(
+                    SyncMapping.profile_id == profile_id, SyncMapping.source_id == source_id
+                )
+            )
+            if mapping is None:
+                session.add(
+                    SyncMapping(profile_id=profile_id, source_id=source_id, target_id=target_id)
+                )
+            else:
+                mapping.target_id = target_id
+
+    @activity.defn
+    async def commit_sync_page(self, commit: PageCommit) -> None:
+        """Keep the run's position (the next page and the largest ``updated_at`` read) and its
+        statistics so far: a run that dies resumes from here."""
+        async with transaction(self._sessions) as session:
+            profile = await session.get(SyncProfile, commit.profile_id)
+            if profile is None:
+                return
+            profile.page_cursor = commit.page_cursor
+            profile.pending_cursor = commit.pending_cursor
+            await _write_counts(session, commit.workflow_run_id, commit.counts, None)
+
+    @activity.defn
+    async def finish_sync_run(
+        self, profile_id: uuid.UUID, workflow_run_id: str, counts: SyncCounts, outcome: str
+    ) -> None:
+        """Close the run's statistics; a completed run makes its largest ``updated_at`` the
+        profile's watermark. Any other outcome keeps the committed page for the next run."""
+        async with transaction(self._sessions) as session:
+            profile = await session.get(SyncProfile, profile_id)
+            if profile is not None and outcome == "completed":
+                if profile.pending_cursor is not None:
+                    profile.cursor = profile.pending_cursor
+                profile.page_cursor = profile.pending_cursor = None
+            await _write_counts(session, workflow_run_id, counts, outcome)
+
+    @activity.defn
+    async def suspend_sync(self, profile_id: uuid.UUID, connection_id: uuid.UUID) -> None:
+        """Credentials were refused: pause the profile and its Schedule, and start the
+        connection's check, which marks it ``auth_failed`` and tells the admins once."""
+        async with transaction(self._sessions) as session:
+            profile = await session.get(SyncProfile, profile_id)
+            if profile is not None:
+                profile.status = SyncStatus.PAUSED
+            connection = await session.get(Connection, connection_id)
+        client = activity.client()
+        await pause_schedule(client, profile_id, "paused: a connection's credentials were refused")
+        if connection is None:
+            return
+        command = ConnectionCommand(
+            action=ConnectionAction.TEST,
+            connection_id=connection.id,
+            tenant_id=connection.tenant_id,
+            connector_id=connection.connector_id,
+            auth_kind=connection.auth_kind,
+            label=connection.label,
+            settings=connection.settings,
+        )
+        try:
+            await client.start_workflow(
+                "ConnectionWorkflow",
+                command,
+                id=f"connection:{connection.id}",
+                task_queue=self._settings.temporal_task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                static_summary=f"Connection {connection.connector_id}: test",
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(search.TENANT_ID, str(connection.tenant_id)),
+                        SearchAttributePair(search.BIZ_PROCESS, "connection"),
+                    ]
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            return  # a change running now checks the credentials too
+
+    async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call``, waiting out short vendor limits here (heartbeating) rather than failing the
+        page: an upsert is safe to repeat. A long or endless limit goes up to the workflow."""
+        for attempt in range(_INLINE_WAITS):
+            try:
+                return await call()
+            except RateLimited as exc:
+                wait = exc.retry_after or 1.0
+                if wait > self._settings.sync_inline_wait_seconds or attempt == _INLINE_WAITS - 1:
+                    raise
+                # Heartbeats through the wait: a killed worker's page is retried soon after.
+                while wait > 0:
+                    activity.heartbeat("rate limited", wait)
+                    await asyncio.sleep(min(wait, 5.0))
+                    wait -= 5.0
+        raise AssertionError("unreachable")
+
+    def _application_error(self, exc: ConnectorError) -> ApplicationError:
+        """A long ``Retry-After`` is handed to the workflow to sleep on; the rest as usual."""
+        if (
+            isinstance(exc, RateLimited)
+            and (exc.retry_after or 0) > self._settings.sync_inline_wait_seconds
+        ):
+            return ApplicationError(
+                exc.message,
+                {"retry_after": exc.retry_after},
+                type=LONG_WAIT_ERROR,
+                non_retryable=True,
+            )
+        return as_application_error(exc)
+
+    def _open(self, row: Connection) -> Any:
+        return open_connection(
+            self._settings,
+            self._secrets,
+            tenant_id=row.tenant_id,
+            connection_id=row.id,
+            connector_id=row.connector_id,
+            auth_kind=row.auth_kind,
+            connection_settings=row.settings,
+        )
+
+
+async def _write_counts(
+    session: Any, workflow_run_id: str, counts: SyncCounts, outcome: str | None
+) -> None:
+    run = await session.scalar(select(SyncRun).where(SyncRun.workflow_run_id == workflow_run_id))
+    if run is None:
+        return
+    run.read, run.created, run.updated = counts.read, counts.created, counts.updated
+    run.skipped, run.failed = counts.skipped, counts.failed
+    run.failures = [f.model_dump() for f in counts.failures[:FAILURE_SAMPLE]]
+    if outcome is not None:
+        run.outcome, run.finished_at = outcome, datetime.now(UTC)
+
+
+def _failure(source_id: str, reason: str, *, skipped: bool = False) -> SyncCounts:
+    sample = [SyncFailure(source_id=source_id, reason=reason)]
+    if skipped:
+        return SyncCounts(skipped=1, failures=sample)
+    return SyncCounts(failed=1, failures=sample)

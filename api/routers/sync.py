@@ -1,0 +1,349 @@
+"""Connector sync over HTTP: a tenant's sync profiles, their Schedules (pause, resume, trigger)
+and run statistics. Each profile runs as ``SyncWorkflow`` from its Temporal Schedule
+(``sync-schedule:{profile_id}``)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import BaseModel, Field
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.sync import PAIRS, create_schedule, delete_schedule, pause_schedule, schedule_id
+from api import workflow_calls
+from api.billing_guard import read_only_guard
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
+from api.pagination import decode_cursor, encode_cursor
+from api.tenancy import owned, scoped
+from connectors import registry
+from core.errors import Conflict, Unprocessable
+from core.security import Principal
+from models.connection import Connection, ConnectionStatus
+from models.sync import MatchRule, SyncProfile, SyncRun, SyncStatus
+from models.user import Role
+
+router = APIRouter(prefix="/api/v1/sync", tags=["sync"], dependencies=[read_only_guard])
+TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN))]
+
+
+class ProfileRequest(BaseModel):
+    """A new sync profile. ``field_mapping`` maps target fields to source fields (the pair's
+    default when omitted)."""
+
+    source_connection_id: uuid.UUID
+    target_connection_id: uuid.UUID
+    source_resource: str = Field(max_length=64)
+    target_resource: str = Field(max_length=64)
+    field_mapping: dict[str, str] | None = Field(default=None, max_length=50)
+    match_rule: MatchRule = MatchRule.EXTERNAL_ID_THEN_EMAIL
+    interval_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
+
+
+class RunView(BaseModel):
+    run_id: uuid.UUID
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    read: int
+    created: int
+    updated: int
+    skipped: int
+    failed: int
+    failures: list[dict[str, str]]
+
+    @classmethod
+    def of(cls, row: SyncRun) -> RunView:
+        return cls(
+            run_id=row.id,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            outcome=row.outcome,
+            read=row.read,
+            created=row.created,
+            updated=row.updated,
+            skipped=row.skipped,
+            failed=row.failed,
+            failures=row.failures,
+        )
+
+
+class ProfileView(BaseModel):
+    profile_id: uuid.UUID
+    source_connection_id: uuid.UUID
+    target_connection_id: uuid.UUID
+    source_resource: str
+    target_resource: str
+    field_mapping: dict[str, Any]
+    match_rule: MatchRule
+    interval_minutes: int
+    status: SyncStatus
+    cursor: datetime | None
+    created_at: datetime
+    last_run: RunView | None = None
+
+    @classmethod
+    def of(cls, row: SyncProfile, last_run: SyncRun | None = None) -> ProfileView:
+        return cls(
+            profile_id=row.id,
+            source_connection_id=row.source_connection_id,
+            target_connection_id=row.target_connection_id,
+            source_resource=row.source_resource,
+            target_resource=row.target_resource,
+            field_mapping=row.field_mapping,
+            match_rule=row.match_rule,
+            interval_minutes=int(row.interval.total_seconds() // 60),
+            status=row.status,
+            cursor=row.cursor,
+            created_at=row.created_at,
+            last_run=RunView.of(last_run) if last_run is not None else None,
+        )
+
+
+class ProfilePage(BaseModel):
+    items: list[ProfileView]
+    next_cursor: str | None
+
+
+class RunPage(BaseModel):
+    items: list[RunView]
+    next_cursor: str | None
+
+
+@router.post("/profiles", status_code=status.HTTP_201_CREATED, summary="Create a sync profile")
+async def create_profile(
+    body: ProfileRequest,
+    principal: TenantAdmin,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> ProfileView:
+    """Both connections must be your tenant's (404 otherwise); 422 when their connectors do
+    not hold the resources or the mapping names fields they do not have. The profile's
+    Schedule starts its first run after one interval (``trigger`` runs it now)."""
+    source = await _live(session, body.source_connection_id, principal)
+    target = await _live(session, body.target_connection_id, principal)
+    pair = PAIRS.get((body.source_resource, body.target_resource))
+    if pair is None:
+        known = ", ".join(f"{s} -> {t}" for s, t in PAIRS)
+        raise Unprocessable(
+            f"No sync from {body.source_resource} to {body.target_resource}: {known}."
+        )
+    for row, kind, side in (
+        (source, pair.source_kind, "source"),
+        (target, pair.target_kind, "target"),
+    ):
+        if registry.get_spec(row.connector_id).kind != kind:
+            raise Unprocessable(
+                f"The {side} connection ({row.connector_id}) is not a {kind} system."
+            )
+    mapping = body.field_mapping if body.field_mapping is not None else pair.default_mapping
+    errors = [
+        {"loc": ["body", "field_mapping", name], "msg": msg, "type": "value_error"}
+        for name, msg in _mapping_errors(mapping, pair.source_fields, pair.target_fields)
+    ]
+    if errors or not mapping:
+        raise Unprocessable("The field mapping names unknown fields.", errors=errors)
+    profile = SyncProfile(
+        id=uuid.uuid4(),
+        tenant_id=principal.tenant_id,
+        source_connection_id=source.id,
+        target_connection_id=target.id,
+        source_resource=body.source_resource,
+        target_resource=body.target_resource,
+        field_mapping=mapping,
+        match_rule=body.match_rule,
+        interval=timedelta(minutes=body.interval_minutes),
+        status=SyncStatus.ACTIVE,
+    )
+    session.add(profile)
+    await session.commit()
+    async with workflow_calls.deadline(settings):
+        await create_schedule(
+            client,
+            settings,
+            profile_id=profile.id,
+            tenant_id=profile.tenant_id,
+            every=profile.interval,
+        )
+    return ProfileView.of(profile)
+
+
+@router.get("/profiles", summary="Your tenant's sync profiles")
+async def list_profiles(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ProfilePage:
+    """Oldest first."""
+    query = scoped(select(SyncProfile), SyncProfile, principal)
+    if cursor is not None:
+        query = query.where(
+            tuple_(SyncProfile.created_at, SyncProfile.id) > tuple_(*decode_cursor(cursor))
+        )
+    rows = list(
+        await session.scalars(
+            query.order_by(SyncProfile.created_at, SyncProfile.id).limit(limit + 1)
+        )
+    )
+    page = rows[:limit]
+    return ProfilePage(
+        items=[ProfileView.of(row) for row in page],
+        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None,
+    )
+
+
+@router.get("/profiles/{profile_id}", summary="One sync profile and its latest run")
+async def get_profile(
+    profile_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep
+) -> ProfileView:
+    """The latest run's statistics are current while it runs (committed after each page)."""
+    profile = await owned(session, SyncProfile, profile_id, principal)
+    last = await session.scalar(
+        select(SyncRun)
+        .where(SyncRun.profile_id == profile.id)
+        .order_by(SyncRun.started_at.desc(), SyncRun.id.desc())
+        .limit(1)
+    )
+    return ProfileView.of(profile, last)
+
+
+@router.delete(
+    "/profiles/{profile_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Delete a sync profile",
+)
+async def delete_profile(
+    profile_id: uuid.UUID,
+    principal: TenantAdmin,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> Response:
+    """Its Schedule, mappings and run statistics go with it; the synced records stay."""
+    profile = await owned(session, SyncProfile, profile_id, principal)
+    async with workflow_calls.deadline(settings):
+        await delete_schedule(client, profile.id)
+    await session.delete(profile)
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/profiles/{profile_id}/pause", summary="Pause a profile's Schedule")
+async def pause_profile(
+    profile_id: uuid.UUID,
+    principal: TenantAdmin,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> ProfileView:
+    """No run starts until it is resumed (a run under way finishes its pages)."""
+    profile = await owned(session, SyncProfile, profile_id, principal)
+    profile.status = SyncStatus.PAUSED
+    await session.commit()
+    async with workflow_calls.deadline(settings):
+        await pause_schedule(client, profile.id, f"paused by {principal.user_id}")
+    return ProfileView.of(profile)
+
+
+@router.post("/profiles/{profile_id}/resume", summary="Resume a profile's Schedule")
+async def resume_profile(
+    profile_id: uuid.UUID,
+    principal: TenantAdmin,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> ProfileView:
+    """Runs start again at the profile's interval (also after an auth failure paused it)."""
+    profile = await owned(session, SyncProfile, profile_id, principal)
+    profile.status = SyncStatus.ACTIVE
+    await session.commit()
+    async with workflow_calls.deadline(settings):
+        await create_schedule(
+            client,
+            settings,
+            profile_id=profile.id,
+            tenant_id=profile.tenant_id,
+            every=profile.interval,
+        )
+        await client.get_schedule_handle(schedule_id(profile.id)).unpause(
+            note=f"resumed by {principal.user_id}"
+        )
+    return ProfileView.of(profile)
+
+
+@router.post(
+    "/profiles/{profile_id}/trigger",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Run a profile now",
+)
+async def trigger_profile(
+    profile_id: uuid.UUID,
+    principal: TenantAdmin,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> ProfileView:
+    """Start a run now; skipped when one is under way. 409 for a paused profile."""
+    profile = await owned(session, SyncProfile, profile_id, principal)
+    if profile.status is SyncStatus.PAUSED:
+        raise Conflict("This sync profile is paused; resume it first.")
+    try:
+        async with workflow_calls.deadline(settings):
+            await client.get_schedule_handle(schedule_id(profile.id)).trigger()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise Conflict("This profile has no schedule; resume it to create one.") from None
+    return ProfileView.of(profile)
+
+
+@router.get("/profiles/{profile_id}/runs", summary="A profile's runs, newest first")
+async def list_runs(
+    profile_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> RunPage:
+    profile = await owned(session, SyncProfile, profile_id, principal)
+    query = select(SyncRun).where(SyncRun.profile_id == profile.id)
+    if cursor is not None:
+        query = query.where(tuple_(SyncRun.started_at, SyncRun.id) < tuple_(*decode_cursor(cursor)))
+    rows = list(
+        await session.scalars(
+            query.order_by(SyncRun.started_at.desc(), SyncRun.id.desc()).limit(limit + 1)
+        )
+    )
+    page = rows[:limit]
+    return RunPage(
+        items=[RunView.of(row) for row in page],
+        next_cursor=encode_cursor(page[-1].started_at, page[-1].id) if len(rows) > limit else None,
+    )
+
+
+async def _live(
+    session: AsyncSession, connection_id: uuid.UUID, principal: Principal
+) -> Connection:
+    row = await owned(session, Connection, connection_id, principal)
+    if row.status is ConnectionStatus.DISCONNECTED:
+        raise Conflict(f"Connection {row.id} is disconnected; connect it again.")
+    return row
+
+
+def _mapping_errors(
+    mapping: dict[str, str], source_fields: frozenset[str], target_fields: frozenset[str]
+) -> list[tuple[str, str]]:
+    errors = []
+    for target, source in mapping.items():
+        if target not in target_fields:
+            errors.append((target, f"the target has no field {target!r}"))
+        if source not in source_fields:
+            errors.append((target, f"the source has no field {source!r}"))
+    return errors

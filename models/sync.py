@@ -1,0 +1,168 @@
+"""Connector sync: profiles (what flows from which connection to which), the id mapping between
+the two systems, and run statistics. Nothing of the synced records is kept here beyond their
+vendor ids: the records stay in the tenant's systems.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import JSON, ForeignKey, Index, Integer, Interval, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from models.base import Base, Timestamped, str_enum
+
+
+class SyncStatus(StrEnum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+class MatchRule(StrEnum):
+    """How a source record finds its target when the mapping table does not know it yet: by
+    this platform's external id marker at the target, then (``external_id_then_email``) by
+    e-mail."""
+
+    EXTERNAL_ID = "external_id"
+    EXTERNAL_ID_THEN_EMAIL = "external_id_then_email"
+
+
+class SyncProfile(Timestamped, Base):
+    __tablename__ = "sync_profiles"
+    __table_args__ = (Index("ix_sync_profiles_tenant_listing", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    source_connection_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    target_connection_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    source_resource: Mapped[str] = mapped_column(String(64))
+    target_resource: Mapped[str] = mapped_column(String(64))
+    # target field -> source field
+    field_mapping: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    match_rule: Mapped[MatchRule] = mapped_column(str_enum(MatchRule))
+    interval: Mapped[timedelta] = mapped_column(Interval())
+    status: Mapped[SyncStatus] = mapped_column(str_enum(SyncStatus))
+    # The last committed ``updated_since`` watermark: the next run reads from here.
+    cursor: Mapped[datetime | None]
+    # Within a run: the vendor's cursor of the next page and the largest ``updated_at`` read so
+    # far, committed after each page's writes (None between runs).
+    page_cursor: Mapped[str | None] = mapped_column(String(2000))
+    pending_cursor: Mapped[datetime | None]
+
+
+class SyncMapping(Base):
+    __tablename__ = "sync_mappings"
+    __table_args__ = (UniqueConstraint("profile_id", "source_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    profile_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sync_profiles.id", ondelete="CASCADE")
+    )
+    source_id: Mapped[str] = mapped_column(String(200))
+    target_id: Mapped[str] = mapped_column(String(200))
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+    __table_args__ = (Index("ix_sync_runs_profile_listing", "profile_id", "started_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    profile_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("sync_profiles.id", ondelete="CASCADE")
+    )
+    workflow_run_id: Mapped[str] = mapped_column(String(64), unique=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    read: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    # At most FAILURE_SAMPLE entries of {"source_id", "reason"}: no personal data.
+    failures: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+
+
+FAILURE_SAMPLE = 20
+
+
+class SyncFailure(BaseModel):
+    source_id: str
+    reason: str
+
+
+class SyncCounts(BaseModel):
+    read: int = 0
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[SyncFailure] = []
+
+    def add(self, other: SyncCounts) -> SyncCounts:
+        return SyncCounts(
+            read=self.read + other.read,
+            created=self.created + other.created,
+            updated=self.updated + other.updated,
+            skipped=self.skipped + other.skipped,
+            failed=self.failed + other.failed,
+            failures=(self.failures + other.failures)[:FAILURE_SAMPLE],
+        )
+
+
+class SyncStart(BaseModel):
+    """Where a run begins: the committed watermark, or an interrupted run's page."""
+
+    active: bool
+    updated_since: datetime | None = None
+    page_cursor: str | None = None
+    pending_cursor: datetime | None = None
+
+
+class PageRequest(BaseModel):
+    profile_id: uuid.UUID
+    updated_since: datetime | None = None
+    page_cursor: str | None = None
+    page_size: int = 100
+
+
+class PageOutcome(BaseModel):
+    """What one page did. ``auth_failed``: the vendor refused the credentials (no writes)."""
+
+    counts: SyncCounts = SyncCounts()
+    next_cursor: str | None = None
+    max_updated_at: datetime | None = None
+    auth_failed_connection: uuid.UUID | None = None
+    auth_error: str | None = None
+
+
+class PageCommit(BaseModel):
+    profile_id: uuid.UUID
+    workflow_run_id: str
+    counts: SyncCounts
+    page_cursor: str | None
+    pending_cursor: datetime | None
+
+
+class SyncRunState(BaseModel):
+    """What a run carries across continue-as-new (ids and numbers only)."""
+
+    profile_id: uuid.UUID
+    workflow_run_id: str | None = None
+    started: bool = False
+    updated_since: datetime | None = None
+    page_cursor: str | None = None
+    pending_cursor: datetime | None = None
+    counts: SyncCounts = SyncCounts()
+    pages: int = 0
+    page_size: int = 100
+    # Pages per workflow run before it continues as new (keeps each history short).
+    pages_per_run: int = 20

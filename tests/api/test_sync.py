@@ -1,0 +1,173 @@
+"""Sync profiles over HTTP: created, triggered through their Temporal Schedule against the
+WooCommerce and HubSpot peers, paused, resumed and deleted; other tenants refused."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from activities.sync import schedule_id
+from api.app import create_app
+from connectors.crm.hubspot import API_BASE
+from core.db import SessionFactory
+from core.settings import Settings
+from models.user import Role
+from tests.factories import Member, member
+from tests.peers.hubspot import HubSpotPeer
+from tests.peers.woocommerce import WooCommercePeer
+from tests.workflows.test_sync import T0, connect_pair
+from workers.main import build_worker
+
+pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot"]
+
+
+@pytest.fixture
+async def sync_api(
+    peered: Settings,
+    temporal_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    sessions: SessionFactory,
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with build_worker(temporal_env.client, sessions, peered):
+        app = create_app(peered, temporal_env.client, engine)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+
+
+@pytest.fixture
+def peered(settings: Settings, hubspot_peer: HubSpotPeer) -> Settings:
+    return settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {API_BASE: hubspot_peer.url},
+        }
+    )
+
+
+async def _profile(
+    api: httpx.AsyncClient, who: Member, shop: uuid.UUID, crm: uuid.UUID, **extra: Any
+) -> httpx.Response:
+    body = {
+        "source_connection_id": str(shop),
+        "target_connection_id": str(crm),
+        "source_resource": "customers",
+        "target_resource": "contacts",
+        **extra,
+    }
+    return await api.post("/api/v1/sync/profiles", json=body, headers=who.headers)
+
+
+async def _finished_run(api: httpx.AsyncClient, who: Member, path: str) -> dict[str, Any]:
+    for _ in range(600):
+        view = (await api.get(path, headers=who.headers)).json()
+        run = view["last_run"]
+        if run is not None and run["outcome"] is not None:
+            return dict(run)
+        await asyncio.sleep(0.1)
+    pytest.fail("the run did not finish")
+
+
+async def test_a_profile_is_triggered_paused_resumed_and_deleted(
+    sync_api: httpx.AsyncClient,
+    peered: Settings,
+    sessions: SessionFactory,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+) -> None:
+    api, admin = sync_api, await member(sessions, peered)
+    shop, crm = await connect_pair(sessions, peered, admin.tenant_id, woocommerce_peer.url)
+    hubspot_peer.interval_max = 10_000
+    for n in range(30):
+        woocommerce_peer.add_customer(f"buyer{n}@example.com", modified=T0 + timedelta(minutes=n))
+    created = await _profile(api, admin, shop, crm, interval_minutes=1440)
+    assert created.status_code == 201, created.text
+    view = created.json()
+    assert view["status"] == "active"
+    assert view["field_mapping"]["email"] == "email"
+    path = f"/api/v1/sync/profiles/{view['profile_id']}"
+    schedule = temporal_client.get_schedule_handle(schedule_id(uuid.UUID(view["profile_id"])))
+    assert not (await schedule.describe()).schedule.state.paused
+
+    triggered = await api.post(f"{path}/trigger", headers=admin.headers)
+    assert triggered.status_code == 202, triggered.text
+    run = await _finished_run(api, admin, path)
+    assert run["outcome"] == "completed"
+    assert (run["read"], run["created"], run["updated"]) == (30, 30, 0)
+    assert len(hubspot_peer.records["contacts"]) == 30
+    runs = (await api.get(f"{path}/runs", headers=admin.headers)).json()
+    assert [r["run_id"] for r in runs["items"]] == [run["run_id"]]
+    assert (await api.get(path, headers=admin.headers)).json()["cursor"] is not None
+
+    paused = await api.post(f"{path}/pause", headers=admin.headers)
+    assert paused.json()["status"] == "paused"
+    assert (await schedule.describe()).schedule.state.paused
+    assert (await api.post(f"{path}/trigger", headers=admin.headers)).status_code == 409
+    resumed = await api.post(f"{path}/resume", headers=admin.headers)
+    assert resumed.json()["status"] == "active"
+    assert not (await schedule.describe()).schedule.state.paused
+
+    listed = (await api.get("/api/v1/sync/profiles", headers=admin.headers)).json()
+    assert [p["profile_id"] for p in listed["items"]] == [view["profile_id"]]
+    deleted = await api.delete(path, headers=admin.headers)
+    assert deleted.status_code == 204
+    assert (await api.get(path, headers=admin.headers)).status_code == 404
+    assert not [s async for s in await temporal_client.list_schedules() if s.id == schedule.id]
+
+
+async def test_profiles_are_validated_and_other_tenants_refused(
+    sync_api: httpx.AsyncClient,
+    peered: Settings,
+    sessions: SessionFactory,
+    woocommerce_peer: WooCommercePeer,
+) -> None:
+    api, admin = sync_api, await member(sessions, peered)
+    shop, crm = await connect_pair(sessions, peered, admin.tenant_id, woocommerce_peer.url)
+    stranger = await member(sessions, peered)
+    their_shop, their_crm = await connect_pair(
+        sessions, peered, stranger.tenant_id, woocommerce_peer.url
+    )
+
+    # Another tenant's connection on either side: 404, as if it did not exist.
+    assert (await _profile(api, admin, their_shop, crm)).status_code == 404
+    assert (await _profile(api, admin, shop, their_crm)).status_code == 404
+    # Connectors that do not hold the resources, an unknown pair, unknown fields: 422.
+    assert (await _profile(api, admin, crm, shop)).status_code == 422
+    unknown_pair = await _profile(api, admin, shop, crm, target_resource="deals")
+    assert unknown_pair.status_code == 422
+    bad_mapping = await _profile(
+        api, admin, shop, crm, field_mapping={"email": "email", "first_name": "nickname"}
+    )
+    assert bad_mapping.status_code == 422
+    assert bad_mapping.json()["errors"][0]["loc"] == ["body", "field_mapping", "first_name"]
+    # Only tenant admins write.
+    reader = await member(sessions, peered, Role.READONLY, tenant_id=admin.tenant_id)
+    assert (await _profile(api, reader, shop, crm)).status_code == 403
+
+    created = await _profile(api, admin, shop, crm)
+    assert created.status_code == 201, created.text
+    path = f"/api/v1/sync/profiles/{created.json()['profile_id']}"
+    assert (await api.get(path, headers=reader.headers)).status_code == 200
+    assert (await api.post(f"{path}/pause", headers=reader.headers)).status_code == 403
+    for method, suffix in (
+        ("GET", ""),
+        ("GET", "/runs"),
+        ("POST", "/pause"),
+        ("POST", "/resume"),
+        ("POST", "/trigger"),
+        ("DELETE", ""),
+    ):
+        answer = await api.request(method, f"{path}{suffix}", headers=stranger.headers)
+        assert answer.status_code == 404, (method, suffix)
+    theirs = (await api.get("/api/v1/sync/profiles", headers=stranger.headers)).json()
+    assert theirs["items"] == []

@@ -1,0 +1,472 @@
+"""SyncWorkflow on the dev server: shop customers at the WooCommerce peer become contacts at the
+HubSpot peer, page by page, crash-safe and without duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from subprocess import Popen
+
+import pytest
+from sqlalchemy import func, select
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+
+from connectors.crm.hubspot import API_BASE, EXTERNAL_ID
+from connectors.secrets import connection_path, secret_store_from_settings
+from core.db import SessionFactory, transaction
+from core.settings import Settings
+from models.connection import Connection, ConnectionHealth, ConnectionStatus
+from models.email import OutboundEmail
+from models.sync import MatchRule, SyncMapping, SyncProfile, SyncRun, SyncRunState, SyncStatus
+from tests.factories import member
+from tests.peers.hubspot import PRIVATE_APP_TOKEN, Fault, HubSpotPeer
+from tests.peers.woocommerce import CONSUMER_KEY, CONSUMER_SECRET, WooCommercePeer
+from tests.peers.woocommerce import Fault as ShopFault
+from workers.main import build_worker
+from workflows.sync import SyncWorkflow
+
+pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot"]
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@dataclass
+class Setup:
+    settings: Settings
+    tenant_id: uuid.UUID
+    shop_id: uuid.UUID
+    crm_id: uuid.UUID
+    profile_id: uuid.UUID
+
+
+@pytest.fixture
+def inline_wait() -> float:
+    """The longest vendor wait a page activity sits out itself (a test parametrizes it)."""
+    return 60.0
+
+
+@pytest.fixture
+def peered(settings: Settings, hubspot_peer: HubSpotPeer, inline_wait: float) -> Settings:
+    return settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {API_BASE: hubspot_peer.url},
+            "sync_inline_wait_seconds": inline_wait,
+        }
+    )
+
+
+async def connect_pair(
+    sessions: SessionFactory,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    shop_url: str,
+    *,
+    shop_secret: str = CONSUMER_SECRET,
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A WooCommerce and a HubSpot connection of the tenant, their credentials stored."""
+    store = secret_store_from_settings(settings)
+    shop_id, crm_id = uuid.uuid4(), uuid.uuid4()
+    await store.put(
+        connection_path(tenant_id, shop_id), {"api_key": CONSUMER_KEY, "api_secret": shop_secret}
+    )
+    await store.put(connection_path(tenant_id, crm_id), {"api_key": PRIVATE_APP_TOKEN})
+    async with transaction(sessions) as session:
+        for connection_id, connector, settings_ in (
+            (shop_id, "woocommerce", {"store_url": shop_url}),
+            (crm_id, "hubspot", {}),
+        ):
+            session.add(
+                Connection(
+                    id=connection_id,
+                    tenant_id=tenant_id,
+                    connector_id=connector,
+                    auth_kind="api_key",
+                    label=connector,
+                    settings=settings_,
+                    account={},
+                    status=ConnectionStatus.CONNECTED,
+                    health=ConnectionHealth.HEALTHY,
+                )
+            )
+    return shop_id, crm_id
+
+
+async def add_profile(
+    sessions: SessionFactory, tenant_id: uuid.UUID, shop_id: uuid.UUID, crm_id: uuid.UUID
+) -> uuid.UUID:
+    """An active customers-to-contacts profile between the two connections."""
+    profile_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            SyncProfile(
+                id=profile_id,
+                tenant_id=tenant_id,
+                source_connection_id=shop_id,
+                target_connection_id=crm_id,
+                source_resource="customers",
+                target_resource="contacts",
+                field_mapping={
+                    "email": "email",
+                    "first_name": "first_name",
+                    "last_name": "last_name",
+                },
+                match_rule=MatchRule.EXTERNAL_ID_THEN_EMAIL,
+                interval=timedelta(hours=1),
+                status=SyncStatus.ACTIVE,
+            )
+        )
+    return profile_id
+
+
+@pytest.fixture
+async def setup(
+    peered: Settings,
+    sessions: SessionFactory,
+    woocommerce_peer: WooCommercePeer,
+    temporal_env: WorkflowEnvironment,
+) -> AsyncIterator[Setup]:
+    admin = await member(sessions, peered)
+    shop_id, crm_id = await connect_pair(sessions, peered, admin.tenant_id, woocommerce_peer.url)
+    profile_id = await add_profile(sessions, admin.tenant_id, shop_id, crm_id)
+    async with build_worker(temporal_env.client, sessions, peered):
+        yield Setup(peered, admin.tenant_id, shop_id, crm_id, profile_id)
+
+
+def _customers(peer: WooCommercePeer, count: int, start: int = 0) -> None:
+    for n in range(start, start + count):
+        peer.add_customer(
+            f"customer{n}@example.com", modified=T0 + timedelta(minutes=n), first_name=f"C{n}"
+        )
+
+
+async def _sync(client: Client, setup: Setup, **options: int) -> str:
+    """One run to its end; the id of its first workflow run (the statistics' key)."""
+    handle = await client.start_workflow(
+        SyncWorkflow.run,
+        SyncRunState(profile_id=setup.profile_id, **options),
+        id=f"sync:{setup.profile_id}",
+        task_queue=setup.settings.temporal_task_queue,
+    )
+    await handle.result()
+    assert handle.first_execution_run_id is not None
+    return handle.first_execution_run_id
+
+
+def _contacts(peer: HubSpotPeer) -> list[dict[str, str]]:
+    return [r["properties"] for r in peer.records["contacts"].values()]
+
+
+async def _run_row(sessions: SessionFactory, run_id: str) -> SyncRun:
+    async with sessions() as session:
+        row = await session.scalar(select(SyncRun).where(SyncRun.workflow_run_id == run_id))
+    assert row is not None
+    return row
+
+
+async def test_customers_become_contacts_and_a_second_run_only_updates_changes(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 260)
+    # The account's ten-second limit is raised here; the next test meets it.
+    hubspot_peer.interval_max = 10_000
+    # Already in the CRM by e-mail: matched, not created again.
+    hubspot_peer.seed("contacts", {"email": "customer7@example.com", "firstname": "Old"})
+    # Pages of 50 and two pages per workflow run: the run continues as new twice.
+    run_id = await _sync(temporal_client, setup, page_size=50, pages_per_run=2)
+
+    contacts = _contacts(hubspot_peer)
+    assert len(contacts) == 260
+    assert len({c["email"] for c in contacts}) == 260
+    matched = next(c for c in contacts if c["email"] == "customer7@example.com")
+    assert matched["firstname"] == "C7"
+    # Every contact the sync created carries its source record's marker.
+    created = [c for c in contacts if c is not matched]
+    assert all(c[EXTERNAL_ID].startswith(f"{setup.shop_id}:") for c in created)
+    first = await _run_row(sessions, run_id)
+    assert (first.read, first.created, first.updated, first.skipped, first.failed) == (
+        260,
+        259,
+        1,
+        0,
+        0,
+    )
+    assert first.outcome == "completed"
+    assert first.finished_at is not None
+    async with sessions() as session:
+        profile = await session.get(SyncProfile, setup.profile_id)
+        assert profile is not None
+        assert profile.cursor == T0 + timedelta(minutes=259)
+        assert profile.page_cursor is None
+        mapped = await session.scalar(
+            select(func.count()).where(SyncMapping.profile_id == setup.profile_id)
+        )
+    assert mapped == 260
+
+    # Two customers change and one is new: the next run reads only those (and the newest one
+    # it read before, at its watermark), creates one contact and updates the rest.
+    for record in list(woocommerce_peer.records["customers"].values())[:2]:
+        record["first_name"] = "Changed"
+        record["date_modified_gmt"] = (T0 + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    woocommerce_peer.add_customer(
+        "late@example.com", modified=T0 + timedelta(days=1), first_name="Late"
+    )
+    second = await _run_row(sessions, await _sync(temporal_client, setup))
+    assert (second.read, second.created, second.updated, second.failed) == (4, 1, 3, 0)
+    contacts = _contacts(hubspot_peer)
+    assert len(contacts) == 261
+    assert sum(1 for c in contacts if c["firstname"] == "Changed") == 2
+
+
+async def test_a_page_failing_after_its_writes_and_a_429_storm_write_nothing_twice(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 120)
+    # A storm of 429s first: each ends the page attempt, retried after the vendor's wait.
+    hubspot_peer.fail(
+        "/crm/v3/objects/contacts", *[Fault.rate_limited(retry_after=1) for _ in range(4)]
+    )
+    handle = await temporal_client.start_workflow(
+        SyncWorkflow.run,
+        SyncRunState(profile_id=setup.profile_id, page_size=60),
+        id=f"sync:{setup.profile_id}",
+        task_queue=setup.settings.temporal_task_queue,
+    )
+    # Then HubSpot fails mid-page, after some of the page's contacts were created: the page
+    # is retried and finds what it wrote.
+    for _ in range(400):
+        if len(hubspot_peer.records["contacts"]) >= 10:
+            break
+        await asyncio.sleep(0.02)
+    hubspot_peer.fail(
+        "/crm/v3/objects/contacts", Fault.error(500, "INTERNAL_ERROR", "Internal error")
+    )
+    await handle.result()
+    assert handle.first_execution_run_id is not None
+    contacts = _contacts(hubspot_peer)
+    assert len(contacts) == 120
+    assert len({c[EXTERNAL_ID] for c in contacts}) == 120
+    assert len(hubspot_peer.seen("POST", "/crm/v3/objects/contacts/search")) > 0
+    row = await _run_row(sessions, handle.first_execution_run_id)
+    assert row.read == 120
+    # Records the failed attempt wrote count as updated by the attempt that succeeded.
+    assert row.created + row.updated == 120
+    assert row.updated >= 10
+    assert row.failed == 0
+
+
+async def test_a_run_ended_mid_way_resumes_from_its_committed_page(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 150)
+    hubspot_peer.interval_max = 10_000
+    # The vendor stays down after the first page: the run is terminated (as a crashed or
+    # cancelled run would be) with one page committed.
+    handle = await temporal_client.start_workflow(
+        SyncWorkflow.run,
+        SyncRunState(profile_id=setup.profile_id, page_size=50),
+        id=f"sync:{setup.profile_id}",
+        task_queue=setup.settings.temporal_task_queue,
+    )
+    for _ in range(1200):
+        async with sessions() as session:
+            profile = await session.get(SyncProfile, setup.profile_id)
+            assert profile is not None
+            if profile.page_cursor is not None:
+                break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("no page was committed")
+    await handle.terminate("worker lost")
+    assert (await handle.describe()).status is WorkflowExecutionStatus.TERMINATED
+    assert 50 <= len(hubspot_peer.records["contacts"]) < 150
+
+    run_id = await _sync(temporal_client, setup, page_size=50)
+    contacts = _contacts(hubspot_peer)
+    assert len(contacts) == 150
+    assert len({c["email"] for c in contacts}) == 150
+    row = await _run_row(sessions, run_id)
+    # The resumed run starts after the committed page: it reads the two pages after it, and
+    # what the lost run had written of them is found, not created again.
+    assert row.read == 100
+    assert row.created + row.updated == 100
+    assert row.outcome == "completed"
+
+
+async def test_invalid_records_are_skipped_and_counted_without_their_data(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 5)
+    bad = woocommerce_peer.add_customer("not-an-address", modified=T0 + timedelta(hours=1))
+    row = await _run_row(sessions, await _sync(temporal_client, setup))
+    assert (row.read, row.created, row.skipped) == (6, 5, 1)
+    assert row.failures == [{"source_id": str(bad["id"]), "reason": "invalid email: value_error"}]
+    assert "not-an-address" not in str(row.failures)
+    assert len(hubspot_peer.records["contacts"]) == 5
+
+
+async def test_refused_credentials_pause_the_profile_and_mark_the_connection(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 3)
+    await secret_store_from_settings(setup.settings).put(
+        connection_path(setup.tenant_id, setup.shop_id),
+        {"api_key": CONSUMER_KEY, "api_secret": "cs_wrong"},
+    )
+    run_id = await _sync(temporal_client, setup)
+    row = await _run_row(sessions, run_id)
+    assert row.outcome == "auth_failed"
+    check = temporal_client.get_workflow_handle(f"connection:{setup.shop_id}")
+    await check.result()
+    async with sessions() as session:
+        profile = await session.get(SyncProfile, setup.profile_id)
+        connection = await session.get(Connection, setup.shop_id)
+    assert profile is not None
+    assert profile.status is SyncStatus.PAUSED
+    assert connection is not None
+    assert connection.health is ConnectionHealth.AUTH_FAILED
+    # The tenant's admin is told once, by the connection's check.
+    async with sessions() as session:
+        notices = list(
+            await session.scalars(
+                select(OutboundEmail.subject).where(OutboundEmail.tenant_id == setup.tenant_id)
+            )
+        )
+    assert notices == ["Reconnect woocommerce: its credentials stopped working"]
+    # A paused profile's next run does nothing: no read, no statistics row.
+    requests = len(woocommerce_peer.requests)
+    paused_run = await _sync(temporal_client, setup)
+    assert len(woocommerce_peer.requests) == requests
+    async with sessions() as session:
+        assert (
+            await session.scalar(select(SyncRun).where(SyncRun.workflow_run_id == paused_run))
+            is None
+        )
+
+
+@pytest.mark.parametrize("inline_wait", [0.5])
+async def test_a_long_vendor_limit_is_slept_out_in_the_workflow(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 3)
+    # The shop's host asks for a wait longer than a page activity sits out itself.
+    woocommerce_peer.fail(ShopFault(status=429, headers={"Retry-After": "2"}))
+    started = time.monotonic()
+    run_id = await _sync(temporal_client, setup)
+    assert time.monotonic() - started >= 2
+    history = await temporal_client.get_workflow_handle(
+        f"sync:{setup.profile_id}", run_id=run_id
+    ).fetch_history()
+    timers = [e for e in history.events if e.HasField("timer_started_event_attributes")]
+    assert [t.timer_started_event_attributes.start_to_fire_timeout.seconds for t in timers] == [2]
+    row = await _run_row(sessions, run_id)
+    assert (row.outcome, row.created) == ("completed", 3)
+    assert len(hubspot_peer.records["contacts"]) == 3
+
+
+def _worker_process(settings: Settings, address: str, hubspot_url: str, log: Path) -> Popen[bytes]:
+    """A ``bizosaas worker`` process on the test's task queue, database and data directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BIZ_")} | {
+        "BIZ_DATA_DIR": str(settings.data_dir),
+        "BIZ_DATABASE_URL": settings.database_url,
+        "BIZ_CODEC_KEYS": settings.codec_keys.get_secret_value() if settings.codec_keys else "",
+        "BIZ_TEMPORAL_ADDRESS": address,
+        "BIZ_TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
+        "BIZ_WORKER_METRICS_PORT": "0",
+        "BIZ_LOG_LEVEL": "WARNING",
+        "BIZ_CONNECTOR_ALLOW_PRIVATE_URLS": "true",
+        "BIZ_CONNECTOR_VENDOR_ORIGINS": json.dumps({API_BASE: hubspot_url}),
+    }
+    if settings.jwt_secret is not None:
+        env["BIZ_JWT_SECRET"] = settings.jwt_secret.get_secret_value()
+    with log.open("ab") as stderr:
+        return Popen(
+            [sys.executable, "-m", "core.cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+
+
+async def test_a_worker_killed_mid_run_resumes_without_duplicates(
+    peered: Settings,
+    sessions: SessionFactory,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_env: WorkflowEnvironment,
+    tmp_path: Path,
+) -> None:
+    admin = await member(sessions, peered)
+    shop, crm = await connect_pair(sessions, peered, admin.tenant_id, woocommerce_peer.url)
+    profile_id = await add_profile(sessions, admin.tenant_id, shop, crm)
+    hubspot_peer.interval_max = 10_000
+    _customers(woocommerce_peer, 200)
+    address = temporal_env.client.service_client.config.target_host
+    worker = _worker_process(peered, address, hubspot_peer.url, tmp_path / "worker-1.log")
+    try:
+        handle = await temporal_env.client.start_workflow(
+            SyncWorkflow.run,
+            SyncRunState(profile_id=profile_id, page_size=40),
+            id=f"sync:{profile_id}",
+            task_queue=peered.temporal_task_queue,
+        )
+        # SIGKILL in the middle of the run (some pages written, some not).
+        for _ in range(1200):
+            if len(hubspot_peer.records["contacts"]) >= 60:
+                break
+            await asyncio.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        written = len(hubspot_peer.records["contacts"])
+        assert 60 <= written < 200, written
+        worker = _worker_process(peered, address, hubspot_peer.url, tmp_path / "worker-2.log")
+        async with asyncio.timeout(120):
+            counts = await handle.result()
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+    contacts = _contacts(hubspot_peer)
+    assert len(contacts) == 200
+    assert len({c[EXTERNAL_ID] for c in contacts}) == 200
+    # What the killed attempt wrote of its page is found again, not created twice.
+    assert counts.read == 200
+    assert counts.created + counts.updated == 200
+    assert counts.failed == 0
+    run = await _run_row(sessions, handle.first_execution_run_id or "")
+    assert run.outcome == "completed"
