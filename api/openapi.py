@@ -6,8 +6,9 @@ FastAPI documents a route's success and a ``HTTPValidationError`` 422 that this 
 - the problem schema (RFC 9457, with ``errors`` for field problems) is declared once;
 - each operation gets the statuses it can really answer, derived from what it depends on (a
   bearer token: 401; a role or MFA check: 403; the database or Temporal: 503; Temporal: 504; a
-  rate limit: 429; a body: 400, 413, 422; path parameters: 404) and from the problem classes its
-  endpoint and dependencies reach (``raise NotFound(...)`` in a helper it calls: 404);
+  rate limit: 429; a body: 400, 422; any request: 413; path parameters: 404) and from the
+  problem classes its endpoint and dependencies reach (``raise NotFound(...)`` in a helper it
+  calls: 404);
 - error responses a route declares itself (``responses={409: {...}}``) get the problem schema.
 
 Routes therefore change little: only a status that no dependency or problem class reveals needs
@@ -164,7 +165,9 @@ def route_statuses(route: Any, classes: dict[str, type[Problem]] | None = None) 
             statuses.add(429)
         statuses |= _reached(call, classes)
     if route.body_field is not None:
-        statuses |= {400, 413, 422}
+        statuses |= {400, 422}
+    # The body cap (api/middleware.BodyLimitMiddleware) answers any request, a GET too.
+    statuses.add(413)
     if route.dependant.path_params:
         statuses |= {404, 422}
     if route.dependant.query_params or route.dependant.header_params:
