@@ -3,6 +3,7 @@ access, billing e-mails, and usage metering."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -36,14 +37,18 @@ from core.settings import Settings
 from models.billing import (
     GAUGES,
     BillingEvent,
+    BillingFailure,
     BillingInput,
     BillingNotice,
     BillingPlan,
     BillingPolicy,
+    BillingRebuild,
+    BillingState,
     BillingStatus,
     BillingTransition,
     CustomerRequest,
     DefaultPaymentMethod,
+    Dunning,
     Invoice,
     InvoiceRecord,
     InvoiceSnapshot,
@@ -61,6 +66,7 @@ from models.billing import (
     UsageMetric,
     UsageRecord,
     UsageReport,
+    reminder_offsets,
 )
 from models.email import EmailMessage
 from models.onboarding import PlanId
@@ -91,6 +97,18 @@ _INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3
 METER_EVENTS = {metric: f"bizosaas_{metric.value}" for metric in UsageMetric}
 
 
+# The unique key columns (outbox, audit) hold 200 characters.
+_KEY_LENGTH = 200
+
+
+def bounded_key(key: str) -> str:
+    """``key`` itself when it fits the key columns, else a digest of it (a long e-mail address
+    or client key would otherwise fail the insert on every retry)."""
+    if len(key) <= _KEY_LENGTH:
+        return key
+    return f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
 def workflow_id(tenant_id: uuid.UUID) -> str:
     return f"billing:{tenant_id}"
 
@@ -103,8 +121,9 @@ def billing_policy(settings: Settings) -> BillingPolicy:
     """The workflow's clock, fixed from settings when it starts."""
     return BillingPolicy(
         trial_days=settings.billing_trial_days,
-        grace=timedelta(days=settings.billing_grace_days),
+        grace=settings.billing_grace or timedelta(days=settings.billing_grace_days),
         reminder_days=sorted(settings.billing_reminder_days),
+        reminders=settings.billing_reminders,
         retention=timedelta(days=settings.billing_retention_days),
         usage_report_every=settings.usage_report_every,
     )
@@ -364,10 +383,17 @@ class BillingActivities:
     @activity.defn
     async def pay_open_invoices(self, payment: OpenInvoicesPayment) -> list[InvoiceSnapshot]:
         """Charge the default payment method for each open invoice of the customer; returns
-        the invoices as they stand after the attempt (a declined one stays open)."""
-        attempted = []
+        the invoices as they stand after the attempt (a declined one stays open).
+
+        Heartbeats after each invoice with the invoices attempted so far; a retry resumes from
+        them and does not charge (or ask Stripe about) those again."""
+        details = activity.info().heartbeat_details
+        attempted = [InvoiceSnapshot.model_validate(item) for item in details[0]] if details else []
+        done = {invoice.invoice_id for invoice in attempted}
         async with self._stripe() as gateway:
             for invoice_id in await gateway.open_invoices(payment.customer_id):
+                if invoice_id in done:
+                    continue
                 key = f"{payment.idempotency_key}:{invoice_id}"
                 try:
                     attempted.append(await gateway.pay_invoice(invoice_id, key))
@@ -376,6 +402,8 @@ class BillingActivities:
                     fetched = await gateway.fetch_invoice(invoice_id)
                     if fetched is not None:
                         attempted.append(fetched)
+                done.add(invoice_id)
+                activity.heartbeat([invoice.model_dump(mode="json") for invoice in attempted])
         return attempted
 
     # --- Projections and the tenant -------------------------------------------------------
@@ -409,8 +437,90 @@ class BillingActivities:
                     actor=audit.Actor(user_id=change.actor_id),
                     data={"status": change.status.value, "from": change.previous.value}
                     | change.data,
-                    idempotency_key=change.idempotency_key,
+                    idempotency_key=bounded_key(change.idempotency_key),
                 )
+
+    @activity.defn
+    async def record_billing_failure(self, failure: BillingFailure) -> None:
+        """Record what the billing workflow could not do (an audit row, once under its key) and
+        alert operators (an error log line); the workflow goes on."""
+        log.error(
+            "billing for tenant %s could not handle %s %s: %s",
+            failure.tenant_id,
+            failure.what,
+            failure.subject,
+            failure.error,
+        )
+        async with transaction(self._sessions) as session:
+            if await session.get(Tenant, failure.tenant_id) is None:
+                return  # the tenant is gone: the log line is the record
+            await audit.append(
+                session,
+                f"billing.{failure.what}_failed",
+                tenant_id=failure.tenant_id,
+                data={"subject": failure.subject, "error": failure.error[:500]},
+                idempotency_key=bounded_key(failure.idempotency_key),
+            )
+
+    @activity.defn
+    async def load_billing_state(self, rebuild: BillingRebuild) -> BillingState | None:
+        """A fresh run's state, rebuilt from the subscriptions and invoices projections and the
+        subscription as Stripe has it now (``None`` for a tenant billing never knew), so that a
+        run started after another ended or died never starts empty."""
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(Subscription).where(Subscription.tenant_id == rebuild.tenant_id)
+            )
+            if row is None:
+                return None
+            unpaid = []
+            if row.status in (BillingStatus.PAST_DUE, BillingStatus.SUSPENDED):
+                unpaid = list(
+                    await session.scalars(
+                        select(Invoice.stripe_invoice_id)
+                        .where(Invoice.tenant_id == rebuild.tenant_id, Invoice.status == "open")
+                        .order_by(Invoice.stripe_created)
+                    )
+                )
+        snapshot = None
+        if row.stripe_subscription_id is not None and row.stripe_customer_id is not None:
+            if self._open_gateway is not None:
+                async with self._stripe() as gateway:
+                    snapshot = await gateway.fetch_subscription(row.stripe_subscription_id)
+            if snapshot is None:  # Stripe does not know it (or is not configured)
+                snapshot = SubscriptionSnapshot(
+                    subscription_id=row.stripe_subscription_id,
+                    customer_id=row.stripe_customer_id,
+                    plan=row.plan,
+                    stripe_status=row.stripe_status or "canceled",
+                    current_period_start=row.current_period_start,
+                    current_period_end=row.current_period_end,
+                    cancel_at_period_end=row.cancel_at_period_end,
+                    trial_end=row.trial_end,
+                    as_of=0,
+                )
+        dunning = None
+        if row.grace_ends_at is not None and row.status in (
+            BillingStatus.PAST_DUE,
+            BillingStatus.SUSPENDED,
+        ):
+            since = row.grace_ends_at - rebuild.policy.grace
+            now = datetime.now(UTC)
+            # Reminders whose time has passed went out (or are too late to matter).
+            offsets = reminder_offsets(rebuild.policy)
+            sent = [key for key, offset, _ in offsets if since + offset <= now]
+            dunning = Dunning(since=since, reminders_sent=sent)
+        return BillingState(
+            status=row.status,
+            plan=row.plan,
+            customer_id=row.stripe_customer_id,
+            subscription=snapshot,
+            unpaid_invoices=unpaid,
+            dunning=dunning,
+            retention_ends_at=row.retention_ends_at
+            if row.status is BillingStatus.CANCELLED
+            else None,
+        )
 
     @activity.defn
     async def record_invoice(self, record: InvoiceRecord) -> None:
@@ -451,7 +561,7 @@ class BillingActivities:
         for address, full_name in admins:
             await self._mailer.send(
                 EmailMessage(
-                    idempotency_key=f"{notice.idempotency_key}:{address}",
+                    idempotency_key=bounded_key(f"{notice.idempotency_key}:{address}"),
                     to=address,
                     subject=subject,
                     body=f"Hello {full_name},\n\n{body}\n",
@@ -499,27 +609,83 @@ class BillingActivities:
             unsent = (
                 await session.scalars(
                     select(UsageReport)
-                    .where(UsageReport.tenant_id == tenant_id, UsageReport.sent_at.is_(None))
+                    .where(
+                        UsageReport.tenant_id == tenant_id,
+                        UsageReport.sent_at.is_(None),
+                        UsageReport.refused.is_(None),
+                    )
                     .order_by(UsageReport.created_at)
                 )
             ).all()
         if not unsent:
             return 0
-        async with self._stripe() as gateway:
+        sent = 0
+        async with self._open_meters() as gateway:
+            # Found before created: a report to a meter that does not exist would be refused.
+            await gateway.ensure_meters(
+                {
+                    METER_EVENTS[metric]: "last" if metric in GAUGES else "sum"
+                    for metric in UsageMetric
+                }
+            )
             for report in unsent:
-                await gateway.report_usage(
-                    METER_EVENTS[report.metric],
-                    customer_id,
-                    report.quantity,
-                    report.id,
-                    report.occurred_at,
-                )
-                async with transaction(self._sessions) as session:
-                    stored = await session.get(UsageReport, report.id)
-                    assert stored is not None
-                    stored.sent_at = datetime.now(UTC)
+                try:
+                    await gateway.report_usage(
+                        METER_EVENTS[report.metric],
+                        customer_id,
+                        report.quantity,
+                        report.id,
+                        report.occurred_at,
+                    )
+                except BillingRejected as exc:
+                    await self._refuse_report(report, str(exc))
+                else:
+                    async with transaction(self._sessions) as session:
+                        stored = await session.get(UsageReport, report.id)
+                        assert stored is not None
+                        stored.sent_at = datetime.now(UTC)
+                    sent += 1
                 activity.heartbeat(report.id)
-        return len(unsent)
+        return sent
+
+    @asynccontextmanager
+    async def _open_meters(self) -> AsyncIterator[BillingGateway]:
+        """The gateway with its refusals raised as they are (each report is judged alone)."""
+        if self._open_gateway is None:
+            raise ApplicationError(
+                "billing needs a payment provider: set BIZ_STRIPE_SECRET_KEY",
+                type=BILLING_NOT_CONFIGURED,
+                non_retryable=True,
+            )
+        async with self._open_gateway() as gateway:
+            yield gateway
+
+    async def _refuse_report(self, report: UsageReport, reason: str) -> None:
+        """Keep a report Stripe refused, with why; audit it and alert (an error log line)."""
+        log.error(
+            "Stripe refused usage report %s of tenant %s (%s %s): %s",
+            report.id,
+            report.tenant_id,
+            report.metric.value,
+            report.quantity,
+            reason,
+        )
+        async with transaction(self._sessions) as session:
+            stored = await session.get(UsageReport, report.id, with_for_update=True)
+            assert stored is not None
+            stored.refused = reason[:500]
+            await audit.append(
+                session,
+                "billing.usage_report_refused",
+                tenant_id=report.tenant_id,
+                data={
+                    "report": report.id,
+                    "metric": report.metric.value,
+                    "quantity": str(report.quantity),
+                    "reason": reason[:300],
+                },
+                idempotency_key=f"usage-report-refused:{report.id}",
+            )
 
     async def _aggregate_usage(self, tenant_id: uuid.UUID) -> None:
         """One report per metric over the usage not yet counted, in one transaction."""
@@ -592,7 +758,29 @@ class BillingActivities:
 def _notice_text(notice: BillingNotice, tenant: str, link: str) -> tuple[str, str]:
     """Subject and body of a billing e-mail."""
     deadline = notice.deadline.strftime("%d %B %Y") if notice.deadline else "soon"
+    invoice = notice.invoice
+    number = (invoice.number or invoice.invoice_id) if invoice else "the invoice"
+    amount = (
+        f"{(invoice.amount_paid or invoice.amount_due) / 100:.2f} {invoice.currency.upper()}"
+        if invoice
+        else "the amount due"
+    )
     texts = {
+        NoticeKind.PAYMENT_FAILED: (
+            f"Payment failed for {tenant}",
+            f"We could not collect {amount} for invoice {number} of {tenant}'s subscription. "
+            f"Please update the payment method at {link} before {deadline}; the account stays "
+            "fully usable until then.",
+        ),
+        NoticeKind.RECEIPT: (
+            f"Receipt for {tenant}: invoice {number}",
+            f"Thank you: we received {amount} for invoice {number} of {tenant}'s subscription."
+            + (
+                f" The invoice: {invoice.hosted_invoice_url}"
+                if invoice and invoice.hosted_invoice_url
+                else ""
+            ),
+        ),
         NoticeKind.PAYMENT_REMINDER: (
             f"Payment overdue for {tenant}",
             f"We could not collect the payment for {tenant}'s subscription. Please update the "

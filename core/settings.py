@@ -211,6 +211,12 @@ class Settings(BaseSettings):
     billing_grace_days: int = Field(default=7, ge=1)
     billing_reminder_days: list[int] = [1, 3, 6]
     billing_retention_days: int = Field(default=30, ge=1)
+    # Durations (ISO 8601 such as "PT10M", "P7D", or seconds) that replace the grace days and
+    # reminder days when set, so that dunning can be tried on a live stack in minutes. All of
+    # these are frozen into a billing workflow when it starts; an operator applies new ones to
+    # a running tenant with POST /api/v1/billing/tenants/{id}/policy.
+    billing_grace: timedelta | None = None
+    billing_reminders: list[timedelta] | None = None
     # Usage is aggregated and reported to Stripe meters this often, per tenant.
     usage_report_every: timedelta = timedelta(hours=1)
 
@@ -232,6 +238,10 @@ class Settings(BaseSettings):
     # others, as a JSON object: for tests and local development against vendor peers. Those
     # hosts receive the platform's OAuth client secrets: set by operators only, never per tenant.
     connector_vendor_origins: dict[str, str] = {}
+
+    # Connector sync (activities/sync.py): a vendor's Retry-After up to this long is waited out
+    # inside the page activity; a longer one makes the run sleep durably in its workflow.
+    sync_inline_wait_seconds: float = Field(default=60, gt=0)
 
     # This platform's OAuth applications at vendors, by connector id, as a JSON object:
     # {"hubspot": {"client_id": "...", "client_secret": "..."}}. Consent for an OAuth connection
@@ -282,8 +292,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_reminders(self) -> Settings:
-        if any(not 0 < day < self.billing_grace_days for day in self.billing_reminder_days):
-            raise ValueError("BIZ_BILLING_REMINDER_DAYS must fall within BIZ_BILLING_GRACE_DAYS")
+        grace = self.billing_grace or timedelta(days=self.billing_grace_days)
+        if grace <= timedelta(0):
+            raise ValueError("BIZ_BILLING_GRACE must be positive")
+        reminders = (
+            self.billing_reminders
+            if self.billing_reminders is not None
+            else [timedelta(days=day) for day in self.billing_reminder_days]
+        )
+        if any(not timedelta(0) < at < grace for at in reminders):
+            raise ValueError("billing reminders must fall within the grace period")
         return self
 
     @model_validator(mode="after")

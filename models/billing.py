@@ -173,6 +173,9 @@ class UsageReport(Base):
     occurred_at: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+    # Why Stripe refused it (a meter missing or inactive, say): recorded and alerted once, not
+    # resent every hour; an operator fixes the meter and clears this to send it again.
+    refused: Mapped[str | None] = mapped_column(String(500))
 
 
 # --- What Stripe says, normalised by the gateway ------------------------------------------
@@ -264,10 +267,40 @@ class BillingPolicy(BaseModel):
     trial_days: int = 14
     grace: timedelta = timedelta(days=7)
     reminder_days: list[int] = Field(default_factory=lambda: [1, 3, 6])
+    # Reminders as durations into the grace period; when set, they replace ``reminder_days``.
+    reminders: list[timedelta] | None = None
     retention: timedelta = timedelta(days=30)
     usage_report_every: timedelta = timedelta(hours=1)
     # The run continues as new once its history reaches this many events.
     history_limit: int = 2_000
+    # How long one activity may take, retries included, before the workflow gives up on it,
+    # records the failure and goes on: while it runs it holds the lock (every update and timer
+    # waits), so it is bounded. Updates wait on a tighter bound: a person is waiting.
+    activity_deadline: timedelta = timedelta(minutes=10)
+    update_deadline: timedelta = timedelta(minutes=1)
+    notice_deadline: timedelta = timedelta(minutes=30)
+    # A Stripe event whose handling failed is parked and tried again after this, doubling, up
+    # to ``parked_attempts`` times; after that an operator replays it.
+    parked_retry: timedelta = timedelta(hours=1)
+    parked_attempts: int = 6
+    # After a failed timer action (a suspension whose projection write failed, say), wait this
+    # long before trying it again.
+    failure_backoff: timedelta = timedelta(minutes=5)
+    # A run that holds no customer and receives nothing for this long ends (a fresh start
+    # rebuilds it from the projection).
+    idle_end: timedelta = timedelta(days=30)
+
+
+def reminder_offsets(policy: BillingPolicy) -> list[tuple[int, timedelta, str]]:
+    """The policy's reminders: (key remembered once sent, offset into the grace period, label).
+    Day-based reminders keep their day as the key (as runs always had); duration-based ones use
+    their offset in seconds."""
+    if policy.reminders is None:
+        return [(day, timedelta(days=day), f"day-{day}") for day in policy.reminder_days]
+    return [
+        (int(at.total_seconds()), at, f"after-{int(at.total_seconds())}s")
+        for at in sorted(policy.reminders)
+    ]
 
 
 class Dunning(BaseModel):
@@ -275,6 +308,16 @@ class Dunning(BaseModel):
 
     since: datetime
     reminders_sent: list[int] = Field(default_factory=list)
+
+
+class ParkedEvent(BaseModel):
+    """A Stripe event whose handling failed: tried again at ``retry_at`` (``None``: attempts
+    exhausted, waiting for an operator)."""
+
+    event: BillingEvent
+    attempts: int
+    error: str
+    retry_at: datetime | None
 
 
 class BillingState(BaseModel):
@@ -293,6 +336,16 @@ class BillingState(BaseModel):
     applied_events: list[str] = Field(default_factory=list)
     dunning: Dunning | None = None
     retention_ends_at: datetime | None = None
+    # Whether the tenant's usage-report Schedule was ensured (removed on cancellation).
+    usage_scheduled: bool = False
+    # The plan of a provisioning that failed (no card, say), and why: a saved card retries it.
+    pending_plan: PlanId | None = None
+    provision_failure: str | None = None
+    # Stripe events whose handling failed, kept for another try (bounded, oldest dropped).
+    parked: list[ParkedEvent] = Field(default_factory=list)
+    # Ids of updates handled (with the SetupIntent a card collection returned, else ""):
+    # Temporal drops a repeated update id only within a run, so the window is carried here.
+    handled_updates: dict[str, str] = Field(default_factory=dict)
     # Messages received but not yet handled when the run continued as new.
     pending: list[BillingEvent] = Field(default_factory=list)
     pending_provisions: list[ProvisionRequest] = Field(default_factory=list)
@@ -329,6 +382,10 @@ class BillingView(BaseModel):
     grace_ends_at: datetime | None
     retention_ends_at: datetime | None
     unpaid_invoices: list[str]
+    # Stripe events whose handling failed, waiting for another try or an operator.
+    parked_events: list[str] = Field(default_factory=list)
+    # Why the last provisioning failed (until a saved card or a retry subscribes the tenant).
+    provision_failure: str | None = None
 
 
 # --- Activity inputs ----------------------------------------------------------------------
@@ -380,6 +437,12 @@ class PaymentMethodRequest(BaseModel):
     requested_by: uuid.UUID | None = None
 
 
+class OperatorRequest(BaseModel):
+    """An operator's action on a tenant's billing (who asked)."""
+
+    requested_by: uuid.UUID | None = None
+
+
 class PaymentMethodCollection(BaseModel):
     """The SetupIntent the browser confirms; its client secret is only in the projection."""
 
@@ -419,12 +482,33 @@ class InvoiceRecord(BaseModel):
     invoice: InvoiceSnapshot
 
 
+class BillingFailure(BaseModel):
+    """Something the billing workflow could not do and went on without: recorded (audit) and
+    alerted (an error log line), never a reason for the workflow to stop."""
+
+    tenant_id: uuid.UUID
+    # What failed: ``event``, ``notice``, ``provisioning``, ``timer``.
+    what: str
+    subject: str
+    error: str
+    idempotency_key: str
+
+
+class BillingRebuild(BaseModel):
+    """Rebuild a fresh run's state from the projection and Stripe, under the run's policy."""
+
+    tenant_id: uuid.UUID
+    policy: BillingPolicy
+
+
 class NoticeKind(StrEnum):
     PAYMENT_REMINDER = "payment_reminder"
     SUSPENDED = "suspended"
     REACTIVATED = "reactivated"
     CANCELLED = "cancelled"
     TRIAL_ENDING = "trial_ending"
+    PAYMENT_FAILED = "payment_failed"
+    RECEIPT = "receipt"
 
 
 class BillingNotice(BaseModel):
@@ -435,6 +519,8 @@ class BillingNotice(BaseModel):
     idempotency_key: str
     day: int | None = None
     deadline: datetime | None = None
+    # The invoice a payment notice is about (failure or receipt).
+    invoice: InvoiceSnapshot | None = None
 
 
 class UsageRecord(BaseModel):

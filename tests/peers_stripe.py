@@ -269,8 +269,24 @@ async def meter_recorder() -> AsyncIterator[MeterRecorder]:
             }
         )
 
+    meters: dict[str, dict[str, str]] = {}
+
+    async def create_meter(request: web.Request) -> web.Response:
+        form = await request.post()
+        name = str(form["event_name"])
+        meters.setdefault(
+            name, {"id": f"mtr_{name}", "object": "billing.meter", "event_name": name}
+        )
+        return web.json_response(meters[name] | {"status": "active"})
+
+    async def list_meters(_: web.Request) -> web.Response:
+        data = [meter | {"status": "active"} for meter in meters.values()]
+        return web.json_response({"object": "list", "data": data, "has_more": False})
+
     app = web.Application()
     app.router.add_post("/v1/billing/meter_events", create)
+    app.router.add_post("/v1/billing/meters", create_meter)
+    app.router.add_get("/v1/billing/meters", list_meters)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()

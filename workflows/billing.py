@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.billing import PROCESS, BillingActivities
@@ -21,8 +21,11 @@ with workflow.unsafe.imports_passed_through():
     from core.search import BIZ_PROCESS, BIZ_STATUS, TENANT_ID
     from models.billing import (
         BillingEvent,
+        BillingFailure,
         BillingInput,
         BillingNotice,
+        BillingPolicy,
+        BillingRebuild,
         BillingState,
         BillingStatus,
         BillingTransition,
@@ -34,6 +37,8 @@ with workflow.unsafe.imports_passed_through():
         InvoiceSnapshot,
         NoticeKind,
         OpenInvoicesPayment,
+        OperatorRequest,
+        ParkedEvent,
         PaymentMethodCollection,
         PaymentMethodRequest,
         PlanChange,
@@ -45,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionRequest,
         SubscriptionSnapshot,
         SubscriptionUpdate,
+        reminder_offsets,
     )
     from models.onboarding import PlanId
 
@@ -56,6 +62,17 @@ PLAN_LIMIT_EXCEEDED = "PlanLimitExceeded"  # 409, details: the excesses
 # Bounds of the remembered ids carried across continue-as-new.
 _REMEMBERED_EVENTS = 500
 _REMEMBERED_INVOICES = 100
+_REMEMBERED_UPDATES = 500
+_PARKED_EVENTS = 100
+# The patch behind which this workflow catches failures and goes on, rebuilds a fresh run,
+# clears retention on a return to paying, re-checks its inbox before ending, ends idle runs,
+# wakes for continue-as-new on updates alone and cleans up when cancelled. Histories recorded
+# before it replay the earlier commands.
+LIFELINE = "billing-lifeline"
+# The patch behind which dunning follows Stripe: a subscription's unpaid status is checked
+# against a fresh read before dunning starts, a failed payment and each payment are e-mailed,
+# and a saved card retries a provisioning that failed.
+FOLLOW_STRIPE = "billing-follow-stripe"
 # Stripe statuses of a subscription with a payment outstanding, and of one that is over.
 _UNPAID = frozenset({"past_due", "unpaid"})
 _ENDED = frozenset({"canceled", "incomplete_expired"})
@@ -91,7 +108,14 @@ class BillingWorkflow:
       payment is overdue, retries the open invoices (their payment reactivates the tenant).
 
     Every transition writes the subscriptions projection, the tenant's status, ``BizStatus`` and
-    an audit row. The workflow continues as new before its history grows large.
+    an audit row. The workflow continues as new before its history grows large, carrying its
+    state, unhandled messages and the ids of handled updates.
+
+    It never dies of one failure: every activity is bounded, and an event whose handling fails
+    is recorded, alerted and parked for another try (an e-mail that cannot go out is recorded
+    and skipped). A run started after another ended or died rebuilds its state from the
+    projection and Stripe; a run holding nothing ends when idle. Cancelled, it removes its
+    usage schedule.
     """
 
     @workflow.init
@@ -104,30 +128,107 @@ class BillingWorkflow:
         self._state.pending, self._state.pending_provisions = [], []
         # Serialises event handling with the updates: both change the subscription.
         self._lock = asyncio.Lock()
+        # Whether this run has the LIFELINE commands (see ``_patched``).
+        self._lifeline: bool | None = None
+        self._follows_stripe: bool | None = None
+        # After a failed timer action, timers wait until then.
+        self._hold_until: datetime | None = None
+        # When this run last had work (an idle run without a customer ends).
+        self._idle_since: datetime | None = None
+        self._expiry_recorded = False
 
     @workflow.run
     async def run(self, start: BillingInput) -> BillingStatus:
-        """Apply requests, events and timers until the cancelled tenant's retention ends."""
+        """Apply requests, events and timers until the cancelled tenant's retention ends (or,
+        holding no customer, until it has been idle long enough)."""
+        self._follows()
+        if self._patched():
+            self._idle_since = workflow.now()
+            if start.state is None:
+                async with self._lock:
+                    await self._rebuild()
         workflow.upsert_search_attributes(
             [TENANT_ID.value_set(str(self._tenant_id)), BIZ_PROCESS.value_set(PROCESS)]
         )
         self._publish()
-        while not self._retention_over():
-            await self._wait_for_work()
-            async with self._lock:
-                await self._handle_work()
-            if self._history_is_large():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(self._carried())
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        ended = self._state.retention_ends_at
-        assert ended is not None
-        await self._record(
-            BillingStatus.CANCELLED,
-            "billing.retention_expired",
-            cause=f"retention:{ended.isoformat()}",
-        )
-        return self._state.status
+        try:
+            return await self._live()
+        except asyncio.CancelledError:
+            if self._lifeline:
+                await self._on_cancelled()
+            raise
+
+    async def _live(self) -> BillingStatus:
+        while True:
+            while not self._over():
+                await self._wait_for_work()
+                async with self._lock:
+                    await self._handle_work()
+                if self._history_is_large():
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    workflow.continue_as_new(self._carried())
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            ended = self._state.retention_ends_at
+            if not self._lifeline:
+                assert ended is not None
+            if ended is not None and not self._expiry_recorded:
+                self._set_details("ending: the data retention period is over")
+                await self._record(
+                    BillingStatus.CANCELLED,
+                    "billing.retention_expired",
+                    cause=f"retention:{ended.isoformat()}",
+                )
+                self._expiry_recorded = True
+            # Messages that arrived during the final write are handled, not dropped.
+            if not self._lifeline or not (self._inbox or self._provisions):
+                return self._state.status
+
+    def _patched(self) -> bool:
+        """Whether this run issues the LIFELINE commands: always, except when replaying a
+        history recorded before them. Memoised; first asked at the start of ``run``."""
+        if self._lifeline is None:
+            self._lifeline = workflow.patched(LIFELINE)
+        return self._lifeline
+
+    def _follows(self) -> bool:
+        """Whether this run issues the FOLLOW_STRIPE commands (memoised like ``_patched``)."""
+        if self._follows_stripe is None:
+            self._follows_stripe = workflow.patched(FOLLOW_STRIPE)
+        return self._follows_stripe
+
+    async def _rebuild(self) -> None:
+        """A fresh run never starts empty: the projection and Stripe say what billing knew."""
+        while True:
+            self._set_details("rebuilding the billing state from the projection and Stripe")
+            try:
+                rebuilt = await self._activity(
+                    BillingActivities.load_billing_state,
+                    BillingRebuild(tenant_id=self._tenant_id, policy=self._policy),
+                    summary="rebuild state from the projection and Stripe",
+                )
+            except ActivityError as exc:
+                _reraise_cancellation(exc)
+                await self._record_failure("rebuild", "state", _error_text(exc))
+                # Starting empty would forget the customer: messages wait until it works.
+                await workflow.sleep(
+                    self._policy.failure_backoff, summary="retry rebuilding the state"
+                )
+                continue
+            if rebuilt is not None:
+                self._state = rebuilt
+            return
+
+    async def _on_cancelled(self) -> None:
+        """The workflow was cancelled: the usage schedule it owns goes with it."""
+        self._set_details("cancelled: removing the usage schedule")
+        try:
+            await self._activity(
+                BillingActivities.remove_usage_schedule,
+                self._tenant_id,
+                summary="remove the usage schedule (workflow cancelled)",
+            )
+        except ActivityError as exc:
+            workflow.logger.error("the usage schedule was not removed: %s", exc.cause)
 
     # --- Messages -------------------------------------------------------------------------
 
@@ -156,13 +257,18 @@ class BillingWorkflow:
             grace_ends_at=self._grace_ends_at(),
             retention_ends_at=self._state.retention_ends_at,
             unpaid_invoices=list(self._state.unpaid_invoices),
+            parked_events=[parked.event.event_id for parked in self._state.parked],
+            provision_failure=self._state.provision_failure,
         )
 
     @workflow.update
     async def change_plan(self, change: PlanChange) -> BillingView:
         """Move the subscription to another plan (Stripe prorates); a downgrade below what the
-        tenant uses now is refused and nothing changes."""
+        tenant uses now is refused and nothing changes. A repeated update id (within the
+        carried window) changes nothing and answers the current view."""
         async with self._lock:
+            if self._is_repeat():
+                return self.view()
             self._check_plan_change(change)
             excess = await self._activity(
                 BillingActivities.plan_excesses,
@@ -188,16 +294,21 @@ class BillingWorkflow:
                     "previous_plan": previous.value if previous else "",
                 },
             )
+            self._handled("")
             return self.view()
 
     @change_plan.validator
     def _validate_plan_change(self, change: PlanChange) -> None:
-        self._check_plan_change(change)
+        if not self._is_repeat():
+            self._check_plan_change(change)
 
     @workflow.update
     async def set_renewal(self, change: RenewalChange) -> BillingView:
-        """Cancel the subscription at the end of its period (``cancel``), or resume renewal."""
+        """Cancel the subscription at the end of its period (``cancel``), or resume renewal.
+        A repeated update id changes nothing and answers the current view."""
         async with self._lock:
+            if self._is_repeat():
+                return self.view()
             self._check_renewal(change)
             snapshot = await self._update_subscription(cancel_at_period_end=change.cancel)
             self._adopt(snapshot)
@@ -207,19 +318,25 @@ class BillingWorkflow:
                 cause=_update_id(),
                 actor_id=change.requested_by,
             )
+            self._handled("")
             return self.view()
 
     @set_renewal.validator
     def _validate_renewal(self, change: RenewalChange) -> None:
-        self._check_renewal(change)
+        if not self._is_repeat():
+            self._check_renewal(change)
 
     @workflow.update
     async def collect_payment_method(
         self, request: PaymentMethodRequest
     ) -> PaymentMethodCollection:
         """Open a SetupIntent for the customer's card. Its client secret stays out of history:
-        the activity keeps it (encrypted) for the API and returns only the SetupIntent's id."""
+        the activity keeps it (encrypted) for the API and returns only the SetupIntent's id.
+        A repeated update id answers the SetupIntent it opened."""
         async with self._lock:
+            repeated = self._state.handled_updates.get(_update_id())
+            if repeated is not None:
+                return PaymentMethodCollection(setup_intent_id=repeated)
             self._check_payment_method()
             customer_id = self._state.customer_id
             assert customer_id is not None
@@ -238,11 +355,53 @@ class BillingWorkflow:
                 actor_id=request.requested_by,
                 data={"setup_intent": setup_intent_id},
             )
+            self._handled(setup_intent_id)
             return PaymentMethodCollection(setup_intent_id=setup_intent_id)
 
     @collect_payment_method.validator
     def _validate_payment_method(self, request: PaymentMethodRequest) -> None:
-        self._check_payment_method()
+        if not self._is_repeat():
+            self._check_payment_method()
+
+    @workflow.update
+    async def set_policy(self, policy: BillingPolicy) -> BillingView:
+        """Apply new policy (trial, grace, reminders, retention) to this running tenant; it is
+        carried across continue-as-new. A dunning already running keeps its start: the new
+        grace period and reminders count from it."""
+        async with self._lock:
+            self._policy = policy
+            return self.view()
+
+    @workflow.update
+    async def replay_parked_events(self, request: OperatorRequest) -> BillingView:
+        """Try every parked Stripe event again now (an operator, once the cause is fixed)."""
+        async with self._lock:
+            now = workflow.now()
+            for parked in self._state.parked:
+                parked.retry_at = now
+            await self._retry_parked()
+            return self.view()
+
+    @set_policy.validator
+    def _validate_policy(self, policy: BillingPolicy) -> None:
+        offsets = [offset for _, offset, _ in reminder_offsets(policy)]
+        if policy.grace <= timedelta(0) or any(
+            not timedelta(0) < at < policy.grace for at in offsets
+        ):
+            raise ApplicationError(
+                "Reminders must fall within a positive grace period.", type=BILLING_STATE
+            )
+
+    def _is_repeat(self) -> bool:
+        """Whether the current update's id was handled already (in this run or, within the
+        carried window, an earlier one)."""
+        return _update_id() in self._state.handled_updates
+
+    def _handled(self, result: str) -> None:
+        handled = self._state.handled_updates
+        handled[_update_id()] = result
+        for stale in list(handled)[:-_REMEMBERED_UPDATES]:
+            del handled[stale]
 
     def _check_payment_method(self) -> None:
         if self._state.customer_id is None or self._state.status is BillingStatus.CANCELLED:
@@ -288,24 +447,152 @@ class BillingWorkflow:
     # --- The loop -------------------------------------------------------------------------
 
     async def _wait_for_work(self) -> None:
-        deadline = self._next_deadline()
+        deadlines = self._deadlines()
+        deadline, label = min(deadlines) if deadlines else (None, "")
         timeout = (deadline - workflow.now()) if deadline is not None else None
         if timeout is not None and timeout <= timedelta(0):
             return
+        self._set_details(
+            f"{self._state.status.value}: waiting for Stripe events, provisioning and changes"
+            + (f"; next: {label} at {deadline.isoformat()}" if deadline is not None else "")
+        )
         # A timeout means a timer is due (a reminder, the grace or retention end): handled next.
         with suppress(TimeoutError):
             await workflow.wait_condition(
-                lambda: bool(self._inbox or self._provisions),
-                timeout=timeout,
-                timeout_summary="next billing timer",
+                self._has_work, timeout=timeout, timeout_summary=label or "next billing timer"
             )
 
+    def _has_work(self) -> bool:
+        # A history grown large by updates alone also wakes the loop, to continue as new.
+        return bool(self._inbox or self._provisions) or (
+            bool(self._lifeline) and self._history_is_large()
+        )
+
     async def _handle_work(self) -> None:
+        if self._lifeline:
+            self._idle_since = workflow.now()
         while self._provisions:
-            await self._provision(self._provisions.pop(0))
+            request = self._provisions.pop(0)
+            self._set_details(f"provisioning the {request.plan.value} plan")
+            error = await self._attempt(
+                "provisioning", request.idempotency_key, self._provision(request)
+            )
+            if error is not None:
+                # A repeat of the request (an operator's retry) provisions again.
+                with suppress(ValueError):
+                    self._state.provision_keys.remove(request.idempotency_key)
         while self._inbox:
-            await self._apply(self._inbox.pop(0))
-        await self._fire_due_timers()
+            event = self._inbox.pop(0)
+            self._set_details(f"applying Stripe {event.type} ({event.event_id})")
+            error = await self._attempt(
+                "event", f"{event.type} {event.event_id}", self._apply(event)
+            )
+            if error is not None:
+                self._park(event, error, attempts=1)
+        if self._lifeline:
+            await self._retry_parked()
+        now = workflow.now()
+        if self._hold_until is not None and now < self._hold_until:
+            return
+        self._hold_until = None
+        error = await self._attempt("timer", "dunning and retention", self._fire_due_timers())
+        if error is not None:
+            self._hold_until = now + self._policy.failure_backoff
+
+    async def _attempt(self, what: str, subject: str, step: Awaitable[None]) -> str | None:
+        """Run ``step``; if an activity in it fails, record and alert the failure and return
+        its text, so that the workflow goes on (before LIFELINE: the failure ends the run)."""
+        if not self._lifeline:
+            await step
+            return None
+        try:
+            await step
+        except ActivityError as exc:
+            _reraise_cancellation(exc)
+            error = _error_text(exc)
+            await self._record_failure(what, subject, error)
+            return error
+        return None
+
+    def _park(self, event: BillingEvent, error: str, *, attempts: int) -> None:
+        """Keep a failed event for another try (backing off), or for an operator."""
+        state = self._state
+        with suppress(ValueError):
+            state.applied_events.remove(event.event_id)  # so that a retry applies it
+        retry_at = (
+            workflow.now() + self._policy.parked_retry * 2 ** (attempts - 1)
+            if attempts < self._policy.parked_attempts
+            else None
+        )
+        state.parked.append(
+            ParkedEvent(event=event, attempts=attempts, error=error[:500], retry_at=retry_at)
+        )
+        for dropped in state.parked[:-_PARKED_EVENTS]:
+            workflow.logger.error("parked Stripe event %s dropped", dropped.event.event_id)
+        del state.parked[:-_PARKED_EVENTS]
+
+    async def _retry_parked(self) -> None:
+        now = workflow.now()
+        due = [p for p in self._state.parked if p.retry_at is not None and p.retry_at <= now]
+        for parked in due:
+            self._state.parked.remove(parked)
+            if parked.event.event_id in self._state.applied_events:
+                continue  # Stripe delivered it again meanwhile, and it was applied
+            event = parked.event
+            self._set_details(f"retrying parked Stripe {event.type} ({event.event_id})")
+            error = await self._attempt(
+                "event",
+                f"{event.type} {event.event_id} (try {parked.attempts + 1})",
+                self._apply(event),
+            )
+            if error is not None:
+                self._park(event, error, attempts=parked.attempts + 1)
+
+    async def _record_failure(self, what: str, subject: str, error: str) -> None:
+        workflow.logger.error("billing could not handle %s %s: %s", what, subject, error)
+        try:
+            await self._activity(
+                BillingActivities.record_billing_failure,
+                BillingFailure(
+                    tenant_id=self._tenant_id,
+                    what=what,
+                    subject=subject,
+                    error=error,
+                    idempotency_key=f"{workflow.info().workflow_id}:failed:{what}:{subject}",
+                ),
+                summary=f"record the failure: {what}",
+            )
+        except ActivityError as exc:
+            _reraise_cancellation(exc)
+            workflow.logger.error("the failure could not be recorded either: %s", exc.cause)
+
+    def _over(self) -> bool:
+        if self._retention_over():
+            return True
+        idle_ends = self._idle_ends_at()
+        return (
+            idle_ends is not None
+            and idle_ends <= workflow.now()
+            and not self._inbox
+            and not self._provisions
+        )
+
+    def _idle_ends_at(self) -> datetime | None:
+        state = self._state
+        if (
+            not self._lifeline
+            or self._idle_since is None
+            or state.status is not BillingStatus.PROVISIONING
+            or state.customer_id is not None
+            or state.subscription is not None
+            or state.parked
+        ):
+            return None
+        return self._idle_since + self._policy.idle_end
+
+    def _set_details(self, text: str) -> None:
+        if self._lifeline:
+            workflow.set_current_details(text)
 
     def _history_is_large(self) -> bool:
         info = workflow.info()
@@ -352,7 +639,11 @@ class BillingWorkflow:
                 ),
             )
         except ActivityError as exc:
+            _reraise_cancellation(exc)
             workflow.logger.warning("provisioning billing failed: %s", exc.cause)
+            # A clear state the tenant resolves: a saved card provisions this plan again.
+            state.pending_plan = request.plan
+            state.provision_failure = _error_text(exc)
             await self._record(
                 state.status,
                 "billing.provisioning_failed",
@@ -362,6 +653,10 @@ class BillingWorkflow:
             return
         state.retention_ends_at = None
         state.subscription = None
+        state.pending_plan = request.plan if snapshot.stripe_status == "incomplete" else None
+        state.provision_failure = (
+            "the first payment did not go through" if state.pending_plan else None
+        )
         self._adopt(snapshot)
         await self._record(
             _access_of(snapshot.stripe_status) or BillingStatus.PROVISIONING,
@@ -370,6 +665,7 @@ class BillingWorkflow:
             data={"plan": request.plan.value},
         )
         await self._activity(BillingActivities.ensure_usage_schedule, self._tenant_id)
+        state.usage_scheduled = True
 
     # --- Stripe events --------------------------------------------------------------------
 
@@ -409,16 +705,43 @@ class BillingWorkflow:
             snapshot = fetched
         await self._follow_subscription(snapshot, event.event_id)
 
-    async def _follow_subscription(self, snapshot: SubscriptionSnapshot, cause: str) -> None:
-        """Adopt a newer subscription state and move access where it points."""
+    async def _follow_subscription(
+        self, snapshot: SubscriptionSnapshot, cause: str, *, fresh: bool = False
+    ) -> None:
+        """Adopt a newer subscription state and move access where it points (``fresh``: the
+        snapshot was just read from Stripe)."""
         previous = self._state.subscription
         self._adopt(snapshot)
         target = _access_of(snapshot.stripe_status)
         status = self._state.status
+        if (
+            target in (BillingStatus.TRIALING, BillingStatus.ACTIVE, BillingStatus.PAST_DUE)
+            and not self._state.usage_scheduled
+            and self._follows()
+        ):
+            # However the tenant got its subscription (provisioning, Checkout, a rebuilt run),
+            # its usage is reported.
+            await self._activity(
+                BillingActivities.ensure_usage_schedule,
+                self._tenant_id,
+                summary="ensure the usage-report schedule",
+            )
+            self._state.usage_scheduled = True
         if target is BillingStatus.CANCELLED:
             await self._cancel(cause)
         elif target is BillingStatus.PAST_DUE:
             if status in (BillingStatus.PROVISIONING, BillingStatus.TRIALING, BillingStatus.ACTIVE):
+                if not fresh and self._follows():
+                    # An event's snapshot may be older than a payment since (Stripe sends no
+                    # order): dunning starts only if Stripe still says unpaid now.
+                    now = await self._activity(
+                        BillingActivities.fetch_subscription,
+                        snapshot.subscription_id,
+                        summary="re-read the subscription before dunning",
+                    )
+                    if now is not None and _access_of(now.stripe_status) is not target:
+                        await self._follow_subscription(now, cause, fresh=True)
+                        return
                 await self._start_dunning(cause)
             else:
                 await self._refresh(cause)
@@ -451,11 +774,15 @@ class BillingWorkflow:
             return
         _remember(state.unpaid_invoices, invoice.invoice_id, _REMEMBERED_INVOICES)
         if state.status in (BillingStatus.TRIALING, BillingStatus.ACTIVE):
-            await self._start_dunning(cause)
+            await self._start_dunning(cause, invoice)
 
     async def _settle(self, invoice: InvoiceSnapshot, cause: str) -> None:
         state = self._state
+        first_news = invoice.invoice_id not in state.settled_invoices
         _remember(state.settled_invoices, invoice.invoice_id, _REMEMBERED_INVOICES)
+        if first_news and invoice.status == "paid" and invoice.amount_paid > 0 and self._follows():
+            # One receipt per invoice, whichever of its payment events comes first.
+            await self._notify(NoticeKind.RECEIPT, f"receipt:{invoice.invoice_id}", invoice=invoice)
         if invoice.invoice_id in state.unpaid_invoices:
             state.unpaid_invoices.remove(invoice.invoice_id)
         if state.unpaid_invoices:
@@ -480,7 +807,7 @@ class BillingWorkflow:
             BillingActivities.fetch_subscription, current.subscription_id
         )
         if fetched is not None and fetched.as_of >= current.as_of:
-            await self._follow_subscription(fetched, cause)
+            await self._follow_subscription(fetched, cause, fresh=True)
 
     async def _on_card_saved(self, event: BillingEvent, saved: SetupIntentSnapshot) -> None:
         """A card saved through a SetupIntent becomes the default; overdue invoices are retried
@@ -498,6 +825,7 @@ class BillingWorkflow:
                 ),
             )
         except ActivityError as exc:
+            _reraise_cancellation(exc)
             workflow.logger.warning("the saved card could not become the default: %s", exc.cause)
             return
         await self._record(
@@ -506,15 +834,40 @@ class BillingWorkflow:
             cause=event.event_id,
             data={"setup_intent": saved.setup_intent_id},
         )
-        if self._state.status not in (BillingStatus.PAST_DUE, BillingStatus.SUSPENDED):
+        state = self._state
+        if state.status is BillingStatus.PROVISIONING and self._follows():
+            subscription = state.subscription
+            if (subscription is None or subscription.stripe_status in _ENDED) and (
+                state.pending_plan is not None
+            ):
+                # Provisioning failed for want of a card: the card makes it go through.
+                await self._provision(
+                    ProvisionRequest(
+                        tenant_id=self._tenant_id,
+                        plan=state.pending_plan,
+                        idempotency_key=f"card:{event.event_id}",
+                    )
+                )
+            subscription = state.subscription
+            if (
+                state.status is not BillingStatus.PROVISIONING
+                or subscription is None
+                or subscription.stripe_status != "incomplete"
+            ):
+                return
+            # An incomplete first subscription: its open invoice is paid with the card below.
+        elif state.status not in (BillingStatus.PAST_DUE, BillingStatus.SUSPENDED):
             return
         try:
             attempted = await self._activity(
                 BillingActivities.pay_open_invoices,
                 OpenInvoicesPayment(customer_id=saved.customer_id, idempotency_key=f"{key}:pay"),
                 limit=timedelta(minutes=2),
+                heartbeat=timedelta(seconds=30),
+                summary="charge the open invoices to the saved card",
             )
         except ActivityError as exc:
+            _reraise_cancellation(exc)
             # Stripe retries on its own schedule; its invoice events still settle the lapse.
             workflow.logger.warning("retrying the open invoices failed: %s", exc.cause)
             return
@@ -528,9 +881,14 @@ class BillingWorkflow:
 
     # --- Dunning, suspension, cancellation ------------------------------------------------
 
-    async def _start_dunning(self, cause: str) -> None:
+    async def _start_dunning(self, cause: str, invoice: InvoiceSnapshot | None = None) -> None:
         self._state.dunning = Dunning(since=workflow.now())
         await self._record(BillingStatus.PAST_DUE, "billing.payment_failed", cause=cause)
+        if self._follows():
+            # The customer hears of it the day it happens, not at the first reminder.
+            await self._notify(
+                NoticeKind.PAYMENT_FAILED, cause, deadline=self._grace_ends_at(), invoice=invoice
+            )
 
     async def _cancel(self, cause: str) -> None:
         state = self._state
@@ -541,40 +899,61 @@ class BillingWorkflow:
         await self._record(BillingStatus.CANCELLED, "billing.cancelled", cause=cause)
         await self._notify(NoticeKind.CANCELLED, cause, deadline=state.retention_ends_at)
         await self._activity(BillingActivities.remove_usage_schedule, self._tenant_id)
+        state.usage_scheduled = False
 
     def _grace_ends_at(self) -> datetime | None:
         dunning = self._state.dunning
         return dunning.since + self._policy.grace if dunning is not None else None
 
-    def _due_reminders(self) -> list[tuple[int, datetime]]:
+    def _due_reminders(self) -> list[tuple[int, datetime, str]]:
+        """Reminders not sent yet: (key, when, label for the notice's key)."""
         dunning = self._state.dunning
         if dunning is None or self._state.status is not BillingStatus.PAST_DUE:
             return []
         return [
-            (day, dunning.since + timedelta(days=day))
-            for day in self._policy.reminder_days
-            if day not in dunning.reminders_sent
+            (key, dunning.since + offset, label)
+            for key, offset, label in reminder_offsets(self._policy)
+            if key not in dunning.reminders_sent
         ]
 
-    def _next_deadline(self) -> datetime | None:
-        deadlines = [at for _, at in self._due_reminders()]
+    def _deadlines(self) -> list[tuple[datetime, str]]:
+        """The timers due, each with what it is for."""
+        state = self._state
+        deadlines = [(at, f"payment reminder ({label})") for _, at, label in self._due_reminders()]
         grace_ends = self._grace_ends_at()
-        if grace_ends is not None and self._state.status is BillingStatus.PAST_DUE:
-            deadlines.append(grace_ends)
-        if self._state.retention_ends_at is not None:
-            deadlines.append(self._state.retention_ends_at)
-        return min(deadlines, default=None)
+        if grace_ends is not None and state.status is BillingStatus.PAST_DUE:
+            deadlines.append((grace_ends, "grace period ends: suspension"))
+        # Retention counts only while cancelled: a tenant back to paying keeps its data (a
+        # stale date in the past would make the loop spin).
+        if state.retention_ends_at is not None and (
+            state.status is BillingStatus.CANCELLED or not self._lifeline
+        ):
+            deadlines.append((state.retention_ends_at, "data retention ends"))
+        if self._lifeline:
+            if self._hold_until is not None:
+                # Timer actions failed a moment ago: not before the backoff is over.
+                deadlines = [(max(at, self._hold_until), label) for at, label in deadlines]
+            deadlines += [
+                (parked.retry_at, f"retry parked Stripe event {parked.event.event_id}")
+                for parked in state.parked
+                if parked.retry_at is not None
+            ]
+            idle_ends = self._idle_ends_at()
+            if idle_ends is not None:
+                deadlines.append((idle_ends, "idle end (no customer)"))
+        return deadlines
 
     async def _fire_due_timers(self) -> None:
         now = workflow.now()
         dunning = self._state.dunning
-        for day, at in self._due_reminders():
+        by_days = self._policy.reminders is None
+        for key, at, label in self._due_reminders():
             if at <= now and dunning is not None:
-                dunning.reminders_sent.append(day)
+                dunning.reminders_sent.append(key)
                 await self._notify(
                     NoticeKind.PAYMENT_REMINDER,
-                    f"dunning:{dunning.since.isoformat()}:day-{day}",
-                    day=day,
+                    f"dunning:{dunning.since.isoformat()}:{label}",
+                    day=key if by_days else None,
                     deadline=self._grace_ends_at(),
                 )
         grace_ends = self._grace_ends_at()
@@ -589,6 +968,7 @@ class BillingWorkflow:
             await self._notify(NoticeKind.SUSPENDED, cause)
 
     def _retention_over(self) -> bool:
+        """The cancelled tenant's data retention is over and no message waits."""
         ends = self._state.retention_ends_at
         return (
             self._state.status is BillingStatus.CANCELLED
@@ -601,6 +981,8 @@ class BillingWorkflow:
     # --- Effects --------------------------------------------------------------------------
 
     def _adopt(self, snapshot: SubscriptionSnapshot) -> None:
+        if snapshot.stripe_status in ("trialing", "active"):
+            self._state.pending_plan = self._state.provision_failure = None
         self._state.subscription = snapshot
         self._state.customer_id = snapshot.customer_id
         self._state.plan = snapshot.plan or self._state.plan
@@ -632,9 +1014,15 @@ class BillingWorkflow:
         actor_id: uuid.UUID | None = None,
         data: dict[str, str] | None = None,
     ) -> None:
-        previous, self._state.status = self._state.status, status
-        if status not in (BillingStatus.PAST_DUE, BillingStatus.SUSPENDED):
-            self._state.dunning = None
+        # The state moves only once the write succeeded: a failed write is tried again whole.
+        state = self._state
+        previous = state.status
+        dunning = (
+            state.dunning if status in (BillingStatus.PAST_DUE, BillingStatus.SUSPENDED) else None
+        )
+        retention = state.retention_ends_at
+        if status is not BillingStatus.CANCELLED and self._lifeline:
+            retention = None  # back to paying (or never left): the data stays
         await self._activity(
             BillingActivities.apply_billing_transition,
             BillingTransition(
@@ -644,13 +1032,15 @@ class BillingWorkflow:
                 action=action,
                 idempotency_key=f"{workflow.info().workflow_id}:{cause}:{action}",
                 actor_id=actor_id,
-                subscription=self._state.subscription,
-                customer_id=self._state.customer_id,
-                grace_ends_at=self._grace_ends_at(),
-                retention_ends_at=self._state.retention_ends_at,
+                subscription=state.subscription,
+                customer_id=state.customer_id,
+                grace_ends_at=dunning.since + self._policy.grace if dunning else None,
+                retention_ends_at=retention,
                 data=data or {},
             ),
+            summary=f"{previous.value} → {status.value}: {action or 'projection refresh'}",
         )
+        state.status, state.dunning, state.retention_ends_at = status, dunning, retention
         self._publish()
 
     async def _notify(
@@ -660,18 +1050,28 @@ class BillingWorkflow:
         *,
         day: int | None = None,
         deadline: datetime | None = None,
+        invoice: InvoiceSnapshot | None = None,
     ) -> None:
-        await self._activity(
-            BillingActivities.send_billing_notice,
-            BillingNotice(
-                tenant_id=self._tenant_id,
-                kind=kind,
-                idempotency_key=f"{workflow.info().workflow_id}:{cause}:{kind.value}",
-                day=day,
-                deadline=deadline,
-            ),
-            limit=timedelta(minutes=2),
-        )
+        # Bounded, and a failure is recorded and skipped: a mail server that is down must not
+        # hold the lock (and with it every timer and update) for ever.
+        try:
+            await self._activity(
+                BillingActivities.send_billing_notice,
+                BillingNotice(
+                    tenant_id=self._tenant_id,
+                    kind=kind,
+                    idempotency_key=f"{workflow.info().workflow_id}:{cause}:{kind.value}",
+                    day=day,
+                    deadline=deadline,
+                    invoice=invoice,
+                ),
+                limit=timedelta(minutes=2),
+                deadline=self._policy.notice_deadline,
+                summary=f"e-mail the admins: {kind.value}",
+            )
+        except ActivityError as exc:
+            _reraise_cancellation(exc)
+            await self._record_failure("notice", f"{kind.value} {cause}", _error_text(exc))
 
     async def _activity(
         self,
@@ -679,16 +1079,41 @@ class BillingWorkflow:
         arg: Any,
         *,
         limit: timedelta = timedelta(seconds=30),
+        deadline: timedelta | None = None,
+        heartbeat: timedelta | None = None,
+        summary: str | None = None,
     ) -> T:
+        """Run an activity, retried until ``deadline`` (retries included): the activity
+        deadline of the policy, or its update deadline inside an update (a person waits)."""
+        if deadline is None:
+            in_update = workflow.current_update_info() is not None
+            deadline = self._policy.update_deadline if in_update else self._policy.activity_deadline
         return await workflow.execute_activity_method(
             method,
             arg,
             start_to_close_timeout=limit,
+            schedule_to_close_timeout=max(deadline, limit),
+            heartbeat_timeout=heartbeat,
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+            summary=summary or method.__name__.replace("_", " "),
         )
 
     def _publish(self) -> None:
         workflow.upsert_search_attributes([BIZ_STATUS.value_set(self._state.status.value)])
+
+
+def _reraise_cancellation(exc: ActivityError) -> None:
+    """A cancellation is never a failure to record and go on from."""
+    if is_cancelled_exception(exc):
+        raise exc
+
+
+def _error_text(exc: ActivityError) -> str:
+    """What failed, for the record: the activity's error (its type and message)."""
+    cause = exc.cause or exc
+    kind = getattr(cause, "type", None) or type(cause).__name__
+    message = getattr(cause, "message", None) or str(cause)
+    return f"{kind}: {message}"[:500]
 
 
 def _update_id() -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,22 +21,35 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.billing import PAYMENT_DECLINED, STRIPE_REJECTED, deliver_event, workflow_id
+from activities.billing import (
+    PAYMENT_DECLINED,
+    STRIPE_REJECTED,
+    billing_policy,
+    deliver_event,
+    signal_billing,
+    workflow_id,
+)
+from api import workflow_calls
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
 from api.pagination import decode_cursor, encode_cursor
 from connectors.billing import handles, parse_event
+from core import metrics
 from core.errors import Conflict, NotFound, Problem
 from core.plans import PlanSpec, usage_since
 from core.security import Principal
+from core.settings import Settings
 from models.base import utcnow
 from models.billing import (
     BillingEvent,
+    BillingStatus,
     BillingView,
     Invoice,
+    OperatorRequest,
     PaymentMethodCollection,
     PaymentMethodRequest,
     PaymentMethodSetup,
     PlanChange,
+    ProvisionRequest,
     RenewalChange,
     StripeEvent,
     StripeEventStatus,
@@ -101,14 +116,20 @@ async def stripe_webhook(
     try:
         event = parse_event(payload)
     except (KeyError, TypeError, ValueError) as exc:
+        metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
         raise WebhookRejected(
             f"The event is not a Stripe event this API understands: {exc}"
         ) from None
+    if event.created > time.time() + settings.stripe_webhook_tolerance_seconds:
+        # Stripe stamps events when they happen; one from the future is not Stripe's.
+        metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
+        raise WebhookRejected("The event is dated in the future.")
     row, duplicate = await _store(session, event, payload)
     if row.status is StripeEventStatus.RECEIVED and row.tenant_id is not None:
         await deliver_event(client, settings, row.tenant_id, event)
         row.status, row.delivered_at = StripeEventStatus.DELIVERED, utcnow()
         await session.commit()
+    metrics.STRIPE_WEBHOOKS.labels("duplicate" if duplicate else row.status.value).inc()
     return WebhookReceipt(duplicate=duplicate, status=row.status)
 
 
@@ -116,13 +137,21 @@ def _verified_payload(
     body: bytes, signature: str | None, secret: str, tolerance: int
 ) -> dict[str, Any]:
     try:
-        stripe.Webhook.construct_event(body, signature, secret, tolerance)
+        # The signature first, on the raw bytes; then the JSON, parsed once, here (the SDK's
+        # own event construction fails on bodies that are JSON but not objects).
+        stripe.WebhookSignature.verify_header(body.decode("utf-8"), signature, secret, tolerance)
         payload = json.loads(body)
+    except RecursionError:
+        metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
+        raise WebhookRejected("The body is nested too deeply.") from None
     except stripe.SignatureVerificationError as exc:
+        metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
         raise WebhookRejected(f"The Stripe-Signature does not match the body: {exc}") from None
     except ValueError:
+        metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
         raise WebhookRejected("The body is not JSON.") from None
     if not isinstance(payload, dict):
+        metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
         raise WebhookRejected("The body is not a Stripe event.")
     return payload
 
@@ -305,33 +334,82 @@ class PlanBody(BaseModel):
 
 @router.put("/subscription/plan", summary="Change the plan")
 async def change_plan(
-    body: PlanBody, principal: TenantAdmin, client: TemporalDep, session: SessionDep
+    body: PlanBody,
+    principal: TenantAdmin,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
 ) -> BillingView:
     """Stripe prorates the change. 409 when the tenant is not trialing or active, is on that
-    plan already, or uses more than the new plan allows (``excesses`` names what)."""
+    plan already, or uses more than the new plan allows (``excesses`` names what). A retry with
+    the same ``Idempotency-Key`` changes nothing more and answers the same."""
     await _subscription(session, principal.tenant_id)
     change = PlanChange(plan=body.plan_id, requested_by=principal.user_id)
-    return await _update(client, principal, BillingWorkflow.change_plan, change)
+    call = _Call(client, settings, principal, key)
+    return await _update(call, "change_plan", BillingWorkflow.change_plan, change)
 
 
 @router.post("/subscription/cancel", summary="Cancel at the end of the period")
 async def cancel_subscription(
-    principal: TenantAdmin, client: TemporalDep, session: SessionDep
+    principal: TenantAdmin,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
 ) -> BillingView:
     """The subscription runs to the end of the paid period and does not renew."""
     await _subscription(session, principal.tenant_id)
     change = RenewalChange(cancel=True, requested_by=principal.user_id)
-    return await _update(client, principal, BillingWorkflow.set_renewal, change)
+    call = _Call(client, settings, principal, key)
+    return await _update(call, "cancel_subscription", BillingWorkflow.set_renewal, change)
+
+
+class Resubscription(BaseModel):
+    status: str
+    plan: PlanId
+
+
+@router.post("/subscription", summary="Subscribe again after cancellation", status_code=202)
+async def resubscribe(
+    body: PlanBody,
+    principal: TenantAdmin,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> Resubscription:
+    """A cancelled tenant (its data still kept, or past retention) subscribes to a plan again
+    with the customer's saved card; the billing workflow provisions it (202: follow
+    ``GET /subscription``). A retry with the same ``Idempotency-Key`` provisions once. 409 when
+    the tenant's subscription has not ended."""
+    row = await _subscription(session, principal.tenant_id)
+    if row.status is not BillingStatus.CANCELLED:
+        raise Conflict(f"Your tenant's subscription has not ended (it is {row.status.value}).")
+    request = ProvisionRequest(
+        tenant_id=principal.tenant_id,
+        plan=body.plan_id,
+        idempotency_key=workflow_calls.update_id("resubscribe", principal, key)
+        or f"resubscribe:{uuid.uuid4()}",
+    )
+    async with workflow_calls.deadline(settings):
+        await signal_billing(client, settings, principal.tenant_id, "provision", request)
+    return Resubscription(status=BillingStatus.PROVISIONING.value, plan=body.plan_id)
 
 
 @router.post("/subscription/resume", summary="Resume renewal")
 async def resume_subscription(
-    principal: TenantAdmin, client: TemporalDep, session: SessionDep
+    principal: TenantAdmin,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
 ) -> BillingView:
     """Undo a cancellation at period end: the subscription renews again."""
     await _subscription(session, principal.tenant_id)
     change = RenewalChange(cancel=False, requested_by=principal.user_id)
-    return await _update(client, principal, BillingWorkflow.set_renewal, change)
+    call = _Call(client, settings, principal, key)
+    return await _update(call, "resume_subscription", BillingWorkflow.set_renewal, change)
 
 
 class PaymentMethodIntent(BaseModel):
@@ -341,7 +419,11 @@ class PaymentMethodIntent(BaseModel):
 
 @router.post("/payment-method", summary="Start adding a card")
 async def collect_payment_method(
-    principal: TenantAdmin, client: TemporalDep, session: SessionDep, settings: SettingsDep
+    principal: TenantAdmin,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
 ) -> PaymentMethodIntent:
     """A Stripe SetupIntent for the browser to confirm with Stripe.js (``confirmCardSetup``);
     once Stripe reports it succeeded the card becomes the default, and overdue invoices are
@@ -352,8 +434,12 @@ async def collect_payment_method(
     if customer_id is None:
         raise Conflict("Your tenant has no billing account to add a card to.")
     request = PaymentMethodRequest(requested_by=principal.user_id)
+    # A retry under the same Idempotency-Key gets the same SetupIntent (keyed on the update).
     collection: PaymentMethodCollection = await _execute(
-        client, principal, BillingWorkflow.collect_payment_method, request
+        _Call(client, settings, principal, key),
+        "collect_payment_method",
+        BillingWorkflow.collect_payment_method,
+        request,
     )
     setup = await session.scalar(
         select(PaymentMethodSetup).where(
@@ -368,6 +454,43 @@ async def collect_payment_method(
     )
 
 
+# --- Operations (super_admin) ---------------------------------------------------------------
+
+Operator = Annotated[Principal, Depends(require_role(Role.SUPER_ADMIN))]
+
+
+@router.post("/tenants/{tenant_id}/policy", summary="Apply the configured billing policy")
+async def apply_policy(
+    tenant_id: uuid.UUID,
+    principal: Operator,
+    client: TemporalDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> BillingView:
+    """A running billing workflow keeps the policy (trial, grace, reminders, retention) it
+    started with; this applies the API's current settings to the tenant's workflow. 409 when
+    billing for the tenant has ended."""
+    call = _Call(client, settings, principal, key, tenant_id=tenant_id)
+    return await _update(call, "set_policy", BillingWorkflow.set_policy, billing_policy(settings))
+
+
+@router.post(
+    "/tenants/{tenant_id}/parked-events/replay", summary="Replay the tenant's parked events"
+)
+async def replay_parked_events(
+    tenant_id: uuid.UUID,
+    principal: Operator,
+    client: TemporalDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> BillingView:
+    """Stripe events whose handling failed wait in the workflow (``parked_events``) and are
+    retried on their own, backing off; once the cause is fixed, this tries them all now."""
+    call = _Call(client, settings, principal, key, tenant_id=tenant_id)
+    request = OperatorRequest(requested_by=principal.user_id)
+    return await _update(call, "replay_parked", BillingWorkflow.replay_parked_events, request)
+
+
 async def _subscription(session: AsyncSession, tenant_id: uuid.UUID) -> Subscription:
     row = await session.scalar(select(Subscription).where(Subscription.tenant_id == tenant_id))
     if row is None:
@@ -375,18 +498,36 @@ async def _subscription(session: AsyncSession, tenant_id: uuid.UUID) -> Subscrip
     return row
 
 
-async def _update(
-    client: Client, principal: Principal, update: Any, change: BaseModel
-) -> BillingView:
-    view: BillingView = await _execute(client, principal, update, change)
+@dataclass(frozen=True)
+class _Call:
+    """Who sends an update to the tenant's billing workflow, and the request's key."""
+
+    client: Client
+    settings: Settings
+    principal: Principal
+    key: str | None
+    # Another tenant's workflow (operators); the caller's own by default.
+    tenant_id: uuid.UUID | None = None
+
+
+async def _update(call: _Call, name: str, update: Any, change: BaseModel) -> BillingView:
+    view: BillingView = await _execute(call, name, update, change)
     return view
 
 
-async def _execute(client: Client, principal: Principal, update: Any, change: BaseModel) -> Any:
-    """Send the update to the tenant's billing workflow; its refusals as problems."""
-    handle = client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(principal.tenant_id))
+async def _execute(call: _Call, name: str, update: Any, change: BaseModel) -> Any:
+    """Send the update to the tenant's billing workflow, within the API's deadline and under
+    the id the request's ``Idempotency-Key`` gives; its refusals as problems."""
+    tenant_id = call.tenant_id or call.principal.tenant_id
+    handle = call.client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(tenant_id))
     try:
-        return await handle.execute_update(update, change)
+        return await workflow_calls.execute_update(
+            handle,
+            update,
+            change,
+            settings=call.settings,
+            update_id=workflow_calls.update_id(name, call.principal, call.key),
+        )
     except WorkflowUpdateFailedError as err:
         if isinstance(err.cause, ApplicationError):
             _refuse(err.cause)

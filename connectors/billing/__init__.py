@@ -5,8 +5,9 @@ The port's types and Stripe's event shapes live here; the SDK itself is only imp
 pulls it in. Stripe owns the billing clock; the port hides how Stripe is spoken to: which API shapes
 (``current_period_*`` on the subscription before 2025, on its items after; an invoice's
 subscription at the top level or under ``parent``), how a plan is priced, and how Stripe's
-errors divide into business outcomes (a declined card), refusals (any other 4xx) and faults
-worth retrying (connection errors, 429, 5xx: raised unchanged so that activities retry them).
+errors divide into business outcomes (a declined card), refusals (a request Stripe will never
+accept) and faults worth retrying (:class:`BillingUnavailable`: connection errors, 5xx, 429 and
+lock timeouts, 409 conflicts, and 401/403, which an operator fixes by rotating the key).
 """
 
 from __future__ import annotations
@@ -65,8 +66,18 @@ class BillingDeclined(Exception):
         self.code = code
 
 
+class MalformedEvent(ValueError):
+    """A (correctly signed) body that is not a Stripe event billing can read."""
+
+
 class BillingRejected(Exception):
     """Stripe refused the request (4xx): retrying the same request cannot succeed."""
+
+
+class BillingUnavailable(Exception):
+    """Stripe could not serve the request now (down, rate limited, a lock or a conflicting
+    request, or a key an operator must rotate): the same request may succeed later. Its message
+    never holds the key."""
 
 
 class BillingGateway(Protocol):
@@ -121,6 +132,11 @@ class BillingGateway(Protocol):
         """Send one meter event; the provider drops a repeated ``identifier``."""
         ...
 
+    async def ensure_meters(self, meters: Mapping[str, str]) -> None:
+        """Billing meters for the event names (name → aggregation: ``sum`` or ``last``): the
+        active ones found are kept, the missing ones created."""
+        ...
+
     async def create_setup_intent(self, customer_id: str, idempotency_key: str) -> tuple[str, str]:
         """A SetupIntent saving a card for the customer's future invoices, created once under
         the key: ``(setup_intent_id, client_secret)`` for the browser to confirm."""
@@ -145,13 +161,33 @@ class BillingGateway(Protocol):
 # --- Stripe's shapes ----------------------------------------------------------------------
 
 
+# Unix seconds after 9999-12-31 are no date Stripe sends (milliseconds would be).
+_LAST_SECOND = 253_402_300_799
+
+
+def _seconds(value: Any) -> int:
+    """Unix seconds, as Stripe sends them; anything else is malformed."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _LAST_SECOND:
+        raise MalformedEvent(f"not a time in Unix seconds: {value!r:.40}")
+    return value
+
+
 def _time(value: Any) -> datetime | None:
-    return datetime.fromtimestamp(int(value), UTC) if value else None
+    return datetime.fromtimestamp(_seconds(value), UTC) if value else None
 
 
 def _id(value: Any) -> str:
     """An id, whether Stripe sent it bare or as an expanded object."""
-    return str(value["id"] if isinstance(value, Mapping) else value)
+    found = value.get("id") if isinstance(value, Mapping) else value
+    if not isinstance(found, str) or not found:
+        raise MalformedEvent(f"not a Stripe id: {found!r:.40}")
+    return found
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MalformedEvent("data.object is not an object")
+    return value
 
 
 def tenant_of(metadata: Mapping[str, Any] | None) -> uuid.UUID | None:
@@ -220,6 +256,8 @@ def invoice_snapshot(obj: Mapping[str, Any], as_of: int) -> InvoiceSnapshot:
 
 def setup_intent_snapshot(obj: Mapping[str, Any]) -> SetupIntentSnapshot:
     """A succeeded Stripe SetupIntent as billing sees it."""
+    if not obj.get("payment_method"):
+        raise MalformedEvent("a succeeded SetupIntent without a payment method")
     return SetupIntentSnapshot(
         setup_intent_id=str(obj["id"]),
         customer_id=_id(obj["customer"]),
@@ -230,20 +268,34 @@ def setup_intent_snapshot(obj: Mapping[str, Any]) -> SetupIntentSnapshot:
 
 def parse_event(payload: Mapping[str, Any]) -> BillingEvent:
     """A verified event's payload as a :class:`BillingEvent`; types billing does not act on
-    keep only their id, type and time."""
-    event_type = str(payload["type"])
-    created = int(payload["created"])
-    obj: Mapping[str, Any] = (payload.get("data") or {}).get("object") or {}
+    keep only their id, type and time. Raises :class:`MalformedEvent` for anything that is
+    not a Stripe event of the shape its type has."""
+    try:
+        return _parse_event(payload)
+    except MalformedEvent:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, OSError) as exc:
+        raise MalformedEvent(f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _parse_event(payload: Mapping[str, Any]) -> BillingEvent:
+    event_id, event_type = payload["id"], payload["type"]
+    if not isinstance(event_id, str) or not isinstance(event_type, str):
+        raise MalformedEvent("the event's id and type must be strings")
+    created = _seconds(payload["created"])
+    data = payload.get("data")
+    if not isinstance(data, Mapping):
+        raise MalformedEvent("data is not an object")
     subscription = invoice = setup_intent = None
     if event_type in SUBSCRIPTION_EVENTS:
-        subscription = subscription_snapshot(obj, created)
+        subscription = subscription_snapshot(_object(data.get("object")), created)
     elif event_type in INVOICE_EVENTS:
-        invoice = invoice_snapshot(obj, created)
+        invoice = invoice_snapshot(_object(data.get("object")), created)
     elif event_type in SETUP_INTENT_EVENTS:
-        setup_intent = setup_intent_snapshot(obj)
+        setup_intent = setup_intent_snapshot(_object(data.get("object")))
     customer = subscription or invoice or setup_intent
     return BillingEvent(
-        event_id=str(payload["id"]),
+        event_id=event_id,
         type=event_type,
         created=created,
         customer_id=customer.customer_id if customer else None,

@@ -19,6 +19,7 @@ from connectors.billing import (
     BillingDeclined,
     BillingGateway,
     BillingRejected,
+    BillingUnavailable,
     GatewayOpener,
     invoice_snapshot,
     subscription_snapshot,
@@ -28,20 +29,37 @@ from core.plans import PlanSpec
 from core.settings import Settings
 from models.billing import InvoiceSnapshot, SubscriptionSnapshot
 
+# Error codes Stripe sends (with 429, or 400 on older API versions) for a request that may
+# succeed when repeated later: https://docs.stripe.com/error-codes, /rate-limits.
+_RETRYABLE_CODES = frozenset({"rate_limit", "lock_timeout"})
+# 401/403: a rotated or restricted key that an operator fixes; 409: a concurrent request with
+# the same idempotency key; 429: rate limits and lock timeouts.
+_RETRYABLE_STATUSES = frozenset({401, 403, 409, 429})
+
 
 @asynccontextmanager
 async def _classified() -> AsyncIterator[None]:
-    """Stripe's errors as the port's: declined, rejected, or raised unchanged (transient)."""
+    """Stripe's errors as the port's: declined, rejected (a request error), or unavailable."""
     try:
         yield
     except stripe.CardError as exc:
         raise BillingDeclined(exc.user_message or str(exc), exc.code) from exc
-    except (stripe.RateLimitError, stripe.APIConnectionError):
-        raise
+    except stripe.APIConnectionError as exc:
+        raise BillingUnavailable(f"Stripe is unreachable: {type(exc).__name__}") from None
     except stripe.StripeError as exc:
-        if exc.http_status is not None and 400 <= exc.http_status < 500:
-            raise BillingRejected(f"Stripe refused the request ({exc.http_status}): {exc}") from exc
-        raise
+        status = exc.http_status
+        if (
+            status is None
+            or status >= 500
+            or status in _RETRYABLE_STATUSES
+            or exc.code in _RETRYABLE_CODES
+        ):
+            # Only the status and Stripe's code, and no cause: a 401's message quotes part of
+            # the key, and activity failures (causes included) are stored in history.
+            raise BillingUnavailable(
+                f"Stripe could not serve the request ({status}, {exc.code or type(exc).__name__})"
+            ) from None
+        raise BillingRejected(f"Stripe refused the request ({status}): {exc}") from exc
 
 
 def _missing(exc: stripe.StripeError) -> bool:
@@ -201,6 +219,24 @@ class StripeGateway:
                 # A resend after a lost answer gets Stripe's first answer back.
                 options={"idempotency_key": identifier},
             )
+
+    async def ensure_meters(self, meters: Mapping[str, str]) -> None:
+        async with _classified():
+            found = await self._client.v1.billing.meters.list_async(
+                params={"status": "active", "limit": 100}
+            )
+            active = {meter.event_name for meter in found.data}
+            for event_name, formula in meters.items():
+                if event_name in active:
+                    continue
+                await self._client.v1.billing.meters.create_async(
+                    params={
+                        "display_name": event_name,
+                        "event_name": event_name,
+                        "default_aggregation": {"formula": formula},
+                    },
+                    options={"idempotency_key": f"meter:{event_name}"},
+                )
 
     async def create_setup_intent(self, customer_id: str, idempotency_key: str) -> tuple[str, str]:
         async with _classified():

@@ -4,6 +4,9 @@ or signed here as Stripe signs them), the subscription, its changes, invoices an
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import random
 import time
 import uuid
@@ -173,6 +176,47 @@ async def test_bad_signatures_are_refused_and_nothing_is_stored(
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["type"].endswith("webhook-rejected")
     assert await _inbox(sessions, [payload["id"]]) == []
+
+
+def _raw_signed(body: bytes) -> tuple[bytes, dict[str, str]]:
+    """Any body, signed correctly (what a compromised or buggy sender could post)."""
+    timestamp = int(time.time())
+    digest = hmac.new(WEBHOOK_SECRET.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return body, {
+        "Content-Type": "application/json",
+        "Stripe-Signature": f"t={timestamp},v1={digest.hexdigest()}",
+    }
+
+
+async def test_malformed_but_signed_bodies_are_refused_not_errors(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    now = int(time.time())
+    customer = {"id": "in_m", "customer": "cus_m", "status": "open"}
+    events = [
+        stripe_event("invoice.paid", customer, now) | {"data": ["not", "an", "object"]},
+        stripe_event("invoice.paid", customer, now) | {"data": {"object": "in_m"}},
+        stripe_event("invoice.paid", customer, now * 1000),  # milliseconds
+        stripe_event("invoice.paid", customer, 10**30),  # beyond any date
+        stripe_event("invoice.paid", customer, now + 3600),  # from the future
+        stripe_event("invoice.paid", customer, now) | {"created": "yesterday"},
+        stripe_event("invoice.paid", customer, now) | {"type": ["invoice.paid"]},
+        stripe_event("invoice.paid", {"id": "in_m", "customer": ["cus_m"]}, now),
+        stripe_event("invoice.paid", customer | {"amount_due": "lots"}, now),
+        stripe_event("setup_intent.succeeded", {"id": "seti_1", "customer": "cus_m"}, now),
+    ]
+    bodies = [json.dumps(event).encode() for event in events] + [
+        b'["an", "array"]',
+        b'"a string"',
+        b"[" * 100_000 + b"]" * 100_000,  # nested deeper than any parser allows
+        b'{"id": 1, "type": "invoice.paid", "created": 1, "data": {"object": {}}}',
+    ]
+    for body in bodies:
+        content, headers = _raw_signed(body)
+        response = await api.post(WEBHOOK, content=content, headers=headers)
+        assert response.status_code == 400, (body[:80], response.status_code, response.text)
+        assert response.json()["type"].endswith("webhook-rejected")
+    assert await _inbox(sessions, [event["id"] for event in events]) == []
 
 
 async def test_unknown_types_and_strangers_are_recorded_and_ignored(
@@ -459,6 +503,31 @@ async def test_cancel_at_period_end_and_resume(
     async with localstripe.sdk() as sdk:
         in_stripe = await sdk.v1.subscriptions.retrieve_async(str(row.stripe_subscription_id))
     assert in_stripe.cancel_at_period_end is False
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.cancellation_scheduled",
+        "billing.renewal_resumed",
+    ]
+
+
+async def test_a_retried_change_with_its_idempotency_key_has_one_effect(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    admin, _, _ = await _subscribed(temporal_client, settings, sessions, localstripe)
+    headers = admin.headers | {"Idempotency-Key": "cancel-7f3a"}
+    first = await api.post("/api/v1/billing/subscription/cancel", headers=headers)
+    assert first.status_code == 200, first.text
+    # The client lost the answer and retries: the same answer, nothing more happens.
+    retried = await api.post("/api/v1/billing/subscription/cancel", headers=headers)
+    assert retried.status_code == 200, retried.text
+    assert retried.json() == first.json()
+    # The same key on another action is another request.
+    other = await api.post("/api/v1/billing/subscription/resume", headers=headers)
+    assert other.status_code == 200, other.text
     assert await _actions(sessions, admin.tenant_id) == [
         "billing.provisioned",
         "billing.cancellation_scheduled",

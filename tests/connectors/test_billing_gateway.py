@@ -9,14 +9,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.billing import BillingGateway, BillingRejected, handles, parse_event
+from connectors.billing import (
+    BillingGateway,
+    BillingRejected,
+    BillingUnavailable,
+    handles,
+    parse_event,
+)
 from connectors.billing.stripe_gateway import stripe_gateway
 from core.plans import default_plans, plan_of
 from core.settings import Settings
 from models.onboarding import PlanId
+from tests.peers.stripe_front import Fault, StripeFront
 from tests.peers_stripe import DECLINING_CARD, LocalStripe, MeterRecorder, card_holder, stripe_event
 
-pytest_plugins = ["tests.peers_stripe"]
+pytest_plugins = ["tests.peers_stripe", "tests.peers.stripe_front"]
 
 STARTER = plan_of(default_plans(), PlanId.STARTER)
 PROFESSIONAL = plan_of(default_plans(), PlanId.PROFESSIONAL)
@@ -222,6 +229,21 @@ async def test_usage_goes_to_the_meter_with_its_identifier(
     ]
 
 
+async def test_meters_are_found_before_they_are_created(stripe_front: StripeFront) -> None:
+    meters = {"bizosaas_workflow_runs": "sum", "bizosaas_storage_bytes": "last"}
+    async with stripe_gateway(stripe_front.settings(Settings(_env_file=None))) as gateway:
+        await gateway.ensure_meters(meters)
+        await gateway.ensure_meters(meters | {"bizosaas_agent_minutes": "sum"})
+    assert stripe_front.meter_creations == 3
+    assert {
+        name: meter["default_aggregation"]["formula"] for name, meter in stripe_front.meters.items()
+    } == {
+        "bizosaas_workflow_runs": "sum",
+        "bizosaas_storage_bytes": "last",
+        "bizosaas_agent_minutes": "sum",
+    }
+
+
 async def test_a_card_saved_through_a_setup_intent_pays_the_open_invoice(
     gateway: BillingGateway, localstripe: LocalStripe
 ) -> None:
@@ -257,3 +279,47 @@ async def test_a_card_saved_through_a_setup_intent_pays_the_open_invoice(
     paid = await gateway.pay_invoice(unpaid, "pay-key")
     assert (paid.invoice_id, paid.status, paid.amount_paid) == (unpaid, "paid", 2900)
     assert await gateway.open_invoices(customer) == []
+
+
+# --- How Stripe's errors are classified ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(401, "invalid_request_error", message="Invalid API Key provided: sk_test_****"),
+        Fault(403, "invalid_request_error", message="The key lacks a permission"),
+        Fault(409, "idempotency_error", message="A concurrent request uses the same key"),
+        Fault(429, "invalid_request_error", "rate_limit", "Too many requests"),
+        Fault(429, "invalid_request_error", "lock_timeout", "The object is locked"),
+        Fault(400, "invalid_request_error", "lock_timeout", "The object is locked"),
+        Fault(500, "api_error", message="Stripe had a fault"),
+    ],
+    ids=["rotated-key", "permission", "conflict", "rate-limit", "lock-timeout", "lock-400", "5xx"],
+)
+async def test_faults_an_operator_or_time_can_fix_are_retryable(
+    stripe_front: StripeFront, fault: Fault
+) -> None:
+    stripe_front.fail("/v1/invoices/", fault)
+    async with stripe_gateway(stripe_front.settings(Settings(_env_file=None))) as gateway:
+        with pytest.raises(BillingUnavailable, match=str(fault.status)) as raised:
+            await gateway.fetch_invoice("in_1")
+        # The key never reaches the message that activities put in history.
+        assert "sk_test" not in str(raised.value)
+        # The next request (the activity's retry) goes through.
+        assert await gateway.fetch_invoice("in_1") is None
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(400, "invalid_request_error", "parameter_missing", "Missing required param"),
+        Fault(400, "idempotency_error", message="Keys can only be reused with the same request"),
+    ],
+    ids=["bad-request", "key-reused"],
+)
+async def test_request_errors_are_refusals(stripe_front: StripeFront, fault: Fault) -> None:
+    stripe_front.fail("/v1/invoices/", fault)
+    async with stripe_gateway(stripe_front.settings(Settings(_env_file=None))) as gateway:
+        with pytest.raises(BillingRejected, match=str(fault.status)):
+            await gateway.fetch_invoice("in_1")

@@ -4,6 +4,7 @@ events it lacks posted, signed as Stripe signs them, to the real webhook route."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -24,6 +26,7 @@ from api.app import create_app
 from api.billing_guard import TenantSuspended, writable_tenant
 from connectors.billing import parse_event
 from core.db import SessionFactory
+from core.plans import plan_of
 from core.search import BIZ_STATUS
 from core.security import Principal
 from core.settings import Settings
@@ -34,12 +37,15 @@ from models.billing import (
     BillingStatus,
     BillingView,
     ProvisionRequest,
+    RenewalChange,
     Subscription,
 )
 from models.email import OutboundEmail
 from models.onboarding import PlanId
 from models.tenant import Tenant, TenantStatus
+from models.user import Role
 from tests.factories import Member, member
+from tests.peers.stripe_front import Fault, StripeFront
 from tests.peers_stripe import (
     LocalStripe,
     card_holder,
@@ -52,7 +58,7 @@ from tests.peers_stripe import (
 from workers import registry
 from workflows.billing import BillingWorkflow
 
-pytest_plugins = ["tests.peers_stripe"]
+pytest_plugins = ["tests.peers_stripe", "tests.peers.stripe_front"]
 
 T = TypeVar("T")
 DAY = 86_400
@@ -77,8 +83,19 @@ class ScheduleLog:
 
 
 @pytest.fixture
-def billing_settings(settings: Settings, localstripe: LocalStripe) -> Settings:
-    return localstripe.settings(settings).model_copy(update={"billing_trial_days": 0})
+def billing_overrides() -> dict[str, Any]:
+    """Settings a test changes (parametrize it)."""
+    return {}
+
+
+@pytest.fixture
+def billing_settings(
+    settings: Settings, stripe_front: StripeFront, billing_overrides: dict[str, Any]
+) -> Settings:
+    """Stripe through the front (localstripe behind it; faults and meters in front)."""
+    return stripe_front.settings(settings).model_copy(
+        update={"billing_trial_days": 0} | billing_overrides
+    )
 
 
 @pytest.fixture
@@ -143,8 +160,11 @@ async def _status(
     )
 
 
-async def _post(api: httpx.AsyncClient, event_type: str, obj: dict[str, Any]) -> None:
-    body, headers = signed(stripe_event(event_type, obj, created=int(time.time())))
+async def _post(
+    api: httpx.AsyncClient, event_type: str, obj: dict[str, Any], *, later: int = 0
+) -> None:
+    """Post the event as Stripe would, created now (or ``later`` seconds from now)."""
+    body, headers = signed(stripe_event(event_type, obj, created=int(time.time()) + later))
     response = await api.post("/api/v1/billing/webhooks/stripe", content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "delivered"
@@ -414,6 +434,7 @@ async def test_a_suspended_tenant_adds_a_card_and_is_active_again(
     sessions: SessionFactory,
     billing_settings: Settings,
     localstripe: LocalStripe,
+    left_running: list[str],
 ) -> None:
     admin = await member(sessions, billing_settings)
     async with localstripe.sdk() as sdk:
@@ -455,3 +476,523 @@ async def test_a_suspended_tenant_adds_a_card_and_is_active_again(
         "billing.payment_method_added",
         "billing.reactivated",
     ]
+
+
+# --- The entity workflow never dies, spins, stalls or restarts empty ----------------------
+
+
+async def _audit_rows(sessions: SessionFactory, tenant_id: uuid.UUID) -> list[AuditEntry]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.tenant_id == tenant_id, AuditEntry.action.startswith("billing."))
+            .order_by(AuditEntry.seq)
+        )
+        return list(rows)
+
+
+@pytest.fixture
+async def left_running(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[list[str]]:
+    """Workflow ids terminated after the test: a billing workflow left with timers (dunning,
+    parked retries) and no worker would stop the shared server from skipping time."""
+    ids: list[str] = []
+    yield ids
+    for workflow in ids:
+        handle = time_skipping_env.client.get_workflow_handle(workflow)
+        # An activity still running when the worker stops stays "started" on the test server
+        # and holds its clock: let the workflow settle first.
+        with contextlib.suppress(AssertionError, RPCError):
+            await _eventually(
+                handle.describe, lambda found: not found.raw_description.pending_activities
+            )
+        with contextlib.suppress(RPCError):
+            await handle.terminate("test over")
+
+
+async def _active_tenant(
+    client: Client,
+    sessions: SessionFactory,
+    settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> tuple[Member, str, str, Billing]:
+    """A tenant with a card, provisioned: (admin, customer id, subscription id, handle)."""
+    admin = await member(sessions, settings)
+    left_running.append(workflow_id(admin.tenant_id))
+    async with localstripe.sdk() as sdk:
+        customer = await card_holder(sdk, admin.tenant_id, admin.email)
+    handle = await _provision(client, settings, admin.tenant_id)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.stripe_subscription_id is not None
+    return admin, customer, row.stripe_subscription_id, handle
+
+
+async def _failed_invoice(localstripe: LocalStripe, customer: str, subscription: str) -> Any:
+    async with localstripe.sdk() as sdk:
+        invoice_id = await unpaid_invoice(sdk, customer, subscription)
+        return (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_an_event_that_fails_is_recorded_parked_and_retried_and_the_workflow_lives(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+    stripe_front: StripeFront,
+) -> None:
+    client = time_skipping_env.client
+    admin, customer, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    # Stripe refuses the re-read of the invoice (a request error: not retried).
+    first_run = (await handle.describe()).run_id
+    stripe_front.fail(f"/v1/invoices/{invoice['id']}", Fault(400, "invalid_request_error"))
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    view = await _eventually(
+        lambda: handle.query(BillingWorkflow.view), lambda view: bool(view.parked_events)
+    )
+    assert view.status is BillingStatus.ACTIVE
+    failed = [row for row in await _audit_rows(sessions, admin.tenant_id) if "failed" in row.action]
+    assert [row.action for row in failed] == ["billing.event_failed"]
+    assert "StripeRejected" in failed[0].data["error"]
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+
+    # The parked event is tried again an hour later, and this time Stripe answers.
+    await time_skipping_env.sleep(timedelta(hours=1, minutes=5))
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    assert view.parked_events == []
+    assert view.unpaid_invoices == [invoice["id"]]
+    assert (await handle.describe()).run_id == first_run
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_run_started_after_the_last_died_rebuilds_from_the_projection(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, customer, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    await handle.terminate("an operator ended the run")
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    # The next event starts a new run: it knows the customer and its subscription.
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    fresh = client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(admin.tenant_id))
+    view = await _status(fresh, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    assert (view.plan, view.unpaid_invoices) == (PlanId.STARTER, [invoice["id"]])
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert (row.stripe_customer_id, row.stripe_subscription_id) == (customer, subscription)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_resubscribing_clears_retention_and_the_old_date_passes_quietly(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+    schedules: ScheduleLog,
+) -> None:
+    client = time_skipping_env.client
+    admin, customer, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    async with localstripe.sdk() as sdk:
+        ended = await sdk.v1.subscriptions.cancel_async(subscription)
+    await _post(ts_api, "customer.subscription.deleted", ended.to_dict())
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.CANCELLED)
+    assert view.retention_ends_at is not None
+
+    # The customer subscribes again in Stripe (Checkout, say): billing follows.
+    plan = plan_of(billing_settings.billing_plans, PlanId.STARTER)
+    async with localstripe.sdk() as sdk:
+        again = await sdk.v1.subscriptions.create_async(
+            params={
+                "customer": customer,
+                "items": [{"plan": plan.stripe_plan_id}],
+                "metadata": {"tenant_id": str(admin.tenant_id)},
+            }
+        )
+    await _post(ts_api, "customer.subscription.created", again.to_dict())
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert view.retention_ends_at is None
+    # Its usage is reported again: the schedule removed at cancellation is back.
+    assert schedules.calls == [
+        ("ensure", admin.tenant_id),
+        ("remove", admin.tenant_id),
+        ("ensure", admin.tenant_id),
+    ]
+
+    # The old retention date passes: the workflow neither ends nor spins.
+    await time_skipping_env.sleep(timedelta(days=31))
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    renewing = again.to_dict() | {"cancel_at_period_end": True}
+    await _post(ts_api, "customer.subscription.updated", renewing, later=5)
+    await _eventually(
+        lambda: _projection(sessions, admin.tenant_id),
+        lambda row: row is not None and row.cancel_at_period_end,
+    )
+    view = await handle.query(BillingWorkflow.view)
+    assert (view.status, view.retention_ends_at) == (BillingStatus.ACTIVE, None)
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_late_event_after_the_end_gets_a_run_that_ends_at_once(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, _, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    async with localstripe.sdk() as sdk:
+        ended = (await sdk.v1.subscriptions.cancel_async(subscription)).to_dict()
+    await _post(ts_api, "customer.subscription.deleted", ended)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.CANCELLED)
+    await time_skipping_env.sleep(timedelta(days=31))
+    assert await handle.result() is BillingStatus.CANCELLED
+    actions = await _actions(sessions, admin.tenant_id)
+
+    # Stripe retries for days: a late delivery starts a run, which knows it is over.
+    await _post(ts_api, "customer.subscription.deleted", ended)
+    late = client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(admin.tenant_id))
+    assert await late.result() is BillingStatus.CANCELLED
+    described = await late.describe()
+    assert described.run_id != handle.result_run_id
+    assert described.close_time is not None
+    assert described.close_time - described.start_time < timedelta(hours=1)
+    assert await _actions(sessions, admin.tenant_id) == actions
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.CANCELLED
+
+
+# Nothing listens on port 9 of the loopback: every delivery is refused.
+@pytest.mark.parametrize("billing_overrides", [{"smtp_host": "127.0.0.1", "smtp_port": 9}])
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_mail_server_down_does_not_hold_up_dunning(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, customer, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    # Every reminder fails to send (the worker's mail server is down)...
+    await time_skipping_env.sleep(timedelta(days=8))
+    # ... and the grace period still ends on time; each failed notice is on record.
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
+    rows = await _eventually(
+        lambda: _audit_rows(sessions, admin.tenant_id),
+        lambda rows: sum(row.action == "billing.notice_failed" for row in rows) >= 5,
+    )
+    kinds = sorted(row.data["subject"].split()[0] for row in rows if "notice" in row.action)
+    assert kinds == [
+        "payment_failed",
+        "payment_reminder",
+        "payment_reminder",
+        "payment_reminder",
+        "suspended",
+    ]
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_cancelled_workflow_removes_its_usage_schedule(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+    schedules: ScheduleLog,
+) -> None:
+    client = time_skipping_env.client
+    admin, _, _, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    assert schedules.calls == [("ensure", admin.tenant_id)]
+    await handle.cancel()
+    await _eventually(
+        lambda: handle.describe(),
+        lambda found: found.status == WorkflowExecutionStatus.CANCELED,
+    )
+    assert schedules.calls == [("ensure", admin.tenant_id), ("remove", admin.tenant_id)]
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_updates_alone_continue_as_new_and_their_ids_outlive_the_run(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    admin = await member(sessions, billing_settings)
+    async with localstripe.sdk() as sdk:
+        await card_holder(sdk, admin.tenant_id, admin.email)
+    client = time_skipping_env.client
+    request = ProvisionRequest(tenant_id=admin.tenant_id, plan=PlanId.STARTER, idempotency_key="a")
+    handle = await client.start_workflow(
+        BillingWorkflow.run,
+        BillingInput(
+            tenant_id=admin.tenant_id, policy=BillingPolicy(trial_days=0, history_limit=60)
+        ),
+        id=workflow_id(admin.tenant_id),
+        task_queue=billing_settings.temporal_task_queue,
+        start_signal="provision",
+        start_signal_args=[request],
+    )
+    first_run = handle.result_run_id
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    latest = client.get_workflow_handle_for(BillingWorkflow.run, handle.id)
+    for n in range(8):
+        change = RenewalChange(cancel=n % 2 == 0)
+        await latest.execute_update(BillingWorkflow.set_renewal, change, id=f"renewal-{n}")
+    described = await _eventually(
+        lambda: latest.describe(),
+        lambda found: found.run_id != first_run and found.status == WorkflowExecutionStatus.RUNNING,
+    )
+    assert described.run_id != first_run
+    before = await _actions(sessions, admin.tenant_id)
+    # A client retrying the first request (same update id) after the run changed: no effect.
+    view = await latest.execute_update(
+        BillingWorkflow.set_renewal, RenewalChange(cancel=True), id="renewal-0"
+    )
+    assert view.cancel_at_period_end is False
+    assert await _actions(sessions, admin.tenant_id) == before
+
+
+# --- Dunning follows what Stripe says ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_late_past_due_after_payment_does_not_reopen_dunning_and_mails_go_out(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, customer, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    async with localstripe.sdk() as sdk:
+        past_due = (await sdk.v1.subscriptions.retrieve_async(subscription)).to_dict() | {
+            "status": "past_due"
+        }
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    # The customer hears of the failure the day it happens.
+    await _eventually(
+        lambda: _subjects(sessions, admin), lambda found: any("Payment failed" in s for s in found)
+    )
+    async with localstripe.sdk() as sdk:
+        paid = await pay(sdk, customer, invoice["id"])
+    await _post(ts_api, "invoice.payment_succeeded", paid)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    await _post(ts_api, "invoice.paid", paid)  # the same payment's other event: one receipt
+    subjects = await _eventually(
+        lambda: _subjects(sessions, admin), lambda found: any("Receipt" in s for s in found)
+    )
+
+    # Stripe's subscription.updated(past_due) of before the payment arrives late: Stripe is
+    # asked, says active, and nothing reopens.
+    await _post(ts_api, "customer.subscription.updated", past_due, later=3)
+    await _eventually(
+        lambda: _audit_rows(sessions, admin.tenant_id),
+        lambda rows: len(rows) >= 3,
+    )
+    await asyncio.sleep(0.5)
+    view = await handle.query(BillingWorkflow.view)
+    assert (view.status, view.stripe_status, view.grace_ends_at) == (
+        BillingStatus.ACTIVE,
+        "active",
+        None,
+    )
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.payment_failed",
+        "billing.reactivated",
+    ]
+    subjects = await _subjects(sessions, admin)
+    assert sum("Receipt" in s for s in subjects) == 1
+    assert sum("Payment failed" in s for s in subjects) == 1
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_first_subscription_that_fails_goes_through_once_a_card_is_saved(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    admin = await member(sessions, billing_settings)
+    left_running.append(workflow_id(admin.tenant_id))
+    # No card, no trial: Stripe cannot charge the first invoice.
+    handle = await _provision(time_skipping_env.client, billing_settings, admin.tenant_id)
+    view = await _eventually(
+        lambda: handle.query(BillingWorkflow.view),
+        lambda view: view.provision_failure is not None,
+    )
+    assert view.status is BillingStatus.PROVISIONING
+    # Visible to the operator (audit) and to the tenant (the projection says provisioning).
+    await _eventually(
+        lambda: _actions(sessions, admin.tenant_id),
+        lambda actions: "billing.provisioning_failed" in actions,
+    )
+
+    response = await ts_api.post("/api/v1/billing/payment-method", headers=admin.headers)
+    assert response.status_code == 200, response.text
+    collection = response.json()
+    async with localstripe.sdk() as sdk:
+        confirmed = await confirm_card_setup(
+            sdk, collection["setup_intent_id"], collection["client_secret"]
+        )
+    await _post(ts_api, "setup_intent.succeeded", confirmed)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert (view.plan, view.provision_failure) == (PlanId.STARTER, None)
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.stripe_subscription_id is not None
+
+
+def test_grace_and_reminders_accept_durations() -> None:
+    parsed = Settings(_env_file=None, billing_grace="PT10M", billing_reminders=["PT2M", 300])
+    assert (parsed.billing_grace, parsed.billing_reminders) == (
+        timedelta(minutes=10),
+        [timedelta(minutes=2), timedelta(minutes=5)],
+    )
+    with pytest.raises(ValueError, match="within the grace period"):
+        Settings(_env_file=None, billing_grace="PT10M", billing_reminders=["PT11M"])
+
+
+@pytest.mark.parametrize(
+    "billing_overrides",
+    [{"billing_grace": timedelta(minutes=10), "billing_reminders": [timedelta(minutes=2)]}],
+)
+@pytest.mark.usefixtures("ts_worker")
+async def test_an_operator_applies_new_dunning_policy_to_a_running_tenant(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    # The tenant's workflow started under the policy of before: 7 days of grace.
+    started_under = billing_settings.model_copy(
+        update={"billing_grace": None, "billing_reminders": None}
+    )
+    admin, customer, subscription, handle = await _active_tenant(
+        time_skipping_env.client, sessions, started_under, localstripe, left_running
+    )
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    url = f"/api/v1/billing/tenants/{admin.tenant_id}/policy"
+    refused = await ts_api.post(url, headers=admin.headers)
+    assert refused.status_code == 403, refused.text
+    applied = await ts_api.post(url, headers=operator.headers)
+    assert applied.status_code == 200, applied.text
+
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    assert view.grace_ends_at is not None
+    assert view.grace_ends_at - await time_skipping_env.get_current_time() < timedelta(hours=1)
+    await time_skipping_env.sleep(timedelta(minutes=3))
+    await _reminders(sessions, admin, 1)
+    await time_skipping_env.sleep(timedelta(minutes=8))
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
+
+
+# --- Self-service -------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_cancelled_tenant_subscribes_again(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    admin, _, subscription, handle = await _active_tenant(
+        time_skipping_env.client, sessions, billing_settings, localstripe, left_running
+    )
+    url = "/api/v1/billing/subscription"
+    body = {"plan_id": "professional"}
+    headers = admin.headers | {"Idempotency-Key": "again-1"}
+    refused = await ts_api.post(url, json=body, headers=headers)
+    assert refused.status_code == 409, refused.text
+    async with localstripe.sdk() as sdk:
+        ended = await sdk.v1.subscriptions.cancel_async(subscription)
+    await _post(ts_api, "customer.subscription.deleted", ended.to_dict())
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.CANCELLED)
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.CANCELLED
+
+    accepted = await ts_api.post(url, json=body, headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert (view.plan, view.retention_ends_at) == (PlanId.PROFESSIONAL, None)
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.stripe_subscription_id not in (None, subscription)
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
+    again = await ts_api.post(url, json=body, headers=headers)
+    assert again.status_code == 409, again.text
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_an_operator_replays_parked_events_at_once(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    stripe_front: StripeFront,
+    left_running: list[str],
+) -> None:
+    admin, customer, subscription, handle = await _active_tenant(
+        time_skipping_env.client, sessions, billing_settings, localstripe, left_running
+    )
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    # Stripe refuses the re-read once (a request error: parked, not retried at once).
+    stripe_front.fail(f"/v1/invoices/{invoice['id']}", Fault(400, "invalid_request_error"))
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    await _eventually(
+        lambda: handle.query(BillingWorkflow.view), lambda view: bool(view.parked_events)
+    )
+    # An operator does not wait for the hourly retry.
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    url = f"/api/v1/billing/tenants/{admin.tenant_id}/parked-events/replay"
+    assert (await ts_api.post(url, headers=admin.headers)).status_code == 403
+    replayed = await ts_api.post(url, headers=operator.headers)
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["parked_events"] == []
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
