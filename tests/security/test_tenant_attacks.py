@@ -186,6 +186,7 @@ class Victim:
             "invoice_id": [self.invoice_id],
             "connection_id": [self.connection_id],
             "profile_id": [self.profile_id],
+            "tenant_id": [str(self.admin.tenant_id)],
         }
 
 
@@ -709,6 +710,7 @@ async def test_roles_refused_where_they_may_not_act(
         "invoice_id": str(uuid.uuid4()),
         "connection_id": world.own_connection_id,
         "profile_id": world.own_profile_id,
+        "tenant_id": str(world.attackers[Role.TENANT_ADMIN].tenant_id),
         **NOT_IDS,
     }
     for route in routes_of(world.app):
