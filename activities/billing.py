@@ -140,6 +140,7 @@ async def signal_billing(
         task_queue=settings.temporal_task_queue,
         start_signal=signal,
         start_signal_args=[arg],
+        static_summary=f"Billing of tenant {tenant_id}",
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(search.TENANT_ID, str(tenant_id)),
@@ -732,6 +733,7 @@ class BillingActivities:
                         tenant_id,
                         id=usage_schedule_id(tenant_id),
                         task_queue=self._settings.temporal_task_queue,
+                        static_summary=f"Usage report of tenant {tenant_id}",
                         typed_search_attributes=TypedSearchAttributes(
                             [
                                 SearchAttributePair(search.TENANT_ID, str(tenant_id)),

@@ -173,6 +173,7 @@ async def create_schedule(
                     SyncRunState(profile_id=profile_id),
                     id=workflow_id(profile_id),
                     task_queue=settings.temporal_task_queue,
+                    static_summary=f"Connector sync of profile {profile_id}",
                     typed_search_attributes=TypedSearchAttributes(
                         [
                             SearchAttributePair(search.TENANT_ID, str(tenant_id)),
