@@ -95,9 +95,11 @@ async def temporal_env(converter: DataConverter) -> AsyncIterator[WorkflowEnviro
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env(converter: DataConverter) -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server; search attributes registered by the operator service."""
+    """A time-skipping test server of the test's own (it starts in ~0.1 s): workflows other
+    tests left running there (billing never ends) would otherwise hold up its clock.
+    Search attributes registered by the operator service."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=sibling_binary("temporal-test-server"),
         data_converter=converter,
