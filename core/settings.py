@@ -301,7 +301,10 @@ class Settings(BaseSettings):
             else [timedelta(days=day) for day in self.billing_reminder_days]
         )
         if any(not timedelta(0) < at < grace for at in reminders):
-            raise ValueError("billing reminders must fall within the grace period")
+            raise ValueError(
+                "BIZ_BILLING_REMINDERS / BIZ_BILLING_REMINDER_DAYS must fall within the grace "
+                "period (BIZ_BILLING_GRACE / BIZ_BILLING_GRACE_DAYS)"
+            )
         return self
 
     @model_validator(mode="after")
