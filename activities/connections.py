@@ -7,10 +7,15 @@ from __future__ import annotations
 import logging
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from temporalio import activity
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from connectors import registry
 from connectors.access import open_connection
@@ -20,7 +25,7 @@ from connectors.mail import Mailer
 from connectors.oauth import exchange_code, oauth_client
 from connectors.ports import Connector
 from connectors.secrets import SecretStore, connection_path, staged_path
-from core import audit
+from core import audit, search
 from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.connection import (
@@ -35,10 +40,46 @@ from models.connection import (
     WriteCommand,
     WrittenRecord,
 )
+from models.content import ContentItem, ContentStatus
 from models.email import EmailMessage
 from models.user import Membership, Role, User
 
 log = logging.getLogger(__name__)
+#: The signal a publishing workflow waiting for its connection is sent once it works again.
+CONNECTION_RESTORED = "connection_restored"
+
+
+async def start_connection_check(
+    client: Client, settings: Settings, connection: Connection
+) -> None:
+    """Start the connection's ``test`` (it marks the connection ``auth_failed`` and tells the
+    tenant admins once); a change already running checks the credentials too."""
+    command = ConnectionCommand(
+        action=ConnectionAction.TEST,
+        connection_id=connection.id,
+        tenant_id=connection.tenant_id,
+        connector_id=connection.connector_id,
+        auth_kind=connection.auth_kind,
+        label=connection.label,
+        settings=connection.settings,
+    )
+    try:
+        await client.start_workflow(
+            "ConnectionWorkflow",
+            command,
+            id=f"connection:{connection.id}",
+            task_queue=settings.temporal_task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            static_summary=f"Connection {connection.connector_id}: test",
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(search.TENANT_ID, str(connection.tenant_id)),
+                    SearchAttributePair(search.BIZ_PROCESS, "connection"),
+                ]
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        return
 
 
 class ConnectionActivities:
@@ -148,6 +189,9 @@ class ConnectionActivities:
                 row.auth_notified_at = None  # a later auth failure is news again
             if check.account is not None:
                 row.account = check.account.model_dump(mode="json")
+            waiting = (
+                await _waiting_for(session, row) if row.health is ConnectionHealth.HEALTHY else []
+            )
             if command.action is ConnectionAction.CONNECT:
                 await audit.append(
                     session,
@@ -161,7 +205,9 @@ class ConnectionActivities:
                     idempotency_key=f"{activity.info().workflow_run_id}:connected",
                 )
             await session.flush()
-            return ConnectionView.of(row)
+            view = ConnectionView.of(row)
+        await _restore(activity.client(), waiting)
+        return view
 
     @activity.defn
     async def notify_auth_failure(self, command: ConnectionCommand) -> bool:
@@ -302,6 +348,27 @@ _DRAFTS: dict[str, type[BaseModel]] = {
     "companies": CompanyDraft,
     "deals": DealDraft,
 }
+
+
+async def _waiting_for(session: Any, connection: Connection) -> list[str]:
+    """The workflow ids of the content items waiting for this connection to work again."""
+    ids = await session.scalars(
+        select(ContentItem.id).where(
+            ContentItem.connection_id == connection.id,
+            ContentItem.status == ContentStatus.WAITING_FOR_CONNECTION,
+        )
+    )
+    return [f"publish:{content_id}" for content_id in ids]
+
+
+async def _restore(client: Client, workflow_ids: list[str]) -> None:
+    """Tell each waiting workflow its connection works again (one that ended is skipped)."""
+    for workflow_id in workflow_ids:
+        try:
+            await client.get_workflow_handle(workflow_id).signal(CONNECTION_RESTORED)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
 
 
 def _credentials_path(command: ConnectionCommand) -> str:

@@ -24,6 +24,7 @@ from api.routers import (
     codec,
     connection_reads,
     connections,
+    content,
     health,
     onboarding,
     password_reset,
@@ -95,6 +96,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         storage,
         codec,
         sync,
+        content,
     ):
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).

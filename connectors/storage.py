@@ -68,6 +68,10 @@ class ObjectStorage(Protocol):
 
     async def stat(self, key: str) -> StoredObject | None: ...
 
+    async def read(self, key: str) -> bytes | None:
+        """The object's bytes (callers bound its size first); ``None`` when absent."""
+        ...
+
     async def delete(self, key: str) -> None: ...
 
     async def seal(self, key: str, sealed_key: str) -> StoredObject | None:
@@ -134,6 +138,19 @@ class S3Storage:
             return StoredObject(size=0, head=b"")
         body = self._s3.get_object(Bucket=self._bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}")
         return StoredObject(size=size, head=body["Body"].read())
+
+    async def read(self, key: str) -> bytes | None:
+        return await asyncio.to_thread(self._read, key)
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            body = self._s3.get_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise
+        data: bytes = body["Body"].read()
+        return data
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._s3.delete_object, Bucket=self._bucket, Key=key)
@@ -208,6 +225,13 @@ class LocalStorage:
             return None
         with path.open("rb") as file:
             return StoredObject(size=path.stat().st_size, head=file.read(SNIFF_BYTES))
+
+    async def read(self, key: str) -> bytes | None:
+        path = self.path_of(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            return None
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self.path_of(key).unlink, missing_ok=True)

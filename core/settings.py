@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     # Lifetime of upload and download URLs.
     document_url_seconds: int = 300
 
+    # Content publishing: featured images' size limit, and how long an item whose CMS refused
+    # the credentials waits for the connection to be reconnected before it fails.
+    content_image_max_bytes: int = 5 * 1024 * 1024
+    content_reconnect_wait: timedelta = timedelta(days=3)
+
     # Object storage: S3 (or any S3-compatible store) when a bucket is set, else files under
     # data_dir served by this API through signed URLs.
     s3_bucket: str | None = None
@@ -242,6 +247,9 @@ class Settings(BaseSettings):
     # Connector sync (activities/sync.py): a vendor's Retry-After up to this long is waited out
     # inside the page activity; a longer one makes the run sleep durably in its workflow.
     sync_inline_wait_seconds: float = Field(default=60, gt=0)
+    # This many runs of a profile failing in a row pause its Schedule and tell the tenant's
+    # admins (once); a completed run, or a resume, starts the count again.
+    sync_failed_runs_to_pause: int = Field(default=3, ge=1, le=100)
 
     # This platform's OAuth applications at vendors, by connector id, as a JSON object:
     # {"hubspot": {"client_id": "...", "client_secret": "..."}}. Consent for an OAuth connection

@@ -15,6 +15,7 @@ from models.billing import (
     UsageReport,
 )
 from models.connection import Connection
+from models.content import ContentItem, ContentPolicy
 from models.email import OutboundEmail
 from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
 from models.sync import SyncMapping, SyncProfile, SyncRun
@@ -28,6 +29,8 @@ __all__ = [
     "Base",
     "BillingPlan",
     "Connection",
+    "ContentItem",
+    "ContentPolicy",
     "Invoice",
     "Membership",
     "OutboundEmail",

@@ -24,6 +24,7 @@ class ApprovalKind(StrEnum):
     """What is being approved; each kind is asked for by one process."""
 
     TENANT_ONBOARDING = "tenant_onboarding"
+    CONTENT_REVIEW = "content_review"
 
 
 class ApprovalStatus(StrEnum):

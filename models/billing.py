@@ -33,6 +33,7 @@ class UsageMetric(StrEnum):
     WORKFLOW_RUNS = "workflow_runs"
     AGENT_MINUTES = "agent_minutes"
     STORAGE_BYTES = "storage_bytes"
+    CONTENT_PUBLISHED = "content_published"
 
 
 # Gauges are measurements (the latest counts); the other metrics are counters (summed).

@@ -11,10 +11,12 @@ from activities.billing import BillingActivities
 from activities.connections import ConnectionActivities
 from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
+from activities.publishing import PublishingActivities
 from activities.sync import SyncActivities
 from connectors.billing.stripe_gateway import gateway_from_settings
 from connectors.mail import mailer_from_settings
 from connectors.secrets import secret_store_from_settings
+from connectors.storage import storage_from_settings
 from core.db import SessionFactory
 from core.settings import Settings
 from workflows.approval import ApprovalWorkflow
@@ -23,6 +25,7 @@ from workflows.billing import BillingWorkflow, UsageReportWorkflow
 from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.password_reset import PasswordResetWorkflow
+from workflows.publish import PublishWorkflow
 from workflows.sync import SyncWorkflow
 
 WORKFLOWS: Sequence[type] = (
@@ -35,6 +38,7 @@ WORKFLOWS: Sequence[type] = (
     ConnectionWorkflow,
     ConnectionWriteWorkflow,
     SyncWorkflow,
+    PublishWorkflow,
 )
 
 
@@ -53,6 +57,7 @@ def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..
         *billing_activities(sessions, settings),
         *connection_activities(sessions, settings),
         *sync_activities(sessions, settings),
+        *publishing_activities(sessions, settings),
     ]
 
 
@@ -120,11 +125,33 @@ def connection_activities(sessions: SessionFactory, settings: Settings) -> list[
 
 def sync_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
     """Connector sync between a tenant's connections (credentials through the secret store)."""
-    sync = SyncActivities(sessions, settings, secret_store_from_settings(settings))
+    sync = SyncActivities(
+        sessions,
+        settings,
+        secret_store_from_settings(settings),
+        mailer_from_settings(settings, sessions),
+    )
     return [
         sync.begin_sync_run,
         sync.sync_page,
         sync.commit_sync_page,
         sync.finish_sync_run,
+        sync.halt_failing_sync,
         sync.suspend_sync,
+    ]
+
+
+def publishing_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """Content publishing to tenants' CMS connections (images from object storage)."""
+    publishing = PublishingActivities(
+        sessions, settings, secret_store_from_settings(settings), storage_from_settings(settings)
+    )
+    return [
+        publishing.push_featured_image,
+        publishing.resolve_terms,
+        publishing.write_post,
+        publishing.verify_post,
+        publishing.unpublish_post,
+        publishing.check_connection,
+        publishing.record_content,
     ]

@@ -3,10 +3,10 @@
 Vendor modules (``connectors/cms/<vendor>.py``) implement :class:`CMSPort`. Identifiers are the
 vendor's, as strings. Statuses are the port's own vocabulary; each connector maps its vendor's.
 
-Exactly-once publishing: a post created with a ``marker`` (an idempotency key chosen by the
-caller, e.g. the publishing workflow's id) can be found again with
-:meth:`CMSPort.find_post_by_marker`, so a retried "create" first looks for the post an earlier
-attempt may already have made.
+Exactly-once publishing: a post (or a file) created with a ``marker`` (an idempotency key
+chosen by the caller, e.g. the publishing workflow's id) can be found again with
+:meth:`CMSPort.find_post_by_marker` (:meth:`CMSPort.find_media_by_marker`), so a retried
+"create" first looks for what an earlier attempt may already have made.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ class Media(BaseModel):
     mime_type: str
     alt_text: str = ""
     created_at: datetime | None = None
+    marker: str | None = None
 
 
 class MediaUpload(BaseModel):
@@ -140,6 +141,7 @@ class MediaUpload(BaseModel):
     data: bytes
     title: str | None = None
     alt_text: str = ""
+    marker: str | None = Field(default=None, pattern=MARKER_PATTERN)
 
 
 class Term(BaseModel):
@@ -177,6 +179,10 @@ class CMSPort(Connector, Protocol):
         """The post created with ``marker``, in any status but trashed; None if none."""
         ...
 
+    async def trash_post(self, post_id: str) -> None:
+        """Move the post to the site's trash (restorable there; no marker finds it)."""
+        ...
+
     async def list_pages(self, query: ListQuery) -> Page[SitePage]: ...
 
     async def get_page(self, page_id: str) -> SitePage: ...
@@ -190,6 +196,10 @@ class CMSPort(Connector, Protocol):
     async def get_media(self, media_id: str) -> Media: ...
 
     async def upload_media(self, upload: MediaUpload) -> Media: ...
+
+    async def find_media_by_marker(self, marker: str) -> Media | None:
+        """The file uploaded with ``marker``; None if none."""
+        ...
 
     async def list_categories(self, query: ListQuery) -> Page[Term]: ...
 

@@ -41,6 +41,8 @@ from connectors.cms import (
     TermDraft,
 )
 from connectors.http import (
+    AuthFailed,
+    ConnectorError,
     VendorNotFound,
     VendorRejected,
     base_url_form,
@@ -121,6 +123,7 @@ class _WPMedia(BaseModel):
     id: int
     date_gmt: datetime | None = None
     title: _Text
+    description: _Text | None = None
     source_url: str
     mime_type: str
     alt_text: str = ""
@@ -202,9 +205,12 @@ class WordPress:
             else _ALL_STATUSES,
             "search": query.search,
         }
-        items, next_cursor = await self._page(
-            "wp/v2/posts", state, query.limit, status=state["status"], search=state["search"]
-        )
+        try:
+            items, next_cursor = await self._page(
+                "wp/v2/posts", state, query.limit, status=state["status"], search=state["search"]
+            )
+        except VendorRejected as exc:
+            raise _anonymous(exc) from None
         return Page(
             items=[_post(p) for p in parse_list(_WPPost, items, vendor=VENDOR)],
             next_cursor=next_cursor,
@@ -242,14 +248,21 @@ class WordPress:
     async def find_post_by_marker(self, marker: str) -> Post | None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{8,100}", marker):
             raise ValueError("not a marker")
-        found = await self._rest.get_json(
-            "wp/v2/posts", context="edit", status=_ALL_STATUSES, search=marker, per_page=10
-        )
+        try:
+            found = await self._rest.get_json(
+                "wp/v2/posts", context="edit", status=_ALL_STATUSES, search=marker, per_page=10
+            )
+        except VendorRejected as exc:
+            raise _anonymous(exc) from None
         for post in parse_list(_WPPost, found, vendor=VENDOR):
             # Search matches words anywhere; only the marker comment itself counts.
             if _marker_of(post.content.raw) == marker:
                 return _post(post)
         return None
+
+    async def trash_post(self, post_id: str) -> None:
+        # Without ``force`` WordPress moves the post to its trash (restorable for 30 days).
+        await self._rest.call("DELETE", f"wp/v2/posts/{_int_id(post_id)}")
 
     async def _get_post(self, post_id: str) -> _WPPost:
         data = await self._rest.get_json(f"wp/v2/posts/{_int_id(post_id)}", context="edit")
@@ -304,6 +317,8 @@ class WordPress:
         fields = {"alt_text": upload.alt_text}
         if upload.title is not None:
             fields["title"] = upload.title
+        if upload.marker is not None:
+            fields["description"] = _with_marker("", upload.marker).strip()
         created = await self._rest.call(
             "POST",
             "wp/v2/media",
@@ -312,6 +327,17 @@ class WordPress:
             data=fields,
         )
         return _media(parse_as(_WPMedia, json_body(created, vendor=VENDOR), vendor=VENDOR))
+
+    async def find_media_by_marker(self, marker: str) -> Media | None:
+        # Files carry the marker as their description (the attachment's content), which the
+        # search parameter covers like a post's.
+        if not re.fullmatch(r"[A-Za-z0-9_-]{8,100}", marker):
+            raise ValueError("not a marker")
+        found = await self._rest.get_json("wp/v2/media", context="edit", search=marker, per_page=10)
+        for media in parse_list(_WPMedia, found, vendor=VENDOR):
+            if media.description is not None and _marker_of(media.description.raw) == marker:
+                return _media(media)
+        return None
 
     # --- Terms --------------------------------------------------------------------------
 
@@ -380,6 +406,19 @@ class WordPress:
 
 
 # --- Mapping --------------------------------------------------------------------------------
+
+
+def _anonymous(exc: VendorRejected) -> ConnectorError:
+    """Credentials WordPress does not accept can make it answer as to an anonymous visitor,
+    who may not ask for unpublished statuses: that refusal is an authentication failure."""
+    params = exc.data.get("params")
+    if exc.code == "rest_invalid_param" and isinstance(params, dict) and "status" in params:
+        return AuthFailed(
+            "WordPress answered as to an anonymous visitor: the credentials are not accepted.",
+            vendor=VENDOR,
+            status=exc.status,
+        )
+    return exc
 
 
 def _int_id(value: str) -> int:
@@ -453,6 +492,7 @@ def _media(media: _WPMedia) -> Media:
         mime_type=media.mime_type,
         alt_text=media.alt_text,
         created_at=utc(media.date_gmt) if media.date_gmt else None,
+        marker=_marker_of(media.description.raw) if media.description else None,
     )
 
 

@@ -14,8 +14,9 @@ A must-use plugin adds what a test needs and WordPress alone does not do:
 
 - ``wp_mail`` is silenced (there is no sendmail here);
 - **faults**: a test queues answers for the next REST requests, the way a host's rate limiter
-  or a security plugin answers (429 with ``Retry-After``), or a change of the response's shape
-  (a field removed, as a plugin filtering ``rest_prepare_post`` would).
+  or a security plugin answers (429 with ``Retry-After``), a change of the response's shape
+  (a field removed, as a plugin filtering ``rest_prepare_post`` would), or an answer that never
+  comes in time after the request was carried out (a timeout after the write).
 
 Maintenance mode is WordPress's own: a ``.maintenance`` file makes every request a 503 with
 ``Retry-After: 600`` (``wp_maintenance()``).
@@ -62,13 +63,53 @@ class WordPressSite:
         headers: dict[str, str] | None = None,
         body: Any = None,
         drop_field: str | None = None,
+        hang_after: int = 0,
         times: int = 1,
     ) -> None:
         """The next ``times`` REST requests answer ``status`` with ``headers`` and a JSON
-        ``body``, or, with ``drop_field``, answer normally minus that post field."""
-        fault = {"status": status, "headers": headers or {}, "body": body, "drop_field": drop_field}
+        ``body``, or, with ``drop_field``, answer normally minus that post field; with
+        ``hang_after``, they are carried out and then answered only after that many seconds.
+        A fault with none of these lets its request through unchanged."""
+        fault = {
+            "status": status,
+            "headers": headers or {},
+            "body": body,
+            "drop_field": drop_field,
+            "hang_after": hang_after,
+        }
         with _locked(self.root / "faults.json") as faults:
             faults.extend([fault] * times)
+
+    def form(self, password: str | None = None) -> dict[str, str]:
+        """A WordPress connection form for this site (its own password by default)."""
+        return {
+            "site_url": self.url,
+            "username": self.username,
+            "application_password": password or self.application_password,
+        }
+
+    def new_application_password(self) -> tuple[str, str]:
+        """A fresh application password of the administrator: (password, uuid to revoke)."""
+        with httpx.Client(auth=(self.username, self.application_password)) as wp:
+            created = wp.post(
+                f"{self.url}/wp-json/wp/v2/users/me/application-passwords",
+                json={"name": f"connection-{os.urandom(3).hex()}"},
+            )
+        created.raise_for_status()
+        return created.json()["password"], created.json()["uuid"]
+
+    def revoke_application_password(self, uuid: str) -> None:
+        with httpx.Client(auth=(self.username, self.application_password)) as wp:
+            wp.delete(
+                f"{self.url}/wp-json/wp/v2/users/me/application-passwords/{uuid}"
+            ).raise_for_status()
+
+    def rest(self, method: str, route: str, **kwargs: Any) -> Any:
+        """A REST call as the administrator (what the site really holds)."""
+        with httpx.Client(auth=(self.username, self.application_password)) as wp:
+            response = wp.request(method, f"{self.url}/wp-json/{route}", **kwargs)
+        response.raise_for_status()
+        return response.json()
 
     def clear_faults(self) -> None:
         with _locked(self.root / "faults.json") as faults:
@@ -274,6 +315,13 @@ if (strpos($_SERVER['REQUEST_URI'] ?? '', '/wp-json/') !== false) {
             $data = $response->get_data();
             unset($data[$GLOBALS['biz_drop_field']]);
             $response->set_data($data);
+            return $response;
+        });
+    }
+    if ($biz_fault && !empty($biz_fault['hang_after'])) {
+        $GLOBALS['biz_hang_after'] = (int) $biz_fault['hang_after'];
+        add_filter('rest_post_dispatch', function ($response) {
+            sleep($GLOBALS['biz_hang_after']);
             return $response;
         });
     }
