@@ -53,6 +53,7 @@ from models.approval import Approval, ApprovalStatus
 from models.audit import AuditEntry, chain_of
 from models.billing import Invoice
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
+from models.content import ContentItem
 from models.sync import MatchRule, SyncProfile, SyncStatus
 from models.user import Membership, Role
 from tests.api.flows import (
@@ -111,6 +112,10 @@ BODIES: dict[tuple[str, str], Callable[[], Any]] = {
     ("PUT", "/api/v1/onboarding/steps/{step}"): lambda: wizard("Probe Holdings")["company"],
     ("POST", "/api/v1/approvals/{approval_id}/decision"): lambda: {"decision": "approve"},
     ("PUT", "/api/v1/users/{user_id}/role"): lambda: {"role": "readonly"},
+    ("POST", "/api/v1/content/{content_id}/schedule"): lambda: {
+        "publish_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    },
+    ("POST", "/api/v1/content/{content_id}/submit"): dict,
     ("POST", "/api/v1/users"): lambda: {
         "email": f"probe-{uuid.uuid4().hex[:8]}@example.com",
         "full_name": "Probe Person",
@@ -157,6 +162,7 @@ class Victim:
     connection_id: str
     connection_label: str
     profile_id: str
+    content_id: str
 
     def markers(self) -> dict[str, str]:
         """Everything of the victim an attacker must never read."""
@@ -175,6 +181,7 @@ class Victim:
             "victim connection id": self.connection_id,
             "victim connection label": self.connection_label,
             "victim sync profile id": self.profile_id,
+            "victim content id": self.content_id,
         }
 
     def foreign_ids(self) -> dict[str, list[str]]:
@@ -186,6 +193,9 @@ class Victim:
             "invoice_id": [self.invoice_id],
             "connection_id": [self.connection_id],
             "profile_id": [self.profile_id],
+            "content_id": [self.content_id],
+            # Uploads are reached through their item: any id stands for one of the victim's.
+            "upload_id": [str(uuid.uuid4())],
             "tenant_id": [str(self.admin.tenant_id)],
         }
 
@@ -200,6 +210,7 @@ class World:
     decided_approval_id: str
     own_connection_id: str
     own_profile_id: str
+    own_content_id: str
     staff: Member
 
 
@@ -281,6 +292,7 @@ async def _victim(
     connection_label = f"Lanternfish shop {tag}"
     await _connection(sessions, admin.tenant_id, connection_label, connection_id)
     profile_id = await _sync_profile(sessions, admin.tenant_id, connection_id)
+    content_id = await _content_item(api, admin, connection_id, f"Victim post {tag}")
     # The invoices projection row, as billing's workflow writes it.
     async with transaction(sessions) as session:
         session.add(
@@ -308,7 +320,23 @@ async def _victim(
         connection_id=str(connection_id),
         connection_label=connection_label,
         profile_id=str(profile_id),
+        content_id=content_id,
     )
+
+
+async def _content_item(
+    api: httpx.AsyncClient, who: Member, connection_id: uuid.UUID, title: str
+) -> str:
+    """A draft content item (its workflow runs; nothing reaches the CMS until it is
+    submitted)."""
+    created = await api.post(
+        "/api/v1/content",
+        json={"title": title, "connection_id": str(connection_id)},
+        headers=who.headers,
+    )
+    assert created.status_code == 201, created.text
+    content_id: str = created.json()["content_id"]
+    return content_id
 
 
 async def _sync_profile(
@@ -386,6 +414,7 @@ async def world(
     }
     own_connection = await _connection(sessions, owner.tenant_id, f"Mallory blog {tag}")
     own_profile = await _sync_profile(sessions, owner.tenant_id, own_connection)
+    own_content = await _content_item(api, owner, own_connection, f"Mallory post {tag}")
     return World(
         app=app,
         api=api,
@@ -395,6 +424,7 @@ async def world(
         decided_approval_id=decided,
         own_connection_id=str(own_connection),
         own_profile_id=str(own_profile),
+        own_content_id=own_content,
         staff=platform,
     )
 
@@ -686,7 +716,10 @@ async def _victim_state(sessions: SessionFactory, world: World) -> dict[str, Any
         assert connection is not None
         profile = await session.get(SyncProfile, uuid.UUID(victim.profile_id))
         assert profile is not None
+        content = await session.get(ContentItem, uuid.UUID(victim.content_id))
+        assert content is not None
     return {
+        "content item": (content.status, content.revision, content.title),
         "sync profile": profile.status,
         "connection": (connection.status, connection.health, connection.label),
         "approval": (approval.status, len(approval.history), approval.decided_by),
@@ -710,6 +743,8 @@ async def test_roles_refused_where_they_may_not_act(
         "invoice_id": str(uuid.uuid4()),
         "connection_id": world.own_connection_id,
         "profile_id": world.own_profile_id,
+        "content_id": world.own_content_id,
+        "upload_id": str(uuid.uuid4()),
         "tenant_id": str(world.attackers[Role.TENANT_ADMIN].tenant_id),
         **NOT_IDS,
     }
