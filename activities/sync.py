@@ -4,6 +4,12 @@ here, never carried by the workflow.
 
 A source/target pair is one :class:`SyncPair` entry in :data:`PAIRS`: how the source is listed,
 which fields it has, and how the target finds, creates and updates a record.
+
+Failure policy: a record the source cannot parse, or the target's rules refuse, is skipped and
+counted (its id and a reason, never its values); a cursor the source no longer accepts restarts
+the run's listing from its start (counted in ``cursor_restarts``); refused credentials pause the
+profile (:meth:`SyncActivities.suspend_sync`); ``Settings.sync_failed_runs_to_pause`` failed runs
+in a row pause it and tell the tenant's admins once (:meth:`SyncActivities.halt_failing_sync`).
 """
 
 from __future__ import annotations
@@ -39,8 +45,15 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from connectors.access import open_connection
-from connectors.commerce import CommercePort, SyncQuery
-from connectors.crm import ContactDraft, ContactUpdate, CRMPort
+from connectors.commerce import CommercePort, SyncPage, SyncQuery
+from connectors.crm import (
+    ContactDraft,
+    ContactUpdate,
+    CRMPort,
+    DealDraft,
+    DealUpdate,
+    Pipeline,
+)
 from connectors.http import (
     AuthFailed,
     ConnectorError,
@@ -50,12 +63,13 @@ from connectors.http import (
     VendorRejected,
     as_application_error,
 )
-from connectors.ports import Page
+from connectors.mail import Mailer
 from connectors.secrets import SecretStore
 from core import search
 from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.connection import Connection, ConnectionAction, ConnectionCommand
+from models.email import EmailMessage
 from models.sync import (
     FAILURE_SAMPLE,
     MatchRule,
@@ -64,6 +78,7 @@ from models.sync import (
     PageRequest,
     SyncCounts,
     SyncFailure,
+    SyncFinish,
     SyncMapping,
     SyncProfile,
     SyncRun,
@@ -71,6 +86,7 @@ from models.sync import (
     SyncStart,
     SyncStatus,
 )
+from models.user import Membership, Role, User
 
 #: A vendor asking to wait longer than ``Settings.sync_inline_wait_seconds`` ends the page
 #: attempt with this error type; the workflow sleeps durably for the vendor's ``Retry-After``
@@ -81,24 +97,41 @@ T = TypeVar("T")
 PROCESS = "sync"
 
 
+class Unmappable(Exception):
+    """A record's values have no counterpart at the target (an order status without a deal
+    stage, say); the message is the reason recorded, without the record's values."""
+
+
+def _as_is(values: dict[str, Any], context: Any) -> dict[str, Any]:
+    return values
+
+
 @dataclass(frozen=True)
 class SyncPair:
-    """How records flow from a source resource to a target resource."""
+    """How records flow from a source resource to a target resource.
+
+    A record's mapped values (target field -> the source field's value) go through ``shape``
+    into the target's draft fields; ``target_context`` is read from the target once per page
+    for it (a CRM's deal stages, say)."""
 
     source_kind: str
     target_kind: str
     source_fields: frozenset[str]
     target_fields: frozenset[str]
     default_mapping: dict[str, str]
-    list_page: Callable[[Any, SyncQuery], Awaitable[Page[Any]]]
+    list_page: Callable[[Any, SyncQuery], Awaitable[SyncPage[Any]]]
     find_by_external_id: Callable[[Any, str], Awaitable[Any | None]]
     find_by_email: Callable[[Any, str], Awaitable[Any | None]] | None
     create: Callable[[Any, dict[str, Any]], Awaitable[Any]]
     update: Callable[[Any, str, dict[str, Any]], Awaitable[Any]]
     validate: Callable[[dict[str, Any]], BaseModel]
+    #: Target fields a mapping must fill (the target refuses a record without them).
+    required_fields: frozenset[str] = frozenset()
+    target_context: Callable[[Any], Awaitable[Any]] | None = None
+    shape: Callable[[dict[str, Any], Any], dict[str, Any]] = _as_is
 
 
-async def _list_customers(port: Any, query: SyncQuery) -> Page[Any]:
+async def _list_customers(port: Any, query: SyncQuery) -> SyncPage[Any]:
     return await cast(CommercePort, port).list_customers(query)
 
 
@@ -119,6 +152,79 @@ async def _update_contact(port: Any, target_id: str, record: dict[str, Any]) -> 
     return await cast(CRMPort, port).update_contact(target_id, ContactUpdate.model_validate(fields))
 
 
+async def _list_orders(port: Any, query: SyncQuery) -> SyncPage[Any]:
+    return await cast(CommercePort, port).list_orders(query)
+
+
+async def _find_deal_by_external_id(port: Any, external_id: str) -> Any | None:
+    return await cast(CRMPort, port).find_deal_by_external_id(external_id)
+
+
+async def _create_deal(port: Any, record: dict[str, Any]) -> Any:
+    return await cast(CRMPort, port).create_deal(DealDraft.model_validate(record))
+
+
+async def _update_deal(port: Any, target_id: str, record: dict[str, Any]) -> Any:
+    fields = {k: v for k, v in record.items() if k != "external_id"}
+    return await cast(CRMPort, port).update_deal(target_id, DealUpdate.model_validate(fields))
+
+
+async def _deal_pipeline(port: Any) -> Pipeline | None:
+    """The CRM's first deal pipeline (HubSpot's and Zoho's default one): where orders go."""
+    pipelines = await cast(CRMPort, port).list_pipelines()
+    return pipelines[0] if pipelines else None
+
+
+#: An order's status, as the stage its deal is in: open, won or lost.
+_OUTCOME_OF_STATUS = {
+    "pending": "open",
+    "paid": "won",
+    "fulfilled": "won",
+    "cancelled": "lost",
+    "refunded": "lost",
+    "failed": "lost",
+}
+
+
+def _deal_fields(values: dict[str, Any], pipeline: Pipeline | None) -> dict[str, Any]:
+    """An order's mapped values as a deal's: ``name`` becomes ``Order #<value>``, ``stage``
+    (the port's order status) the pipeline's first open, won or lost stage, a ``close_date``
+    moment its date."""
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or name == "stage":
+            continue
+        if name == "name":
+            fields["name"] = f"Order #{str(value).lstrip('#')}"
+        elif name == "close_date" and isinstance(value, datetime):
+            fields["close_date"] = value.date()
+        elif name == "currency":
+            fields["currency"] = str(value).upper()
+        else:
+            fields[name] = value
+    if "stage" in values:
+        outcome = _OUTCOME_OF_STATUS.get(str(values["stage"]))
+        if outcome is None:
+            raise Unmappable("unmapped stage: not an order status")
+        if pipeline is None:
+            raise Unmappable("no deal pipeline at the target")
+        stages = sorted(pipeline.stages, key=lambda stage: stage.order)
+        chosen = next(
+            (
+                stage
+                for stage in stages
+                if (outcome == "open" and not stage.closed)
+                or (outcome == "won" and stage.closed and stage.won)
+                or (outcome == "lost" and stage.closed and not stage.won)
+            ),
+            None,
+        )
+        if chosen is None:
+            raise Unmappable(f"no {outcome} stage in the target's pipeline")
+        fields["pipeline_id"], fields["stage_id"] = pipeline.id, chosen.id
+    return fields
+
+
 PAIRS: dict[tuple[str, str], SyncPair] = {
     ("customers", "contacts"): SyncPair(
         source_kind="commerce",
@@ -137,6 +243,29 @@ PAIRS: dict[tuple[str, str], SyncPair] = {
         create=_create_contact,
         update=_update_contact,
         validate=ContactDraft.model_validate,
+    ),
+    ("orders", "deals"): SyncPair(
+        source_kind="commerce",
+        target_kind="crm",
+        source_fields=frozenset(
+            {"number", "total", "subtotal", "currency", "status", "created_at", "updated_at"}
+        ),
+        target_fields=frozenset({"name", "amount", "currency", "stage", "close_date"}),
+        default_mapping={
+            "name": "number",
+            "amount": "total",
+            "currency": "currency",
+            "stage": "status",
+        },
+        list_page=_list_orders,
+        find_by_external_id=_find_deal_by_external_id,
+        find_by_email=None,
+        create=_create_deal,
+        update=_update_deal,
+        validate=DealDraft.model_validate,
+        required_fields=frozenset({"name", "stage"}),
+        target_context=_deal_pipeline,
+        shape=_deal_fields,
     ),
 }
 
@@ -208,21 +337,30 @@ async def pause_schedule(client: Client, profile_id: uuid.UUID, note: str) -> No
 
 
 class SyncActivities:
-    """Activities bound to the database, the secret store and the connector registry."""
+    """Activities bound to the database, the secret store, the mail port and the connector
+    registry."""
 
-    def __init__(self, sessions: SessionFactory, settings: Settings, secrets: SecretStore) -> None:
+    def __init__(
+        self, sessions: SessionFactory, settings: Settings, secrets: SecretStore, mailer: Mailer
+    ) -> None:
         self._sessions = sessions
         self._settings = settings
         self._secrets = secrets
+        self._mailer = mailer
 
     @activity.defn
     async def begin_sync_run(self, profile_id: uuid.UUID, workflow_run_id: str) -> SyncStart:
         """Record the run's start and say where it reads from: an interrupted run's committed
-        page, else the profile's watermark. A paused or deleted profile does not run."""
+        page, else the profile's watermark. A backfill asked for since the last run resets
+        both first. A paused or deleted profile does not run."""
         async with transaction(self._sessions) as session:
             profile = await session.get(SyncProfile, profile_id)
             if profile is None or profile.status is SyncStatus.PAUSED:
                 return SyncStart(active=False)
+            if profile.backfill_requested_at is not None:
+                profile.cursor = profile.backfill_since
+                profile.page_cursor = profile.pending_cursor = None
+                profile.backfill_requested_at = profile.backfill_since = None
             known = await session.scalar(
                 select(SyncRun.id).where(SyncRun.workflow_run_id == workflow_run_id)
             )
@@ -253,7 +391,9 @@ class SyncActivities:
         """Read one page of the source and upsert each record at the target: the mapping table
         first, then the target's external-id marker (and e-mail, by the match rule), then a
         create. Each record's mapping is kept as soon as it is written, so a retried page
-        writes nothing twice. Invalid records are skipped and counted."""
+        writes nothing twice. Records the source could not parse, or the target would refuse,
+        are skipped and counted; a cursor the source refuses restarts the listing from the
+        run's watermark (counted)."""
         async with self._sessions() as session:
             profile = await session.get(SyncProfile, request.profile_id)
             if profile is None:
@@ -268,12 +408,16 @@ class SyncActivities:
             updated_since=request.updated_since,
             limit=request.page_size,
         )
+        restarts = 0
         try:
             async with self._open(source) as source_port:
                 try:
                     page = await self._patiently(lambda: pair.list_page(source_port, query))
                 except InvalidCursor:
-                    # A cursor the vendor no longer accepts: read again from the watermark.
+                    # A cursor the source no longer accepts (expired, or issued by an older
+                    # connector): read the run's window again from its start. Upserts are
+                    # idempotent, so what was written before is found, not duplicated.
+                    restarts = 1
                     fresh = query.model_copy(update={"cursor": None})
                     page = await self._patiently(lambda: pair.list_page(source_port, fresh))
         except AuthFailed as exc:
@@ -281,10 +425,18 @@ class SyncActivities:
         except ConnectorError as exc:
             raise self._application_error(exc) from None
         activity.heartbeat(request.page_cursor, 0)
-        counts = SyncCounts(read=len(page.items))
+        counts = SyncCounts(read=len(page.items) + len(page.unreadable), cursor_restarts=restarts)
+        for unreadable in page.unreadable:
+            counts = counts.add(
+                _failure(unreadable.source_id, f"unreadable {unreadable.reason}", skipped=True)
+            )
         newest: datetime | None = None
         try:
             async with self._open(target) as target_port:
+                context = None
+                if page.items and pair.target_context is not None:
+                    load = pair.target_context
+                    context = await self._patiently(lambda: load(target_port))
                 for index, record in enumerate(page.items):
                     activity.heartbeat(request.page_cursor, index)
                     updated_at = getattr(record, "updated_at", None)
@@ -292,7 +444,7 @@ class SyncActivities:
                         newest = updated_at
                     counts = counts.add(
                         await self._patiently(
-                            partial(self._upsert, profile, pair, target_port, record)
+                            partial(self._upsert, profile, pair, target_port, context, record)
                         )
                     )
         except AuthFailed as exc:
@@ -302,16 +454,19 @@ class SyncActivities:
         return PageOutcome(counts=counts, next_cursor=page.next_cursor, max_updated_at=newest)
 
     async def _upsert(
-        self, profile: SyncProfile, pair: SyncPair, port: Any, record: Any
+        self, profile: SyncProfile, pair: SyncPair, port: Any, context: Any, record: Any
     ) -> SyncCounts:
         source_id = str(record.id)
-        values = {
+        mapped = {
             target: getattr(record, source, None)
             for target, source in profile.field_mapping.items()
         }
         marker = external_id(profile, source_id)
         try:
+            values = pair.shape(mapped, context)
             pair.validate({**values, "external_id": marker})
+        except Unmappable as exc:
+            return _failure(source_id, str(exc), skipped=True)
         except ValidationError as exc:
             error = exc.errors(include_input=False, include_url=False)[0]
             where = ".".join(str(part) for part in error["loc"])
@@ -381,16 +536,75 @@ class SyncActivities:
     @activity.defn
     async def finish_sync_run(
         self, profile_id: uuid.UUID, workflow_run_id: str, counts: SyncCounts, outcome: str
-    ) -> None:
+    ) -> SyncFinish:
         """Close the run's statistics; a completed run makes its largest ``updated_at`` the
-        profile's watermark. Any other outcome keeps the committed page for the next run."""
+        profile's watermark and clears the failed runs in a row. Any other outcome keeps the
+        committed page for the next run; a failed one counts, and says whether the profile has
+        now failed often enough to be halted."""
         async with transaction(self._sessions) as session:
             profile = await session.get(SyncProfile, profile_id)
+            run = await session.scalar(
+                select(SyncRun).where(SyncRun.workflow_run_id == workflow_run_id)
+            )
+            # A retry of this activity finds the outcome recorded and counts nothing again.
+            first_close = run is not None and run.outcome is None
             if profile is not None and outcome == "completed":
                 if profile.pending_cursor is not None:
                     profile.cursor = profile.pending_cursor
                 profile.page_cursor = profile.pending_cursor = None
+                profile.failed_runs = 0
+            if profile is not None and outcome == "failed" and first_close:
+                profile.failed_runs += 1
             await _write_counts(session, workflow_run_id, counts, outcome)
+            if profile is None or outcome != "failed":
+                return SyncFinish()
+            return SyncFinish(
+                failed_runs=profile.failed_runs,
+                halt=profile.failed_runs >= self._settings.sync_failed_runs_to_pause
+                and profile.status is SyncStatus.ACTIVE,
+            )
+
+    @activity.defn
+    async def halt_failing_sync(self, profile_id: uuid.UUID, failed_runs: int) -> None:
+        """Runs failed ``failed_runs`` times in a row: pause the profile and its Schedule, and
+        tell the tenant's admins. The e-mails are keyed by this run, so a retry sends none
+        twice; a paused profile does not run, so nobody is told again before a resume."""
+        async with transaction(self._sessions) as session:
+            profile = await session.get(SyncProfile, profile_id)
+            if profile is None:
+                return
+            profile.status = SyncStatus.PAUSED
+            tenant_id = profile.tenant_id
+            resources = f"{profile.source_resource} to {profile.target_resource}"
+            admins = (
+                await session.execute(
+                    select(User.id, User.email)
+                    .join(Membership, Membership.user_id == User.id)
+                    .where(
+                        Membership.tenant_id == tenant_id,
+                        Membership.role == Role.TENANT_ADMIN,
+                        User.is_active,
+                    )
+                )
+            ).all()
+        await pause_schedule(
+            activity.client(), profile_id, f"paused: {failed_runs} runs in a row failed"
+        )
+        link = f"{self._settings.public_app_url.rstrip('/')}/sync/{profile_id}"
+        for user_id, address in admins:
+            await self._mailer.send(
+                EmailMessage(
+                    idempotency_key=f"{activity.info().workflow_run_id}:sync-halted:{user_id}",
+                    to=address,
+                    subject=f"Sync of {resources} paused after {failed_runs} failed runs",
+                    body=(
+                        f"The sync of {resources} failed {failed_runs} times in a row, so its "
+                        "schedule is paused: no run starts until it is resumed.\n\n"
+                        f"See the runs and resume it at {link}.\n"
+                    ),
+                    tenant_id=tenant_id,
+                )
+            )
 
     @activity.defn
     async def suspend_sync(self, profile_id: uuid.UUID, connection_id: uuid.UUID) -> None:
@@ -483,6 +697,7 @@ async def _write_counts(
         return
     run.read, run.created, run.updated = counts.read, counts.created, counts.updated
     run.skipped, run.failed = counts.skipped, counts.failed
+    run.cursor_restarts = counts.cursor_restarts
     run.failures = [f.model_dump() for f in counts.failures[:FAILURE_SAMPLE]]
     if outcome is not None:
         run.outcome, run.finished_at = outcome, datetime.now(UTC)

@@ -346,6 +346,42 @@ def parse_list(model: type[M], data: Any, *, vendor: str, path: str = "$") -> li
     ]
 
 
+class Unreadable(pydantic.BaseModel):
+    """A record of a listing that did not parse: its vendor id (``""`` when it has none that
+    reads) and why, as a field path and an error type: never the record's values."""
+
+    source_id: str
+    reason: str
+
+
+def parse_records(
+    model: type[M], data: Any, *, vendor: str, path: str = "$", id_key: str = "id"
+) -> tuple[list[M], list[Unreadable]]:
+    """Validate a JSON array of ``model`` record by record, for listings a sync reads: the
+    records that parse, and the others as :class:`Unreadable` (one bad record does not hide a
+    page of good ones). A body that is not a list, or a page where not one record parses (the
+    API changed shape), is still a :class:`SchemaMismatch` naming the first bad field."""
+    if not isinstance(data, list):
+        raise SchemaMismatch(
+            f"{vendor} sent {type(data).__name__} instead of a list", vendor=vendor, field=path
+        )
+    parsed: list[M] = []
+    unreadable: list[Unreadable] = []
+    for item in data:
+        try:
+            parsed.append(model.model_validate(item))
+        except pydantic.ValidationError as exc:
+            first = exc.errors(include_input=False, include_url=False)[0]
+            raw_id = item.get(id_key) if isinstance(item, dict) else None
+            source_id = str(raw_id)[:100] if isinstance(raw_id, str | int) else ""
+            where = field_path("", first["loc"]).lstrip(".") or "$"
+            unreadable.append(Unreadable(source_id=source_id, reason=f"{where}: {first['type']}"))
+    if data and not parsed:
+        # Not one record reads: the vendor's API changed shape, which no skipping can fix.
+        parse_as(model, data[0], vendor=vendor, path=f"{path}[0]")
+    return parsed, unreadable
+
+
 def field_path(prefix: str, loc: Sequence[int | str]) -> str:
     """``("items", 3, "title")`` under ``$`` becomes ``$.items[3].title``."""
     parts = [prefix]

@@ -56,6 +56,13 @@ class SyncProfile(Timestamped, Base):
     # far, committed after each page's writes (None between runs).
     page_cursor: Mapped[str | None] = mapped_column(String(2000))
     pending_cursor: Mapped[datetime | None]
+    # Runs that failed in a row (a completed run or a resume resets it); at
+    # ``Settings.sync_failed_runs_to_pause`` the profile is paused and its admins told.
+    failed_runs: Mapped[int] = mapped_column(Integer, default=0)
+    # A backfill asked for through the API, applied by the next run's start (so a run under
+    # way cannot overwrite it): read again from ``backfill_since`` (None: everything).
+    backfill_requested_at: Mapped[datetime | None]
+    backfill_since: Mapped[datetime | None]
 
 
 class SyncMapping(Base):
@@ -87,6 +94,8 @@ class SyncRun(Base):
     updated: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the source refused the run's listing cursor and the run read again from its start.
+    cursor_restarts: Mapped[int] = mapped_column(Integer, default=0)
     # At most FAILURE_SAMPLE entries of {"source_id", "reason"}: no personal data.
     failures: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
 
@@ -105,6 +114,7 @@ class SyncCounts(BaseModel):
     updated: int = 0
     skipped: int = 0
     failed: int = 0
+    cursor_restarts: int = 0
     failures: list[SyncFailure] = []
 
     def add(self, other: SyncCounts) -> SyncCounts:
@@ -114,6 +124,7 @@ class SyncCounts(BaseModel):
             updated=self.updated + other.updated,
             skipped=self.skipped + other.skipped,
             failed=self.failed + other.failed,
+            cursor_restarts=self.cursor_restarts + other.cursor_restarts,
             failures=(self.failures + other.failures)[:FAILURE_SAMPLE],
         )
 
@@ -142,6 +153,14 @@ class PageOutcome(BaseModel):
     max_updated_at: datetime | None = None
     auth_failed_connection: uuid.UUID | None = None
     auth_error: str | None = None
+
+
+class SyncFinish(BaseModel):
+    """What closing a run found: the failed runs in a row, and whether that many pause the
+    profile (``halt``: only while it is active, so its admins are told once)."""
+
+    failed_runs: int = 0
+    halt: bool = False
 
 
 class PageCommit(BaseModel):

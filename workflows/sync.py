@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
         PageOutcome,
         PageRequest,
         SyncCounts,
+        SyncFinish,
         SyncRunState,
         SyncStart,
     )
@@ -26,6 +27,8 @@ PROCESS = "sync"
 #: Kept in step with ``activities.sync.LONG_WAIT_ERROR``.
 LONG_WAIT_ERROR = "SyncRateLimited"
 _STORE_TIMEOUT = timedelta(seconds=30)
+#: Runs started before this change neither read ``finish_sync_run``'s answer nor halt.
+FAILURE_POLICY_PATCH = "sync-failed-runs-halt"
 
 
 @workflow.defn
@@ -37,9 +40,11 @@ class SyncWorkflow:
     records at the target (nothing written twice: the id mapping and the target's marker are
     looked up first) and returns its counts and the next cursor; the position is committed
     after each page. A vendor asking to wait long is waited for durably; refused credentials
-    end the run, pause the profile's Schedule and start the connection's check. After
-    ``pages_per_run`` pages the run continues as new. ``BizStatus``: ``running``, then
-    ``completed``, ``paused`` or ``auth_failed``.
+    end the run, pause the profile's Schedule and start the connection's check. A page that
+    fails for good fails the run; when that makes too many failed runs in a row, the profile's
+    Schedule is paused and its admins told first. After ``pages_per_run`` pages the run
+    continues as new. ``BizStatus``: ``running``, then ``completed``, ``paused``,
+    ``auth_failed`` or ``failed``.
     """
 
     def __init__(self) -> None:
@@ -152,18 +157,28 @@ class SyncWorkflow:
                 workflow.set_current_details(f"rate limited: waiting {wait} for the vendor")
                 await workflow.sleep(wait, summary="the vendor's rate limit")
                 return None
-            await self._finish(state, "failed")
+            finished = await self._finish(state, "failed")
+            if workflow.patched(FAILURE_POLICY_PATCH) and finished is not None and finished.halt:
+                await workflow.execute_activity(
+                    "halt_failing_sync",
+                    args=[state.profile_id, finished.failed_runs],
+                    start_to_close_timeout=_STORE_TIMEOUT,
+                    summary=f"pause the schedule after {finished.failed_runs} failed runs",
+                )
             self._publish("failed")
             raise
         return page
 
-    async def _finish(self, state: SyncRunState, outcome: str) -> None:
-        await workflow.execute_activity(
+    async def _finish(self, state: SyncRunState, outcome: str) -> SyncFinish | None:
+        """Record the run's outcome; None from runs recorded before the activity answered."""
+        finished: SyncFinish | None = await workflow.execute_activity(
             "finish_sync_run",
             args=[state.profile_id, self._run_id(state), state.counts, outcome],
+            result_type=SyncFinish,
             start_to_close_timeout=_STORE_TIMEOUT,
             summary=f"record the run: {outcome}",
         )
+        return finished
 
     @staticmethod
     def _run_id(state: SyncRunState) -> str:

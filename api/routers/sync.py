@@ -1,17 +1,18 @@
-"""Connector sync over HTTP: a tenant's sync profiles, their Schedules (pause, resume, trigger)
-and run statistics. Each profile runs as ``SyncWorkflow`` from its Temporal Schedule
+"""Connector sync over HTTP: a tenant's sync profiles, their Schedules (pause, resume, trigger,
+backfill) and run statistics. Each profile runs as ``SyncWorkflow`` from its Temporal Schedule
 (``sync-schedule:{profile_id}``)."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Depends, Query, Response, status
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.sync import PAIRS, create_schedule, delete_schedule, pause_schedule, schedule_id
@@ -23,6 +24,7 @@ from api.tenancy import owned, scoped
 from connectors import registry
 from core.errors import Conflict, Unprocessable
 from core.security import Principal
+from core.settings import Settings
 from models.connection import Connection, ConnectionStatus
 from models.sync import MatchRule, SyncProfile, SyncRun, SyncStatus
 from models.user import Role
@@ -44,7 +46,18 @@ class ProfileRequest(BaseModel):
     interval_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
 
 
+class BackfillRequest(BaseModel):
+    """Read the source again from ``since`` (from the beginning when omitted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime | None = None
+
+
 class RunView(BaseModel):
+    """A run's statistics. ``cursor_restarts``: times the source refused the run's cursor and
+    the run read its window again from the start."""
+
     run_id: uuid.UUID
     started_at: datetime
     finished_at: datetime | None
@@ -54,6 +67,7 @@ class RunView(BaseModel):
     updated: int
     skipped: int
     failed: int
+    cursor_restarts: int
     failures: list[dict[str, str]]
 
     @classmethod
@@ -68,11 +82,15 @@ class RunView(BaseModel):
             updated=row.updated,
             skipped=row.skipped,
             failed=row.failed,
+            cursor_restarts=row.cursor_restarts,
             failures=row.failures,
         )
 
 
 class ProfileView(BaseModel):
+    """A sync profile. ``failed_runs``: runs that failed in a row (at the configured limit the
+    profile is paused); ``backfill_pending``: a backfill waits for the next run."""
+
     profile_id: uuid.UUID
     source_connection_id: uuid.UUID
     target_connection_id: uuid.UUID
@@ -83,6 +101,8 @@ class ProfileView(BaseModel):
     interval_minutes: int
     status: SyncStatus
     cursor: datetime | None
+    failed_runs: int
+    backfill_pending: bool
     created_at: datetime
     last_run: RunView | None = None
 
@@ -99,6 +119,8 @@ class ProfileView(BaseModel):
             interval_minutes=int(row.interval.total_seconds() // 60),
             status=row.status,
             cursor=row.cursor,
+            failed_runs=row.failed_runs,
+            backfill_pending=row.backfill_requested_at is not None,
             created_at=row.created_at,
             last_run=RunView.of(last_run) if last_run is not None else None,
         )
@@ -144,7 +166,9 @@ async def create_profile(
     mapping = body.field_mapping if body.field_mapping is not None else pair.default_mapping
     errors = [
         {"loc": ["body", "field_mapping", name], "msg": msg, "type": "value_error"}
-        for name, msg in _mapping_errors(mapping, pair.source_fields, pair.target_fields)
+        for name, msg in _mapping_errors(
+            mapping, pair.source_fields, pair.target_fields, pair.required_fields
+        )
     ]
     if errors or not mapping:
         raise Unprocessable("The field mapping names unknown fields.", errors=errors)
@@ -159,6 +183,7 @@ async def create_profile(
         match_rule=body.match_rule,
         interval=timedelta(minutes=body.interval_minutes),
         status=SyncStatus.ACTIVE,
+        failed_runs=0,
     )
     session.add(profile)
     await session.commit()
@@ -260,9 +285,11 @@ async def resume_profile(
     client: TemporalDep,
     settings: SettingsDep,
 ) -> ProfileView:
-    """Runs start again at the profile's interval (also after an auth failure paused it)."""
+    """Runs start again at the profile's interval (also after an auth failure or failed runs
+    paused it: the count of failed runs starts again)."""
     profile = await owned(session, SyncProfile, profile_id, principal)
     profile.status = SyncStatus.ACTIVE
+    profile.failed_runs = 0
     await session.commit()
     async with workflow_calls.deadline(settings):
         await create_schedule(
@@ -294,13 +321,48 @@ async def trigger_profile(
     profile = await owned(session, SyncProfile, profile_id, principal)
     if profile.status is SyncStatus.PAUSED:
         raise Conflict("This sync profile is paused; resume it first.")
-    try:
-        async with workflow_calls.deadline(settings):
-            await client.get_schedule_handle(schedule_id(profile.id)).trigger()
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-        raise Conflict("This profile has no schedule; resume it to create one.") from None
+    await _trigger(client, settings, profile)
+    return ProfileView.of(profile)
+
+
+@router.post(
+    "/profiles/{profile_id}/backfill",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Sync a profile again from a moment",
+)
+async def backfill_profile(
+    profile_id: uuid.UUID,
+    principal: TenantAdmin,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+    body: Annotated[BackfillRequest | None, Body()] = None,
+) -> ProfileView:
+    """Read the source again from ``since`` (everything when omitted) and run now: records
+    already synced are updated, none duplicated. The next run's start applies it, so a run
+    under way finishes first and the backfill runs right after. 409 for a paused profile;
+    422 for a ``since`` in the future."""
+    profile = await owned(session, SyncProfile, profile_id, principal)
+    if profile.status is SyncStatus.PAUSED:
+        raise Conflict("This sync profile is paused; resume it first.")
+    since = body.since if body is not None else None
+    now = datetime.now(UTC)
+    if since is not None and since > now:
+        raise Unprocessable(
+            "A backfill starts in the past.",
+            errors=[
+                {
+                    "loc": ["body", "since"],
+                    "msg": "must not be in the future",
+                    "type": "value_error",
+                }
+            ],
+        )
+    profile.backfill_requested_at = now
+    profile.backfill_since = since
+    await session.commit()
+    # Buffered behind a run under way rather than skipped, as the Schedule does by itself.
+    await _trigger(client, settings, profile, overlap=ScheduleOverlapPolicy.BUFFER_ONE)
     return ProfileView.of(profile)
 
 
@@ -328,6 +390,22 @@ async def list_runs(
     )
 
 
+async def _trigger(
+    client: Client,
+    settings: Settings,
+    profile: SyncProfile,
+    *,
+    overlap: ScheduleOverlapPolicy | None = None,
+) -> None:
+    try:
+        async with workflow_calls.deadline(settings):
+            await client.get_schedule_handle(schedule_id(profile.id)).trigger(overlap=overlap)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise Conflict("This profile has no schedule; resume it to create one.") from None
+
+
 async def _live(
     session: AsyncSession, connection_id: uuid.UUID, principal: Principal
 ) -> Connection:
@@ -338,7 +416,10 @@ async def _live(
 
 
 def _mapping_errors(
-    mapping: dict[str, str], source_fields: frozenset[str], target_fields: frozenset[str]
+    mapping: dict[str, str],
+    source_fields: frozenset[str],
+    target_fields: frozenset[str],
+    required_fields: frozenset[str],
 ) -> list[tuple[str, str]]:
     errors = []
     for target, source in mapping.items():
@@ -346,4 +427,6 @@ def _mapping_errors(
             errors.append((target, f"the target has no field {target!r}"))
         if source not in source_fields:
             errors.append((target, f"the source has no field {source!r}"))
+    for target in sorted(required_fields - mapping.keys()):
+        errors.append((target, f"the target needs field {target!r}"))
     return errors

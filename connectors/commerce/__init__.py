@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
+from connectors.http import Unreadable
 from connectors.ports import Connector, ListQuery, Page
+
+T = TypeVar("T")
 
 #: The port's order status; ``vendor_status`` keeps the vendor's own words.
 OrderStatus = Literal["pending", "paid", "fulfilled", "cancelled", "refunded", "failed"]
@@ -27,6 +30,13 @@ class SyncQuery(ListQuery):
     """A listing for sync: records changed at or after ``updated_since`` (all when None)."""
 
     updated_since: datetime | None = None
+
+
+class SyncPage(Page[T], Generic[T]):
+    """A page of a sync listing: the records that parsed, and (``unreadable``) those the
+    connector could not read, by id and reason, so a sync skips them and reads on."""
+
+    unreadable: list[Unreadable] = Field(default_factory=list)
 
 
 class Customer(BaseModel):
@@ -85,15 +95,15 @@ class Product(BaseModel):
 class CommercePort(Connector, Protocol):
     """A shop's records, read-only."""
 
-    async def list_customers(self, query: SyncQuery) -> Page[Customer]: ...
+    async def list_customers(self, query: SyncQuery) -> SyncPage[Customer]: ...
 
     async def get_customer(self, customer_id: str) -> Customer: ...
 
-    async def list_orders(self, query: SyncQuery) -> Page[Order]: ...
+    async def list_orders(self, query: SyncQuery) -> SyncPage[Order]: ...
 
     async def get_order(self, order_id: str) -> Order: ...
 
-    async def list_products(self, query: SyncQuery) -> Page[Product]: ...
+    async def list_products(self, query: SyncQuery) -> SyncPage[Product]: ...
 
     async def get_product(self, product_id: str) -> Product: ...
 
@@ -106,5 +116,6 @@ __all__ = [
     "OrderStatus",
     "Product",
     "ProductStatus",
+    "SyncPage",
     "SyncQuery",
 ]

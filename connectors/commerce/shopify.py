@@ -39,23 +39,26 @@ from connectors.commerce import (
     OrderStatus,
     Product,
     ProductStatus,
+    SyncPage,
     SyncQuery,
 )
 from connectors.http import (
     AuthFailed,
     RateLimited,
     SchemaMismatch,
+    Unreadable,
     VendorNotFound,
     VendorRejected,
     base_url_form,
     check_base_url,
     json_body,
     parse_as,
+    parse_records,
     raise_for_status,
     send,
     utc,
 )
-from connectors.ports import AccountInfo, Page, decode_cursor, encode_cursor
+from connectors.ports import AccountInfo, decode_cursor, encode_cursor
 from connectors.registry import (
     ApiKeyCredentials,
     ConnectionSettings,
@@ -312,31 +315,37 @@ class Shopify:
 
     # --- Reads --------------------------------------------------------------------------
 
-    async def list_customers(self, query: SyncQuery) -> Page[Customer]:
-        nodes, cursor = await self._list("customers", query, _Customer, query.limit)
-        return Page(items=[_customer(c) for c in nodes], next_cursor=cursor)
+    async def list_customers(self, query: SyncQuery) -> SyncPage[Customer]:
+        nodes, cursor, unreadable = await self._list("customers", query, _Customer, query.limit)
+        return SyncPage(
+            items=[_customer(c) for c in nodes], next_cursor=cursor, unreadable=unreadable
+        )
 
     async def get_customer(self, customer_id: str) -> Customer:
         return _customer(await self._get("customer", customer_id, _Customer))
 
-    async def list_orders(self, query: SyncQuery) -> Page[Order]:
+    async def list_orders(self, query: SyncQuery) -> SyncPage[Order]:
         limit = min(query.limit, MAX_ORDERS_PER_PAGE)
-        nodes, cursor = await self._list("orders", query, _Order, limit)
-        return Page(items=[await self._order(o) for o in nodes], next_cursor=cursor)
+        nodes, cursor, unreadable = await self._list("orders", query, _Order, limit)
+        return SyncPage(
+            items=[await self._order(o) for o in nodes], next_cursor=cursor, unreadable=unreadable
+        )
 
     async def get_order(self, order_id: str) -> Order:
         return await self._order(await self._get("order", order_id, _Order))
 
-    async def list_products(self, query: SyncQuery) -> Page[Product]:
-        nodes, cursor = await self._list("products", query, _Product, query.limit)
-        return Page(items=[_product(p) for p in nodes], next_cursor=cursor)
+    async def list_products(self, query: SyncQuery) -> SyncPage[Product]:
+        nodes, cursor, unreadable = await self._list("products", query, _Product, query.limit)
+        return SyncPage(
+            items=[_product(p) for p in nodes], next_cursor=cursor, unreadable=unreadable
+        )
 
     async def get_product(self, product_id: str) -> Product:
         return _product(await self._get("product", product_id, _Product))
 
     async def _list(
         self, name: str, query: SyncQuery, model: type[N], limit: int
-    ) -> tuple[list[N], str | None]:
+    ) -> tuple[list[N], str | None, list[Unreadable]]:
         if query.cursor is not None:
             state = decode_cursor(query.cursor, vendor=VENDOR)
         else:
@@ -356,14 +365,11 @@ class Shopify:
         raw = connection.get("nodes")
         if not isinstance(raw, list):
             raise SchemaMismatch(f"{VENDOR} sent no {name}", vendor=VENDOR, field=f"{path}.nodes")
-        nodes = [
-            parse_as(model, node, vendor=VENDOR, path=f"{path}.nodes[{i}]")
-            for i, node in enumerate(raw)
-        ]
+        nodes, unreadable = parse_records(model, raw, vendor=VENDOR, path=f"{path}.nodes")
         next_cursor = None
         if info.hasNextPage and info.endCursor:
             next_cursor = encode_cursor({**state, "after": info.endCursor})
-        return nodes, next_cursor
+        return nodes, next_cursor, unreadable
 
     async def _get(self, name: str, gid: str, model: type[N]) -> N:
         kind = name.capitalize()

@@ -11,6 +11,8 @@
   Listings are ordered by id: with page numbers, a record that changes during a sync may then
   appear twice (harmless) but none is skipped, as they could be if ordered by modification.
 - Errors are WordPress's ``{"code", "message", "data": {"status"}}``.
+- A listed record that does not parse is reported in the page's ``unreadable`` (id and
+  reason), not as an error of the whole page.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from connectors.commerce import (
     OrderStatus,
     Product,
     ProductStatus,
+    SyncPage,
     SyncQuery,
 )
 from connectors.http import (
@@ -37,10 +40,10 @@ from connectors.http import (
     check_base_url,
     json_body,
     parse_as,
-    parse_list,
+    parse_records,
     utc,
 )
-from connectors.ports import AccountInfo, Page, decode_cursor, encode_cursor
+from connectors.ports import AccountInfo, decode_cursor, encode_cursor
 from connectors.registry import (
     ApiKeyCredentials,
     ConnectionSettings,
@@ -193,14 +196,15 @@ class WooCommerce:
 
     # --- Customers ----------------------------------------------------------------------
 
-    async def list_customers(self, query: SyncQuery) -> Page[Customer]:
+    async def list_customers(self, query: SyncQuery) -> SyncPage[Customer]:
         state = self._state(query)
         data, next_cursor = await self._page("wc/v3/customers", state, orderby="id", order="asc")
         since = utc(datetime.fromisoformat(state["since"])) if state.get("since") else None
-        customers = [_customer(c) for c in parse_list(_WCCustomer, data, vendor=VENDOR)]
+        parsed, unreadable = parse_records(_WCCustomer, data, vendor=VENDOR)
+        customers = [_customer(c) for c in parsed]
         if since is not None:
             customers = [c for c in customers if c.updated_at is None or c.updated_at >= since]
-        return Page(items=customers, next_cursor=next_cursor)
+        return SyncPage(items=customers, next_cursor=next_cursor, unreadable=unreadable)
 
     async def get_customer(self, customer_id: str) -> Customer:
         data = await self._rest.get_json(f"wc/v3/customers/{_int_id(customer_id)}")
@@ -208,7 +212,7 @@ class WooCommerce:
 
     # --- Orders -------------------------------------------------------------------------
 
-    async def list_orders(self, query: SyncQuery) -> Page[Order]:
+    async def list_orders(self, query: SyncQuery) -> SyncPage[Order]:
         state = self._state(query)
         data, next_cursor = await self._page(
             "wc/v3/orders",
@@ -218,9 +222,9 @@ class WooCommerce:
             modified_after=state.get("since"),
             dates_are_gmt=True if state.get("since") else None,
         )
-        return Page(
-            items=[_order(o) for o in parse_list(_WCOrder, data, vendor=VENDOR)],
-            next_cursor=next_cursor,
+        parsed, unreadable = parse_records(_WCOrder, data, vendor=VENDOR)
+        return SyncPage(
+            items=[_order(o) for o in parsed], next_cursor=next_cursor, unreadable=unreadable
         )
 
     async def get_order(self, order_id: str) -> Order:
@@ -229,7 +233,7 @@ class WooCommerce:
 
     # --- Products -----------------------------------------------------------------------
 
-    async def list_products(self, query: SyncQuery) -> Page[Product]:
+    async def list_products(self, query: SyncQuery) -> SyncPage[Product]:
         state = self._state(query)
         data, next_cursor = await self._page(
             "wc/v3/products",
@@ -240,9 +244,9 @@ class WooCommerce:
             modified_after=state.get("since"),
             dates_are_gmt=True if state.get("since") else None,
         )
-        return Page(
-            items=[_product(p) for p in parse_list(_WCProduct, data, vendor=VENDOR)],
-            next_cursor=next_cursor,
+        parsed, unreadable = parse_records(_WCProduct, data, vendor=VENDOR)
+        return SyncPage(
+            items=[_product(p) for p in parsed], next_cursor=next_cursor, unreadable=unreadable
         )
 
     async def get_product(self, product_id: str) -> Product:

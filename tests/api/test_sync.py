@@ -1,12 +1,13 @@
-"""Sync profiles over HTTP: created, triggered through their Temporal Schedule against the
-WooCommerce and HubSpot peers, paused, resumed and deleted; other tenants refused."""
+"""Sync profiles over HTTP: created, triggered and backfilled through their Temporal Schedule
+against the WooCommerce and HubSpot peers, paused, resumed and deleted; other tenants
+refused."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,8 +19,9 @@ from temporalio.testing import WorkflowEnvironment
 from activities.sync import schedule_id
 from api.app import create_app
 from connectors.crm.hubspot import API_BASE
-from core.db import SessionFactory
+from core.db import SessionFactory, transaction
 from core.settings import Settings
+from models.sync import SyncProfile
 from models.user import Role
 from tests.factories import Member, member
 from tests.peers.hubspot import HubSpotPeer
@@ -145,6 +147,23 @@ async def test_profiles_are_validated_and_other_tenants_refused(
     assert (await _profile(api, admin, crm, shop)).status_code == 422
     unknown_pair = await _profile(api, admin, shop, crm, target_resource="deals")
     assert unknown_pair.status_code == 422
+    # Orders to deals: a deal needs a stage, so a mapping without one is refused.
+    stageless = await _profile(
+        api,
+        admin,
+        shop,
+        crm,
+        source_resource="orders",
+        target_resource="deals",
+        field_mapping={"name": "number", "amount": "total"},
+    )
+    assert stageless.status_code == 422
+    assert stageless.json()["errors"][0]["loc"] == ["body", "field_mapping", "stage"]
+    orders = await _profile(
+        api, admin, shop, crm, source_resource="orders", target_resource="deals"
+    )
+    assert orders.status_code == 201, orders.text
+    assert orders.json()["field_mapping"]["stage"] == "status"
     bad_mapping = await _profile(
         api, admin, shop, crm, field_mapping={"email": "email", "first_name": "nickname"}
     )
@@ -159,15 +178,87 @@ async def test_profiles_are_validated_and_other_tenants_refused(
     path = f"/api/v1/sync/profiles/{created.json()['profile_id']}"
     assert (await api.get(path, headers=reader.headers)).status_code == 200
     assert (await api.post(f"{path}/pause", headers=reader.headers)).status_code == 403
+    assert (await api.post(f"{path}/backfill", headers=reader.headers)).status_code == 403
     for method, suffix in (
         ("GET", ""),
         ("GET", "/runs"),
         ("POST", "/pause"),
         ("POST", "/resume"),
         ("POST", "/trigger"),
+        ("POST", "/backfill"),
         ("DELETE", ""),
     ):
         answer = await api.request(method, f"{path}{suffix}", headers=stranger.headers)
         assert answer.status_code == 404, (method, suffix)
     theirs = (await api.get("/api/v1/sync/profiles", headers=stranger.headers)).json()
     assert theirs["items"] == []
+
+
+async def _runs(api: httpx.AsyncClient, who: Member, path: str, count: int) -> list[dict[str, Any]]:
+    """The profile's runs, newest first, once ``count`` of them have finished."""
+    for _ in range(600):
+        runs = (await api.get(f"{path}/runs", headers=who.headers)).json()["items"]
+        if len(runs) >= count and all(r["outcome"] is not None for r in runs):
+            return list(runs)
+        await asyncio.sleep(0.1)
+    pytest.fail(f"{count} runs did not finish")
+
+
+async def test_a_backfill_reads_the_source_again_and_runs_now(
+    sync_api: httpx.AsyncClient,
+    peered: Settings,
+    sessions: SessionFactory,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+) -> None:
+    api, admin = sync_api, await member(sessions, peered)
+    shop, crm = await connect_pair(sessions, peered, admin.tenant_id, woocommerce_peer.url)
+    hubspot_peer.interval_max = 10_000
+    for n in range(12):
+        woocommerce_peer.add_customer(f"again{n}@example.com", modified=T0 + timedelta(days=n))
+    created = await _profile(api, admin, shop, crm, interval_minutes=1440)
+    assert created.status_code == 201, created.text
+    path = f"/api/v1/sync/profiles/{created.json()['profile_id']}"
+
+    assert (await api.post(f"{path}/trigger", headers=admin.headers)).status_code == 202
+    (first,) = await _runs(api, admin, path, 1)
+    assert (first["read"], first["created"], first["cursor_restarts"]) == (12, 12, 0)
+    assert (await api.get(path, headers=admin.headers)).json()["cursor"].startswith("2026-03-12")
+
+    # Bad input first: a moment in the future, unknown fields: 422, nothing changed.
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    refused = await api.post(f"{path}/backfill", json={"since": future}, headers=admin.headers)
+    assert refused.status_code == 422
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    unknown = await api.post(f"{path}/backfill", json={"from": future}, headers=admin.headers)
+    assert unknown.status_code == 422
+    assert not (await api.get(path, headers=admin.headers)).json()["backfill_pending"]
+
+    # From a moment: the records changed since then are read again and updated, none created.
+    since = (T0 + timedelta(days=8)).isoformat()
+    accepted = await api.post(f"{path}/backfill", json={"since": since}, headers=admin.headers)
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["backfill_pending"]
+    second, _ = await _runs(api, admin, path, 2)
+    assert (second["read"], second["created"], second["updated"]) == (4, 0, 4)
+    # Without a body: everything again.
+    assert (await api.post(f"{path}/backfill", headers=admin.headers)).status_code == 202
+    third, _, _ = await _runs(api, admin, path, 3)
+    assert (third["read"], third["created"], third["updated"]) == (12, 0, 12)
+    view = (await api.get(path, headers=admin.headers)).json()
+    assert not view["backfill_pending"]
+    assert view["cursor"].startswith("2026-03-12")
+    assert len(hubspot_peer.records["contacts"]) == 12
+
+    # A run that meets a cursor the source refuses shows the restart in its statistics.
+    async with transaction(sessions) as session:
+        profile = await session.get(SyncProfile, uuid.UUID(view["profile_id"]))
+        assert profile is not None
+        profile.page_cursor = "stale-cursor-from-an-older-release"
+    assert (await api.post(f"{path}/trigger", headers=admin.headers)).status_code == 202
+    fourth = (await _runs(api, admin, path, 4))[0]
+    assert (fourth["cursor_restarts"], fourth["outcome"]) == (1, "completed")
+
+    # A paused profile is not backfilled.
+    await api.post(f"{path}/pause", headers=admin.headers)
+    assert (await api.post(f"{path}/backfill", headers=admin.headers)).status_code == 409

@@ -76,6 +76,7 @@ from tests.api.test_connections import _own_password
 from tests.factories import Member, member
 from tests.histories import HISTORIES, load, replay_converter
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
+from tests.peers.woocommerce import Fault as ShopFault
 from tests.peers.woocommerce import WooCommercePeer
 from tests.peers.wordpress import WordPressSite
 from tests.peers_stripe import (
@@ -897,4 +898,41 @@ async def test_connector_sync(
                 await record(client, f"{name}-first-run", handle.id, handle.first_execution_run_id)
                 await record(client, f"{name}-next-run", handle.id)
             else:
+                await record(client, name, handle.id)
+
+
+async def test_connector_sync_failed_runs(
+    temporal_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+    woocommerce_peer: WooCommercePeer,
+) -> None:
+    """Runs whose page the shop refuses for good: the first failed run, and the one that makes
+    three in a row and halts the profile (its Schedule paused, its admins told)."""
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+        }
+    )
+    admin = await member(sessions, peered)
+    woocommerce_peer.add_customer("shopper@example.com", modified=SYNC_T0)
+    client = temporal_env.client
+    shop, crm = await connect_pair(sessions, peered, admin.tenant_id, woocommerce_peer.url)
+    profile_id = await add_profile(sessions, admin.tenant_id, shop, crm)
+    async with build_worker(client, sessions, peered):
+        for name in ("sync-failed", None, "sync-halted"):
+            woocommerce_peer.fail(
+                ShopFault(status=400, body={"code": "rest_invalid_param", "message": "Invalid"})
+            )
+            handle = await client.start_workflow(
+                SyncWorkflow.run,
+                SyncRunState(profile_id=profile_id),
+                id=f"sync:{profile_id}",
+                task_queue=peered.temporal_task_queue,
+            )
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            if name is not None:
                 await record(client, name, handle.id)

@@ -77,6 +77,8 @@ EXPECTED = {
     "sync-continued-as-new-first-run",
     "sync-continued-as-new-next-run",
     "sync-auth-failed",
+    "sync-failed",  # a failed run that does not yet halt the profile
+    "sync-halted",
 }
 
 

@@ -1,27 +1,26 @@
-"""SyncWorkflow on the dev server: shop customers at the WooCommerce peer become contacts at the
-HubSpot peer, page by page, crash-safe and without duplicates."""
+"""SyncWorkflow on the dev server: shop customers and orders at the WooCommerce peer become
+contacts and deals at the HubSpot peer, page by page, crash-safe and without duplicates; bad
+records, refused cursors and failing runs are met by the failure policy."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from subprocess import Popen
 
 import pytest
 from sqlalchemy import func, select
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.sync import PAIRS, create_schedule, schedule_id
 from connectors.crm.hubspot import API_BASE, EXTERNAL_ID
 from connectors.secrets import connection_path, secret_store_from_settings
 from core.db import SessionFactory, transaction
@@ -33,6 +32,7 @@ from tests.factories import member
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, Fault, HubSpotPeer
 from tests.peers.woocommerce import CONSUMER_KEY, CONSUMER_SECRET, WooCommercePeer
 from tests.peers.woocommerce import Fault as ShopFault
+from tests.processes import worker_process
 from workers.main import build_worker
 from workflows.sync import SyncWorkflow
 
@@ -103,11 +103,25 @@ async def connect_pair(
     return shop_id, crm_id
 
 
+CONTACT_MAPPING = {"email": "email", "first_name": "first_name", "last_name": "last_name"}
+
+
 async def add_profile(
-    sessions: SessionFactory, tenant_id: uuid.UUID, shop_id: uuid.UUID, crm_id: uuid.UUID
+    sessions: SessionFactory,
+    tenant_id: uuid.UUID,
+    shop_id: uuid.UUID,
+    crm_id: uuid.UUID,
+    *,
+    resources: tuple[str, str] = ("customers", "contacts"),
 ) -> uuid.UUID:
-    """An active customers-to-contacts profile between the two connections."""
+    """An active profile between the two connections: customers to contacts unless
+    ``resources`` names another pair (with that pair's default mapping)."""
     profile_id = uuid.uuid4()
+    mapping = (
+        CONTACT_MAPPING
+        if resources == ("customers", "contacts")
+        else PAIRS[resources].default_mapping
+    )
     async with transaction(sessions) as session:
         session.add(
             SyncProfile(
@@ -115,16 +129,13 @@ async def add_profile(
                 tenant_id=tenant_id,
                 source_connection_id=shop_id,
                 target_connection_id=crm_id,
-                source_resource="customers",
-                target_resource="contacts",
-                field_mapping={
-                    "email": "email",
-                    "first_name": "first_name",
-                    "last_name": "last_name",
-                },
+                source_resource=resources[0],
+                target_resource=resources[1],
+                field_mapping=mapping,
                 match_rule=MatchRule.EXTERNAL_ID_THEN_EMAIL,
                 interval=timedelta(hours=1),
                 status=SyncStatus.ACTIVE,
+                failed_runs=0,
             )
         )
     return profile_id
@@ -398,29 +409,199 @@ async def test_a_long_vendor_limit_is_slept_out_in_the_workflow(
     assert len(hubspot_peer.records["contacts"]) == 3
 
 
-def _worker_process(settings: Settings, address: str, hubspot_url: str, log: Path) -> Popen[bytes]:
-    """A ``bizosaas worker`` process on the test's task queue, database and data directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BIZ_")} | {
-        "BIZ_DATA_DIR": str(settings.data_dir),
-        "BIZ_DATABASE_URL": settings.database_url,
-        "BIZ_CODEC_KEYS": settings.codec_keys.get_secret_value() if settings.codec_keys else "",
-        "BIZ_TEMPORAL_ADDRESS": address,
-        "BIZ_TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
-        "BIZ_WORKER_METRICS_PORT": "0",
-        "BIZ_LOG_LEVEL": "WARNING",
-        "BIZ_CONNECTOR_ALLOW_PRIVATE_URLS": "true",
-        "BIZ_CONNECTOR_VENDOR_ORIGINS": json.dumps({API_BASE: hubspot_url}),
+def _modified(record: dict[str, object], moment: datetime) -> None:
+    record["date_modified_gmt"] = moment.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+async def _profile_row(sessions: SessionFactory, profile_id: uuid.UUID) -> SyncProfile:
+    async with sessions() as session:
+        profile = await session.get(SyncProfile, profile_id)
+    assert profile is not None
+    return profile
+
+
+async def test_orders_become_deals_in_the_stage_of_their_status(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    hubspot_peer.interval_max = 10_000
+    paid = woocommerce_peer.add_order(modified=T0, items=[("mug", 2, "12.50")])
+    pending = woocommerce_peer.add_order(
+        modified=T0 + timedelta(minutes=1), status="pending", items=[("tee", 1, "20")]
+    )
+    cancelled = woocommerce_peer.add_order(
+        modified=T0 + timedelta(minutes=2),
+        status="cancelled",
+        items=[("cap", 3, "5")],
+        currency="USD",
+    )
+    orders = replace(
+        setup,
+        profile_id=await add_profile(
+            sessions, setup.tenant_id, setup.shop_id, setup.crm_id, resources=("orders", "deals")
+        ),
+    )
+    first = await _run_row(sessions, await _sync(temporal_client, orders))
+    assert (first.read, first.created, first.updated, first.skipped, first.outcome) == (
+        3,
+        3,
+        0,
+        0,
+        "completed",
+    )
+
+    def deals() -> dict[str, dict[str, str]]:
+        found = [r["properties"] for r in hubspot_peer.records["deals"].values()]
+        return {d[EXTERNAL_ID].split(":", 1)[1]: d for d in found}
+
+    by_order = deals()
+    expected = {
+        "dealname": f"Order #{paid['number']}",
+        "amount": "25.00",
+        "deal_currency_code": "EUR",
+        "pipeline": "default",
+        "dealstage": "closedwon",
     }
-    if settings.jwt_secret is not None:
-        env["BIZ_JWT_SECRET"] = settings.jwt_secret.get_secret_value()
-    with log.open("ab") as stderr:
-        return Popen(
-            [sys.executable, "-m", "core.cli", "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            start_new_session=True,
+    assert expected.items() <= by_order[str(paid["id"])].items()
+    assert by_order[str(pending["id"])]["dealstage"] == "appointmentscheduled"
+    assert by_order[str(cancelled["id"])]["dealstage"] == "closedlost"
+    assert by_order[str(cancelled["id"])]["amount"] == "15.00"
+    assert by_order[str(cancelled["id"])]["deal_currency_code"] == "USD"
+
+    # The paid order is refunded; the mapping table is lost meanwhile, so the deal is found
+    # again by the marker it carries, and moved rather than duplicated.
+    _modified(woocommerce_peer.records["orders"][paid["id"]], T0 + timedelta(days=1))
+    woocommerce_peer.records["orders"][paid["id"]]["status"] = "refunded"
+    async with transaction(sessions) as session:
+        for mapping in await session.scalars(
+            select(SyncMapping).where(SyncMapping.profile_id == orders.profile_id)
+        ):
+            await session.delete(mapping)
+    second = await _run_row(sessions, await _sync(temporal_client, orders))
+    # The refunded order, and the newest one at the watermark, read again.
+    assert (second.read, second.created, second.updated, second.failed) == (2, 0, 2, 0)
+    by_order = deals()
+    assert len(by_order) == 3
+    assert by_order[str(paid["id"])]["dealstage"] == "closedlost"
+
+
+async def test_records_the_shop_cannot_read_are_skipped_and_the_run_goes_on(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 4)
+    no_email = woocommerce_peer.add_customer("gone@example.com", modified=T0 + timedelta(hours=1))
+    no_email["email"] = None
+    bad_date = woocommerce_peer.add_customer("when@example.com", modified=T0 + timedelta(hours=2))
+    bad_date["date_modified_gmt"] = "last tuesday"
+    _customers(woocommerce_peer, 2, start=10)
+    # Pages of three: each bad record shares its page with good ones.
+    row = await _run_row(sessions, await _sync(temporal_client, setup, page_size=3))
+    assert (row.read, row.created, row.skipped, row.failed, row.outcome) == (
+        8,
+        6,
+        2,
+        0,
+        "completed",
+    )
+    assert sorted(row.failures, key=lambda f: f["source_id"]) == [
+        {"source_id": str(no_email["id"]), "reason": "unreadable email: string_type"},
+        {
+            "source_id": str(bad_date["id"]),
+            "reason": "unreadable date_modified_gmt: datetime_from_date_parsing",
+        },
+    ]
+    assert "example.com" not in str(row.failures)
+    assert len(hubspot_peer.records["contacts"]) == 6
+
+
+async def test_a_cursor_the_source_refuses_restarts_the_listing_and_is_recorded(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 30)
+    # An interrupted run left a cursor the connector no longer reads (one issued by an
+    # older release, or expired at the vendor).
+    async with transaction(sessions) as session:
+        profile = await session.get(SyncProfile, setup.profile_id)
+        assert profile is not None
+        profile.page_cursor = "stale-cursor-from-an-older-release"
+    row = await _run_row(sessions, await _sync(temporal_client, setup, page_size=20))
+    assert (row.read, row.created, row.cursor_restarts, row.outcome) == (30, 30, 1, "completed")
+    assert len(hubspot_peer.records["contacts"]) == 30
+
+
+async def test_failed_runs_in_a_row_pause_the_schedule_and_tell_the_admins_once(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _customers(woocommerce_peer, 2)
+    await create_schedule(
+        temporal_client,
+        setup.settings,
+        profile_id=setup.profile_id,
+        tenant_id=setup.tenant_id,
+        every=timedelta(days=1),
+    )
+    schedule = temporal_client.get_schedule_handle(schedule_id(setup.profile_id))
+
+    async def failing_run() -> None:
+        # The shop refuses the listing for good (a 400): the page, and so the run, fails.
+        woocommerce_peer.fail(
+            ShopFault(status=400, body={"code": "rest_invalid_param", "message": "Invalid"})
         )
+        with pytest.raises(WorkflowFailureError):
+            await _sync(temporal_client, setup)
+
+    try:
+        await failing_run()
+        assert (await _profile_row(sessions, setup.profile_id)).failed_runs == 1
+        await _sync(temporal_client, setup)  # a completed run starts the count again
+        assert (await _profile_row(sessions, setup.profile_id)).failed_runs == 0
+        for _ in range(3):  # the default limit
+            await failing_run()
+        profile = await _profile_row(sessions, setup.profile_id)
+        assert (profile.status, profile.failed_runs) == (SyncStatus.PAUSED, 3)
+        described = await schedule.describe()
+        assert described.schedule.state.paused
+        assert described.schedule.state.note == "paused: 3 runs in a row failed"
+        async with sessions() as session:
+            notices = list(
+                await session.scalars(
+                    select(OutboundEmail.subject).where(OutboundEmail.tenant_id == setup.tenant_id)
+                )
+            )
+        assert notices == ["Sync of customers to contacts paused after 3 failed runs"]
+        # Paused: the next run reads nothing, fails nothing, tells nobody again.
+        requests = len(woocommerce_peer.requests)
+        await _sync(temporal_client, setup)
+        assert len(woocommerce_peer.requests) == requests
+    finally:
+        await schedule.delete()
+
+
+def _worker_process(settings: Settings, address: str, hubspot_url: str, log: Path) -> Popen[bytes]:
+    """A ``bizosaas worker`` process reaching the HubSpot peer."""
+    return worker_process(
+        settings,
+        address,
+        log,
+        {
+            "BIZ_CONNECTOR_ALLOW_PRIVATE_URLS": "true",
+            "BIZ_CONNECTOR_VENDOR_ORIGINS": json.dumps({API_BASE: hubspot_url}),
+        },
+    )
 
 
 async def test_a_worker_killed_mid_run_resumes_without_duplicates(

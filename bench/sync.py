@@ -1,0 +1,221 @@
+"""Connector sync throughput: shop customers at the WooCommerce peer become contacts at the
+HubSpot peer, through ``SyncWorkflow`` run by a ``bizosaas worker`` process.
+
+``python -m bench.sync [records] [limit]`` (10,000 records and 100 requests/s by default; not
+in ``make bench``: a full run takes minutes). It starts its own dev server, a SQLite database
+and the two peers, then measures in one run:
+
+- **baseline**: the same reads and writes through the same ports, in one loop, with neither
+  Temporal nor the database (what the vendors and the connectors cost by themselves);
+- **sync**: the profile's run, no rate limit at the CRM;
+- **sync under a limit**: the CRM peer allows ``limit`` requests a second (its rolling
+  ten-second window, answered with HubSpot's 429s past it).
+
+It prints records/s, the sync's ratio to the baseline, the share of the limit the limited run
+used, and the worker's peak RSS (``VmHWM``). The peers run in this process's threads and search
+their records linearly, as small test doubles do: the baseline pays that too, so the ratio is
+what the workflow, the database and the worker add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import cast
+
+from pydantic import SecretStr
+from temporalio.testing import WorkflowEnvironment
+
+from connectors.access import open_connection
+from connectors.commerce import CommercePort, SyncQuery
+from connectors.crm import ContactDraft, CRMPort
+from connectors.crm.hubspot import API_BASE
+from connectors.secrets import secret_store_from_settings
+from core import migrate, search
+from core.codec import generate_key_spec, parse_keys
+from core.db import SessionFactory, create_engine, session_factory
+from core.devserver import temporal_binary
+from core.settings import Settings
+from core.temporal import data_converter
+from models.sync import SyncRunState
+from tests.factories import member
+from tests.peers.asgi import Swappable, serve
+from tests.peers.hubspot import HubSpotPeer
+from tests.peers.hubspot import build_app as hubspot_app
+from tests.peers.woocommerce import WooCommercePeer
+from tests.peers.woocommerce import build_app as woocommerce_app
+from tests.workflows.test_sync import T0, _worker_process, add_profile, connect_pair
+from workflows.sync import SyncWorkflow
+
+PAGE = 100
+
+
+async def _baseline(
+    settings: Settings, sessions: SessionFactory, tenant_id: uuid.UUID, shop_url: str
+) -> int:
+    """The run's reads and writes through the ports in a plain loop; records written."""
+    shop_id, crm_id = await connect_pair(sessions, settings, tenant_id, shop_url)
+    store = secret_store_from_settings(settings)
+    written = 0
+    async with (
+        open_connection(
+            settings,
+            store,
+            tenant_id=tenant_id,
+            connection_id=shop_id,
+            connector_id="woocommerce",
+            auth_kind="api_key",
+            connection_settings={"store_url": shop_url},
+        ) as source,
+        open_connection(
+            settings,
+            store,
+            tenant_id=tenant_id,
+            connection_id=crm_id,
+            connector_id="hubspot",
+            auth_kind="api_key",
+            connection_settings={},
+        ) as target,
+    ):
+        shop, crm = cast(CommercePort, source), cast(CRMPort, target)
+        query = SyncQuery(limit=PAGE)
+        while True:
+            page = await shop.list_customers(query)
+            for customer in page.items:
+                marker = f"{shop_id}:{customer.id}"  # as activities.sync.external_id
+                # What the sync's upsert asks on an empty CRM: the marker, the e-mail, a create.
+                found = await crm.find_contact_by_external_id(marker)
+                if found is None and customer.email:
+                    found = await crm.find_contact_by_email(customer.email)
+                if found is None:
+                    await crm.create_contact(
+                        ContactDraft(
+                            email=customer.email,
+                            first_name=customer.first_name,
+                            last_name=customer.last_name,
+                            external_id=marker,
+                        )
+                    )
+                written += 1
+            if page.next_cursor is None:
+                return written
+            query = SyncQuery(cursor=page.next_cursor, limit=PAGE)
+
+
+async def _sync(
+    env: WorkflowEnvironment,
+    settings: Settings,
+    sessions: SessionFactory,
+    tenant_id: uuid.UUID,
+    shop_url: str,
+) -> int:
+    """One profile's run to its end; records written (created, or updated where a retried
+    page found what its first attempt wrote)."""
+    shop_id, crm_id = await connect_pair(sessions, settings, tenant_id, shop_url)
+    profile_id = await add_profile(sessions, tenant_id, shop_id, crm_id)
+    handle = await env.client.start_workflow(
+        SyncWorkflow.run,
+        SyncRunState(profile_id=profile_id, page_size=PAGE),
+        id=f"sync:{profile_id}",
+        task_queue=settings.temporal_task_queue,
+    )
+    counts = await handle.result()
+    return counts.created + counts.updated
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def main(records: int = 10_000, limit: int = 100) -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    spec = generate_key_spec()
+    url = f"sqlite+aiosqlite:///{work / 'bench.db'}"
+    await migrate.upgrade(url)
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=search.ALL,
+        data_converter=data_converter(parse_keys(spec)),
+    )
+    engine = create_engine(url)
+    sessions = session_factory(engine)
+    shop = WooCommercePeer()
+    crm_mount = Swappable()
+    worker = None
+    try:
+        with serve(woocommerce_app(shop)) as shop_url, serve(crm_mount) as crm_url:
+            shop.url = shop_url
+            settings = Settings(
+                _env_file=None,
+                data_dir=work,
+                database_url=url,
+                codec_keys=SecretStr(spec),
+                jwt_secret=SecretStr("bench-signing-key-" + "x" * 32),
+                temporal_task_queue="bench-sync",
+                connector_allow_private_urls=True,
+                connector_vendor_origins={API_BASE: crm_url},
+            )
+            for n in range(records):
+                shop.add_customer(f"customer{n}@example.com", modified=T0, first_name=f"C{n}")
+            admin = await member(sessions, settings)
+
+            def fresh_crm(requests_per_second: int | None) -> HubSpotPeer:
+                peer = HubSpotPeer(url=crm_url)
+                peer.interval_max = 10 * (requests_per_second or 1_000_000)
+                crm_mount.app = hubspot_app(peer)
+                return peer
+
+            fresh_crm(None)
+            started = time.perf_counter()
+            written = await _baseline(settings, sessions, admin.tenant_id, shop_url)
+            baseline = written / (time.perf_counter() - started)
+
+            address = env.client.service_client.config.target_host
+            worker = _worker_process(settings, address, crm_url, work / "worker.log")
+            crm = fresh_crm(None)
+            started = time.perf_counter()
+            created = await _sync(env, settings, sessions, admin.tenant_id, shop_url)
+            free = created / (time.perf_counter() - started)
+            per_record = len(crm.requests) / max(created, 1)
+
+            crm = fresh_crm(limit)
+            started = time.perf_counter()
+            created_limited = await _sync(env, settings, sessions, admin.tenant_id, shop_url)
+            elapsed = time.perf_counter() - started
+            limited = created_limited / elapsed
+            # The peer counts the requests its window let through (its 429s not).
+            used = crm.daily_used / elapsed / limit
+            peak = _peak_rss_mib(worker.pid)
+
+        print(f"records: {records} (pages of {PAGE}), shop customers -> CRM contacts")
+        print(f"baseline (ports in a loop, no Temporal, no database): {baseline:,.0f} records/s")
+        print(
+            f"sync, no rate limit: {free:,.0f} records/s ({created} written) | "
+            f"ratio to baseline {free / baseline:.2f}x | {per_record:.1f} CRM requests/record"
+        )
+        print(
+            f"sync, CRM limited to {limit} requests/s: {limited:,.0f} records/s "
+            f"({created_limited} written) | {used:.0%} of the limit used | "
+            f"ratio to the limit's ceiling {limited / (limit / per_record):.2f}x"
+        )
+        print(f"worker peak RSS: {peak:,.0f} MiB")
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        await engine.dispose()
+        await env.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:3]]
+    asyncio.run(main(*args))
