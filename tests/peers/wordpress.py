@@ -105,9 +105,11 @@ class WordPressSite:
             ).raise_for_status()
 
     def rest(self, method: str, route: str, **kwargs: Any) -> Any:
-        """A REST call as the administrator (what the site really holds)."""
+        """A REST call as the administrator (what the site really holds). It goes through
+        ``?rest_route=``, so it never takes a fault queued for the code under test."""
+        params = {**kwargs.pop("params", {}), "rest_route": f"/{route}"}
         with httpx.Client(auth=(self.username, self.application_password)) as wp:
-            response = wp.request(method, f"{self.url}/wp-json/{route}", **kwargs)
+            response = wp.request(method, f"{self.url}/", params=params, **kwargs)
         response.raise_for_status()
         return response.json()
 
