@@ -20,12 +20,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -58,6 +60,14 @@ from models.connection import (
     WriteCommand,
     WrittenRecord,
 )
+from models.content import (
+    ContentStatus,
+    EditCommand,
+    Reschedule,
+    UnpublishMode,
+    UnpublishRequest,
+)
+from models.content import Submission as ContentSubmission
 from models.email import OutboundEmail
 from models.onboarding import (
     DocumentCheck,
@@ -100,6 +110,13 @@ from tests.workflows.test_billing import (
 )
 from tests.workflows.test_onboarding import WIZARD, _approval_row, _state_until, _submitted
 from tests.workflows.test_password_reset import _confirmation, _emailed_token, _start
+from tests.workflows.test_publish import (
+    FakeCms,
+    cms_connection,
+    fake_cms_worker,
+    item_status,
+    start_item,
+)
 from tests.workflows.test_sync import T0 as SYNC_T0
 from tests.workflows.test_sync import add_profile, connect_pair
 from workers import registry
@@ -111,6 +128,7 @@ from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow, wr
 from workflows.connection import workflow_id as connection_workflow_id
 from workflows.onboarding import OnboardingWorkflow, workflow_id
 from workflows.password_reset import PasswordResetWorkflow
+from workflows.publish import PublishWorkflow
 from workflows.sync import SyncWorkflow
 
 pytest_plugins = [
@@ -936,3 +954,101 @@ async def test_connector_sync_failed_runs(
                 await handle.result()
             if name is not None:
                 await record(client, name, handle.id)
+
+
+async def test_publishing(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A content item edited, reviewed (changes requested, then approved), scheduled and
+    rescheduled, published, updated and unpublished; refused credentials never reconnected;
+    and a long history continued as new. The CMS calls are the workflow tests' stand-ins."""
+    client, cms = time_skipping_env.client, FakeCms()
+    admin = await member(sessions, settings)
+    connection_id = await cms_connection(sessions, admin.tenant_id, "https://x.example.com")
+    by = admin.user_id
+    async with fake_cms_worker(client, sessions, settings, cms):
+        now = await time_skipping_env.get_current_time()
+        item = await start_item(client, settings, admin, connection_id, review=True, now=now)
+        await item.execute_update(
+            PublishWorkflow.edit, EditCommand(changes={"excerpt": "x"}, by=by)
+        )
+        await item_status(item, ContentStatus.DRAFT)
+        await record(client, "publish-draft-edited", item.id)
+        await item.execute_update(PublishWorkflow.submit, ContentSubmission(submitted_by=by))
+        review = await _review_of(item)
+        await _decide(client, review, _decision(Verdict.REQUEST_CHANGES, admin, "More."))
+        await item_status(item, ContentStatus.DRAFT)
+        await record(client, "publish-changes-requested", item.id)
+        at = await time_skipping_env.get_current_time() + timedelta(days=2)
+        await item.execute_update(
+            PublishWorkflow.submit, ContentSubmission(submitted_by=by, publish_at=at)
+        )
+        review = await _review_of(item, after=review)
+        await item.execute_update(
+            PublishWorkflow.reschedule, Reschedule(publish_at=at + timedelta(days=1), by=by)
+        )
+        await _decide(client, review, _decision(Verdict.APPROVE, admin))
+        await item_status(item, ContentStatus.SCHEDULED)
+        await record(client, "publish-scheduled", item.id)
+        await time_skipping_env.sleep(timedelta(days=4))
+        await item_status(item, ContentStatus.PUBLISHED)
+        await record(client, "publish-published", item.id)
+        await item.execute_update(PublishWorkflow.edit, EditCommand(changes={"title": "T2"}, by=by))
+        await item.execute_update(PublishWorkflow.submit, ContentSubmission(submitted_by=by))
+        review = await _review_of(item, after=review)
+        await _decide(client, review, _decision(Verdict.APPROVE, admin))
+        await item_status(item, ContentStatus.PUBLISHED)
+        await item.execute_update(
+            PublishWorkflow.unpublish, UnpublishRequest(mode=UnpublishMode.TRASH, by=by)
+        )
+        await item_status(item, ContentStatus.UNPUBLISHED)
+        await record(client, "publish-updated-and-unpublished", item.id)
+        await finish(client, item.id)
+
+        cms.refuse = True
+        refused = await start_item(client, settings, admin, connection_id, now=now)
+        await refused.execute_update(PublishWorkflow.submit, ContentSubmission(submitted_by=by))
+        await item_status(refused, ContentStatus.WAITING_FOR_CONNECTION)
+        await time_skipping_env.sleep(timedelta(days=4))
+        await item_status(refused, ContentStatus.FAILED)
+        await record(client, "publish-not-reconnected", refused.id)
+        await finish(client, refused.id)
+
+        long = await start_item(client, settings, admin, connection_id, now=now, history_limit=30)
+        for n in range(8):
+            await long.execute_update(
+                PublishWorkflow.edit, EditCommand(changes={"excerpt": f"e{n}"}, by=by)
+            )
+        described = await _eventually(
+            lambda: long.describe(), lambda found: found.run_id != long.first_execution_run_id
+        )
+        await record(client, "publish-continued-as-new", long.id, long.first_execution_run_id)
+        await finish(client, described.id)
+
+
+async def _review_of(item: Any, after: uuid.UUID | None = None) -> uuid.UUID:
+    state = await _eventually(
+        lambda: item.query(PublishWorkflow.state),
+        lambda found: (
+            found.review is not None
+            and found.review.status is ApprovalStatus.PENDING
+            and found.review.approval_id != after
+        ),
+    )
+    approval_id: uuid.UUID = state.review.approval_id
+    return approval_id
+
+
+async def _decide(client: Client, approval_id: uuid.UUID, decision: Decision) -> None:
+    """Decide the review once its workflow is up (the item shows it a moment before)."""
+    handle = client.get_workflow_handle_for(ApprovalWorkflow.run, f"approval:{approval_id}")
+    await _eventually(lambda: _pending_record(handle), lambda started: started)
+    await handle.execute_update(ApprovalWorkflow.decide, decision)
+
+
+async def _pending_record(handle: Any) -> bool:
+    try:
+        await handle.query(ApprovalWorkflow.record)
+    except RPCError:
+        return False
+    return True

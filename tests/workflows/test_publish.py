@@ -45,6 +45,7 @@ from models.content import (
     Submission,
     TermIds,
     TermNames,
+    Unpublish,
 )
 from tests.factories import Member, member
 from tests.peers.wordpress import WordPressSite
@@ -62,6 +63,7 @@ class FakeCms:
     real WordPress in tests/api/test_content.py)."""
 
     writes: list[PostWrite] = field(default_factory=list)
+    unpublished: list[str] = field(default_factory=list)
     refuse: bool = False
 
     @activity.defn(name="write_post")
@@ -85,24 +87,28 @@ class FakeCms:
     async def resolve_terms(self, names: TermNames) -> TermIds:
         return TermIds(category_ids=[], tag_ids=[])
 
+    @activity.defn(name="unpublish_post")
+    async def unpublish_post(self, request: Unpublish) -> None:
+        self.unpublished.append(request.post_id)
+
     @activity.defn(name="check_connection")
     async def check_connection(self, target: CmsTarget) -> None:
         return None
 
 
-@pytest.fixture
-async def ts(
-    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
-) -> AsyncIterator[tuple[Client, FakeCms]]:
-    cms = FakeCms()
+def fake_cms_worker(
+    client: Client, sessions: SessionFactory, settings: Settings, cms: FakeCms
+) -> Worker:
+    """PublishWorkflow and its review on ``client``: the CMS calls recorded by ``cms``, the
+    database ones real."""
     mailer = mailer_from_settings(settings, sessions)
     approvals = ApprovalActivities(sessions, mailer, settings)
     publishing = PublishingActivities(
         sessions, settings, secret_store_from_settings(settings), storage_from_settings(settings)
     )
     billing = BillingActivities(sessions, mailer, settings, None)  # type: ignore[arg-type]
-    async with Worker(
-        time_skipping_env.client,
+    return Worker(
+        client,
         task_queue=settings.temporal_task_queue,
         workflows=[PublishWorkflow, ApprovalWorkflow],
         activities=[
@@ -110,16 +116,25 @@ async def ts(
             cms.verify_post,
             cms.resolve_terms,
             cms.check_connection,
+            cms.unpublish_post,
             publishing.record_content,
             approvals.record_approval,
             approvals.notify_approvers,
             billing.record_usage,
         ],
-    ):
+    )
+
+
+@pytest.fixture
+async def ts(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> AsyncIterator[tuple[Client, FakeCms]]:
+    cms = FakeCms()
+    async with fake_cms_worker(time_skipping_env.client, sessions, settings, cms):
         yield time_skipping_env.client, cms
 
 
-async def _connection(sessions: SessionFactory, tenant_id: uuid.UUID, url: str) -> uuid.UUID:
+async def cms_connection(sessions: SessionFactory, tenant_id: uuid.UUID, url: str) -> uuid.UUID:
     connection_id = uuid.uuid4()
     async with transaction(sessions) as session:
         session.add(
@@ -138,7 +153,7 @@ async def _connection(sessions: SessionFactory, tenant_id: uuid.UUID, url: str) 
     return connection_id
 
 
-async def _start(
+async def start_item(
     client: Client,
     settings: Settings,
     admin: Member,
@@ -146,6 +161,7 @@ async def _start(
     *,
     review: bool = False,
     now: datetime,
+    history_limit: int = 5_000,
 ) -> Item:
     item = ContentItemState(
         content_id=uuid.uuid4(),
@@ -165,13 +181,18 @@ async def _start(
     )
     return await client.start_workflow(
         PublishWorkflow.run,
-        PublishStart(item=item, review=policy, reconnect_wait=timedelta(days=3)),
+        PublishStart(
+            item=item,
+            review=policy,
+            reconnect_wait=timedelta(days=3),
+            history_limit=history_limit,
+        ),
         id=workflow_id(item.content_id),
         task_queue=settings.temporal_task_queue,
     )
 
 
-async def _status(handle: Item, status: ContentStatus) -> ContentItemState:
+async def item_status(handle: Item, status: ContentStatus) -> ContentItemState:
     async with asyncio.timeout(30):
         while True:
             state = await handle.query(PublishWorkflow.state)
@@ -189,11 +210,11 @@ async def test_a_publish_days_ahead_waits_rescheduled_then_publishes_once(
     client, cms = ts
     admin = await member(sessions, settings)
     now = await time_skipping_env.get_current_time()
-    handle = await _start(
+    handle = await start_item(
         client,
         settings,
         admin,
-        await _connection(sessions, admin.tenant_id, "https://x.example.com"),
+        await cms_connection(sessions, admin.tenant_id, "https://x.example.com"),
         now=now,
     )
     at = now + timedelta(days=3)
@@ -208,7 +229,7 @@ async def test_a_publish_days_ahead_waits_rescheduled_then_publishes_once(
     assert (await handle.query(PublishWorkflow.state)).status is ContentStatus.SCHEDULED
     assert cms.writes == []
     await time_skipping_env.sleep(timedelta(days=2))
-    published = await _status(handle, ContentStatus.PUBLISHED)
+    published = await item_status(handle, ContentStatus.PUBLISHED)
     assert published.post is not None
     assert published.post.published_at is not None
     assert published.post.published_at >= later
@@ -233,12 +254,12 @@ async def test_an_unanswered_review_expires_back_to_draft(
     client, cms = ts
     admin = await member(sessions, settings)
     now = await time_skipping_env.get_current_time()
-    connection_id = await _connection(sessions, admin.tenant_id, "https://x.example.com")
-    handle = await _start(client, settings, admin, connection_id, review=True, now=now)
+    connection_id = await cms_connection(sessions, admin.tenant_id, "https://x.example.com")
+    handle = await start_item(client, settings, admin, connection_id, review=True, now=now)
     await handle.execute_update(PublishWorkflow.submit, Submission(submitted_by=admin.user_id))
-    await _status(handle, ContentStatus.IN_REVIEW)
+    await item_status(handle, ContentStatus.IN_REVIEW)
     await time_skipping_env.sleep(timedelta(days=3))
-    draft = await _status(handle, ContentStatus.DRAFT)
+    draft = await item_status(handle, ContentStatus.DRAFT)
     assert draft.review is not None
     assert draft.review.status is ApprovalStatus.EXPIRED
     assert draft.events[-1].event == "review_expired"
@@ -259,12 +280,12 @@ async def test_refused_credentials_not_reconnected_in_time_fail_with_a_reason(
     cms.refuse = True
     admin = await member(sessions, settings)
     now = await time_skipping_env.get_current_time()
-    connection_id = await _connection(sessions, admin.tenant_id, "https://x.example.com")
-    handle = await _start(client, settings, admin, connection_id, now=now)
+    connection_id = await cms_connection(sessions, admin.tenant_id, "https://x.example.com")
+    handle = await start_item(client, settings, admin, connection_id, now=now)
     await handle.execute_update(PublishWorkflow.submit, Submission(submitted_by=admin.user_id))
-    await _status(handle, ContentStatus.WAITING_FOR_CONNECTION)
+    await item_status(handle, ContentStatus.WAITING_FOR_CONNECTION)
     await time_skipping_env.sleep(timedelta(days=4))
-    failed = await _status(handle, ContentStatus.FAILED)
+    failed = await item_status(handle, ContentStatus.FAILED)
     assert failed.error is not None
     assert "not reconnected" in failed.error
     async with sessions() as session:
@@ -282,7 +303,7 @@ async def test_a_worker_killed_right_after_the_create_leaves_one_post(
 ) -> None:
     peered = settings.model_copy(update={"connector_allow_private_urls": True})
     admin = await member(sessions, peered)
-    connection_id = await _connection(sessions, admin.tenant_id, wordpress_site.url)
+    connection_id = await cms_connection(sessions, admin.tenant_id, wordpress_site.url)
     await secret_store_from_settings(peered).put(
         connection_path(admin.tenant_id, connection_id),
         {
@@ -295,7 +316,9 @@ async def test_a_worker_killed_right_after_the_create_leaves_one_post(
     env = {"BIZ_CONNECTOR_ALLOW_PRIVATE_URLS": "true"}
     worker = worker_process(peered, address, tmp_path / "worker-1.log", env)
     try:
-        handle = await _start(client, peered, admin, connection_id, now=datetime.now().astimezone())
+        handle = await start_item(
+            client, peered, admin, connection_id, now=datetime.now().astimezone()
+        )
         # The marker search goes through; the create is carried out, then not answered.
         wordpress_site.queue_fault()
         wordpress_site.queue_fault(hang_after=15)
@@ -309,7 +332,7 @@ async def test_a_worker_killed_right_after_the_create_leaves_one_post(
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         worker = worker_process(peered, address, tmp_path / "worker-2.log", env)
-        published = await _status(handle, ContentStatus.PUBLISHED)
+        published = await item_status(handle, ContentStatus.PUBLISHED)
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGKILL)

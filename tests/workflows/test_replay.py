@@ -79,6 +79,13 @@ EXPECTED = {
     "sync-auth-failed",
     "sync-failed",  # a failed run that does not yet halt the profile
     "sync-halted",
+    "publish-draft-edited",
+    "publish-changes-requested",
+    "publish-scheduled",
+    "publish-published",
+    "publish-updated-and-unpublished",
+    "publish-not-reconnected",
+    "publish-continued-as-new",
 }
 
 
