@@ -106,7 +106,7 @@ def fake_cms_worker(
     publishing = PublishingActivities(
         sessions, settings, secret_store_from_settings(settings), storage_from_settings(settings)
     )
-    billing = BillingActivities(sessions, mailer, settings, None)  # type: ignore[arg-type]
+    billing = BillingActivities(sessions, mailer, settings, None)  # no Stripe: usage only
     return Worker(
         client,
         task_queue=settings.temporal_task_queue,
