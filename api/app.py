@@ -26,11 +26,13 @@ from api.routers import (
     connections,
     content,
     health,
+    inbox,
     onboarding,
     password_reset,
     sso,
     storage,
     sync,
+    tasks,
     users,
 )
 from connectors.storage import LocalStorage, storage_from_settings
@@ -97,6 +99,8 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         codec,
         sync,
         content,
+        tasks,
+        inbox,
     ):
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).

@@ -5,6 +5,8 @@ Operators find workflows in the Temporal UI by these. They never hold personal d
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
@@ -13,15 +15,27 @@ from temporalio.common import SearchAttributeKey
 TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
 BIZ_PROCESS = SearchAttributeKey.for_keyword("BizProcess")
 BIZ_STATUS = SearchAttributeKey.for_keyword("BizStatus")
+#: The earliest SLA deadline of a task still running (tasks' response and resolution clocks).
+SLA_DEADLINE = SearchAttributeKey.for_datetime("SlaDeadline")
 
-ALL: tuple[SearchAttributeKey[str], ...] = (TENANT_ID, BIZ_PROCESS, BIZ_STATUS)
+ALL: tuple[SearchAttributeKey[Any], ...] = (TENANT_ID, BIZ_PROCESS, BIZ_STATUS, SLA_DEADLINE)
+
+
+def type_name(key: SearchAttributeKey[Any]) -> str:
+    """The attribute's type as the CLI and the UI name it (``Keyword``, ``Datetime``)."""
+    return IndexedValueType.Name(indexed_type(key)).removeprefix("INDEXED_VALUE_TYPE_").title()
+
+
+def indexed_type(key: SearchAttributeKey[Any]) -> IndexedValueType.ValueType:
+    """The attribute's type in the operator service's terms."""
+    return IndexedValueType.ValueType(int(key.indexed_value_type))
 
 
 def cli_flags() -> list[str]:
-    """``--search-attribute Name=Keyword`` flags for ``temporal server start-dev``."""
+    """``--search-attribute Name=Type`` flags for ``temporal server start-dev``."""
     flags: list[str] = []
     for key in ALL:
-        flags += ["--search-attribute", f"{key.name}=Keyword"]
+        flags += ["--search-attribute", f"{key.name}={type_name(key)}"]
     return flags
 
 
@@ -30,8 +44,6 @@ async def register(client: Client) -> None:
     await client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=client.namespace,
-            search_attributes={
-                key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for key in ALL
-            },
+            search_attributes={key.name: indexed_type(key) for key in ALL},
         )
     )

@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     content_image_max_bytes: int = 5 * 1024 * 1024
     content_reconnect_wait: timedelta = timedelta(days=3)
 
+    # Tasks: how long an assignee has to accept, and how many are tried before the task is
+    # escalated to the tenant admins.
+    task_accept_within: timedelta = timedelta(hours=4)
+    task_max_attempts: int = Field(default=3, ge=1, le=20)
+
     # Object storage: S3 (or any S3-compatible store) when a bucket is set, else files under
     # data_dir served by this API through signed URLs.
     s3_bucket: str | None = None

@@ -19,6 +19,7 @@ from models.content import ContentItem, ContentPolicy
 from models.email import OutboundEmail
 from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
 from models.sync import SyncMapping, SyncProfile, SyncRun
+from models.tasks import Project, Task, TenantCalendar
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
 
@@ -34,6 +35,7 @@ __all__ = [
     "Invoice",
     "Membership",
     "OutboundEmail",
+    "Project",
     "RecoveryCode",
     "RefreshToken",
     "Role",
@@ -43,7 +45,9 @@ __all__ = [
     "SyncMapping",
     "SyncProfile",
     "SyncRun",
+    "Task",
     "Tenant",
+    "TenantCalendar",
     "TenantStatus",
     "UsageEvent",
     "UsageReport",

@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
@@ -35,9 +36,6 @@ from core.temporal import TemporalUnavailable, connect
 from workers import registry
 
 log = logging.getLogger(__name__)
-
-_KEYWORD = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
-
 
 def activity_slots(settings: Settings, sessions: SessionFactory) -> int:
     """How many activities run at once: ``BIZ_WORKER_MAX_CONCURRENT_ACTIVITIES``, else the pool.
@@ -102,12 +100,14 @@ async def ensure_search_attributes(client: Client, *, may_register: bool) -> lis
             f"it needs {_spec(search.ALL)}"
         ) from None
     wrong = [
-        f"{key.name} is {IndexedValueType.Name(listed.custom_attributes[key.name])}"
+        f"{key.name} is {IndexedValueType.Name(listed.custom_attributes[key.name])}, but must be "
+        f"{search.type_name(key)}"
         for key in search.ALL
-        if key.name in listed.custom_attributes and listed.custom_attributes[key.name] != _KEYWORD
+        if key.name in listed.custom_attributes
+        and listed.custom_attributes[key.name] != search.indexed_type(key)
     ]
     if wrong:
-        raise Fatal(f"namespace {namespace!r}: {'; '.join(wrong)}, but must be Keyword")
+        raise Fatal(f"namespace {namespace!r}: {'; '.join(wrong)}")
     missing = [key for key in search.ALL if key.name not in listed.custom_attributes]
     if not missing:
         return []
@@ -119,7 +119,8 @@ async def ensure_search_attributes(client: Client, *, may_register: bool) -> lis
     try:
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(
-                namespace=namespace, search_attributes={key.name: _KEYWORD for key in missing}
+                namespace=namespace,
+                search_attributes={key.name: search.indexed_type(key) for key in missing},
             )
         )
     except RPCError as exc:
@@ -129,8 +130,8 @@ async def ensure_search_attributes(client: Client, *, may_register: bool) -> lis
     return names
 
 
-def _spec(keys: Sequence[SearchAttributeKey[str]]) -> str:
-    return ", ".join(f"{key.name} (Keyword)" for key in keys)
+def _spec(keys: Sequence[SearchAttributeKey[Any]]) -> str:
+    return ", ".join(f"{key.name} ({search.type_name(key)})" for key in keys)
 
 
 async def run(settings: Settings) -> None:

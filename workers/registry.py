@@ -13,6 +13,7 @@ from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
 from activities.publishing import PublishingActivities
 from activities.sync import SyncActivities
+from activities.tasks import TaskActivities
 from connectors.billing.stripe_gateway import gateway_from_settings
 from connectors.mail import mailer_from_settings
 from connectors.secrets import secret_store_from_settings
@@ -27,6 +28,7 @@ from workflows.onboarding import OnboardingWorkflow
 from workflows.password_reset import PasswordResetWorkflow
 from workflows.publish import PublishWorkflow
 from workflows.sync import SyncWorkflow
+from workflows.task import TaskWorkflow
 
 WORKFLOWS: Sequence[type] = (
     AuditVerificationWorkflow,
@@ -39,6 +41,7 @@ WORKFLOWS: Sequence[type] = (
     ConnectionWriteWorkflow,
     SyncWorkflow,
     PublishWorkflow,
+    TaskWorkflow,
 )
 
 
@@ -58,6 +61,7 @@ def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..
         *connection_activities(sessions, settings),
         *sync_activities(sessions, settings),
         *publishing_activities(sessions, settings),
+        *task_activities(sessions, settings),
     ]
 
 
@@ -154,4 +158,16 @@ def publishing_activities(sessions: SessionFactory, settings: Settings) -> list[
         publishing.unpublish_post,
         publishing.check_connection,
         publishing.record_content,
+    ]
+
+
+def task_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """Tasks: business-hours deadlines, routing, the projection and notices."""
+    tasks = TaskActivities(sessions, mailer_from_settings(settings, sessions), settings)
+    return [
+        tasks.plan_sla,
+        tasks.sla_used,
+        tasks.route_task,
+        tasks.record_task,
+        tasks.notify_task,
     ]

@@ -50,12 +50,13 @@ async def test_missing_attributes_are_registered_on_a_self_hosted_server(
 
     registered = await ensure_search_attributes(client, may_register=True)
 
-    assert registered == ["TenantId", "BizProcess", "BizStatus"]
+    assert registered == ["TenantId", "BizProcess", "BizStatus", "SlaDeadline"]
     attributes = await _custom_attributes(client)
     assert {key.name: attributes[key.name] for key in search.ALL} == {
         "TenantId": KEYWORD,
         "BizProcess": KEYWORD,
         "BizStatus": KEYWORD,
+        "SlaDeadline": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
     }
     # A second worker finds them and registers nothing.
     assert await ensure_search_attributes(client, may_register=True) == []
@@ -68,7 +69,11 @@ async def test_only_the_missing_ones_are_registered(temporal_env: WorkflowEnviro
             namespace=client.namespace, search_attributes={"TenantId": KEYWORD}
         )
     )
-    assert await ensure_search_attributes(client, may_register=True) == ["BizProcess", "BizStatus"]
+    assert await ensure_search_attributes(client, may_register=True) == [
+        "BizProcess",
+        "BizStatus",
+        "SlaDeadline",
+    ]
 
 
 async def test_temporal_cloud_names_what_to_create(temporal_env: WorkflowEnvironment) -> None:
@@ -77,7 +82,7 @@ async def test_temporal_cloud_names_what_to_create(temporal_env: WorkflowEnviron
         await ensure_search_attributes(client, may_register=False)
     assert str(raised.value) == (
         "create the search attributes TenantId (Keyword), BizProcess (Keyword), "
-        f"BizStatus (Keyword) in namespace {client.namespace!r} "
+        f"BizStatus (Keyword), SlaDeadline (Datetime) in namespace {client.namespace!r} "
         "(Temporal Cloud: tcld namespace search-attributes add, or the Cloud UI)"
     )
     assert not {key.name for key in search.ALL} & set(await _custom_attributes(client))
@@ -100,7 +105,8 @@ async def test_a_server_that_refuses_registration_names_what_to_create(
     message = str(raised.value)
     assert message.startswith(
         "create the search attributes TenantId (Keyword), BizProcess (Keyword), "
-        f"BizStatus (Keyword) in namespace {client.namespace!r}: the server refused to register"
+        f"BizStatus (Keyword), SlaDeadline (Datetime) in namespace {client.namespace!r}: "
+        "the server refused to register"
     )
     assert "\n" not in message
 

@@ -1,0 +1,159 @@
+"""Task activities: business-hours deadlines, routing to the least busy eligible member, the
+``tasks`` projection, and the e-mails tasks send."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from temporalio import activity
+
+from connectors.mail import Mailer
+from core.business_hours import add_business_minutes, business_minutes_between
+from core.db import SessionFactory, transaction
+from core.settings import Settings
+from models.email import EmailMessage
+from models.tasks import (
+    TERMINAL,
+    Project,
+    RouteRequest,
+    SlaPlan,
+    SlaPlanRequest,
+    SlaUsage,
+    Task,
+    TaskNotice,
+    TaskRow,
+)
+from models.user import Membership, Role, User
+
+_NOTICES = {
+    "assigned": ("Task for you: {title}", "You are asked to take this task. Accept it at {link}"),
+    "sla_warning": (
+        "Due soon: {title}",
+        "80 % of the task's {detail} time in business hours has passed. See {link}",
+    ),
+    "sla_breached": (
+        "SLA breached: {title}",
+        "The task's {detail} deadline has passed. See {link}",
+    ),
+    "escalated": (
+        "Nobody took this task: {title}",
+        "The task found no assignee ({detail}). Assign it at {link}",
+    ),
+}
+
+
+class TaskActivities:
+    """Activities bound to the database and the mail port."""
+
+    def __init__(self, sessions: SessionFactory, mailer: Mailer, settings: Settings) -> None:
+        self._sessions = sessions
+        self._mailer = mailer
+        self._settings = settings
+
+    @activity.defn
+    async def plan_sla(self, request: SlaPlanRequest) -> SlaPlan:
+        """The deadline (and the 80 % warning) so many business minutes from ``start``."""
+        due = add_business_minutes(request.calendar, request.start, request.remaining_minutes)
+        warn = None
+        if request.warn_remaining_minutes is not None:
+            warn = add_business_minutes(
+                request.calendar, request.start, request.warn_remaining_minutes
+            )
+        return SlaPlan(due_at=due, warn_at=warn)
+
+    @activity.defn
+    async def sla_used(self, usage: SlaUsage) -> float:
+        """Business minutes between two moments."""
+        return business_minutes_between(usage.calendar, usage.start, usage.end)
+
+    @activity.defn
+    async def route_task(self, request: RouteRequest) -> uuid.UUID | None:
+        """The project member (with the task's skill, if it names one) with the fewest open
+        tasks, skipping ``exclude`` and anyone no longer an active member; None if nobody."""
+        async with self._sessions() as session:
+            project = await session.get(Project, request.project_id)
+            if project is None:
+                return None
+            candidates = [
+                uuid.UUID(str(m["user_id"]))
+                for m in project.members
+                if request.skill is None or request.skill in m.get("skills", [])
+            ]
+            candidates = [c for c in candidates if c not in set(request.exclude)]
+            if not candidates:
+                return None
+            active = set(
+                await session.scalars(
+                    select(Membership.user_id)
+                    .join(User, User.id == Membership.user_id)
+                    .where(
+                        Membership.tenant_id == project.tenant_id,
+                        Membership.user_id.in_(candidates),
+                        Membership.role.in_([Role.TENANT_ADMIN, Role.USER]),
+                        User.is_active,
+                    )
+                )
+            )
+            loads = dict(
+                (
+                    await session.execute(
+                        select(Task.assignee_id, func.count())
+                        .where(
+                            Task.tenant_id == project.tenant_id,
+                            Task.assignee_id.in_(active),
+                            Task.status.not_in(TERMINAL),
+                        )
+                        .group_by(Task.assignee_id)
+                    )
+                ).all()
+            )
+        eligible = [c for c in candidates if c in active]
+        if not eligible:
+            return None
+        # Fewest open tasks first; ties in the project's member order.
+        return min(eligible, key=lambda user: (loads.get(user, 0), candidates.index(user)))
+
+    @activity.defn
+    async def record_task(self, row: TaskRow) -> None:
+        """Write the task's projection row (an upsert)."""
+        async with transaction(self._sessions) as session:
+            task = await session.get(Task, row.task_id)
+            if task is None:
+                task = Task(id=row.task_id)
+                session.add(task)
+            for name, value in row.model_dump(exclude={"task_id"}).items():
+                setattr(task, name, value)
+            task.updated_at = datetime.now(UTC)
+
+    @activity.defn
+    async def notify_task(self, notice: TaskNotice) -> int:
+        """E-mail the assignee or the tenant admins, once per recipient under the key."""
+        async with self._sessions() as session:
+            task = await session.get(Task, notice.task_id)
+            if task is None:
+                return 0
+            query = select(User.id, User.email).where(User.is_active)
+            if notice.to == "assignee":
+                query = query.where(User.id == task.assignee_id)
+            else:
+                query = query.join(Membership, Membership.user_id == User.id).where(
+                    Membership.tenant_id == task.tenant_id,
+                    Membership.role == Role.TENANT_ADMIN,
+                )
+            recipients = (await session.execute(query)).all()
+        subject, body = _NOTICES[notice.kind]
+        link = f"{self._settings.public_app_url.rstrip('/')}/tasks/{task.id}"
+        values = {"title": task.title, "detail": notice.detail, "link": link}
+        for user_id, address in recipients:
+            await self._mailer.send(
+                EmailMessage(
+                    idempotency_key=f"{notice.idempotency_key}:{user_id}",
+                    to=address,
+                    subject=subject.format(**values)[:200],
+                    body=body.format(**values) + "\n",
+                    tenant_id=task.tenant_id,
+                )
+            )
+        return len(recipients)

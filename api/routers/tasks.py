@@ -1,0 +1,547 @@
+"""Projects and tasks over HTTP, and the tenant's business calendar.
+
+Projects and the calendar are configuration (written here); each task is a ``TaskWorkflow``
+(``task:{task_id}``): status changes, assignment, acceptance, priority and comments are its
+updates (refusals become 403 / 409 / 422 and change nothing), one task is its query, and the
+Kanban and list views read the ``tasks`` projection its activities write.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, status
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import Select, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from api import workflow_calls
+from api.billing_guard import read_only_guard
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
+from api.pagination import decode_cursor, encode_cursor
+from api.tenancy import owned, scoped
+from api.workflow_calls import IdempotencyKey, update_id
+from core import search
+from core.errors import Conflict, Forbidden, Unprocessable
+from core.security import Principal
+from core.settings import Settings
+from models.tasks import (
+    DEFAULT_SLA,
+    MAX_COMMENT_CHARS,
+    AcceptCommand,
+    AssignCommand,
+    Assignee,
+    BusinessCalendar,
+    CommentCommand,
+    Priority,
+    PriorityChange,
+    Project,
+    SlaTarget,
+    StatusChange,
+    Task,
+    TaskEvent,
+    TaskFields,
+    TaskPolicy,
+    TaskStart,
+    TaskState,
+    TaskStatus,
+    TenantCalendar,
+)
+from models.user import Membership, Role, User
+from workflows.task import (
+    ILLEGAL_TRANSITION,
+    NOT_ASSIGNEE,
+    PROCESS,
+    TASK_CLOSED,
+    TOO_MANY_COMMENTS,
+    TaskWorkflow,
+    workflow_id,
+)
+
+router = APIRouter(prefix="/api/v1", tags=["tasks"], dependencies=[read_only_guard])
+Worker = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.USER))]
+TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN))]
+#: Roles a task can be assigned to (people who work in the tenant).
+ASSIGNABLE = (Role.TENANT_ADMIN, Role.USER)
+
+
+class ProjectMember(BaseModel):
+    user_id: uuid.UUID
+    skills: list[str] = Field(default_factory=list, max_length=20)
+
+
+class ProjectRequest(BaseModel):
+    """A project: its members (routing picks among them) and its SLA targets per priority
+    (business minutes; the defaults for priorities not given)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field(default="", max_length=5000)
+    members: list[ProjectMember] = Field(default_factory=list, max_length=200)
+    sla: dict[Priority, SlaTarget] = Field(default_factory=dict)
+
+
+class ProjectView(ProjectRequest):
+    project_id: uuid.UUID
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Project) -> ProjectView:
+        return cls(
+            project_id=row.id,
+            name=row.name,
+            description=row.description,
+            members=[ProjectMember.model_validate(m) for m in row.members],
+            sla={Priority(k): SlaTarget.model_validate(v) for k, v in row.sla.items()},
+            created_at=row.created_at,
+        )
+
+
+class ProjectPage(BaseModel):
+    items: list[ProjectView]
+    next_cursor: str | None
+
+
+class TaskRequest(TaskFields):
+    """A new task; ``assignee_id`` assigns it directly, otherwise routing picks a member."""
+
+    assignee_id: uuid.UUID | None = None
+
+    @field_validator("due_at")
+    @classmethod
+    def _future(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("due_at needs a time zone")
+            if value <= datetime.now(UTC):
+                raise ValueError("due_at is in the past")
+        return value
+
+
+class TaskItem(BaseModel):
+    task_id: uuid.UUID
+    project_id: uuid.UUID
+    title: str
+    status: TaskStatus
+    priority: Priority
+    due_at: datetime | None
+    labels: list[str]
+    assignee_id: uuid.UUID | None
+    accepted: bool
+    accept_due: datetime | None
+    response_due: datetime | None
+    resolution_due: datetime | None
+    breached: bool
+    escalated: bool
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: Task) -> TaskItem:
+        return cls.model_validate(
+            {**{c: getattr(row, c) for c in cls.model_fields if c != "task_id"}, "task_id": row.id}
+        )
+
+
+class TaskPage(BaseModel):
+    items: list[TaskItem]
+    next_cursor: str | None
+
+
+class StatusBody(BaseModel):
+    status: TaskStatus
+
+
+class AssignBody(BaseModel):
+    assignee_id: uuid.UUID
+
+
+class PriorityBody(BaseModel):
+    priority: Priority
+
+
+class CommentBody(BaseModel):
+    body: str = Field(min_length=1, max_length=MAX_COMMENT_CHARS)
+
+
+# --- Calendar -------------------------------------------------------------------------------
+
+
+@router.get("/tenant/calendar", summary="Your tenant's business calendar", tags=["tenant"])
+async def get_calendar(principal: CurrentPrincipal, session: SessionDep) -> BusinessCalendar:
+    """Time zone, working days and hours, holidays: SLA clocks count only this time."""
+    return await tenant_calendar(session, principal.tenant_id)
+
+
+@router.put("/tenant/calendar", summary="Change the business calendar", tags=["tenant"])
+async def put_calendar(
+    body: BusinessCalendar, principal: TenantAdmin, session: SessionDep
+) -> BusinessCalendar:
+    """Tasks created from now on count their SLA in it."""
+    row = await session.get(TenantCalendar, principal.tenant_id)
+    if row is None:
+        row = TenantCalendar(tenant_id=principal.tenant_id)
+        session.add(row)
+    row.calendar = body.model_dump(mode="json")
+    await session.commit()
+    return body
+
+
+async def tenant_calendar(session: AsyncSession, tenant_id: uuid.UUID) -> BusinessCalendar:
+    row = await session.get(TenantCalendar, tenant_id)
+    return BusinessCalendar.model_validate(row.calendar) if row else BusinessCalendar()
+
+
+# --- Projects -------------------------------------------------------------------------------
+
+
+@router.post("/projects", status_code=status.HTTP_201_CREATED, summary="Create a project")
+async def create_project(
+    body: ProjectRequest, principal: TenantAdmin, session: SessionDep
+) -> ProjectView:
+    """Members must be people of your tenant (422 otherwise)."""
+    await _check_people(session, principal, [m.user_id for m in body.members], "members")
+    row = Project(
+        id=uuid.uuid4(),
+        tenant_id=principal.tenant_id,
+        name=body.name,
+        description=body.description,
+        members=[m.model_dump(mode="json") for m in body.members],
+        sla={k.value: v.model_dump() for k, v in body.sla.items()},
+    )
+    session.add(row)
+    await session.commit()
+    return ProjectView.of(row)
+
+
+@router.get("/projects", summary="Your tenant's projects")
+async def list_projects(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> ProjectPage:
+    """Oldest first."""
+    query = scoped(select(Project), Project, principal)
+    if cursor is not None:
+        query = query.where(tuple_(Project.created_at, Project.id) > tuple_(*decode_cursor(cursor)))
+    rows = list(
+        await session.scalars(query.order_by(Project.created_at, Project.id).limit(limit + 1))
+    )
+    page = rows[:limit]
+    more = len(rows) > limit
+    return ProjectPage(
+        items=[ProjectView.of(row) for row in page],
+        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+    )
+
+
+@router.get("/projects/{project_id}", summary="One project")
+async def get_project(
+    project_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep
+) -> ProjectView:
+    return ProjectView.of(await owned(session, Project, project_id, principal))
+
+
+@router.put("/projects/{project_id}", summary="Change a project")
+async def put_project(
+    project_id: uuid.UUID, body: ProjectRequest, principal: TenantAdmin, session: SessionDep
+) -> ProjectView:
+    """Members and SLA targets apply to tasks created from now on."""
+    row = await owned(session, Project, project_id, principal)
+    await _check_people(session, principal, [m.user_id for m in body.members], "members")
+    row.name, row.description = body.name, body.description
+    row.members = [m.model_dump(mode="json") for m in body.members]
+    row.sla = {k.value: v.model_dump() for k, v in body.sla.items()}
+    await session.commit()
+    return ProjectView.of(row)
+
+
+async def _check_people(
+    session: AsyncSession, principal: Principal, user_ids: list[uuid.UUID], field: str
+) -> None:
+    """422 unless every id is an active person (tenant admin or user) of the caller's tenant;
+    another tenant's user is as unknown as a made-up id."""
+    if not user_ids:
+        return
+    found = set(
+        await session.scalars(
+            select(Membership.user_id)
+            .join(User, User.id == Membership.user_id)
+            .where(
+                Membership.tenant_id == principal.tenant_id,
+                Membership.user_id.in_(user_ids),
+                Membership.role.in_(ASSIGNABLE),
+                User.is_active,
+            )
+        )
+    )
+    unknown = [str(u) for u in user_ids if u not in found]
+    if unknown:
+        raise Unprocessable(
+            f"Not people of your tenant who can take tasks: {', '.join(unknown)}.",
+            errors=[{"loc": ["body", field], "msg": "unknown user", "type": "value_error"}],
+        )
+
+
+# --- Tasks ----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/projects/{project_id}/tasks", status_code=status.HTTP_201_CREATED, summary="Create a task"
+)
+async def create_task(
+    project_id: uuid.UUID,
+    body: TaskRequest,
+    principal: Worker,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+    key: IdempotencyKey,
+) -> TaskState:
+    """A ``todo`` task of the project, with its SLA clocks running. 422 for an unknown
+    assignee (or one of another tenant) or a due date in the past. A retry with the same
+    ``Idempotency-Key`` answers with the same task."""
+    project = await owned(session, Project, project_id, principal)
+    if body.assignee_id is not None:
+        await _check_people(session, principal, [body.assignee_id], "assignee_id")
+    uid = update_id("create_task", principal, key)
+    task_id = uuid.uuid5(uuid.NAMESPACE_URL, uid) if uid else uuid.uuid4()
+    start = TaskStart(
+        state=TaskState(
+            task_id=task_id,
+            tenant_id=principal.tenant_id,
+            project_id=project.id,
+            created_by=principal.user_id,
+            created_at=datetime.now(UTC),
+            fields=TaskFields.model_validate(body.model_dump(exclude={"assignee_id"})),
+        ),
+        policy=TaskPolicy(
+            sla={**DEFAULT_SLA, **{Priority(k): SlaTarget(**v) for k, v in project.sla.items()}},
+            calendar=await tenant_calendar(session, principal.tenant_id),
+            accept_within=settings.task_accept_within,
+            max_attempts=settings.task_max_attempts,
+        ),
+        assignee=Assignee(id=body.assignee_id) if body.assignee_id else None,
+    )
+    operation = WithStartWorkflowOperation(
+        TaskWorkflow.run, start, **_start_options(settings, start)
+    )
+    async with workflow_calls.deadline(settings):
+        state: TaskState = await client.execute_update_with_start_workflow(
+            TaskWorkflow.listed, start_workflow_operation=operation, id=uid
+        )
+    return state
+
+
+def _start_options(settings: Settings, start: TaskStart) -> dict[str, Any]:
+    state = start.state
+    return {
+        "id": workflow_id(state.task_id),
+        "task_queue": settings.temporal_task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "static_summary": f"Task {state.task_id}",
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(search.TENANT_ID, str(state.tenant_id)),
+                SearchAttributePair(search.BIZ_PROCESS, PROCESS),
+                SearchAttributePair(search.BIZ_STATUS, TaskStatus.TODO.value),
+            ]
+        ),
+    }
+
+
+@router.get("/tasks", summary="Your tenant's tasks (list and Kanban)")
+async def list_tasks(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    project_id: uuid.UUID | None = None,
+    status: TaskStatus | None = None,
+    assignee_id: uuid.UUID | None = None,
+    label: Annotated[str | None, Query(max_length=100)] = None,
+    due_before: datetime | None = None,
+    breached: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> TaskPage:
+    """Most recently changed first; filters combine."""
+    query: Select[Any] = scoped(select(Task), Task, principal)
+    for column, value in (
+        (Task.project_id, project_id),
+        (Task.status, status),
+        (Task.assignee_id, assignee_id),
+        (Task.breached, breached),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if due_before is not None:
+        query = query.where(Task.due_at < due_before)
+    if cursor is not None:
+        query = query.where(tuple_(Task.updated_at, Task.id) < tuple_(*decode_cursor(cursor)))
+    rows = list(
+        await session.scalars(
+            query.order_by(Task.updated_at.desc(), Task.id.desc()).limit(limit + 1)
+        )
+    )
+    if label is not None:  # JSON lists: filtered here, on at most a page's rows
+        rows = [row for row in rows if label in row.labels]
+    page = rows[:limit]
+    more = len(rows) > limit
+    return TaskPage(
+        items=[TaskItem.of(row) for row in page],
+        next_cursor=encode_cursor(page[-1].updated_at, page[-1].id) if more else None,
+    )
+
+
+class Tasks:
+    """One task's workflow, reached only through a projection row of the caller's tenant."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        client: Client,
+        settings: Settings,
+        principal: Principal,
+        key: str | None,
+    ) -> None:
+        self.session, self.client, self.settings = session, client, settings
+        self.principal, self.key = principal, key
+
+    async def handle(self, task_id: uuid.UUID) -> WorkflowHandle[TaskWorkflow, TaskStatus]:
+        row = await owned(self.session, Task, task_id, self.principal)
+        return self.client.get_workflow_handle_for(TaskWorkflow.run, workflow_id(row.id))
+
+    async def state(self, task_id: uuid.UUID) -> TaskState:
+        state: TaskState = await workflow_calls.query(
+            await self.handle(task_id), TaskWorkflow.state, settings=self.settings
+        )
+        return state
+
+    async def update(self, task_id: uuid.UUID, update: Any, argument: BaseModel) -> TaskState:
+        handle = await self.handle(task_id)
+        name = getattr(update, "__name__", str(update))
+        try:
+            state: TaskState = await workflow_calls.execute_update(
+                handle,
+                update,
+                argument,
+                settings=self.settings,
+                update_id=update_id(name, self.principal, self.key),
+            )
+        except WorkflowUpdateFailedError as err:
+            if isinstance(err.cause, ApplicationError):
+                _refuse(err.cause)
+            raise
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:  # done or cancelled: the run has ended
+                raise Conflict("The task is closed: it cannot change.") from None
+            raise
+        return state
+
+
+def tasks(
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+    principal: CurrentPrincipal,
+    key: IdempotencyKey,
+) -> Tasks:
+    return Tasks(session, client, settings, principal, key)
+
+
+TasksDep = Annotated[Tasks, Depends(tasks)]
+
+
+@router.get("/tasks/{task_id}", summary="One task with its comments and SLA clocks")
+async def get_task(task_id: uuid.UUID, tasks: TasksDep) -> TaskState:
+    return await tasks.state(task_id)
+
+
+@router.get("/tasks/{task_id}/timeline", summary="A task's record of events")
+async def task_timeline(task_id: uuid.UUID, tasks: TasksDep) -> list[TaskEvent]:
+    """Oldest first, as the task's workflow recorded them."""
+    return (await tasks.state(task_id)).events
+
+
+@router.post("/tasks/{task_id}/status", summary="Move a task")
+async def change_status(
+    task_id: uuid.UUID, body: StatusBody, principal: Worker, tasks: TasksDep
+) -> TaskState:
+    """409 for a move the task's status does not allow (the allowed ones are named)."""
+    change = StatusChange(status=body.status, by=principal.user_id)
+    return await tasks.update(task_id, TaskWorkflow.change_status, change)
+
+
+@router.post("/tasks/{task_id}/assign", summary="Assign a task to a person")
+async def assign_task(
+    task_id: uuid.UUID, body: AssignBody, principal: Worker, tasks: TasksDep
+) -> TaskState:
+    """422 for anyone who is not a person of your tenant; they have the acceptance window to
+    accept."""
+    await _check_people(tasks.session, principal, [body.assignee_id], "assignee_id")
+    command = AssignCommand(assignee=Assignee(id=body.assignee_id), by=principal.user_id)
+    return await tasks.update(task_id, TaskWorkflow.assign, command)
+
+
+@router.post("/tasks/{task_id}/accept", summary="Accept a task assigned to you")
+async def accept_task(task_id: uuid.UUID, principal: Worker, tasks: TasksDep) -> TaskState:
+    """403 unless you are its assignee; 409 once accepted."""
+    return await tasks.update(task_id, TaskWorkflow.accept, AcceptCommand(by=principal.user_id))
+
+
+@router.post("/tasks/{task_id}/decline", summary="Decline a task assigned to you")
+async def decline_task(task_id: uuid.UUID, principal: Worker, tasks: TasksDep) -> TaskState:
+    """The next eligible person is asked (or the task escalates)."""
+    answer = AcceptCommand(by=principal.user_id, accept=False)
+    return await tasks.update(task_id, TaskWorkflow.accept, answer)
+
+
+@router.put("/tasks/{task_id}/priority", summary="Change a task's priority")
+async def change_priority(
+    task_id: uuid.UUID, body: PriorityBody, principal: Worker, tasks: TasksDep
+) -> TaskState:
+    """The SLA deadlines are recomputed from the time already used."""
+    change = PriorityChange(priority=body.priority, by=principal.user_id)
+    return await tasks.update(task_id, TaskWorkflow.change_priority, change)
+
+
+@router.post(
+    "/tasks/{task_id}/comments", status_code=status.HTTP_201_CREATED, summary="Comment a task"
+)
+async def comment_task(
+    task_id: uuid.UUID, body: CommentBody, principal: Worker, tasks: TasksDep
+) -> TaskState:
+    """Up to 5,000 characters (422 beyond)."""
+    uid = update_id("comment", principal, tasks.key)
+    command = CommentCommand(
+        comment_id=uuid.uuid5(uuid.NAMESPACE_URL, uid) if uid else uuid.uuid4(),
+        body=body.body,
+        by=principal.user_id,
+    )
+    return await tasks.update(task_id, TaskWorkflow.comment, command)
+
+
+def _refuse(cause: ApplicationError) -> None:
+    """Translate the workflow's refusal types (see ``workflows/task.py``)."""
+    if cause.type == ILLEGAL_TRANSITION:
+        allowed = list(cause.details[0]) if cause.details else []
+        raise Conflict(cause.message, allowed=allowed)
+    if cause.type == TASK_CLOSED:
+        raise Conflict(cause.message)
+    if cause.type == NOT_ASSIGNEE:
+        raise Forbidden(cause.message)
+    if cause.type == TOO_MANY_COMMENTS:
+        raise Unprocessable(cause.message)

@@ -1,0 +1,208 @@
+"""Projects, tasks and the inbox over HTTP on the dev server: the whole way of a task, illegal
+moves, assignment checks, the inbox of each role, and other tenants kept out."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from core.db import SessionFactory
+from core.settings import Settings
+from models.user import Role
+from tests.factories import Member, member
+
+
+async def project(api: httpx.AsyncClient, admin: Member, *members: Member) -> str:
+    body = {
+        "name": "Website relaunch",
+        "members": [{"user_id": str(m.user_id), "skills": ["seo"]} for m in members],
+        "sla": {"urgent": {"response_minutes": 30, "resolution_minutes": 240}},
+    }
+    created = await api.post("/api/v1/projects", json=body, headers=admin.headers)
+    assert created.status_code == 201, created.text
+    project_id: str = created.json()["project_id"]
+    return project_id
+
+
+async def task(
+    api: httpx.AsyncClient, who: Member, project_id: str, **fields: Any
+) -> dict[str, Any]:
+    body = {"title": "Fix the meta descriptions", **fields}
+    created = await api.post(f"/api/v1/projects/{project_id}/tasks", json=body, headers=who.headers)
+    assert created.status_code == 201, created.text
+    state: dict[str, Any] = created.json()
+    return state
+
+
+async def listed(api: httpx.AsyncClient, who: Member, query: str) -> list[dict[str, Any]]:
+    got = await api.get(f"/api/v1/tasks?{query}", headers=who.headers)
+    assert got.status_code == 200, got.text
+    items: list[dict[str, Any]] = got.json()["items"]
+    return items
+
+
+async def test_a_task_from_creation_to_done(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    project_id = await project(api, admin, worker)
+    created = await task(
+        api, admin, project_id, priority="urgent", labels=["seo"], assignee_id=str(worker.user_id)
+    )
+    task_id = created["task_id"]
+    assert created["status"] == "todo"
+    assert created["assignee"]["id"] == str(worker.user_id)
+    assert not created["accepted"]
+    clocks = {c["kind"]: c for c in created["clocks"]}
+    assert clocks["response"]["budget_minutes"] == 30
+    assert clocks["resolution"]["due_at"] is not None
+
+    # Only the assignee accepts.
+    refused = await api.post(f"/api/v1/tasks/{task_id}/accept", headers=admin.headers)
+    assert refused.status_code == 403
+    accepted = await api.post(f"/api/v1/tasks/{task_id}/accept", headers=worker.headers)
+    assert accepted.status_code == 200, accepted.text
+    assert {c["kind"]: c["met_at"] is not None for c in accepted.json()["clocks"]} == {
+        "response": True,
+        "resolution": False,
+    }
+    for step in ("in_progress", "waiting", "in_progress", "review", "done"):
+        if step == "done":
+            comment = await api.post(
+                f"/api/v1/tasks/{task_id}/comments",
+                json={"body": "Shipped."},
+                headers=worker.headers,
+            )
+            assert comment.status_code == 201, comment.text
+        moved = await api.post(
+            f"/api/v1/tasks/{task_id}/status", json={"status": step}, headers=worker.headers
+        )
+        assert moved.status_code == 200, (step, moved.text)
+    again = await api.post(
+        f"/api/v1/tasks/{task_id}/status", json={"status": "in_progress"}, headers=worker.headers
+    )
+    assert again.status_code == 409
+    assert again.json()["allowed"] == []
+    late = await api.post(
+        f"/api/v1/tasks/{task_id}/comments", json={"body": "Late."}, headers=worker.headers
+    )
+    assert late.status_code == 409
+    timeline = await api.get(f"/api/v1/tasks/{task_id}/timeline", headers=admin.headers)
+    events = [e["event"] for e in timeline.json()]
+    assert events[:3] == ["created", "assigned", "accepted"]
+    assert {"sla_paused", "sla_resumed", "commented"} <= set(events)
+    assert events[-1] == "status_changed"
+    async with asyncio.timeout(10):
+        while True:  # the projection follows the workflow
+            if await listed(api, admin, f"project_id={project_id}&status=done"):
+                break
+            await asyncio.sleep(0.1)
+    [row] = await listed(api, admin, f"project_id={project_id}&label=seo")
+    assert (row["status"], row["breached"]) == ("done", False)
+
+
+async def test_illegal_moves_and_bad_input_are_refused(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    reader = await member(sessions, settings, Role.READONLY, tenant_id=admin.tenant_id)
+    stranger = await member(sessions, settings)
+    project_id = await project(api, admin, admin)
+    base = f"/api/v1/projects/{project_id}/tasks"
+    past = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    for body in (
+        {"title": "x", "assignee_id": str(stranger.user_id)},  # another tenant's user
+        {"title": "x", "assignee_id": str(reader.user_id)},  # cannot take tasks
+        {"title": "x", "due_at": past},
+        {"title": ""},
+        {"title": "x", "priority": "whenever"},
+    ):
+        refused = await api.post(base, json=body, headers=admin.headers)
+        assert refused.status_code == 422, (body, refused.text)
+    assert await listed(api, admin, f"project_id={project_id}") == []
+
+    state = await task(api, admin, project_id)
+    task_id = state["task_id"]
+    illegal = await api.post(
+        f"/api/v1/tasks/{task_id}/status", json={"status": "done"}, headers=admin.headers
+    )
+    assert illegal.status_code == 409
+    assert illegal.json()["allowed"] == ["cancelled", "in_progress", "waiting"]
+    long = await api.post(
+        f"/api/v1/tasks/{task_id}/comments", json={"body": "x" * 5001}, headers=admin.headers
+    )
+    assert long.status_code == 422
+    write = await api.post(
+        f"/api/v1/tasks/{task_id}/status", json={"status": "cancelled"}, headers=reader.headers
+    )
+    assert write.status_code == 403
+    cancelled = await api.post(
+        f"/api/v1/tasks/{task_id}/status", json={"status": "cancelled"}, headers=admin.headers
+    )
+    assert cancelled.status_code == 200
+    closed = await api.post(
+        f"/api/v1/tasks/{task_id}/assign",
+        json={"assignee_id": str(admin.user_id)},
+        headers=admin.headers,
+    )
+    assert closed.status_code == 409
+
+    # Another tenant sees none of it.
+    for method, path in (
+        ("GET", f"/api/v1/projects/{project_id}"),
+        ("POST", base),
+        ("GET", f"/api/v1/tasks/{task_id}"),
+        ("GET", f"/api/v1/tasks/{task_id}/timeline"),
+        ("POST", f"/api/v1/tasks/{task_id}/comments"),
+        ("POST", f"/api/v1/tasks/{task_id}/accept"),
+    ):
+        answer = await api.request(
+            method, path, json={"title": "x", "body": "x"}, headers=stranger.headers
+        )
+        assert answer.status_code == 404, (method, path, answer.text)
+    assert await listed(api, stranger, "") == []
+
+
+async def test_the_inbox_of_each_role(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    project_id = await project(api, admin, worker)
+    soon = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    waiting = await task(api, admin, project_id, title="Accept me", assignee_id=str(worker.user_id))
+    mine = await task(api, admin, project_id, title="Mine", due_at=soon)  # routed to the worker
+    async with asyncio.timeout(10):
+        while True:  # routing picks the only member
+            routed = await api.post(
+                f"/api/v1/tasks/{mine['task_id']}/accept", headers=worker.headers
+            )
+            if routed.status_code == 200:
+                break
+            assert routed.status_code == 403, routed.text
+            await asyncio.sleep(0.1)
+
+    async with asyncio.timeout(10):
+        while True:  # the projection follows the acceptance
+            inbox = (await api.get("/api/v1/inbox", headers=worker.headers)).json()["items"]
+            if [i["kind"] for i in inbox] == ["task_acceptance", "task"]:
+                break
+            await asyncio.sleep(0.1)
+    assert [(i["kind"], i["title"]) for i in inbox] == [
+        ("task_acceptance", "Accept me"),
+        ("task", "Mine"),
+    ]
+    assert inbox[0]["link"].endswith(f"/tasks/{waiting['task_id']}")
+    deadlines = [datetime.fromisoformat(i["deadline"]) for i in inbox]
+    assert deadlines == sorted(deadlines)
+    first = (await api.get("/api/v1/inbox?limit=1", headers=worker.headers)).json()
+    rest = await api.get(
+        f"/api/v1/inbox?limit=1&cursor={first['next_cursor']}", headers=worker.headers
+    )
+    assert [i["title"] for i in first["items"] + rest.json()["items"]] == ["Accept me", "Mine"]
+    # The admin has no task of its own here, and no approval to decide.
+    assert (await api.get("/api/v1/inbox", headers=admin.headers)).json()["items"] == []

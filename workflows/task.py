@@ -1,0 +1,496 @@
+"""A task: assignment with an acceptance deadline, status changes and comments, and its SLA
+clocks in the tenant's business hours (``task:{task_id}``)."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import suppress
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.tasks import TaskActivities
+    from core.search import BIZ_STATUS, SLA_DEADLINE
+    from models.tasks import (
+        MAX_COMMENTS,
+        TERMINAL,
+        TRANSITIONS,
+        AcceptCommand,
+        AssignCommand,
+        Assignee,
+        Comment,
+        CommentCommand,
+        NoticeKind,
+        PriorityChange,
+        Recipients,
+        RouteRequest,
+        SlaClock,
+        SlaKind,
+        SlaPlanRequest,
+        SlaUsage,
+        StatusChange,
+        TaskEvent,
+        TaskEventName,
+        TaskNotice,
+        TaskRow,
+        TaskStart,
+        TaskState,
+        TaskStatus,
+    )
+
+PROCESS = "task"
+# Error types of refused updates; the API maps each to its HTTP status.
+ILLEGAL_TRANSITION = "IllegalTransition"  # 409, details: the allowed statuses
+TASK_CLOSED = "TaskClosed"  # 409
+NOT_ASSIGNEE = "NotTheAssignee"  # 403
+TOO_MANY_COMMENTS = "TooManyComments"  # 422
+
+_STORE_TIMEOUT = timedelta(seconds=30)
+_NOTICE_WINDOW = timedelta(hours=1)
+_PLAN_TIMEOUT = timedelta(seconds=10)
+_WARN_AT = 0.8
+
+
+def workflow_id(task_id: uuid.UUID) -> str:
+    return f"task:{task_id}"
+
+
+@workflow.defn
+class TaskWorkflow:
+    """One task from creation to ``done`` or ``cancelled``.
+
+    - **Assignment**: to the person named at creation, else to an eligible project member
+      with the least open work (routing). The assignee accepts within ``accept_within``;
+      one who declines or lets it pass is skipped and the next one tried; after
+      ``max_attempts`` the task escalates to the tenant admins (unassigned, ``escalated``).
+    - **Status changes** are validated updates (illegal moves refused, naming the allowed
+      ones); comments are updates too.
+    - **SLA**: a response clock (to the first action: accepting, moving the task or
+      commenting as its assignee) and a resolution clock (to ``done``), in business minutes
+      of the tenant's calendar, from the project's targets for the task's priority. Each
+      warns at 80 % (e-mail to the assignee), breaches at 100 % (``breached``, e-mail to the
+      tenant admins, counted in metrics). Both pause while the task is ``waiting`` and
+      resume after, the deadlines moved by the paused time; a priority change recomputes
+      them from the time already used.
+
+    ``BizStatus`` follows the status, ``SlaDeadline`` the earliest running deadline, and the
+    ``tasks`` projection both.
+    """
+
+    @workflow.init
+    def __init__(self, start: TaskStart) -> None:
+        self._start = start
+        self._task = start.state
+        self._policy = start.policy
+        self._dirty = False
+        self._routing = False
+        self._notice_due = False
+        self._escalate_due = False
+        self._listed = False
+        self._breaches = workflow.metric_meter().create_counter(
+            "bizosaas_sla_breaches", "SLA clocks that passed their deadline"
+        )
+
+    @workflow.run
+    async def run(self, start: TaskStart) -> TaskStatus:
+        """Serve the task until it is done or cancelled."""
+        if not self._task.clocks:  # a new task (a continued one carries its clocks)
+            self._event("created", self._task.created_by)
+            await self._start_clocks()
+            if start.assignee is not None:
+                self._assign(start.assignee, self._task.created_by)
+            else:
+                self._routing = True
+        await self._record()
+        while self._task.status not in TERMINAL:
+            if self._routing:
+                await self._route()
+            await self._notify_pending()
+            await self._next_moment()
+            await self._apply_deadlines()
+            await self._record()
+            if self._history_is_long():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    self._start.model_copy(update={"state": self._task, "assignee": None})
+                )
+        await self._stop_clocks()
+        await self._record()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._task.status
+
+    # --- Updates ----------------------------------------------------------------------
+
+    @workflow.update
+    async def listed(self) -> TaskState:
+        """The task once its projection row is written (the API creates tasks with it)."""
+        await workflow.wait_condition(lambda: self._listed)
+        return self._task
+
+    @workflow.update
+    async def change_status(self, change: StatusChange) -> TaskState:
+        """Move the task; ``waiting`` pauses the SLA clocks, leaving it resumes them."""
+        before = self._task.status
+        self._task.status = change.status
+        self._event("status_changed", change.by, f"{before.value} -> {change.status.value}")
+        if change.status is not TaskStatus.CANCELLED and self._is_assignee(change.by):
+            self._first_action()
+        if change.status is TaskStatus.WAITING:
+            await self._pause_clocks()
+        elif before is TaskStatus.WAITING:
+            await self._resume_clocks()
+        if change.status is TaskStatus.DONE:
+            self._meet("resolution")
+        self._dirty = True
+        return self._task
+
+    @change_status.validator
+    def _check_status(self, change: StatusChange) -> None:
+        """Only the moves ``TRANSITIONS`` allows from the current status."""
+        allowed = TRANSITIONS[self._task.status]
+        if change.status not in allowed:
+            names = sorted(status.value for status in allowed)
+            raise ApplicationError(
+                f"A {self._task.status.value} task cannot become {change.status.value}"
+                + (f" (allowed: {', '.join(names)})." if names else ": it is closed."),
+                names,
+                type=ILLEGAL_TRANSITION,
+            )
+
+    @workflow.update
+    def assign(self, command: AssignCommand) -> TaskState:
+        """Give the task to a person (the API checked they are the tenant's); they have
+        ``accept_within`` to accept."""
+        self._routing = False
+        self._assign(command.assignee, command.by)
+        self._dirty = True
+        return self._task
+
+    @assign.validator
+    def _check_assign(self, command: AssignCommand) -> None:
+        """Not once the task is closed."""
+        self._require_open()
+
+    @workflow.update
+    def accept(self, answer: AcceptCommand) -> TaskState:
+        """The assignee accepts (the response clock's first action) or declines (the next
+        eligible person is tried)."""
+        if answer.accept:
+            self._task.accepted, self._task.accept_due = True, None
+            self._event("accepted", answer.by)
+            self._first_action()
+        else:
+            self._event("declined", answer.by)
+            self._skip_assignee()
+        self._dirty = True
+        return self._task
+
+    @accept.validator
+    def _check_accept(self, answer: AcceptCommand) -> None:
+        """Only the assignee, once, while the task is open."""
+        self._require_open()
+        if not self._is_assignee(answer.by):
+            raise ApplicationError("Only the task's assignee can answer.", type=NOT_ASSIGNEE)
+        if self._task.accepted:
+            raise ApplicationError("The task is accepted already.", type=TASK_CLOSED)
+
+    @workflow.update
+    async def change_priority(self, change: PriorityChange) -> TaskState:
+        """A new priority: the SLA targets are the project's for it, from the time used."""
+        before = self._task.fields.priority
+        self._task.fields = self._task.fields.model_copy(update={"priority": change.priority})
+        self._event("priority_changed", change.by, f"{before.value} -> {change.priority.value}")
+        target = self._policy.sla[change.priority]
+        for clock in self._task.clocks:
+            budget = (
+                target.response_minutes if clock.kind == "response" else target.resolution_minutes
+            )
+            clock.budget_minutes = budget
+        await self._pause_clocks(record=False)
+        await self._resume_clocks(record=False)
+        self._dirty = True
+        return self._task
+
+    @change_priority.validator
+    def _check_priority(self, change: PriorityChange) -> None:
+        """Not once the task is closed."""
+        self._require_open()
+
+    @workflow.update
+    def comment(self, command: CommentCommand) -> TaskState:
+        """Add a comment (the assignee's first one is a first action)."""
+        self._task.comments.append(
+            Comment(
+                comment_id=command.comment_id,
+                author=command.by,
+                at=workflow.now(),
+                body=command.body,
+            )
+        )
+        self._event("commented", command.by)
+        if self._is_assignee(command.by):
+            self._first_action()
+        self._dirty = True
+        return self._task
+
+    @comment.validator
+    def _check_comment(self, command: CommentCommand) -> None:
+        """At most ``MAX_COMMENTS`` per task."""
+        if len(self._task.comments) >= MAX_COMMENTS:
+            raise ApplicationError(
+                f"A task holds at most {MAX_COMMENTS} comments.", type=TOO_MANY_COMMENTS
+            )
+
+    @workflow.query
+    def state(self) -> TaskState:
+        """The task with its comments, SLA clocks and record of events."""
+        return self._task
+
+    # --- Assignment -------------------------------------------------------------------
+
+    def _assign(self, assignee: Assignee, by: uuid.UUID) -> None:
+        self._task.assignee = assignee
+        self._task.accepted = False
+        self._task.accept_due = workflow.now() + self._policy.accept_within
+        self._event("assigned", by, str(assignee.id))
+        self._notice_due = True
+
+    def _skip_assignee(self) -> None:
+        if self._task.assignee is not None:
+            self._task.tried.append(self._task.assignee.id)
+        self._task.assignee, self._task.accepted, self._task.accept_due = None, False, None
+        if len(self._task.tried) >= self._policy.max_attempts:
+            self._escalate_due = True
+        else:
+            self._routing = True
+
+    async def _route(self) -> None:
+        """Pick the next eligible person, or escalate when nobody is left."""
+        self._routing = False
+        picked: uuid.UUID | None = await workflow.execute_activity_method(
+            TaskActivities.route_task,
+            RouteRequest(
+                task_id=self._task.task_id,
+                project_id=self._task.project_id,
+                skill=self._task.fields.skill,
+                exclude=self._task.tried,
+            ),
+            start_to_close_timeout=_STORE_TIMEOUT,
+            summary="pick the next eligible assignee",
+        )
+        if picked is None:
+            self._escalate_due = True
+            return
+        self._assign(Assignee(id=picked), self._task.created_by)
+
+    async def _notify_pending(self) -> None:
+        """Send what the last changes call for: the new assignee, or the escalation."""
+        if self._notice_due and self._task.assignee is not None:
+            self._notice_due = False
+            await self._notify("assigned", "assignee", f"{self._task.assignee.id}")
+        if self._escalate_due:
+            self._escalate_due = False
+            self._task.escalated = True
+            self._event("escalated", None, f"{len(self._task.tried)} assignees tried")
+            await self._record()
+            await self._notify("escalated", "admins", "no assignee accepted the task")
+
+    # --- Time -------------------------------------------------------------------------
+
+    async def _next_moment(self) -> None:
+        """Wait for a change or the next deadline (acceptance, SLA warning or breach)."""
+        self._dirty = False
+        deadlines = [d for d in self._deadlines() if d is not None]
+        timeout = max(min(deadlines) - workflow.now(), timedelta(0)) if deadlines else None
+        with suppress(TimeoutError):
+            await workflow.wait_condition(
+                lambda: self._dirty or self._routing or self._history_is_long(),
+                timeout=timeout,
+                timeout_summary="next task deadline",
+            )
+
+    def _deadlines(self) -> list[datetime | None]:
+        found: list[datetime | None] = [self._task.accept_due]
+        for clock in self._task.clocks:
+            if clock.met_at is None and clock.running_since is not None:
+                found += [
+                    None if clock.warned else clock.warn_at,
+                    None if clock.breached else clock.due_at,
+                ]
+        return found
+
+    async def _apply_deadlines(self) -> None:
+        now = workflow.now()
+        if self._task.accept_due is not None and now >= self._task.accept_due:
+            self._event(
+                "acceptance_expired",
+                None,
+                str(self._task.assignee.id if self._task.assignee else ""),
+            )
+            self._skip_assignee()
+        for clock in self._task.clocks:
+            if clock.met_at is not None or clock.running_since is None:
+                continue
+            if not clock.breached and clock.due_at is not None and now >= clock.due_at:
+                clock.breached = clock.warned = True
+                self._breaches.add(1, {"sla": clock.kind})
+                self._event("sla_breached", None, clock.kind)
+                await self._notify("sla_breached", "admins", clock.kind)
+            elif not clock.warned and clock.warn_at is not None and now >= clock.warn_at:
+                clock.warned = True
+                self._event("sla_warning", None, clock.kind)
+                await self._notify("sla_warning", "assignee", clock.kind)
+
+    async def _start_clocks(self) -> None:
+        target = self._policy.sla[self._task.fields.priority]
+        self._task.clocks = [
+            SlaClock(kind="response", budget_minutes=target.response_minutes),
+            SlaClock(kind="resolution", budget_minutes=target.resolution_minutes),
+        ]
+        await self._resume_clocks(record=False)
+
+    async def _pause_clocks(self, *, record: bool = True) -> None:
+        now = workflow.now()
+        for clock in self._running():
+            assert clock.running_since is not None
+            clock.used_minutes += await self._used(clock.running_since, now)
+            clock.running_since = clock.warn_at = clock.due_at = None
+        if record:
+            self._event("sla_paused")
+
+    async def _resume_clocks(self, *, record: bool = True) -> None:
+        now = workflow.now()
+        for clock in self._task.clocks:
+            if clock.met_at is not None or clock.running_since is not None:
+                continue
+            clock.running_since = now
+            remaining = clock.budget_minutes - clock.used_minutes
+            warn = clock.budget_minutes * _WARN_AT - clock.used_minutes
+            plan = await workflow.execute_local_activity_method(
+                TaskActivities.plan_sla,
+                SlaPlanRequest(
+                    calendar=self._policy.calendar,
+                    start=now,
+                    remaining_minutes=remaining,
+                    warn_remaining_minutes=None if clock.warned else max(warn, 0.0),
+                ),
+                start_to_close_timeout=_PLAN_TIMEOUT,
+                summary=f"{clock.kind} deadline in business hours",
+            )
+            clock.due_at, clock.warn_at = plan.due_at, plan.warn_at
+        if record:
+            self._event("sla_resumed")
+
+    async def _stop_clocks(self) -> None:
+        if self._task.status is TaskStatus.DONE:
+            self._meet("resolution")
+        await self._pause_clocks(record=False)
+
+    def _running(self) -> list[SlaClock]:
+        return [c for c in self._task.clocks if c.met_at is None and c.running_since is not None]
+
+    async def _used(self, start: datetime, end: datetime) -> float:
+        used: float = await workflow.execute_local_activity_method(
+            TaskActivities.sla_used,
+            SlaUsage(calendar=self._policy.calendar, start=start, end=end),
+            start_to_close_timeout=_PLAN_TIMEOUT,
+            summary="business minutes used",
+        )
+        return used
+
+    def _first_action(self) -> None:
+        self._meet("response")
+
+    def _meet(self, kind: SlaKind) -> None:
+        for clock in self._task.clocks:
+            if clock.kind == kind and clock.met_at is None:
+                clock.met_at = workflow.now()
+
+    # --- State ------------------------------------------------------------------------
+
+    def _require_open(self) -> None:
+        if self._task.status in TERMINAL:
+            raise ApplicationError(
+                f"The task is {self._task.status.value}: it cannot change.", type=TASK_CLOSED
+            )
+
+    def _is_assignee(self, user_id: uuid.UUID) -> bool:
+        return self._task.assignee is not None and self._task.assignee.id == user_id
+
+    def _event(
+        self, event: TaskEventName, by: uuid.UUID | None = None, detail: str | None = None
+    ) -> None:
+        self._task.events.append(TaskEvent(at=workflow.now(), event=event, by=by, detail=detail))
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._policy.history_limit
+        )
+
+    async def _notify(self, kind: NoticeKind, to: Recipients, detail: str) -> None:
+        notice = TaskNotice(
+            task_id=self._task.task_id,
+            kind=kind,
+            to=to,
+            idempotency_key=f"{workflow.info().workflow_id}:{kind}:{len(self._task.events)}",
+            detail=detail,
+        )
+        try:
+            await workflow.execute_activity_method(
+                TaskActivities.notify_task,
+                notice,
+                start_to_close_timeout=timedelta(seconds=60),
+                schedule_to_close_timeout=_NOTICE_WINDOW,
+                summary=f"e-mail: {kind}",
+            )
+        except ActivityError as err:  # a mail outage is logged, never fatal
+            workflow.logger.warning("the %s notice could not be sent: %s", kind, err.cause)
+
+    def _sla_deadline(self) -> datetime | None:
+        due = [c.due_at for c in self._running() if c.due_at is not None and not c.breached]
+        return min(due) if due else None
+
+    async def _record(self) -> None:
+        """Write the projection row, ``BizStatus`` and ``SlaDeadline``."""
+        task = self._task
+        clocks = {clock.kind: clock for clock in task.clocks}
+        deadline = self._sla_deadline()
+        workflow.upsert_search_attributes(
+            [
+                BIZ_STATUS.value_set(task.status.value),
+                SLA_DEADLINE.value_set(deadline) if deadline else SLA_DEADLINE.value_unset(),
+            ]
+        )
+        await workflow.execute_activity_method(
+            TaskActivities.record_task,
+            TaskRow(
+                task_id=task.task_id,
+                tenant_id=task.tenant_id,
+                project_id=task.project_id,
+                created_by=task.created_by,
+                created_at=task.created_at,
+                title=task.fields.title,
+                status=task.status,
+                priority=task.fields.priority,
+                due_at=task.fields.due_at,
+                labels=task.fields.labels,
+                assignee_id=task.assignee.id if task.assignee else None,
+                accepted=task.accepted,
+                accept_due=task.accept_due,
+                response_due=_due(clocks.get("response")),
+                resolution_due=_due(clocks.get("resolution")),
+                breached=any(c.breached for c in task.clocks),
+                escalated=task.escalated,
+            ),
+            start_to_close_timeout=_STORE_TIMEOUT,
+            summary=f"record the task: {task.status.value}",
+        )
+        self._listed = True
+
+
+def _due(clock: SlaClock | None) -> datetime | None:
+    return clock.due_at if clock is not None and clock.met_at is None else None
