@@ -4,13 +4,15 @@ moves, assignment checks, the inbox of each role, and other tenants kept out."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-from core.db import SessionFactory
+from core.db import SessionFactory, transaction
 from core.settings import Settings
+from models.approval import Approval, ApprovalKind, ApprovalStatus
 from models.user import Role
 from tests.factories import Member, member
 
@@ -206,3 +208,51 @@ async def test_the_inbox_of_each_role(
     assert [i["title"] for i in first["items"] + rest.json()["items"]] == ["Accept me", "Mine"]
     # The admin has no task of its own here, and no approval to decide.
     assert (await api.get("/api/v1/inbox", headers=admin.headers)).json()["items"] == []
+
+
+async def _pending(
+    sessions: SessionFactory, tenant_id: Any, kind: ApprovalKind, role: Role, due_in: timedelta
+) -> uuid.UUID:
+    """A pending approval's queue row, as its workflow writes it."""
+    approval_id, now = uuid.uuid4(), datetime.now(UTC)
+    async with transaction(sessions) as session:
+        session.add(
+            Approval(
+                id=approval_id,
+                workflow_id=f"approval:{approval_id}",
+                tenant_id=tenant_id,
+                kind=kind,
+                subject=f"Decide {kind.value}",
+                decider_role=role,
+                status=ApprovalStatus.PENDING,
+                requested_at=now,
+                due_at=now + due_in,
+            )
+        )
+    return approval_id
+
+
+async def test_the_inbox_holds_the_approvals_each_role_decides(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    staff = await member(sessions, settings, Role.SUPER_ADMIN)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    review = await _pending(
+        sessions, admin.tenant_id, ApprovalKind.CONTENT_REVIEW, Role.TENANT_ADMIN, timedelta(days=2)
+    )
+    onboarding = await _pending(
+        sessions, admin.tenant_id, ApprovalKind.TENANT_ONBOARDING, Role.SUPER_ADMIN, timedelta(1)
+    )
+    other = await member(sessions, settings)
+    await _pending(
+        sessions, other.tenant_id, ApprovalKind.CONTENT_REVIEW, Role.TENANT_ADMIN, timedelta(1)
+    )
+
+    admin_inbox = (await api.get("/api/v1/inbox", headers=admin.headers)).json()["items"]
+    assert [(i["kind"], i["id"]) for i in admin_inbox] == [("content_review", str(review))]
+    assert admin_inbox[0]["link"].endswith(f"/approvals/{review}")
+    staff_inbox = (await api.get("/api/v1/inbox", headers=staff.headers)).json()["items"]
+    assert (staff_inbox[0]["kind"], staff_inbox[0]["id"]) == ("approval", str(onboarding))
+    assert all(i["kind"] == "approval" for i in staff_inbox)
+    assert (await api.get("/api/v1/inbox", headers=worker.headers)).json()["items"] == []
