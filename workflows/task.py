@@ -451,7 +451,9 @@ class TaskWorkflow:
             workflow.logger.warning("the %s notice could not be sent: %s", kind, err.cause)
 
     def _sla_deadline(self) -> datetime | None:
-        due = [c.due_at for c in self._running() if c.due_at is not None and not c.breached]
+        """The earliest deadline of a clock not yet met (a breached one's is in the past, so
+        ``SlaDeadline < now`` finds breached tasks); none while paused or once met."""
+        due = [c.due_at for c in self._running() if c.due_at is not None]
         return min(due) if due else None
 
     async def _record(self) -> None:

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 
 import httpx
@@ -80,6 +81,16 @@ from models.onboarding import (
 )
 from models.password_reset import LinkPurpose, PasswordResetInput, ResetStatus
 from models.sync import SyncRunState
+from models.tasks import (
+    AcceptCommand,
+    BusinessCalendar,
+    CommentCommand,
+    Priority,
+    SlaTarget,
+    StatusChange,
+    TaskPolicy,
+    TaskStatus,
+)
 from models.tenant import TenantStatus
 from models.user import Membership, Role, User
 from tests.api.test_connections import _own_password
@@ -119,6 +130,9 @@ from tests.workflows.test_publish import (
 )
 from tests.workflows.test_sync import T0 as SYNC_T0
 from tests.workflows.test_sync import add_profile, connect_pair
+from tests.workflows.test_task import _project as task_project
+from tests.workflows.test_task import _start as start_task
+from tests.workflows.test_task import _state as task_state
 from workers import registry
 from workers.main import build_worker
 from workflows.approval import ApprovalWorkflow
@@ -130,6 +144,7 @@ from workflows.onboarding import OnboardingWorkflow, workflow_id
 from workflows.password_reset import PasswordResetWorkflow
 from workflows.publish import PublishWorkflow
 from workflows.sync import SyncWorkflow
+from workflows.task import TaskWorkflow
 
 pytest_plugins = [
     "tests.peers_stripe",
@@ -1052,3 +1067,50 @@ async def _pending_record(handle: Any) -> bool:
     except RPCError:
         return False
     return True
+
+
+
+async def test_tasks(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A task accepted, worked (paused while waiting), its SLA warned and breached, done; and a
+    task nobody accepts, escalated."""
+    client = time_skipping_env.client
+    admin = await member(sessions, settings)
+    people = [await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id) for _ in "ab"]
+    project_id = await task_project(sessions, admin, *people)
+    policy = TaskPolicy(
+        calendar=BusinessCalendar(
+            work_days=[0, 1, 2, 3, 4, 5, 6], start=dt_time(0), end=dt_time(23)
+        ),
+        sla={Priority.NORMAL: SlaTarget(response_minutes=60, resolution_minutes=120)},
+        accept_within=timedelta(hours=1),
+        max_attempts=2,
+    )
+    by = people[0].user_id
+    async with build_worker(client, sessions, settings):
+        now = await time_skipping_env.get_current_time()
+        task = await start_task(client, settings, admin, project_id, now, policy, people[0])
+        await task.execute_update(TaskWorkflow.accept, AcceptCommand(by=by))
+        for status in (TaskStatus.IN_PROGRESS, TaskStatus.WAITING, TaskStatus.IN_PROGRESS):
+            await task.execute_update(
+                TaskWorkflow.change_status, StatusChange(status=status, by=by)
+            )
+        await task.execute_update(
+            TaskWorkflow.comment, CommentCommand(comment_id=uuid.uuid4(), body="On it.", by=by)
+        )
+        await time_skipping_env.sleep(timedelta(hours=3))
+        await task_state(task, lambda s: any(c.breached for c in s.clocks))
+        await record(client, "task-breached", task.id)
+        for status in (TaskStatus.REVIEW, TaskStatus.DONE):
+            await task.execute_update(
+                TaskWorkflow.change_status, StatusChange(status=status, by=by)
+            )
+        await task.result()
+        await record(client, "task-done", task.id)
+
+        unwanted = await start_task(client, settings, admin, project_id, now, policy)
+        await time_skipping_env.sleep(timedelta(hours=3))
+        await task_state(unwanted, lambda s: s.escalated)
+        await record(client, "task-escalated", unwanted.id)
+        await finish(client, unwanted.id)

@@ -86,6 +86,9 @@ EXPECTED = {
     "publish-updated-and-unpublished",
     "publish-not-reconnected",
     "publish-continued-as-new",
+    "task-breached",
+    "task-done",
+    "task-escalated",
 }
 
 
