@@ -15,16 +15,33 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Header
-from temporalio.client import WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import (
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
-from core.errors import WorkflowTimeout
+from api.tenancy import owned
+from core import search
+from core.errors import Conflict, WorkflowTimeout
 from core.security import Principal
 from core.settings import Settings
+from models.base import Base
 
 
 def idempotency_key(
@@ -89,3 +106,91 @@ async def query(handle: WorkflowHandle[Any, Any], query: Any, *, settings: Setti
     """Ask a workflow a query, at most ``workflow_call_timeout``."""
     async with deadline(settings):
         return await handle.query(query)
+
+
+def start_options(
+    settings: Settings,
+    *,
+    workflow_id: str,
+    tenant_id: uuid.UUID,
+    process: str,
+    status: str,
+    summary: str,
+) -> dict[str, Any]:
+    """How an entity workflow the API creates starts (a content item, a task): its search
+    attributes, and the running workflow answering a retried create (the same
+    ``Idempotency-Key`` gives the same id)."""
+    return {
+        "id": workflow_id,
+        "task_queue": settings.temporal_task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "static_summary": summary,
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(search.TENANT_ID, str(tenant_id)),
+                SearchAttributePair(search.BIZ_PROCESS, process),
+                SearchAttributePair(search.BIZ_STATUS, status),
+            ]
+        ),
+    }
+
+
+View = TypeVar("View")
+
+
+class Entity(Generic[View]):
+    """An entity workflow (a content item, a task) reached only through its projection row in
+    the caller's tenant (:func:`api.tenancy.owned`): its state query and its updates, bounded
+    by the call deadline, with update ids from the request's ``Idempotency-Key``. ``refuse``
+    turns the workflow's refusals into problems; ``view`` shapes what the routes answer."""
+
+    def __init__(
+        self,
+        session: AsyncSession,
+        client: Client,
+        settings: Settings,
+        principal: Principal,
+        key: str | None,
+        *,
+        model: type[Base],
+        workflow_id: Callable[[uuid.UUID], str],
+        state_query: Any,
+        refuse: Callable[[ApplicationError], None],
+        view: Callable[[Any], View],
+    ) -> None:
+        self.session, self.client, self.settings = session, client, settings
+        self.principal, self.key = principal, key
+        self._model, self._workflow_id, self._query = model, workflow_id, state_query
+        self._refuse, self._view = refuse, view
+
+    async def handle(self, row_id: uuid.UUID) -> WorkflowHandle[Any, Any]:
+        await owned(self.session, self._model, row_id, self.principal)  # 404 unless ours
+        return self.client.get_workflow_handle(self._workflow_id(row_id))
+
+    async def state(self, row_id: uuid.UUID) -> View:
+        return self._view(
+            await query(await self.handle(row_id), self._query, settings=self.settings)
+        )
+
+    async def update(self, row_id: uuid.UUID, update: Any, argument: Any) -> View:
+        """Send an update; refusals become problems, and a run that has ended (the entity is
+        closed) a 409."""
+        handle = await self.handle(row_id)
+        name = getattr(update, "__name__", str(update))
+        try:
+            state = await execute_update(
+                handle,
+                update,
+                argument,
+                settings=self.settings,
+                update_id=update_id(name, self.principal, self.key),
+            )
+        except WorkflowUpdateFailedError as err:
+            if isinstance(err.cause, ApplicationError):
+                self._refuse(err.cause)
+            raise
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise Conflict("It is closed: it cannot change any more.") from None
+            raise
+        return self._view(state)

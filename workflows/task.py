@@ -237,7 +237,8 @@ class TaskWorkflow:
 
     @comment.validator
     def _check_comment(self, command: CommentCommand) -> None:
-        """At most ``MAX_COMMENTS`` per task."""
+        """At most ``MAX_COMMENTS`` per task, and none once it is closed."""
+        self._require_open()
         if len(self._task.comments) >= MAX_COMMENTS:
             raise ApplicationError(
                 f"A task holds at most {MAX_COMMENTS} comments.", type=TOO_MANY_COMMENTS

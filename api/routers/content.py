@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select, tuple_
-from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
-    Client,
     WithStartWorkflowOperation,
     WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
 )
 from temporalio.exceptions import ApplicationError
 
@@ -42,10 +34,9 @@ from api.deps import (
 )
 from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
-from api.workflow_calls import IdempotencyKey, update_id
+from api.workflow_calls import Entity, IdempotencyKey, start_options, update_id
 from connectors import registry
 from connectors.storage import sniff_type
-from core import search
 from core.errors import Conflict, NotFound, Unprocessable
 from core.render import body_html
 from core.security import Principal
@@ -285,32 +276,20 @@ async def create_content(
         review=policy.review_policy(),
         reconnect_wait=settings.content_reconnect_wait,
     )
-    operation = WithStartWorkflowOperation(
-        PublishWorkflow.run, start, **_start_options(settings, start)
+    options = start_options(
+        settings,
+        workflow_id=workflow_id(content_id),
+        tenant_id=principal.tenant_id,
+        process=PROCESS,
+        status=ContentStatus.DRAFT.value,
+        summary=f"Content item {content_id}",
     )
+    operation = WithStartWorkflowOperation(PublishWorkflow.run, start, **options)
     async with workflow_calls.deadline(settings):
         state: ContentItemState = await client.execute_update_with_start_workflow(
             PublishWorkflow.listed, start_workflow_operation=operation, id=uid
         )
     return ContentView.of(state)
-
-
-def _start_options(settings: Settings, start: PublishStart) -> dict[str, Any]:
-    item = start.item
-    return {
-        "id": workflow_id(item.content_id),
-        "task_queue": settings.temporal_task_queue,
-        # The same Idempotency-Key gives the same item id: the running workflow answers.
-        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "static_summary": f"Content item {item.content_id}",
-        "search_attributes": TypedSearchAttributes(
-            [
-                SearchAttributePair(search.TENANT_ID, str(item.tenant_id)),
-                SearchAttributePair(search.BIZ_PROCESS, PROCESS),
-                SearchAttributePair(search.BIZ_STATUS, ContentStatus.DRAFT.value),
-            ]
-        ),
-    }
 
 
 @router.get("", summary="Your tenant's content items")
@@ -340,61 +319,29 @@ async def list_content(
     )
 
 
-class Items:
-    """One item's workflow, reached only through a projection row of the caller's tenant."""
-
-    def __init__(
-        self,
-        session: AsyncSession,
-        client: Client,
-        settings: Settings,
-        principal: Principal,
-        key: str | None,
-    ) -> None:
-        self.session, self.client, self.settings = session, client, settings
-        self.principal, self.key = principal, key
-
-    async def handle(self, content_id: uuid.UUID) -> Item:
-        row = await owned(self.session, ContentItem, content_id, self.principal)
-        return self.client.get_workflow_handle_for(PublishWorkflow.run, workflow_id(row.id))
-
-    async def state(self, content_id: uuid.UUID) -> ContentView:
-        handle = await self.handle(content_id)
-        state: ContentItemState = await workflow_calls.query(
-            handle, PublishWorkflow.state, settings=self.settings
-        )
-        return ContentView.of(state)
-
-    async def update(self, content_id: uuid.UUID, update: Any, argument: BaseModel) -> ContentView:
-        """Send an update; the workflow's refusals become the matching problems."""
-        handle = await self.handle(content_id)
-        name = getattr(update, "__name__", str(update))
-        try:
-            state: ContentItemState = await workflow_calls.execute_update(
-                handle,
-                update,
-                argument,
-                settings=self.settings,
-                update_id=update_id(name, self.principal, self.key),
-            )
-        except WorkflowUpdateFailedError as err:
-            if isinstance(err.cause, ApplicationError):
-                _refuse(err.cause)
-            raise
-        return ContentView.of(state)
-
-
 def items(
     session: SessionDep,
     client: TemporalDep,
     settings: SettingsDep,
     principal: CurrentPrincipal,
     key: IdempotencyKey,
-) -> Items:
-    return Items(session, client, settings, principal, key)
+) -> Entity[ContentView]:
+    """The item's workflow, through its listing row in the caller's tenant."""
+    return Entity(
+        session,
+        client,
+        settings,
+        principal,
+        key,
+        model=ContentItem,
+        workflow_id=workflow_id,
+        state_query=PublishWorkflow.state,
+        refuse=_refuse,
+        view=ContentView.of,
+    )
 
 
-ItemsDep = Annotated[Items, Depends(items)]
+ItemsDep = Annotated[Entity[ContentView], Depends(items)]
 
 
 @router.get("/{content_id}", summary="One content item, with its rendered preview")

@@ -17,29 +17,18 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
-    Client,
     WithStartWorkflowOperation,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
 from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
-from api.workflow_calls import IdempotencyKey, update_id
-from core import search
+from api.workflow_calls import Entity, IdempotencyKey, start_options, update_id
 from core.errors import Conflict, Forbidden, Unprocessable
 from core.security import Principal
-from core.settings import Settings
 from models.tasks import (
     DEFAULT_SLA,
     MAX_COMMENT_CHARS,
@@ -337,31 +326,20 @@ async def create_task(
         ),
         assignee=Assignee(id=body.assignee_id) if body.assignee_id else None,
     )
-    operation = WithStartWorkflowOperation(
-        TaskWorkflow.run, start, **_start_options(settings, start)
+    options = start_options(
+        settings,
+        workflow_id=workflow_id(task_id),
+        tenant_id=principal.tenant_id,
+        process=PROCESS,
+        status=TaskStatus.TODO.value,
+        summary=f"Task {task_id}",
     )
+    operation = WithStartWorkflowOperation(TaskWorkflow.run, start, **options)
     async with workflow_calls.deadline(settings):
         state: TaskState = await client.execute_update_with_start_workflow(
             TaskWorkflow.listed, start_workflow_operation=operation, id=uid
         )
     return state
-
-
-def _start_options(settings: Settings, start: TaskStart) -> dict[str, Any]:
-    state = start.state
-    return {
-        "id": workflow_id(state.task_id),
-        "task_queue": settings.temporal_task_queue,
-        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "static_summary": f"Task {state.task_id}",
-        "search_attributes": TypedSearchAttributes(
-            [
-                SearchAttributePair(search.TENANT_ID, str(state.tenant_id)),
-                SearchAttributePair(search.BIZ_PROCESS, PROCESS),
-                SearchAttributePair(search.BIZ_STATUS, TaskStatus.TODO.value),
-            ]
-        ),
-    }
 
 
 @router.get("/tasks", summary="Your tenant's tasks (list and Kanban)")
@@ -406,63 +384,29 @@ async def list_tasks(
     )
 
 
-class Tasks:
-    """One task's workflow, reached only through a projection row of the caller's tenant."""
-
-    def __init__(
-        self,
-        session: AsyncSession,
-        client: Client,
-        settings: Settings,
-        principal: Principal,
-        key: str | None,
-    ) -> None:
-        self.session, self.client, self.settings = session, client, settings
-        self.principal, self.key = principal, key
-
-    async def handle(self, task_id: uuid.UUID) -> WorkflowHandle[TaskWorkflow, TaskStatus]:
-        row = await owned(self.session, Task, task_id, self.principal)
-        return self.client.get_workflow_handle_for(TaskWorkflow.run, workflow_id(row.id))
-
-    async def state(self, task_id: uuid.UUID) -> TaskState:
-        state: TaskState = await workflow_calls.query(
-            await self.handle(task_id), TaskWorkflow.state, settings=self.settings
-        )
-        return state
-
-    async def update(self, task_id: uuid.UUID, update: Any, argument: BaseModel) -> TaskState:
-        handle = await self.handle(task_id)
-        name = getattr(update, "__name__", str(update))
-        try:
-            state: TaskState = await workflow_calls.execute_update(
-                handle,
-                update,
-                argument,
-                settings=self.settings,
-                update_id=update_id(name, self.principal, self.key),
-            )
-        except WorkflowUpdateFailedError as err:
-            if isinstance(err.cause, ApplicationError):
-                _refuse(err.cause)
-            raise
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:  # done or cancelled: the run has ended
-                raise Conflict("The task is closed: it cannot change.") from None
-            raise
-        return state
-
-
 def tasks(
     session: SessionDep,
     client: TemporalDep,
     settings: SettingsDep,
     principal: CurrentPrincipal,
     key: IdempotencyKey,
-) -> Tasks:
-    return Tasks(session, client, settings, principal, key)
+) -> Entity[TaskState]:
+    """The task's workflow, through its projection row in the caller's tenant."""
+    return Entity(
+        session,
+        client,
+        settings,
+        principal,
+        key,
+        model=Task,
+        workflow_id=workflow_id,
+        state_query=TaskWorkflow.state,
+        refuse=_refuse,
+        view=TaskState.model_validate,
+    )
 
 
-TasksDep = Annotated[Tasks, Depends(tasks)]
+TasksDep = Annotated[Entity[TaskState], Depends(tasks)]
 
 
 @router.get("/tasks/{task_id}", summary="One task with its comments and SLA clocks")
