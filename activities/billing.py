@@ -34,6 +34,7 @@ from core import audit, search
 from core.db import SessionFactory, transaction
 from core.plans import Excess, excesses, measured_usage, plan_of
 from core.settings import Settings
+from models.audit import AuditEntry
 from models.billing import (
     GAUGES,
     BillingEvent,
@@ -54,7 +55,11 @@ from models.billing import (
     InvoiceSnapshot,
     NoticeKind,
     OpenInvoicesPayment,
+    OperatorHold,
+    PaymentMethodDetach,
+    PaymentMethodLookup,
     PaymentMethodSetup,
+    PaymentMethodSnapshot,
     PlanFit,
     ProvisionRequest,
     SetupIntentRequest,
@@ -93,6 +98,10 @@ _TENANT_STATUS = {
 }
 # The order of an invoice's states: at the same event time, a later state wins.
 _INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+# The audit actions of an operator's suspension (a rebuilt run finds the last one).
+OPERATOR_SUSPENDED = "billing.operator_suspended"
+OPERATOR_UNSUSPENDED = "billing.operator_unsuspended"
+_OPERATOR_HOLD_ACTIONS = (OPERATOR_SUSPENDED, OPERATOR_UNSUSPENDED)
 # Stripe meter event names, one meter per metric (created in Stripe with these names).
 METER_EVENTS = {metric: f"bizosaas_{metric.value}" for metric in UsageMetric}
 
@@ -107,6 +116,17 @@ def bounded_key(key: str) -> str:
     if len(key) <= _KEY_LENGTH:
         return key
     return f"sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def usage_event(record: UsageRecord) -> UsageEvent:
+    """The row of one metered use; its key is unique, so a repeat fails the insert."""
+    return UsageEvent(
+        tenant_id=record.tenant_id,
+        metric=record.metric,
+        quantity=record.quantity,
+        occurred_at=record.occurred_at,
+        idempotency_key=record.idempotency_key,
+    )
 
 
 def workflow_id(tenant_id: uuid.UUID) -> str:
@@ -341,6 +361,7 @@ class BillingActivities:
                 update.idempotency_key,
                 price_id=price_id,
                 cancel_at_period_end=update.cancel_at_period_end,
+                trial_end=update.trial_end,
             )
 
     @activity.defn
@@ -380,6 +401,21 @@ class BillingActivities:
             await gateway.set_default_payment_method(
                 change.customer_id, change.payment_method_id, change.idempotency_key
             )
+
+    @activity.defn
+    async def fetch_payment_method(
+        self, lookup: PaymentMethodLookup
+    ) -> PaymentMethodSnapshot | None:
+        """The payment method as Stripe has it (``None`` when Stripe does not know it), marked
+        default when it is the customer's default."""
+        async with self._stripe() as gateway:
+            return await gateway.fetch_payment_method(lookup.customer_id, lookup.payment_method_id)
+
+    @activity.defn
+    async def detach_payment_method(self, detach: PaymentMethodDetach) -> None:
+        """Detach a saved payment method from its customer."""
+        async with self._stripe() as gateway:
+            await gateway.detach_payment_method(detach.payment_method_id, detach.idempotency_key)
 
     @activity.defn
     async def pay_open_invoices(self, payment: OpenInvoicesPayment) -> list[InvoiceSnapshot]:
@@ -426,6 +462,8 @@ class BillingActivities:
             row.grace_ends_at = change.grace_ends_at
             row.retention_ends_at = change.retention_ends_at
             tenant_status = _TENANT_STATUS.get(change.status)
+            if change.held and tenant_status is TenantStatus.ACTIVE:
+                tenant_status = TenantStatus.SUSPENDED  # an operator's suspension holds
             if tenant_status is not None and tenant.status in _BILLED_TENANT:
                 tenant.status = tenant_status
             if row.plan is not None:
@@ -512,6 +550,7 @@ class BillingActivities:
             sent = [key for key, offset, _ in offsets if since + offset <= now]
             dunning = Dunning(since=since, reminders_sent=sent)
         return BillingState(
+            hold=await self._operator_hold(rebuild.tenant_id),
             status=row.status,
             plan=row.plan,
             customer_id=row.stripe_customer_id,
@@ -521,6 +560,25 @@ class BillingActivities:
             retention_ends_at=row.retention_ends_at
             if row.status is BillingStatus.CANCELLED
             else None,
+        )
+
+    async def _operator_hold(self, tenant_id: uuid.UUID) -> OperatorHold | None:
+        """The operator's suspension in force, from the audit trail (the last of suspend and
+        unsuspend), for a rebuilt run."""
+        async with self._sessions() as session:
+            last = await session.scalar(
+                select(AuditEntry)
+                .where(
+                    AuditEntry.tenant_id == tenant_id,
+                    AuditEntry.action.in_(_OPERATOR_HOLD_ACTIONS),
+                )
+                .order_by(AuditEntry.id.desc())
+                .limit(1)
+            )
+        if last is None or last.action != OPERATOR_SUSPENDED:
+            return None
+        return OperatorHold(
+            reason=str(last.data.get("reason", "")), since=last.created_at, by=last.actor_id
         )
 
     @activity.defn
@@ -581,15 +639,7 @@ class BillingActivities:
         """Record one metered use; ``False`` when its key was already recorded."""
         try:
             async with transaction(self._sessions) as session:
-                session.add(
-                    UsageEvent(
-                        tenant_id=record.tenant_id,
-                        metric=record.metric,
-                        quantity=record.quantity,
-                        occurred_at=record.occurred_at,
-                        idempotency_key=record.idempotency_key,
-                    )
-                )
+                session.add(usage_event(record))
         except IntegrityError:
             return False
         return True

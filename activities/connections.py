@@ -49,6 +49,21 @@ log = logging.getLogger(__name__)
 CONNECTION_RESTORED = "connection_restored"
 
 
+def open_row(
+    settings: Settings, store: SecretStore, row: Connection
+) -> AbstractAsyncContextManager[Connector]:
+    """The port of a connection row, with its stored credentials (see ``open_connection``)."""
+    return open_connection(
+        settings,
+        store,
+        tenant_id=row.tenant_id,
+        connection_id=row.id,
+        connector_id=row.connector_id,
+        auth_kind=row.auth_kind,
+        connection_settings=row.settings,
+    )
+
+
 async def start_connection_check(
     client: Client, settings: Settings, connection: Connection
 ) -> None:

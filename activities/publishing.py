@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import cast
 
@@ -14,11 +14,9 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.connections import start_connection_check
-from connectors.access import open_connection
+from activities.connections import open_row, start_connection_check
 from connectors.cms import CMSPort, MediaUpload, Post, PostDraft, PostUpdate, TermDraft
 from connectors.http import ConnectorError, VendorNotFound, as_application_error
-from connectors.ports import Connector
 from connectors.secrets import SecretStore
 from connectors.storage import ObjectStorage
 from core import audit
@@ -181,7 +179,7 @@ class PublishingActivities:
         if row is None or row.tenant_id != target.tenant_id:
             raise ApplicationError("The item's connection is gone.", non_retryable=True)
         try:
-            async with self._open(row) as port, _heartbeating():
+            async with open_row(self._settings, self._secrets, row) as port, _heartbeating():
                 yield cast(CMSPort, port)
         except ConnectorError as exc:
             raise as_application_error(exc) from None
@@ -189,17 +187,6 @@ class PublishingActivities:
             raise ApplicationError(
                 f"The CMS cannot take this item: {exc.errors()[0]['msg']}", non_retryable=True
             ) from None
-
-    def _open(self, row: Connection) -> AbstractAsyncContextManager[Connector]:
-        return open_connection(
-            self._settings,
-            self._secrets,
-            tenant_id=row.tenant_id,
-            connection_id=row.id,
-            connector_id=row.connector_id,
-            auth_kind=row.auth_kind,
-            connection_settings=row.settings,
-        )
 
 
 @asynccontextmanager

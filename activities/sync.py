@@ -39,12 +39,11 @@ from temporalio.client import (
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
-    WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from connectors.access import open_connection
+from activities.connections import open_row, start_connection_check
 from connectors.commerce import CommercePort, SyncPage, SyncQuery
 from connectors.crm import (
     ContactDraft,
@@ -68,7 +67,8 @@ from connectors.secrets import SecretStore
 from core import search
 from core.db import SessionFactory, transaction
 from core.settings import Settings
-from models.connection import Connection, ConnectionAction, ConnectionCommand
+from models.billing import UsageEvent, UsageMetric
+from models.connection import Connection
 from models.email import EmailMessage
 from models.sync import (
     FAILURE_SAMPLE,
@@ -614,37 +614,11 @@ class SyncActivities:
             profile = await session.get(SyncProfile, profile_id)
             if profile is not None:
                 profile.status = SyncStatus.PAUSED
-            connection = await session.get(Connection, connection_id)
+                connection = await session.get(Connection, connection_id)
         client = activity.client()
         await pause_schedule(client, profile_id, "paused: a connection's credentials were refused")
-        if connection is None:
-            return
-        command = ConnectionCommand(
-            action=ConnectionAction.TEST,
-            connection_id=connection.id,
-            tenant_id=connection.tenant_id,
-            connector_id=connection.connector_id,
-            auth_kind=connection.auth_kind,
-            label=connection.label,
-            settings=connection.settings,
-        )
-        try:
-            await client.start_workflow(
-                "ConnectionWorkflow",
-                command,
-                id=f"connection:{connection.id}",
-                task_queue=self._settings.temporal_task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                static_summary=f"Connection {connection.connector_id}: test",
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(search.TENANT_ID, str(connection.tenant_id)),
-                        SearchAttributePair(search.BIZ_PROCESS, "connection"),
-                    ]
-                ),
-            )
-        except WorkflowAlreadyStartedError:
-            return  # a change running now checks the credentials too
+        if connection is not None:
+            await start_connection_check(client, self._settings, connection)
 
     async def _patiently(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run ``call``, waiting out short vendor limits here (heartbeating) rather than failing the
@@ -678,15 +652,7 @@ class SyncActivities:
         return as_application_error(exc)
 
     def _open(self, row: Connection) -> Any:
-        return open_connection(
-            self._settings,
-            self._secrets,
-            tenant_id=row.tenant_id,
-            connection_id=row.id,
-            connector_id=row.connector_id,
-            auth_kind=row.auth_kind,
-            connection_settings=row.settings,
-        )
+        return open_row(self._settings, self._secrets, row)
 
 
 async def _write_counts(
@@ -695,6 +661,20 @@ async def _write_counts(
     run = await session.scalar(select(SyncRun).where(SyncRun.workflow_run_id == workflow_run_id))
     if run is None:
         return
+    written = counts.created + counts.updated
+    profile = await session.get(SyncProfile, run.profile_id)
+    if profile is not None and written > run.created + run.updated:
+        # Records written since the last commit are usage for billing.
+        session.add(
+            UsageEvent(
+                tenant_id=profile.tenant_id,
+                metric=UsageMetric.RECORDS_SYNCED,
+                quantity=written - run.created - run.updated,
+                occurred_at=datetime.now(UTC),
+                # The run's running total: a commit repeated after it succeeded adds nothing.
+                idempotency_key=f"sync:{workflow_run_id}:{written}",
+            )
+        )
     run.read, run.created, run.updated = counts.read, counts.created, counts.updated
     run.skipped, run.failed = counts.skipped, counts.failed
     run.cursor_restarts = counts.cursor_restarts

@@ -34,6 +34,7 @@ class UsageMetric(StrEnum):
     AGENT_MINUTES = "agent_minutes"
     STORAGE_BYTES = "storage_bytes"
     CONTENT_PUBLISHED = "content_published"
+    RECORDS_SYNCED = "records_synced"
 
 
 # Gauges are measurements (the latest counts); the other metrics are counters (summed).
@@ -231,6 +232,19 @@ class SetupIntentSnapshot(BaseModel):
     tenant_id: uuid.UUID | None = None
 
 
+class PaymentMethodSnapshot(BaseModel):
+    """A saved payment method as the tenant's admins see it (never the card number)."""
+
+    payment_method_id: str
+    customer_id: str | None = None
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    # The customer's default for invoices: it pays the subscription.
+    is_default: bool = False
+
+
 class BillingEvent(BaseModel):
     """A verified Stripe event, reduced to what the billing workflow acts on."""
 
@@ -321,6 +335,14 @@ class ParkedEvent(BaseModel):
     retry_at: datetime | None
 
 
+class OperatorHold(BaseModel):
+    """An operator's suspension: the tenant is read-only whatever Stripe says, until lifted."""
+
+    reason: str
+    since: datetime
+    by: uuid.UUID | None = None
+
+
 class BillingState(BaseModel):
     """Everything the workflow knows; carried across continue-as-new."""
 
@@ -347,6 +369,8 @@ class BillingState(BaseModel):
     # Ids of updates handled (with the SetupIntent a card collection returned, else ""):
     # Temporal drops a repeated update id only within a run, so the window is carried here.
     handled_updates: dict[str, str] = Field(default_factory=dict)
+    # An operator's suspension in force (billing goes on underneath it).
+    hold: OperatorHold | None = None
     # Messages received but not yet handled when the run continued as new.
     pending: list[BillingEvent] = Field(default_factory=list)
     pending_provisions: list[ProvisionRequest] = Field(default_factory=list)
@@ -387,6 +411,8 @@ class BillingView(BaseModel):
     parked_events: list[str] = Field(default_factory=list)
     # Why the last provisioning failed (until a saved card or a retry subscribes the tenant).
     provision_failure: str | None = None
+    # Why an operator suspended the tenant (``None``: no operator suspension).
+    suspended_by_operator: str | None = None
 
 
 # --- Activity inputs ----------------------------------------------------------------------
@@ -406,11 +432,12 @@ class SubscriptionRequest(BaseModel):
 
 
 class SubscriptionUpdate(BaseModel):
-    """A change to the live subscription through Stripe (plan, or renewal)."""
+    """A change to the live subscription through Stripe (plan, renewal, or trial end)."""
 
     subscription: SubscriptionSnapshot
     plan: PlanId | None = None
     cancel_at_period_end: bool | None = None
+    trial_end: datetime | None = None
     idempotency_key: str
 
 
@@ -430,6 +457,8 @@ class BillingTransition(BaseModel):
     grace_ends_at: datetime | None = None
     retention_ends_at: datetime | None = None
     data: dict[str, str] = Field(default_factory=dict)
+    # An operator's suspension holds: the tenant stays read-only whatever ``status`` grants.
+    held: bool = False
 
 
 class PaymentMethodRequest(BaseModel):
@@ -441,6 +470,41 @@ class PaymentMethodRequest(BaseModel):
 class OperatorRequest(BaseModel):
     """An operator's action on a tenant's billing (who asked)."""
 
+    requested_by: uuid.UUID | None = None
+
+
+class PaymentMethodRemoval(BaseModel):
+    """Remove a saved payment method from the tenant's customer (who asked)."""
+
+    payment_method_id: str
+    requested_by: uuid.UUID | None = None
+
+
+class PaymentMethodLookup(BaseModel):
+    """A payment method as Stripe has it, with whether it is ``customer_id``'s default."""
+
+    customer_id: str
+    payment_method_id: str
+
+
+class PaymentMethodDetach(BaseModel):
+    """Detach a payment method from its customer, once under the key."""
+
+    payment_method_id: str
+    idempotency_key: str
+
+
+class OperatorSuspension(BaseModel):
+    """An operator suspends a tenant, or lifts the suspension, for a reason (audited)."""
+
+    reason: str = Field(min_length=1, max_length=500)
+    requested_by: uuid.UUID | None = None
+
+
+class TrialExtension(BaseModel):
+    """An operator moves a trialing tenant's trial end later."""
+
+    trial_end: datetime
     requested_by: uuid.UUID | None = None
 
 

@@ -37,6 +37,7 @@ from workers import registry
 
 log = logging.getLogger(__name__)
 
+
 def activity_slots(settings: Settings, sessions: SessionFactory) -> int:
     """How many activities run at once: ``BIZ_WORKER_MAX_CONCURRENT_ACTIVITIES``, else the pool.
 

@@ -94,6 +94,8 @@ def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Cal
         billing.plan_excesses,
         billing.create_setup_intent,
         billing.set_default_payment_method,
+        billing.fetch_payment_method,
+        billing.detach_payment_method,
         billing.pay_open_invoices,
         billing.apply_billing_transition,
         billing.record_billing_failure,

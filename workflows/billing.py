@@ -16,7 +16,12 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities.billing import PROCESS, BillingActivities
+    from activities.billing import (
+        OPERATOR_SUSPENDED,
+        OPERATOR_UNSUSPENDED,
+        PROCESS,
+        BillingActivities,
+    )
     from core.plans import Excess
     from core.search import BIZ_PROCESS, BIZ_STATUS, TENANT_ID
     from models.billing import (
@@ -37,9 +42,14 @@ with workflow.unsafe.imports_passed_through():
         InvoiceSnapshot,
         NoticeKind,
         OpenInvoicesPayment,
+        OperatorHold,
         OperatorRequest,
+        OperatorSuspension,
         ParkedEvent,
         PaymentMethodCollection,
+        PaymentMethodDetach,
+        PaymentMethodLookup,
+        PaymentMethodRemoval,
         PaymentMethodRequest,
         PlanChange,
         PlanFit,
@@ -50,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionRequest,
         SubscriptionSnapshot,
         SubscriptionUpdate,
+        TrialExtension,
         reminder_offsets,
     )
     from models.onboarding import PlanId
@@ -58,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
 BILLING_STATE = "BillingState"  # 409: the change does not apply in the current state
 SAME_PLAN = "SamePlan"  # 409
 PLAN_LIMIT_EXCEEDED = "PlanLimitExceeded"  # 409, details: the excesses
+PAYMENT_METHOD_NOT_FOUND = "PaymentMethodNotFound"  # 404: not a card of the tenant's customer
 
 # Bounds of the remembered ids carried across continue-as-new.
 _REMEMBERED_EVENTS = 500
@@ -73,6 +85,9 @@ LIFELINE = "billing-lifeline"
 # against a fresh read before dunning starts, a failed payment and each payment are e-mailed,
 # and a saved card retries a provisioning that failed.
 FOLLOW_STRIPE = "billing-follow-stripe"
+# The patch behind which operators extend trials and suspend or unsuspend tenants (commands
+# only these updates issue; histories recorded before them never invoked them).
+OPERATIONS = "billing-operations"
 # Stripe statuses of a subscription with a payment outstanding, and of one that is over.
 _UNPAID = frozenset({"past_due", "unpaid"})
 _ENDED = frozenset({"canceled", "incomplete_expired"})
@@ -259,6 +274,7 @@ class BillingWorkflow:
             unpaid_invoices=list(self._state.unpaid_invoices),
             parked_events=[parked.event.event_id for parked in self._state.parked],
             provision_failure=self._state.provision_failure,
+            suspended_by_operator=self._state.hold.reason if self._state.hold else None,
         )
 
     @workflow.update
@@ -364,6 +380,156 @@ class BillingWorkflow:
             self._check_payment_method()
 
     @workflow.update
+    async def remove_payment_method(self, removal: PaymentMethodRemoval) -> BillingView:
+        """Detach a saved card from the tenant's customer. A card that is not the customer's
+        is not found; the default card stays while a subscription runs (it pays it: save
+        another card first). A repeated update id changes nothing."""
+        async with self._lock:
+            if self._is_repeat():
+                return self.view()
+            self._check_has_customer()
+            customer_id = self._state.customer_id
+            assert customer_id is not None
+            found = await self._activity(
+                BillingActivities.fetch_payment_method,
+                PaymentMethodLookup(
+                    customer_id=customer_id, payment_method_id=removal.payment_method_id
+                ),
+                summary="look up the card to remove",
+            )
+            if found is None or found.customer_id != customer_id:
+                raise ApplicationError(
+                    "The tenant has no such payment method.", type=PAYMENT_METHOD_NOT_FOUND
+                )
+            subscription = self._state.subscription
+            if (
+                found.is_default
+                and subscription is not None
+                and (subscription.stripe_status not in _ENDED)
+            ):
+                raise ApplicationError(
+                    "The default payment method pays the subscription; save another card "
+                    "before removing it.",
+                    type=BILLING_STATE,
+                )
+            await self._activity(
+                BillingActivities.detach_payment_method,
+                PaymentMethodDetach(
+                    payment_method_id=found.payment_method_id,
+                    idempotency_key=f"{workflow.info().workflow_id}:{_update_id()}:detach",
+                ),
+                summary="detach the card",
+            )
+            await self._record(
+                self._state.status,
+                "billing.payment_method_removed",
+                cause=_update_id(),
+                actor_id=removal.requested_by,
+                data={"payment_method": found.payment_method_id},
+            )
+            self._handled("")
+            return self.view()
+
+    @remove_payment_method.validator
+    def _validate_removal(self, removal: PaymentMethodRemoval) -> None:
+        if not self._is_repeat():
+            self._check_has_customer()
+
+    @workflow.update
+    async def extend_trial(self, extension: TrialExtension) -> BillingView:
+        """An operator moves the trial's end later (Stripe's ``trial_end``); only while the
+        tenant is trialing. A repeated update id changes nothing."""
+        async with self._lock:
+            if self._is_repeat():
+                return self.view()
+            self._check_trial_extension(extension)
+            workflow.patched(OPERATIONS)
+            subscription = self._state.subscription
+            assert subscription is not None
+            previous = subscription.trial_end
+            snapshot = await self._update_subscription(trial_end=extension.trial_end)
+            self._adopt(snapshot)
+            await self._record(
+                self._state.status,
+                "billing.trial_extended",
+                cause=_update_id(),
+                actor_id=extension.requested_by,
+                data={
+                    "trial_end": extension.trial_end.isoformat(),
+                    "previous_trial_end": previous.isoformat() if previous else "",
+                },
+            )
+            self._handled("")
+            return self.view()
+
+    @extend_trial.validator
+    def _validate_trial_extension(self, extension: TrialExtension) -> None:
+        if not self._is_repeat():
+            self._check_trial_extension(extension)
+
+    @workflow.update
+    async def suspend(self, request: OperatorSuspension) -> BillingView:
+        """An operator suspends the tenant (read-only) for a reason, whatever Stripe says;
+        billing goes on underneath and ``unsuspend`` lifts it. Audited with the reason."""
+        async with self._lock:
+            if self._is_repeat():
+                return self.view()
+            self._check_suspension(request, suspend=True)
+            workflow.patched(OPERATIONS)
+            self._state.hold = OperatorHold(
+                reason=request.reason, since=workflow.now(), by=request.requested_by
+            )
+            try:
+                await self._record(
+                    self._state.status,
+                    OPERATOR_SUSPENDED,
+                    cause=_update_id(),
+                    actor_id=request.requested_by,
+                    data={"reason": request.reason},
+                )
+            except ActivityError:
+                self._state.hold = None  # not written: not suspended
+                raise
+            self._handled("")
+            return self.view()
+
+    @suspend.validator
+    def _validate_suspend(self, request: OperatorSuspension) -> None:
+        if not self._is_repeat():
+            self._check_suspension(request, suspend=True)
+
+    @workflow.update
+    async def unsuspend(self, request: OperatorSuspension) -> BillingView:
+        """An operator lifts their suspension, for a reason (audited); the tenant's access is
+        billing's again (still suspended if an invoice is overdue past its grace)."""
+        async with self._lock:
+            if self._is_repeat():
+                return self.view()
+            self._check_suspension(request, suspend=False)
+            workflow.patched(OPERATIONS)
+            hold = self._state.hold
+            assert hold is not None
+            self._state.hold = None
+            try:
+                await self._record(
+                    self._state.status,
+                    OPERATOR_UNSUSPENDED,
+                    cause=_update_id(),
+                    actor_id=request.requested_by,
+                    data={"reason": request.reason, "suspended_for": hold.reason},
+                )
+            except ActivityError:
+                self._state.hold = hold
+                raise
+            self._handled("")
+            return self.view()
+
+    @unsuspend.validator
+    def _validate_unsuspend(self, request: OperatorSuspension) -> None:
+        if not self._is_repeat():
+            self._check_suspension(request, suspend=False)
+
+    @workflow.update
     async def set_policy(self, policy: BillingPolicy) -> BillingView:
         """Apply new policy (trial, grace, reminders, retention) to this running tenant; it is
         carried across continue-as-new. A dunning already running keeps its start: the new
@@ -408,6 +574,49 @@ class BillingWorkflow:
             raise ApplicationError(
                 f"No billing account to add a card to (billing is {self._state.status.value}).",
                 type=BILLING_STATE,
+            )
+
+    def _check_trial_extension(self, extension: TrialExtension) -> None:
+        subscription = self._state.subscription
+        if (
+            subscription is None
+            or self._state.status is not BillingStatus.TRIALING
+            or subscription.trial_end is None
+        ):
+            raise ApplicationError(
+                f"Only a trial can be extended (billing is {self._state.status.value}).",
+                type=BILLING_STATE,
+            )
+        if extension.trial_end <= max(subscription.trial_end, workflow.now()):
+            raise ApplicationError(
+                f"The trial ends on {subscription.trial_end.isoformat()} already; an extension "
+                "must end later.",
+                type=BILLING_STATE,
+            )
+
+    def _check_suspension(self, request: OperatorSuspension, *, suspend: bool) -> None:
+        if not request.reason.strip():
+            raise ApplicationError("A reason is required.", type=BILLING_STATE)
+        held = self._state.hold is not None
+        if suspend and (held or self._state.status is BillingStatus.CANCELLED):
+            raise ApplicationError(
+                "The tenant is suspended by an operator already."
+                if held
+                else "The tenant's subscription has ended; it is read-only already.",
+                type=BILLING_STATE,
+            )
+        if not suspend and not held:
+            raise ApplicationError(
+                "No operator suspension to lift (a suspension for non-payment ends when the "
+                "invoice is paid).",
+                type=BILLING_STATE,
+            )
+
+    def _check_has_customer(self) -> None:
+        if self._state.customer_id is None:
+            raise ApplicationError(
+                "The tenant has no billing account (and so no payment methods).",
+                type=PAYMENT_METHOD_NOT_FOUND,
             )
 
     def _check_plan_change(self, change: PlanChange) -> None:
@@ -988,7 +1197,11 @@ class BillingWorkflow:
         self._state.plan = snapshot.plan or self._state.plan
 
     async def _update_subscription(
-        self, *, plan: PlanId | None = None, cancel_at_period_end: bool | None = None
+        self,
+        *,
+        plan: PlanId | None = None,
+        cancel_at_period_end: bool | None = None,
+        trial_end: datetime | None = None,
     ) -> SubscriptionSnapshot:
         assert self._state.subscription is not None
         return await self._activity(
@@ -997,6 +1210,7 @@ class BillingWorkflow:
                 subscription=self._state.subscription,
                 plan=plan,
                 cancel_at_period_end=cancel_at_period_end,
+                trial_end=trial_end,
                 idempotency_key=f"{workflow.info().workflow_id}:{_update_id()}",
             ),
         )
@@ -1037,6 +1251,7 @@ class BillingWorkflow:
                 grace_ends_at=dunning.since + self._policy.grace if dunning else None,
                 retention_ends_at=retention,
                 data=data or {},
+                held=state.hold is not None,
             ),
             summary=f"{previous.value} → {status.value}: {action or 'projection refresh'}",
         )

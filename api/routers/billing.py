@@ -8,12 +8,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import stripe
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import Path as FastApiPath
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,16 +26,19 @@ from activities.billing import (
     PAYMENT_DECLINED,
     STRIPE_REJECTED,
     billing_policy,
+    bounded_key,
     deliver_event,
     signal_billing,
+    usage_event,
     workflow_id,
 )
 from api import workflow_calls
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
 from api.pagination import decode_cursor, encode_cursor
-from connectors.billing import handles, parse_event
+from connectors.billing import BillingRejected, BillingUnavailable, handles, parse_event
+from connectors.billing.stripe_gateway import gateway_from_settings
 from core import metrics
-from core.errors import Conflict, NotFound, Problem
+from core.errors import Conflict, NotFound, Problem, ServiceUnavailable, Unprocessable
 from core.plans import PlanSpec, usage_since
 from core.security import Principal
 from core.settings import Settings
@@ -45,7 +49,9 @@ from models.billing import (
     BillingView,
     Invoice,
     OperatorRequest,
+    OperatorSuspension,
     PaymentMethodCollection,
+    PaymentMethodRemoval,
     PaymentMethodRequest,
     PaymentMethodSetup,
     PlanChange,
@@ -54,12 +60,21 @@ from models.billing import (
     StripeEvent,
     StripeEventStatus,
     Subscription,
+    TrialExtension,
+    UsageEvent,
     UsageMetric,
+    UsageRecord,
 )
 from models.onboarding import PlanId
 from models.tenant import Tenant
 from models.user import Role
-from workflows.billing import BILLING_STATE, PLAN_LIMIT_EXCEEDED, SAME_PLAN, BillingWorkflow
+from workflows.billing import (
+    BILLING_STATE,
+    PAYMENT_METHOD_NOT_FOUND,
+    PLAN_LIMIT_EXCEEDED,
+    SAME_PLAN,
+    BillingWorkflow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +332,112 @@ async def get_usage(principal: TenantAdmin, session: SessionDep) -> UsageView:
     )
 
 
+# Stripe takes meter events up to 35 days old and at most 5 minutes ahead
+# (https://docs.stripe.com/api/billing/meter-event/create, ``timestamp``).
+_USAGE_MAX_AGE = timedelta(days=35)
+_USAGE_MAX_AHEAD = timedelta(minutes=5)
+# The largest quantity one record may carry (JSON's exact integer range).
+_USAGE_MAX_QUANTITY = 2**53 - 1
+Metering = Annotated[Principal, Depends(require_role(Role.SERVICE_ACCOUNT, Role.TENANT_ADMIN))]
+
+
+def _required_key(
+    key: Annotated[
+        str,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Required: the use is recorded once per key (per tenant).",
+        ),
+    ],
+) -> str:
+    return key
+
+
+class UsageBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metric: UsageMetric
+    # Strict: ``"5"``, ``5.0`` and ``true`` are not quantities.
+    quantity: int = Field(ge=0, le=_USAGE_MAX_QUANTITY, strict=True)
+    occurred_at: AwareDatetime | None = Field(
+        default=None, description="When the use happened (default: now)."
+    )
+
+
+class UsageReceipt(BaseModel):
+    metric: UsageMetric
+    quantity: int
+    occurred_at: datetime
+    # A retry under a key recorded already: nothing new was recorded.
+    duplicate: bool
+
+
+@router.post(
+    "/usage",
+    summary="Record a metered use",
+    status_code=201,
+    responses={200: {"description": "Recorded already under this Idempotency-Key"}},
+)
+async def record_usage(
+    body: UsageBody,
+    principal: Metering,
+    session: SessionDep,
+    response: Response,
+    key: Annotated[str, Depends(_required_key)],
+) -> UsageReceipt:
+    """Record one use of a metered resource for the caller's tenant (a service account, or a
+    tenant admin); the hourly usage report sends it to Stripe's meter. The ``Idempotency-Key``
+    header is required: a retry under the same key records nothing more and answers 200 with
+    the first record; the same key with another metric or quantity is refused (422)."""
+    now = datetime.now(UTC)
+    occurred_at = (body.occurred_at or now).astimezone(UTC)
+    if not now - _USAGE_MAX_AGE <= occurred_at <= now + _USAGE_MAX_AHEAD:
+        raise Unprocessable(
+            "occurred_at must lie within the last 35 days and at most 5 minutes ahead."
+        )
+    record = UsageRecord(
+        tenant_id=principal.tenant_id,
+        metric=body.metric,
+        quantity=body.quantity,
+        occurred_at=occurred_at,
+        # The caller's tenant is part of the key: tenants' keys never meet.
+        idempotency_key=bounded_key(f"api:{principal.tenant_id}:{key}"),
+    )
+    session.add(usage_event(record))
+    try:
+        await session.commit()
+    except IntegrityError:  # recorded already (or concurrently) under this key
+        await session.rollback()
+        stored = await session.scalar(
+            select(UsageEvent).where(
+                UsageEvent.idempotency_key == record.idempotency_key,
+                UsageEvent.tenant_id == principal.tenant_id,
+            )
+        )
+        if stored is None:
+            raise
+        if (stored.metric, stored.quantity) != (record.metric, record.quantity):
+            raise Unprocessable(
+                "This Idempotency-Key recorded another use; send a new key for a new use."
+            ) from None
+        response.status_code = 200
+        return UsageReceipt(
+            metric=stored.metric,
+            quantity=stored.quantity,
+            occurred_at=stored.occurred_at,
+            duplicate=True,
+        )
+    return UsageReceipt(
+        metric=record.metric,
+        quantity=record.quantity,
+        occurred_at=record.occurred_at,
+        duplicate=False,
+    )
+
+
 @router.get("/plans", summary="The plans on offer")
 async def list_plans(_: CurrentPrincipal, settings: SettingsDep) -> list[PlanSpec]:
     """Each plan's price and limits (``null`` is unlimited; storage in bytes)."""
@@ -454,6 +575,80 @@ async def collect_payment_method(
     )
 
 
+class PaymentMethodItem(BaseModel):
+    payment_method_id: str
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+    is_default: bool
+
+
+class PaymentMethodList(BaseModel):
+    items: list[PaymentMethodItem]
+
+
+@router.get("/payment-methods", summary="The saved payment methods")
+async def list_payment_methods(
+    principal: TenantAdmin, session: SessionDep, settings: SettingsDep
+) -> PaymentMethodList:
+    """The cards saved on the tenant's Stripe customer (brand, last four digits, expiry), read
+    from Stripe; ``is_default`` marks the one invoices are charged to. Empty without a billing
+    account."""
+    customer_id = await _customer_id(session, principal.tenant_id)
+    opener = gateway_from_settings(settings)
+    if customer_id is None or opener is None:
+        return PaymentMethodList(items=[])
+    try:
+        async with opener() as gateway:
+            methods = await gateway.list_payment_methods(customer_id)
+    except BillingUnavailable as exc:
+        raise ServiceUnavailable(str(exc), headers={"Retry-After": "5"}) from None
+    except BillingRejected as exc:
+        raise ProviderRefused(str(exc)) from None
+    return PaymentMethodList(
+        items=[
+            PaymentMethodItem.model_validate(method.model_dump(exclude={"customer_id"}))
+            for method in methods
+        ]
+    )
+
+
+@router.delete(
+    "/payment-methods/{payment_method_id}",
+    summary="Remove a saved payment method",
+    status_code=204,
+)
+async def remove_payment_method(
+    payment_method_id: Annotated[
+        str, FastApiPath(max_length=100, pattern=r"^(pm|card|src)_[A-Za-z0-9_]+$")
+    ],
+    principal: TenantAdmin,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> Response:
+    """Detach a card from the tenant's Stripe customer (through the billing workflow, audited
+    as ``billing.payment_method_removed``). 404 when the card is not one of the tenant's; 409
+    for the default card while a subscription runs (save another card first)."""
+    if await _customer_id(session, principal.tenant_id) is None:
+        raise NotFound("Your tenant has no such payment method.")
+    removal = PaymentMethodRemoval(
+        payment_method_id=payment_method_id, requested_by=principal.user_id
+    )
+    call = _Call(client, settings, principal, key)
+    await _update(call, "remove_payment_method", BillingWorkflow.remove_payment_method, removal)
+    return Response(status_code=204)
+
+
+async def _customer_id(session: AsyncSession, tenant_id: uuid.UUID) -> str | None:
+    customer_id: str | None = await session.scalar(
+        select(Subscription.stripe_customer_id).where(Subscription.tenant_id == tenant_id)
+    )
+    return customer_id
+
+
 # --- Operations (super_admin) ---------------------------------------------------------------
 
 Operator = Annotated[Principal, Depends(require_role(Role.SUPER_ADMIN))]
@@ -489,6 +684,75 @@ async def replay_parked_events(
     call = _Call(client, settings, principal, key, tenant_id=tenant_id)
     request = OperatorRequest(requested_by=principal.user_id)
     return await _update(call, "replay_parked", BillingWorkflow.replay_parked_events, request)
+
+
+# Stripe refuses a trial end more than two years ahead.
+_LONGEST_TRIAL = timedelta(days=730)
+
+
+class TrialBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trial_end: AwareDatetime
+
+
+@router.post("/tenants/{tenant_id}/trial", summary="Extend a tenant's trial")
+async def extend_trial(
+    tenant_id: uuid.UUID,
+    body: TrialBody,
+    principal: Operator,
+    client: TemporalDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> BillingView:
+    """Move a trialing tenant's trial end later, in Stripe and in the tenant's billing workflow
+    (audited as ``billing.trial_extended``). 422 for a time in the past or more than two years
+    ahead; 409 when the tenant is not trialing or the trial already ends later."""
+    if not datetime.now(UTC) < body.trial_end <= datetime.now(UTC) + _LONGEST_TRIAL:
+        raise Unprocessable("trial_end must lie in the future, at most two years ahead.")
+    extension = TrialExtension(trial_end=body.trial_end, requested_by=principal.user_id)
+    call = _Call(client, settings, principal, key, tenant_id=tenant_id)
+    return await _update(call, "extend_trial", BillingWorkflow.extend_trial, extension)
+
+
+class ReasonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500, pattern=r"\S")
+
+
+@router.post("/tenants/{tenant_id}/suspend", summary="Suspend a tenant")
+async def suspend_tenant(
+    tenant_id: uuid.UUID,
+    body: ReasonBody,
+    principal: Operator,
+    client: TemporalDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> BillingView:
+    """Make the tenant read-only for a reason, whatever its payments (audited as
+    ``billing.operator_suspended`` with the reason); billing and Stripe go on underneath.
+    409 when it is suspended by an operator already or its subscription has ended."""
+    request = OperatorSuspension(reason=body.reason, requested_by=principal.user_id)
+    call = _Call(client, settings, principal, key, tenant_id=tenant_id)
+    return await _update(call, "suspend", BillingWorkflow.suspend, request)
+
+
+@router.post("/tenants/{tenant_id}/unsuspend", summary="Lift an operator's suspension")
+async def unsuspend_tenant(
+    tenant_id: uuid.UUID,
+    body: ReasonBody,
+    principal: Operator,
+    client: TemporalDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> BillingView:
+    """Lift an operator's suspension, for a reason (audited as ``billing.operator_unsuspended``);
+    the tenant's access is billing's again (a suspension for non-payment stays until the
+    invoice is paid). 409 when no operator suspension is in force."""
+    request = OperatorSuspension(reason=body.reason, requested_by=principal.user_id)
+    call = _Call(client, settings, principal, key, tenant_id=tenant_id)
+    return await _update(call, "unsuspend", BillingWorkflow.unsuspend, request)
 
 
 async def _subscription(session: AsyncSession, tenant_id: uuid.UUID) -> Subscription:
@@ -554,3 +818,5 @@ def _refuse(cause: ApplicationError) -> None:
         raise Conflict(cause.message, excesses=list(cause.details[0]))
     if cause.type in (BILLING_STATE, SAME_PLAN):
         raise Conflict(cause.message)
+    if cause.type == PAYMENT_METHOD_NOT_FOUND:
+        raise NotFound(cause.message)

@@ -22,6 +22,7 @@ from core.plans import PlanSpec
 from models.billing import (
     BillingEvent,
     InvoiceSnapshot,
+    PaymentMethodSnapshot,
     SetupIntentSnapshot,
     SubscriptionSnapshot,
 )
@@ -117,8 +118,9 @@ class BillingGateway(Protocol):
         *,
         price_id: str | None = None,
         cancel_at_period_end: bool | None = None,
+        trial_end: datetime | None = None,
     ) -> SubscriptionSnapshot:
-        """Change the plan (prorated) and/or whether it renews."""
+        """Change the plan (prorated), whether it renews, and/or when its trial ends."""
         ...
 
     async def report_usage(
@@ -146,6 +148,21 @@ class BillingGateway(Protocol):
         self, customer_id: str, payment_method_id: str, idempotency_key: str
     ) -> None:
         """Attach the saved card to the customer (if it is not) and bill invoices to it."""
+        ...
+
+    async def list_payment_methods(self, customer_id: str) -> list[PaymentMethodSnapshot]:
+        """The customer's saved cards, the default marked."""
+        ...
+
+    async def fetch_payment_method(
+        self, customer_id: str, payment_method_id: str
+    ) -> PaymentMethodSnapshot | None:
+        """The payment method (``None`` when the provider does not know it), marked default
+        when it is ``customer_id``'s default."""
+        ...
+
+    async def detach_payment_method(self, payment_method_id: str, idempotency_key: str) -> None:
+        """Detach the payment method from its customer; it can no longer be charged."""
         ...
 
     async def open_invoices(self, customer_id: str) -> list[str]:
@@ -263,6 +280,29 @@ def setup_intent_snapshot(obj: Mapping[str, Any]) -> SetupIntentSnapshot:
         customer_id=_id(obj["customer"]),
         payment_method_id=_id(obj["payment_method"]),
         tenant_id=tenant_of(obj.get("metadata")),
+    )
+
+
+def default_payment_method(customer: Mapping[str, Any]) -> str | None:
+    """The id of a Stripe customer's default payment method for invoices, if any."""
+    found = (customer.get("invoice_settings") or {}).get("default_payment_method")
+    return _id(found) if found else None
+
+
+def payment_method_snapshot(
+    obj: Mapping[str, Any], default_id: str | None
+) -> PaymentMethodSnapshot:
+    """A Stripe payment method as the tenant's admins see it (brand, last four, expiry)."""
+    card = obj.get("card") or {}
+    customer = obj.get("customer")
+    return PaymentMethodSnapshot(
+        payment_method_id=str(obj["id"]),
+        customer_id=_id(customer) if customer else None,
+        brand=card.get("brand"),
+        last4=card.get("last4"),
+        exp_month=card.get("exp_month"),
+        exp_year=card.get("exp_year"),
+        is_default=default_id is not None and obj["id"] == default_id,
     )
 
 

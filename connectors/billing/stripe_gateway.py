@@ -21,13 +21,15 @@ from connectors.billing import (
     BillingRejected,
     BillingUnavailable,
     GatewayOpener,
+    default_payment_method,
     invoice_snapshot,
+    payment_method_snapshot,
     subscription_snapshot,
     tenant_of,
 )
 from core.plans import PlanSpec
 from core.settings import Settings
-from models.billing import InvoiceSnapshot, SubscriptionSnapshot
+from models.billing import InvoiceSnapshot, PaymentMethodSnapshot, SubscriptionSnapshot
 
 # Error codes Stripe sends (with 429, or 400 on older API versions) for a request that may
 # succeed when repeated later: https://docs.stripe.com/error-codes, /rate-limits.
@@ -185,9 +187,12 @@ class StripeGateway:
         *,
         price_id: str | None = None,
         cancel_at_period_end: bool | None = None,
+        trial_end: datetime | None = None,
     ) -> SubscriptionSnapshot:
         # Stripe prorates a plan change by default (and localstripe knows no other way).
         params: dict[str, Any] = {}
+        if trial_end is not None:
+            params["trial_end"] = int(trial_end.timestamp())
         if price_id is not None:
             params["items"] = [{"id": subscription.item_id, "plan": price_id}]
         if cancel_at_period_end is not None:
@@ -263,6 +268,38 @@ class StripeGateway:
                 customer_id,
                 params={"invoice_settings": {"default_payment_method": payment_method_id}},
                 options={"idempotency_key": f"{idempotency_key}:default"},
+            )
+
+    async def list_payment_methods(self, customer_id: str) -> list[PaymentMethodSnapshot]:
+        async with _classified():
+            customer = await self._client.v1.customers.retrieve_async(customer_id)
+            found = await self._client.v1.payment_methods.list_async(
+                params={"customer": customer_id, "type": "card", "limit": 100}
+            )
+        default = default_payment_method(customer.to_dict())
+        return [payment_method_snapshot(method.to_dict(), default) for method in found.data]
+
+    async def fetch_payment_method(
+        self, customer_id: str, payment_method_id: str
+    ) -> PaymentMethodSnapshot | None:
+        try:
+            async with _classified():
+                method = await self._client.v1.payment_methods.retrieve_async(payment_method_id)
+        except BillingRejected as exc:
+            if isinstance(exc.__cause__, stripe.StripeError) and _missing(exc.__cause__):
+                return None
+            raise
+        found = payment_method_snapshot(method.to_dict(), None)
+        if found.customer_id != customer_id:
+            return found  # another customer's, or nobody's: never anyone's default here
+        async with _classified():
+            customer = await self._client.v1.customers.retrieve_async(customer_id)
+        return payment_method_snapshot(method.to_dict(), default_payment_method(customer.to_dict()))
+
+    async def detach_payment_method(self, payment_method_id: str, idempotency_key: str) -> None:
+        async with _classified():
+            await self._client.v1.payment_methods.detach_async(
+                payment_method_id, options={"idempotency_key": idempotency_key}
             )
 
     async def open_invoices(self, customer_id: str) -> list[str]:

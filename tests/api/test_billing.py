@@ -587,7 +587,7 @@ async def test_usage_is_recorded_once_and_reported_once(
     assert await env.run(metering.record_usage, runs[0]) is False  # the same key: once
 
     usage = (await api.get("/api/v1/billing/usage", headers=admin.headers)).json()
-    assert usage["usage"] == {"workflow_runs": 3, "agent_minutes": 0, "storage_bytes": 8}
+    assert usage["usage"] == _no_usage() | {"workflow_runs": 3, "storage_bytes": 8}
 
     assert await env.run(metering.report_usage, admin.tenant_id) == 2
     sent = {r["event_name"]: r for r in meter_recorder.received}
@@ -619,6 +619,93 @@ async def test_usage_is_recorded_once_and_reported_once(
             .where(UsageEvent.tenant_id == admin.tenant_id, UsageEvent.report_id.is_(None))
         )
     assert unreported == 0
+
+
+async def test_a_service_account_records_usage_once_per_key_for_its_own_tenant(
+    api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    settings: Settings,
+    meter_recorder: MeterRecorder,
+) -> None:
+    service = await member(sessions, settings, Role.SERVICE_ACCOUNT)
+    other = await member(sessions, settings, Role.SERVICE_ACCOUNT)
+    route = "/api/v1/billing/usage"
+    use = {"metric": "workflow_runs", "quantity": 4}
+    keyed = service.headers | {"Idempotency-Key": "run-batch-1"}
+
+    first = await api.post(route, json=use, headers=keyed)
+    assert first.status_code == 201, first.text
+    assert (first.json()["quantity"], first.json()["duplicate"]) == (4, False)
+    retried = await api.post(route, json=use, headers=keyed)
+    assert retried.status_code == 200, retried.text
+    assert retried.json() == first.json() | {"duplicate": True}
+    reused = await api.post(route, json=use | {"quantity": 5}, headers=keyed)
+    assert reused.status_code == 422, reused.text
+    # The same key in another tenant is that tenant's own use; a body naming a tenant is refused.
+    theirs = other.headers | {"Idempotency-Key": "run-batch-1"}
+    assert (await api.post(route, json=use, headers=theirs)).status_code == 201
+    foreign = use | {"tenant_id": str(service.tenant_id)}
+    assert (await api.post(route, json=foreign, headers=theirs)).status_code == 422
+
+    now = datetime.now(UTC)
+    refused = [
+        {"metric": "coffee_cups", "quantity": 1},
+        {"metric": "workflow_runs", "quantity": -1},
+        {"metric": "workflow_runs", "quantity": "5"},
+        {"metric": "workflow_runs", "quantity": 1.5},
+        {"metric": "workflow_runs", "quantity": True},
+        {"metric": "workflow_runs", "quantity": 2**60},
+        {"metric": "workflow_runs"},
+        {"metric": "workflow_runs", "quantity": 1, "occurred_at": "2020-01-01T00:00:00"},
+        {"metric": "workflow_runs", "quantity": 1, "occurred_at": "2020-01-01T00:00:00Z"},
+        {"metric": "workflow_runs", "quantity": 1, "occurred_at": f"{now.year + 1}-01-01T00:00Z"},
+    ]
+    for n, body in enumerate(refused):
+        headers = service.headers | {"Idempotency-Key": f"bad-{n}"}
+        response = await api.post(route, json=body, headers=headers)
+        assert response.status_code == 422, (body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    unkeyed = await api.post(route, json=use, headers=service.headers)
+    assert unkeyed.status_code == 422, unkeyed.text
+    for role in (Role.USER, Role.READONLY, Role.AGENT):
+        someone = await member(sessions, settings, role, tenant_id=service.tenant_id)
+        headers = someone.headers | {"Idempotency-Key": f"{role.value}-1"}
+        assert (await api.post(route, json=use, headers=headers)).status_code == 403
+
+    # A tenant admin records too; the gauge keeps its latest measurement.
+    admin = await member(sessions, settings, tenant_id=service.tenant_id)
+    for n, size in enumerate((700, 900)):
+        headers = admin.headers | {"Idempotency-Key": f"size-{n}"}
+        sized = {"metric": "storage_bytes", "quantity": size, "occurred_at": now.isoformat()}
+        assert (await api.post(route, json=sized, headers=headers)).status_code == 201
+    usage = (await api.get("/api/v1/billing/usage", headers=admin.headers)).json()
+    assert usage["usage"] == _no_usage() | {"workflow_runs": 4, "storage_bytes": 900}
+    async with sessions() as session:
+        counted = await session.scalar(
+            select(func.count())
+            .select_from(UsageEvent)
+            .where(UsageEvent.tenant_id.in_([service.tenant_id, other.tenant_id]))
+        )
+    assert counted == 4  # two tenants' runs and two measurements; nothing refused was kept
+
+    # What the API recorded is what the hourly report sends to the tenant's meters.
+    customer = f"cus_{uuid.uuid4().hex[:12]}"
+    async with transaction(sessions) as session:
+        session.add(Subscription(tenant_id=service.tenant_id, stripe_customer_id=customer))
+    metering = BillingActivities(
+        sessions,
+        mailer_from_settings(settings, sessions),
+        settings,
+        partial(stripe_gateway, meter_recorder.settings(settings)),
+    )
+    assert await ActivityEnvironment().run(metering.report_usage, service.tenant_id) == 2
+    sent = {r["event_name"]: r["payload[value]"] for r in meter_recorder.received}
+    assert sent == {"bizosaas_workflow_runs": "4", "bizosaas_storage_bytes": "900"}
+
+
+def _no_usage() -> dict[str, int]:
+    """Every metric at zero (the usage view lists them all)."""
+    return {metric.value: 0 for metric in UsageMetric}
 
 
 def _use(
@@ -776,3 +863,82 @@ async def test_adding_a_card_needs_a_billing_account_and_an_admin(
             .where(PaymentMethodSetup.tenant_id == admin.tenant_id)
         )
     assert setups == 0
+
+
+# --- Saved payment methods -------------------------------------------------------------------
+
+
+async def test_saved_cards_are_listed_and_removed_but_not_the_default_or_anothers(
+    api: httpx.AsyncClient,
+    temporal_client: Client,
+    settings: Settings,
+    sessions: SessionFactory,
+    localstripe: LocalStripe,
+) -> None:
+    admin, customer, _ = await _subscribed(temporal_client, settings, sessions, localstripe)
+    stranger = await member(sessions, settings)
+    async with localstripe.sdk() as sdk:
+        spare = await sdk.v1.payment_methods.create_async(
+            params={
+                "type": "card",
+                "card": {
+                    "number": "5555555555554444",
+                    "exp_month": 3,
+                    "exp_year": 2041,
+                    "cvc": "123",
+                },
+            }
+        )
+        await sdk.v1.payment_methods.attach_async(str(spare.id), params={"customer": customer})
+        theirs_customer = await card_holder(sdk, stranger.tenant_id, stranger.email)
+        listed_theirs = await sdk.v1.payment_methods.list_async(
+            params={"customer": theirs_customer, "type": "card"}
+        )
+    theirs = str(listed_theirs.data[0].id)
+    route = "/api/v1/billing/payment-methods"
+
+    listed = await api.get(route, headers=admin.headers)
+    assert listed.status_code == 200, listed.text
+    items = {item["payment_method_id"]: item for item in listed.json()["items"]}
+    assert len(items) == 2
+    (default,) = [pm for pm, item in items.items() if item["is_default"]]
+    assert items[str(spare.id)] == {
+        "payment_method_id": str(spare.id),
+        "brand": "visa",  # localstripe calls every card a visa
+        "last4": "4444",
+        "exp_month": 3,
+        "exp_year": 2041,
+        "is_default": False,
+    }
+
+    refused = await api.delete(f"{route}/{default}", headers=admin.headers)
+    assert refused.status_code == 409, refused.text
+    for other in (theirs, "pm_1NoSuchCardAnywhere"):
+        missing = await api.delete(f"{route}/{other}", headers=admin.headers)
+        assert missing.status_code == 404, missing.text
+        assert missing.headers["content-type"] == "application/problem+json"
+    assert (await api.delete(f"{route}/not-an-id", headers=admin.headers)).status_code == 422
+    user = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    assert (await api.delete(f"{route}/{spare.id}", headers=user.headers)).status_code == 403
+    assert (await api.get(route, headers=user.headers)).status_code == 403
+    # Without a billing account there is nothing to list or remove.
+    assert (await api.get(route, headers=stranger.headers)).json() == {"items": []}
+    assert (await api.delete(f"{route}/{theirs}", headers=stranger.headers)).status_code == 404
+
+    keyed = admin.headers | {"Idempotency-Key": "remove-spare"}
+    removed = await api.delete(f"{route}/{spare.id}", headers=keyed)
+    assert removed.status_code == 204, removed.text
+    retried = await api.delete(f"{route}/{spare.id}", headers=keyed)
+    assert retried.status_code == 204, retried.text  # the same request: nothing more happens
+    again = await api.delete(f"{route}/{spare.id}", headers=admin.headers)
+    assert again.status_code == 404, again.text  # a new request: it is gone
+    remaining = (await api.get(route, headers=admin.headers)).json()["items"]
+    assert [item["payment_method_id"] for item in remaining] == [default]
+    async with localstripe.sdk() as sdk:
+        detached = await sdk.v1.payment_methods.retrieve_async(str(spare.id))
+        still_theirs = await sdk.v1.payment_methods.retrieve_async(theirs)
+    assert detached.customer is None
+    assert still_theirs.customer == theirs_customer
+    actions = await _actions(sessions, admin.tenant_id)
+    assert actions.count("billing.payment_method_removed") == 1
+    assert await _actions(sessions, stranger.tenant_id) == []

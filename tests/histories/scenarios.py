@@ -1069,6 +1069,68 @@ async def _pending_record(handle: Any) -> bool:
     return True
 
 
+# --- Billing operations and payment methods (appended) -------------------------------------
+
+
+@pytest.mark.usefixtures("billing_worker")
+async def test_billing_operator_trial_and_suspension(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+) -> None:
+    """A trial extended by an operator; an operator's suspension, then lifted."""
+    client = time_skipping_env.client
+    admin = await member(sessions, billing_settings)
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    with_trial = billing_settings.model_copy(update={"billing_trial_days": 14})
+    handle = await _provision(client, with_trial, admin.tenant_id)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.TRIALING)
+    assert view.trial_end is not None
+    base = f"/api/v1/billing/tenants/{admin.tenant_id}"
+    later = (view.trial_end + timedelta(days=7)).isoformat()
+    extended = await ts_api.post(
+        f"{base}/trial", json={"trial_end": later}, headers=operator.headers
+    )
+    assert extended.status_code == 200, extended.text
+    await record(client, "billing-trial-extended", handle.id)
+
+    reason = {"reason": "terms of service review"}
+    suspended = await ts_api.post(f"{base}/suspend", json=reason, headers=operator.headers)
+    assert suspended.status_code == 200, suspended.text
+    await record(client, "billing-operator-suspended", handle.id)
+
+    lifted = await ts_api.post(f"{base}/unsuspend", json=reason, headers=operator.headers)
+    assert lifted.status_code == 200, lifted.text
+    await record(client, "billing-operator-unsuspended", handle.id)
+    await finish(client, handle.id)
+
+
+@pytest.mark.usefixtures("billing_worker")
+async def test_billing_payment_method_removed(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    """A spare card removed by the tenant's admin (looked up, detached, audited)."""
+    client = time_skipping_env.client
+    admin = await member(sessions, billing_settings)
+    async with localstripe.sdk() as sdk:
+        customer = await card_holder(sdk, admin.tenant_id, admin.email)
+        spare = await sdk.v1.payment_methods.attach_async(
+            "pm_card_visa", params={"customer": customer}
+        )
+    handle = await _provision(client, billing_settings, admin.tenant_id)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    removed = await ts_api.delete(
+        f"/api/v1/billing/payment-methods/{spare.id}", headers=admin.headers
+    )
+    assert removed.status_code == 204, removed.text
+    await record(client, "billing-payment-method-removed", handle.id)
+    await finish(client, handle.id)
+
 
 async def test_tasks(
     time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings

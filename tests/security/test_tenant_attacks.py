@@ -55,6 +55,7 @@ from models.billing import Invoice
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.content import ContentItem
 from models.sync import MatchRule, SyncProfile, SyncStatus
+from models.tasks import Task
 from models.user import Membership, Role
 from tests.api.flows import (
     PDF,
@@ -163,6 +164,8 @@ class Victim:
     connection_label: str
     profile_id: str
     content_id: str
+    project_id: str
+    task_id: str
 
     def markers(self) -> dict[str, str]:
         """Everything of the victim an attacker must never read."""
@@ -182,6 +185,8 @@ class Victim:
             "victim connection label": self.connection_label,
             "victim sync profile id": self.profile_id,
             "victim content id": self.content_id,
+            "victim project id": self.project_id,
+            "victim task id": self.task_id,
         }
 
     def foreign_ids(self) -> dict[str, list[str]]:
@@ -196,6 +201,10 @@ class Victim:
             "content_id": [self.content_id],
             # Uploads are reached through their item: any id stands for one of the victim's.
             "upload_id": [str(uuid.uuid4())],
+            "project_id": [self.project_id],
+            "task_id": [self.task_id],
+            # Looked up at Stripe under the caller's own customer: any id stands for a victim's.
+            "payment_method_id": [f"pm_{uuid.uuid4().hex[:24]}"],
             "tenant_id": [str(self.admin.tenant_id)],
         }
 
@@ -211,6 +220,8 @@ class World:
     own_connection_id: str
     own_profile_id: str
     own_content_id: str
+    own_project_id: str
+    own_task_id: str
     staff: Member
 
 
@@ -293,6 +304,7 @@ async def _victim(
     await _connection(sessions, admin.tenant_id, connection_label, connection_id)
     profile_id = await _sync_profile(sessions, admin.tenant_id, connection_id)
     content_id = await _content_item(api, admin, connection_id, f"Victim post {tag}")
+    project_id, task_id = await _project_task(api, admin, f"Victim project {tag}")
     # The invoices projection row, as billing's workflow writes it.
     async with transaction(sessions) as session:
         session.add(
@@ -321,6 +333,8 @@ async def _victim(
         connection_label=connection_label,
         profile_id=str(profile_id),
         content_id=content_id,
+        project_id=project_id,
+        task_id=task_id,
     )
 
 
@@ -337,6 +351,19 @@ async def _content_item(
     assert created.status_code == 201, created.text
     content_id: str = created.json()["content_id"]
     return content_id
+
+
+async def _project_task(api: httpx.AsyncClient, who: Member, name: str) -> tuple[str, str]:
+    """A project of the tenant and one task in it (its workflow runs; nobody to route to)."""
+    project = await api.post("/api/v1/projects", json={"name": name}, headers=who.headers)
+    assert project.status_code == 201, project.text
+    project_id: str = project.json()["project_id"]
+    task = await api.post(
+        f"/api/v1/projects/{project_id}/tasks", json={"title": f"{name} task"}, headers=who.headers
+    )
+    assert task.status_code == 201, task.text
+    task_id: str = task.json()["task_id"]
+    return project_id, task_id
 
 
 async def _sync_profile(
@@ -415,6 +442,7 @@ async def world(
     own_connection = await _connection(sessions, owner.tenant_id, f"Mallory blog {tag}")
     own_profile = await _sync_profile(sessions, owner.tenant_id, own_connection)
     own_content = await _content_item(api, owner, own_connection, f"Mallory post {tag}")
+    own_project, own_task = await _project_task(api, owner, f"Mallory project {tag}")
     return World(
         app=app,
         api=api,
@@ -425,6 +453,8 @@ async def world(
         own_connection_id=str(own_connection),
         own_profile_id=str(own_profile),
         own_content_id=own_content,
+        own_project_id=own_project,
+        own_task_id=own_task,
         staff=platform,
     )
 
@@ -718,7 +748,10 @@ async def _victim_state(sessions: SessionFactory, world: World) -> dict[str, Any
         assert profile is not None
         content = await session.get(ContentItem, uuid.UUID(victim.content_id))
         assert content is not None
+        task = await session.get(Task, uuid.UUID(victim.task_id))
+        assert task is not None
     return {
+        "task": (task.status, task.assignee_id, task.priority, task.title),
         "content item": (content.status, content.revision, content.title),
         "sync profile": profile.status,
         "connection": (connection.status, connection.health, connection.label),
@@ -745,6 +778,9 @@ async def test_roles_refused_where_they_may_not_act(
         "profile_id": world.own_profile_id,
         "content_id": world.own_content_id,
         "upload_id": str(uuid.uuid4()),
+        "project_id": world.own_project_id,
+        "task_id": world.own_task_id,
+        "payment_method_id": f"pm_{uuid.uuid4().hex[:24]}",
         "tenant_id": str(world.attackers[Role.TENANT_ADMIN].tenant_id),
         **NOT_IDS,
     }

@@ -996,3 +996,152 @@ async def test_an_operator_replays_parked_events_at_once(
     assert replayed.status_code == 200, replayed.text
     assert replayed.json()["parked_events"] == []
     await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+
+
+# --- Operations (super_admin) ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_an_operator_extends_a_trial_in_stripe_and_the_workflow(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    admin = await member(sessions, billing_settings)
+    left_running.append(workflow_id(admin.tenant_id))
+    with_trial = billing_settings.model_copy(update={"billing_trial_days": 14})
+    handle = await _provision(time_skipping_env.client, with_trial, admin.tenant_id)
+    view = await _status(handle, sessions, admin.tenant_id, BillingStatus.TRIALING)
+    assert view.trial_end is not None
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    url = f"/api/v1/billing/tenants/{admin.tenant_id}/trial"
+    later = (view.trial_end + timedelta(days=10)).replace(microsecond=0)
+
+    assert (
+        await ts_api.post(url, json={"trial_end": later.isoformat()}, headers=admin.headers)
+    ).status_code == 403
+    for bad in ("2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", "tomorrow", later.isoformat()[:19]):
+        refused = await ts_api.post(url, json={"trial_end": bad}, headers=operator.headers)
+        assert refused.status_code == 422, (bad, refused.text)
+    extended = await ts_api.post(
+        url, json={"trial_end": later.isoformat()}, headers=operator.headers
+    )
+    assert extended.status_code == 200, extended.text
+    assert datetime.fromisoformat(extended.json()["trial_end"]) == later
+    assert extended.json()["status"] == "trialing"
+    # Not earlier than the trial ends now.
+    shorter = (view.trial_end + timedelta(days=1)).isoformat()
+    earlier = await ts_api.post(url, json={"trial_end": shorter}, headers=operator.headers)
+    assert earlier.status_code == 409, earlier.text
+
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.trial_end == later
+    assert row.stripe_subscription_id is not None
+    async with localstripe.sdk() as sdk:
+        in_stripe = await sdk.v1.subscriptions.retrieve_async(row.stripe_subscription_id)
+    assert in_stripe.trial_end == int(later.timestamp())
+    async with sessions() as session:
+        audited = await session.scalar(
+            select(AuditEntry).where(
+                AuditEntry.tenant_id == admin.tenant_id,
+                AuditEntry.action == "billing.trial_extended",
+            )
+        )
+    assert audited is not None
+    assert audited.actor_id == operator.user_id
+    assert audited.data["trial_end"] == later.isoformat()
+
+    # Once the tenant pays (active), there is no trial to extend.
+    async with localstripe.sdk() as sdk:
+        active = (await sdk.v1.subscriptions.retrieve_async(row.stripe_subscription_id)).to_dict()
+    await _post(ts_api, "customer.subscription.updated", active | {"status": "active"}, later=5)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    further = (later + timedelta(days=5)).isoformat()
+    gone = await ts_api.post(url, json={"trial_end": further}, headers=operator.headers)
+    assert gone.status_code == 409, gone.text
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_an_operator_suspension_holds_whatever_stripe_says_until_lifted(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, customer, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    base = f"/api/v1/billing/tenants/{admin.tenant_id}"
+    reason = {"reason": "chargeback investigation #4411"}
+
+    assert (
+        await ts_api.post(f"{base}/suspend", json=reason, headers=admin.headers)
+    ).status_code == 403
+    for bad in ({}, {"reason": ""}, {"reason": "   "}, {"reason": "x" * 501}):
+        refused = await ts_api.post(f"{base}/suspend", json=bad, headers=operator.headers)
+        assert refused.status_code == 422, (bad, refused.text)
+    not_held = await ts_api.post(f"{base}/unsuspend", json=reason, headers=operator.headers)
+    assert not_held.status_code == 409, not_held.text
+
+    suspended = await ts_api.post(f"{base}/suspend", json=reason, headers=operator.headers)
+    assert suspended.status_code == 200, suspended.text
+    assert suspended.json()["suspended_by_operator"] == reason["reason"]
+    assert suspended.json()["status"] == "active"  # billing itself is fine
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.SUSPENDED
+    assert await _is_suspended_for_writes(sessions, admin)
+    again = await ts_api.post(f"{base}/suspend", json=reason, headers=operator.headers)
+    assert again.status_code == 409, again.text
+
+    # A lapse and its payment move billing, not the operator's suspension.
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    async with localstripe.sdk() as sdk:
+        paid = await pay(sdk, customer, invoice["id"])
+    await _post(ts_api, "invoice.paid", paid, later=1)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.SUSPENDED
+
+    # A run started after this one died keeps the suspension (rebuilt from the audit trail).
+    await handle.terminate("an operator ended the run")
+    async with localstripe.sdk() as sdk:
+        current = (await sdk.v1.subscriptions.retrieve_async(subscription)).to_dict()
+    await _post(ts_api, "customer.subscription.updated", current, later=2)
+    fresh = client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(admin.tenant_id))
+    view = await _eventually(
+        lambda: fresh.query(BillingWorkflow.view),
+        lambda found: found.status is BillingStatus.ACTIVE,
+    )
+    assert view.suspended_by_operator == reason["reason"]
+
+    lifted = await ts_api.post(
+        f"{base}/unsuspend", json={"reason": "cleared"}, headers=operator.headers
+    )
+    assert lifted.status_code == 200, lifted.text
+    assert lifted.json()["suspended_by_operator"] is None
+    assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
+    assert not await _is_suspended_for_writes(sessions, admin)
+    async with sessions() as session:
+        rows = (
+            await session.scalars(
+                select(AuditEntry)
+                .where(
+                    AuditEntry.tenant_id == admin.tenant_id,
+                    AuditEntry.action.like("billing.operator_%"),
+                )
+                .order_by(AuditEntry.id)
+            )
+        ).all()
+    assert [(r.action, r.actor_id, r.data["reason"]) for r in rows] == [
+        ("billing.operator_suspended", operator.user_id, reason["reason"]),
+        ("billing.operator_unsuspended", operator.user_id, "cleared"),
+    ]
+    assert rows[1].data["suspended_for"] == reason["reason"]

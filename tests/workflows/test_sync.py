@@ -25,6 +25,7 @@ from connectors.crm.hubspot import API_BASE, EXTERNAL_ID
 from connectors.secrets import connection_path, secret_store_from_settings
 from core.db import SessionFactory, transaction
 from core.settings import Settings
+from models.billing import UsageEvent, UsageMetric
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.email import OutboundEmail
 from models.sync import MatchRule, SyncMapping, SyncProfile, SyncRun, SyncRunState, SyncStatus
@@ -242,6 +243,15 @@ async def test_customers_become_contacts_and_a_second_run_only_updates_changes(
     contacts = _contacts(hubspot_peer)
     assert len(contacts) == 261
     assert sum(1 for c in contacts if c["firstname"] == "Changed") == 2
+    # Every record written is usage for billing, counted once per commit.
+    async with sessions() as session:
+        synced = await session.scalar(
+            select(func.sum(UsageEvent.quantity)).where(
+                UsageEvent.tenant_id == setup.tenant_id,
+                UsageEvent.metric == UsageMetric.RECORDS_SYNCED,
+            )
+        )
+    assert synced == 260 + 4
 
 
 async def test_a_page_failing_after_its_writes_and_a_429_storm_write_nothing_twice(

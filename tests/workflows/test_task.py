@@ -20,6 +20,8 @@ from core.settings import Settings
 from models.email import OutboundEmail
 from models.tasks import (
     AcceptCommand,
+    AssignCommand,
+    Assignee,
     BusinessCalendar,
     Priority,
     PriorityChange,
@@ -87,7 +89,7 @@ async def _start(
             fields=TaskFields(title="Reply to the customer", priority=Priority.NORMAL),
         ),
         policy=policy,
-        assignee=None if assignee is None else {"id": assignee.user_id},  # type: ignore[arg-type]
+        assignee=None if assignee is None else Assignee(id=assignee.user_id),
     )
     return await client.start_workflow(
         TaskWorkflow.run, start, id=workflow_id(task_id), task_queue=settings.temporal_task_queue
@@ -149,7 +151,7 @@ async def test_unaccepted_assignments_move_on_then_escalate(
     # An admin assigns it by hand; the first person declines: the task moves on (none left).
     await handle.execute_update(
         TaskWorkflow.assign,
-        {"assignee": {"id": people[0].user_id}, "by": admin.user_id},  # type: ignore[arg-type]
+        AssignCommand(assignee=Assignee(id=people[0].user_id), by=admin.user_id),
     )
     await handle.execute_update(
         TaskWorkflow.accept, AcceptCommand(by=people[0].user_id, accept=False)
@@ -190,8 +192,10 @@ async def test_sla_clocks_count_business_hours_across_a_weekend(
     assert _local(clocks["resolution"].due_at) == _at(monday + timedelta(days=1), 10, 0)
     described = await handle.describe()
     deadline = described.typed_search_attributes.get(search.SLA_DEADLINE)
+    response_due = clocks["response"].due_at
     assert deadline is not None
-    assert abs(deadline - clocks["response"].due_at) < timedelta(milliseconds=1)
+    assert response_due is not None
+    assert abs(deadline - response_due) < timedelta(milliseconds=1)
 
     # The weekend passes without a word; Monday 9:40 warns the assignee, 10:00 breaches.
     await time_skipping_env.sleep(_at(monday, 9, 40) - friday)
