@@ -17,6 +17,7 @@ from api.deps import check_json_body
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from api.ratelimit import RateLimits
 from api.routers import (
+    agents,
     approvals,
     audit,
     auth,
@@ -101,6 +102,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         content,
         tasks,
         inbox,
+        agents,
     ):
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).

@@ -21,8 +21,8 @@ def _windows(calendar: BusinessCalendar, since: datetime) -> Iterator[tuple[date
     day = since.astimezone(zone).date()
     for _ in range(_HORIZON_DAYS):
         if day.weekday() in calendar.work_days and day not in holidays:
-            opens = datetime.combine(day, calendar.start, zone).astimezone(UTC)
-            closes = datetime.combine(day, calendar.end, zone).astimezone(UTC)
+            opens = datetime.combine(day, calendar.opens, zone).astimezone(UTC)
+            closes = datetime.combine(day, calendar.closes, zone).astimezone(UTC)
             if closes > since:
                 yield max(opens, since), closes
         day += timedelta(days=1)

@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     task_accept_within: timedelta = timedelta(hours=4)
     task_max_attempts: int = Field(default=3, ge=1, le=20)
 
+    # AI agents: the defaults of a tenant's agent configuration (a run's step budget and the
+    # confidence below which a result that writes is reviewed first).
+    agent_max_steps: int = Field(default=20, ge=1, le=50)
+    agent_confidence_threshold: float = Field(default=0.8, ge=0, le=1)
+
     # Object storage: S3 (or any S3-compatible store) when a bucket is set, else files under
     # data_dir served by this API through signed URLs.
     s3_bucket: str | None = None

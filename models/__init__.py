@@ -3,6 +3,7 @@
 Importing this package registers every table on ``Base.metadata`` (Alembic relies on it).
 """
 
+from models.agents import AgentConfig, AgentDecision, AgentRun
 from models.approval import Approval
 from models.audit import AuditEntry
 from models.base import Base
@@ -24,6 +25,9 @@ from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
 
 __all__ = [
+    "AgentConfig",
+    "AgentDecision",
+    "AgentRun",
     "Approval",
     "AuditEntry",
     "AuthSession",

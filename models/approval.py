@@ -25,6 +25,7 @@ class ApprovalKind(StrEnum):
 
     TENANT_ONBOARDING = "tenant_onboarding"
     CONTENT_REVIEW = "content_review"
+    AGENT_ACTION = "agent_action"  # an agent's result that writes to a tenant's system
 
 
 class ApprovalStatus(StrEnum):

@@ -75,13 +75,17 @@ DEFAULT_SLA: dict[Priority, SlaTarget] = {
 }
 
 
+# A local time of day: 09:00 (seconds accepted).
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d(:[0-5]\d)?$"
+
+
 class BusinessCalendar(BaseModel):
     """When a tenant works: a time zone, working days (0 = Monday), hours and holidays."""
 
     time_zone: str = "UTC"
     work_days: list[int] = Field(default=[0, 1, 2, 3, 4], min_length=1, max_length=7)
-    start: time = time(9, 0)
-    end: time = time(17, 0)
+    start: str = Field(default="09:00", pattern=_CLOCK, description="HH:MM, local time")
+    end: str = Field(default="17:00", pattern=_CLOCK, description="HH:MM, local time")
     holidays: list[str] = Field(default_factory=list, max_length=400, description="YYYY-MM-DD")
 
     @field_validator("time_zone")
@@ -113,9 +117,17 @@ class BusinessCalendar(BaseModel):
 
     @model_validator(mode="after")
     def _hours(self) -> BusinessCalendar:
-        if self.start >= self.end:
+        if self.opens >= self.closes:
             raise ValueError("the working day must start before it ends")
         return self
+
+    @property
+    def opens(self) -> time:
+        return time.fromisoformat(self.start)
+
+    @property
+    def closes(self) -> time:
+        return time.fromisoformat(self.end)
 
 
 class Assignee(BaseModel):

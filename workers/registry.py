@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from activities.agents import AgentActivities
 from activities.approval import ApprovalActivities
 from activities.audit import AuditActivities
 from activities.billing import BillingActivities
@@ -20,6 +21,7 @@ from connectors.secrets import secret_store_from_settings
 from connectors.storage import storage_from_settings
 from core.db import SessionFactory
 from core.settings import Settings
+from workflows.agent_run import AgentRunWorkflow
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import AuditVerificationWorkflow
 from workflows.billing import BillingWorkflow, UsageReportWorkflow
@@ -42,6 +44,7 @@ WORKFLOWS: Sequence[type] = (
     SyncWorkflow,
     PublishWorkflow,
     TaskWorkflow,
+    AgentRunWorkflow,
 )
 
 
@@ -62,6 +65,7 @@ def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..
         *sync_activities(sessions, settings),
         *publishing_activities(sessions, settings),
         *task_activities(sessions, settings),
+        *agent_activities(sessions, settings),
     ]
 
 
@@ -172,4 +176,14 @@ def task_activities(sessions: SessionFactory, settings: Settings) -> list[Callab
         tasks.route_task,
         tasks.record_task,
         tasks.notify_task,
+    ]
+
+
+def agent_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """AI agents: their steps, tool calls on tenants' connections, and the runs' projections."""
+    agents = AgentActivities(sessions, settings, secret_store_from_settings(settings))
+    return [
+        agents.plan_agent_step,
+        agents.call_agent_tool,
+        agents.record_agent_run,
     ]

@@ -236,6 +236,7 @@ class PublishWorkflow:
         """Withdraw the review, cancel the scheduled publish or stop waiting for the
         connection: the item is a draft again."""
         self._event("cancelled", actor.by)
+        self._publish_now = False
         if self._item.status is ContentStatus.IN_REVIEW:
             self._cancel = True
         else:
@@ -397,7 +398,6 @@ class PublishWorkflow:
         at = self._item.publish_at
         assert at is not None
         await self._record()
-        self._publish_now = False
         workflow.set_current_details(f"scheduled for {at:%Y-%m-%d %H:%M} UTC")
         remaining = at - workflow.now()
         if remaining > timedelta(0):
@@ -415,6 +415,7 @@ class PublishWorkflow:
             return  # cancelled
         if self._item.publish_at != at and not self._publish_now:
             return  # rescheduled: wait again for the new time
+        self._publish_now = False  # consumed here (one sent while recording still counts)
         self._set(ContentStatus.PUBLISHING)
 
     async def _publish(self) -> None:

@@ -301,8 +301,8 @@ class TaskWorkflow:
     # --- Time -------------------------------------------------------------------------
 
     async def _next_moment(self) -> None:
-        """Wait for a change or the next deadline (acceptance, SLA warning or breach)."""
-        self._dirty = False
+        """Wait for a change or the next deadline (acceptance, SLA warning or breach). A change
+        made while the loop was busy (recording, e-mailing) counts: it is consumed only here."""
         deadlines = [d for d in self._deadlines() if d is not None]
         timeout = max(min(deadlines) - workflow.now(), timedelta(0)) if deadlines else None
         with suppress(TimeoutError):
@@ -311,6 +311,7 @@ class TaskWorkflow:
                 timeout=timeout,
                 timeout_summary="next task deadline",
             )
+        self._dirty = False
 
     def _deadlines(self) -> list[datetime | None]:
         found: list[datetime | None] = [self._task.accept_due]

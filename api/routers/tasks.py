@@ -435,6 +435,7 @@ async def assign_task(
 ) -> TaskState:
     """422 for anyone who is not a person of your tenant; they have the acceptance window to
     accept."""
+    await tasks.handle(task_id)  # another tenant's task: 404 before anything about the body
     await _check_people(tasks.session, principal, [body.assignee_id], "assignee_id")
     command = AssignCommand(assignee=Assignee(id=body.assignee_id), by=principal.user_id)
     return await tasks.update(task_id, TaskWorkflow.assign, command)

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from datetime import time as dt_time
 from typing import Any
 
 import httpx
@@ -1142,9 +1141,7 @@ async def test_tasks(
     people = [await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id) for _ in "ab"]
     project_id = await task_project(sessions, admin, *people)
     policy = TaskPolicy(
-        calendar=BusinessCalendar(
-            work_days=[0, 1, 2, 3, 4, 5, 6], start=dt_time(0), end=dt_time(23)
-        ),
+        calendar=BusinessCalendar(work_days=[0, 1, 2, 3, 4, 5, 6], start="00:00", end="23:00"),
         sla={Priority.NORMAL: SlaTarget(response_minutes=60, resolution_minutes=120)},
         accept_within=timedelta(hours=1),
         max_attempts=2,
@@ -1176,3 +1173,109 @@ async def test_tasks(
         await task_state(unwanted, lambda s: s.escalated)
         await record(client, "task-escalated", unwanted.id)
         await finish(client, unwanted.id)
+
+
+# --- Agent runs (appended) -----------------------------------------------------------------
+
+
+async def test_agent_runs(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+) -> None:
+    """Agent runs against the HubSpot peer: a result without writes; a write waiting for its
+    review, then approved; one rejected; one whose review expired; and a run stopped by the
+    tenant's tool limit."""
+    from models.agents import AgentRunConfig, AgentRunStart, AgentRunState, AgentRunStatus
+    from models.connection import Connection, ConnectionHealth, ConnectionStatus
+    from workflows.agent_run import AgentRunWorkflow
+    from workflows.agent_run import workflow_id as agent_run_workflow_id
+
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+        }
+    )
+    admin = await member(sessions, peered, mfa_enabled=True)
+    connection_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            Connection(
+                id=connection_id,
+                tenant_id=admin.tenant_id,
+                connector_id="hubspot",
+                auth_kind="api_key",
+                label="CRM",
+                settings={},
+                account={},
+                status=ConnectionStatus.CONNECTED,
+                health=ConnectionHealth.HEALTHY,
+            )
+        )
+    await secret_store_from_settings(peered).put(
+        connection_path(admin.tenant_id, connection_id), {"api_key": PRIVATE_APP_TOKEN}
+    )
+    company = hubspot_peer.seed("companies", {"name": "Acme", "domain": "acme.io"})
+    contact = hubspot_peer.seed(
+        "contacts", {"email": "ada@acme.io", "firstname": "Ada", "jobtitle": "Director"}
+    )
+    hubspot_peer.associate("contacts", contact["id"], "companies", company["id"])
+    lead = {"connection_id": str(connection_id), "contact_id": contact["id"]}
+    tools = ["crm.get_contact", "crm.get_company", "crm.create_note"]
+    client = time_skipping_env.client
+
+    async def run(given: dict[str, Any], **config: Any) -> Any:
+        run_id = uuid.uuid4()
+        start = AgentRunStart(
+            run_id=run_id,
+            tenant_id=admin.tenant_id,
+            agent_id="lead-scoring",
+            started_by=admin.user_id,
+            created_at=await time_skipping_env.get_current_time(),
+            input=given,
+            config=AgentRunConfig(**{"allowed_tools": tools, **config}),
+        )
+        return await client.start_workflow(
+            AgentRunWorkflow.run,
+            start,
+            id=agent_run_workflow_id(run_id),
+            task_queue=peered.temporal_task_queue,
+        )
+
+    async def review_of(handle: Any) -> uuid.UUID:
+        state: AgentRunState = await _eventually(
+            lambda: handle.query(AgentRunWorkflow.state),
+            lambda found: found.status is AgentRunStatus.AWAITING_REVIEW,
+        )
+        assert state.approval_id is not None
+        return state.approval_id
+
+    async with build_worker(client, sessions, peered):
+        plain = await run(lead)
+        assert (await plain.result()).outcome.value == "no_action"
+        await record(client, "agent-run-no-action", plain.id)
+
+        approved = await run(lead | {"write_score": True}, always_review=True)
+        approval_id = await review_of(approved)
+        await record(client, "agent-run-awaiting-review", approved.id)
+        await _decide(client, approval_id, _decision(Verdict.APPROVE, admin))
+        assert (await approved.result()).outcome.value == "approved"
+        await record(client, "agent-run-approved", approved.id)
+
+        rejected = await run(lead | {"write_score": True}, confidence_threshold=1.0)
+        approval_id = await review_of(rejected)
+        await _decide(client, approval_id, _decision(Verdict.REJECT, admin, "No."))
+        assert (await rejected.result()).outcome.value == "rejected"
+        await record(client, "agent-run-rejected", rejected.id)
+
+        expired = await run(lead | {"write_score": True}, always_review=True)
+        await review_of(expired)
+        await time_skipping_env.sleep(timedelta(days=8))
+        assert (await expired.result()).outcome.value == "expired"
+        await record(client, "agent-run-review-expired", expired.id)
+
+        limited = await run(lead, allowed_tools=["crm.get_contact"])
+        assert (await limited.result()).status is AgentRunStatus.FAILED
+        await record(client, "agent-run-failed", limited.id)

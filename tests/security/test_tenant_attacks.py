@@ -105,6 +105,7 @@ NOT_IDS: dict[str, str] = {
     "connector_id": "wordpress",
     "resource": "posts",
     "record_kind": "contacts",
+    "agent_id": "lead-scoring",
 }
 # POSTs that only read (a report is a query with a body): ``readonly`` may send them.
 READS_BY_POST = {("POST", "/api/v1/connections/{connection_id}/reports")}
@@ -117,6 +118,7 @@ BODIES: dict[tuple[str, str], Callable[[], Any]] = {
         "publish_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()
     },
     ("POST", "/api/v1/content/{content_id}/submit"): dict,
+    ("PUT", "/api/v1/agents/{agent_id}/config"): dict,
     ("POST", "/api/v1/users"): lambda: {
         "email": f"probe-{uuid.uuid4().hex[:8]}@example.com",
         "full_name": "Probe Person",
@@ -166,6 +168,7 @@ class Victim:
     content_id: str
     project_id: str
     task_id: str
+    run_id: str
 
     def markers(self) -> dict[str, str]:
         """Everything of the victim an attacker must never read."""
@@ -187,6 +190,7 @@ class Victim:
             "victim content id": self.content_id,
             "victim project id": self.project_id,
             "victim task id": self.task_id,
+            "victim agent run id": self.run_id,
         }
 
     def foreign_ids(self) -> dict[str, list[str]]:
@@ -203,6 +207,7 @@ class Victim:
             "upload_id": [str(uuid.uuid4())],
             "project_id": [self.project_id],
             "task_id": [self.task_id],
+            "run_id": [self.run_id],
             # Looked up at Stripe under the caller's own customer: any id stands for a victim's.
             "payment_method_id": [f"pm_{uuid.uuid4().hex[:24]}"],
             "tenant_id": [str(self.admin.tenant_id)],
@@ -222,6 +227,7 @@ class World:
     own_content_id: str
     own_project_id: str
     own_task_id: str
+    own_run_id: str
     staff: Member
 
 
@@ -305,6 +311,7 @@ async def _victim(
     profile_id = await _sync_profile(sessions, admin.tenant_id, connection_id)
     content_id = await _content_item(api, admin, connection_id, f"Victim post {tag}")
     project_id, task_id = await _project_task(api, admin, f"Victim project {tag}")
+    run_id = await _agent_run(api, admin)
     # The invoices projection row, as billing's workflow writes it.
     async with transaction(sessions) as session:
         session.add(
@@ -335,6 +342,7 @@ async def _victim(
         content_id=content_id,
         project_id=project_id,
         task_id=task_id,
+        run_id=run_id,
     )
 
 
@@ -364,6 +372,16 @@ async def _project_task(api: httpx.AsyncClient, who: Member, name: str) -> tuple
     assert task.status_code == 201, task.text
     task_id: str = task.json()["task_id"]
     return project_id, task_id
+
+
+async def _agent_run(api: httpx.AsyncClient, who: Member) -> str:
+    """An SEO audit of a snippet: a run that needs no connection."""
+    run = await api.post(
+        "/api/v1/agents/seo-audit/runs", json={"input": {"html": "<p>x</p>"}}, headers=who.headers
+    )
+    assert run.status_code in (201, 202), run.text
+    run_id: str = run.json()["run_id"]
+    return run_id
 
 
 async def _sync_profile(
@@ -443,6 +461,7 @@ async def world(
     own_profile = await _sync_profile(sessions, owner.tenant_id, own_connection)
     own_content = await _content_item(api, owner, own_connection, f"Mallory post {tag}")
     own_project, own_task = await _project_task(api, owner, f"Mallory project {tag}")
+    own_run = await _agent_run(api, owner)
     return World(
         app=app,
         api=api,
@@ -455,6 +474,7 @@ async def world(
         own_content_id=own_content,
         own_project_id=own_project,
         own_task_id=own_task,
+        own_run_id=own_run,
         staff=platform,
     )
 
@@ -622,9 +642,7 @@ async def test_foreign_ids_are_refused_on_every_route_without_a_trace(
         for values in _combinations(ids, foreign, own):
             if all(values[p] in own.get(p, []) for p in ids):
                 continue  # only the attacker's own ids: not an attack
-            random_ids = {
-                p: str(uuid.uuid4()) if values[p] in foreign[p] else values[p] for p in ids
-            }
+            random_ids = {p: _unknown(p) if values[p] in foreign[p] else values[p] for p in ids}
             for role, who in world.attackers.items():
                 body = body_for(route, spec)
                 url = _fill(route.path, {**NOT_IDS, **values})
@@ -655,6 +673,13 @@ async def test_foreign_ids_are_refused_on_every_route_without_a_trace(
     report(request, tally.line("tenant attacks, foreign ids"))
     assert await _victim_state(sessions, world) == before, "an attack changed the victim's rows"
     assert not tally.failures, "\n".join(tally.failures)
+
+
+def _unknown(param: str) -> str:
+    """An id of the parameter's shape that names nothing."""
+    if param == "payment_method_id":
+        return f"pm_{uuid.uuid4().hex[:24]}"
+    return str(uuid.uuid4())
 
 
 def _combinations(
@@ -780,6 +805,7 @@ async def test_roles_refused_where_they_may_not_act(
         "upload_id": str(uuid.uuid4()),
         "project_id": world.own_project_id,
         "task_id": world.own_task_id,
+        "run_id": world.own_run_id,
         "payment_method_id": f"pm_{uuid.uuid4().hex[:24]}",
         "tenant_id": str(world.attackers[Role.TENANT_ADMIN].tenant_id),
         **NOT_IDS,

@@ -93,6 +93,12 @@ EXPECTED = {
     "task-breached",
     "task-done",
     "task-escalated",
+    "agent-run-no-action",
+    "agent-run-awaiting-review",
+    "agent-run-approved",
+    "agent-run-rejected",
+    "agent-run-review-expired",
+    "agent-run-failed",
 }
 
 

@@ -1,0 +1,243 @@
+"""Agent activities: an agent's steps, its tool calls on the tenant's connections (credentials
+resolved here, by the connection's id), and the runs' projections (the listing and the
+decision log)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from connectors import registry
+from connectors.access import open_connection
+from connectors.crm import ActivityDraft, ActivityQuery, CRMPort, RecordRef
+from connectors.http import ConnectorError, as_application_error
+from connectors.ports import ListQuery
+from connectors.secrets import SecretStore
+from core import agent_rules
+from core.db import SessionFactory, transaction
+from core.render import body_html
+from core.settings import Settings
+from models.agents import (
+    AGENTS,
+    TOOLS,
+    AgentDecision,
+    AgentRun,
+    AgentRunRow,
+    RecordId,
+    StepDecision,
+    StepRequest,
+    ToolCall,
+    ToolOutcome,
+)
+from models.connection import Connection, ConnectionStatus
+from models.content import ContentItem, ContentItemState
+
+#: Error type of a tool call the run may not make; the run fails with the reason.
+TOOL_REFUSED = "AgentToolRefused"
+# Notes already logged on a contact are looked through this far for a retried write's key.
+_NOTE_PAGES = 5
+
+
+class _ContactArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    contact_id: RecordId
+
+
+class _CompanyArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    company_id: RecordId
+
+
+class _NoteArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    contact_ids: list[RecordId] = Field(min_length=1, max_length=10)
+    subject: str = Field(max_length=500)
+    body: str = Field(max_length=65_000)
+
+
+class _ContentArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content_id: str
+
+
+class AgentActivities:
+    """Activities bound to the database, the secret store and the connector registry."""
+
+    def __init__(self, sessions: SessionFactory, settings: Settings, secrets: SecretStore) -> None:
+        self._sessions = sessions
+        self._settings = settings
+        self._secrets = secrets
+
+    @activity.defn
+    async def plan_agent_step(self, request: StepRequest) -> StepDecision:
+        """The agent's next step: tool calls to make, or its result."""
+        try:
+            return agent_rules.plan(request)
+        except (ValueError, ValidationError) as exc:  # an input or answer the agent cannot use
+            message = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise ApplicationError(
+                f"The agent cannot go on: {message}", non_retryable=True
+            ) from None
+
+    @activity.defn
+    async def call_agent_tool(self, call: ToolCall) -> ToolOutcome:
+        """Run one tool of the agent on the run's connection (of the run's tenant)."""
+        request = call.request
+        spec = TOOLS.get(request.tool)
+        agent = AGENTS.get(call.agent_id)
+        if spec is None or agent is None or request.tool not in agent.tools:
+            raise _refused(f"The tool {request.tool} is not one of the agent's.")
+        try:
+            if spec.port == "content":
+                return ToolOutcome(result=await self._content_item(call))
+            async with self._crm(call) as crm:
+                return ToolOutcome(result=await _crm_tool(crm, call))
+        except ValidationError as exc:
+            raise _refused(f"Bad arguments for {request.tool}: {exc.errors()[0]['msg']}") from None
+
+    @activity.defn
+    async def record_agent_run(self, row: AgentRunRow) -> None:
+        """Upsert the run's listing row; once finished, its decision-log row."""
+        now = datetime.now(UTC)
+        async with transaction(self._sessions) as session:
+            run = await session.get(AgentRun, row.run_id)
+            if run is None:
+                run = AgentRun(id=row.run_id, created_at=row.created_at)
+                session.add(run)
+            run.tenant_id, run.agent_id, run.started_by = (
+                row.tenant_id,
+                row.agent_id,
+                row.started_by,
+            )
+            run.status, run.steps, run.approval_id = row.status, row.steps, row.approval_id
+            run.error, run.finished_at, run.updated_at = row.error, row.finished_at, now
+            if row.finished_at is None or row.outcome is None:
+                return
+            decision = await session.get(AgentDecision, row.run_id)
+            if decision is None:
+                decision = AgentDecision(run_id=row.run_id)
+                session.add(decision)
+            result = row.result
+            decision.tenant_id, decision.agent_id = row.tenant_id, row.agent_id
+            decision.decided_at, decision.input_summary = row.finished_at, row.input_summary
+            decision.confidence = result.confidence if result else None
+            decision.rationale = result.rationale if result else None
+            decision.output = result.output.model_dump(mode="json") if result else None
+            decision.writes = (
+                [w.model_dump(mode="json", include={"tool", "summary"}) for w in result.writes]
+                if result
+                else []
+            )
+            decision.outcome, decision.approval_id = row.outcome, row.approval_id
+            decision.error = row.error
+
+    # --- Tools --------------------------------------------------------------------------
+
+    async def _content_item(self, call: ToolCall) -> dict[str, Any]:
+        """The item's title, meta and body as it will be published (its workflow's query)."""
+        args = _ContentArgs.model_validate(call.request.args)
+        async with self._sessions() as session:
+            row = await session.get(ContentItem, _uuid(args.content_id))
+        if row is None or row.tenant_id != call.tenant_id:
+            raise _refused("No such content item in the tenant.")
+        handle = activity.client().get_workflow_handle(f"publish:{row.id}")
+        item = await handle.query("state", result_type=ContentItemState)
+        fields = item.fields
+        return {
+            "content_id": str(item.content_id),
+            "title": fields.title,
+            "seo_title": fields.seo_title,
+            "meta_description": fields.meta_description,
+            "html": body_html(fields),
+            "title_is_h1": True,
+        }
+
+    @asynccontextmanager
+    async def _crm(self, call: ToolCall) -> AsyncIterator[CRMPort]:
+        connection_id = call.request.connection_id
+        if connection_id is None:
+            raise _refused(f"{call.request.tool} needs a connection.")
+        async with self._sessions() as session:
+            row = await session.get(Connection, connection_id)
+        if row is None or row.tenant_id != call.tenant_id:
+            raise _refused("No such connection in the tenant.")
+        if registry.get_spec(row.connector_id).kind != "crm":
+            raise _refused(f"The connection ({row.connector_id}) is not a CRM.")
+        if row.status is not ConnectionStatus.CONNECTED:
+            raise _refused("The connection is disconnected.")
+        try:
+            async with open_connection(
+                self._settings,
+                self._secrets,
+                tenant_id=row.tenant_id,
+                connection_id=row.id,
+                connector_id=row.connector_id,
+                auth_kind=row.auth_kind,
+                connection_settings=row.settings,
+            ) as port:
+                yield cast(CRMPort, port)
+        except ConnectorError as exc:
+            raise as_application_error(exc) from None
+
+
+async def _crm_tool(crm: CRMPort, call: ToolCall) -> dict[str, Any]:
+    request = call.request
+    args = request.args
+    if request.tool == "crm.get_contact":
+        contact = await crm.get_contact(_ContactArgs.model_validate(args).contact_id)
+        return contact.model_dump(mode="json")
+    if request.tool == "crm.get_company":
+        company = await crm.get_company(_CompanyArgs.model_validate(args).company_id)
+        return company.model_dump(mode="json")
+    if request.tool == "crm.list_contacts":
+        page = await crm.list_contacts(ListQuery.model_validate(args))
+        return page.model_dump(mode="json")
+    if request.tool == "crm.create_note":
+        if call.key is None:
+            raise _refused("A write needs its key.")
+        return await _note_once(crm, _NoteArgs.model_validate(args), call.key)
+    raise _refused(f"Unknown tool {request.tool}.")
+
+
+async def _note_once(crm: CRMPort, note: _NoteArgs, key: str) -> dict[str, Any]:
+    """Log the note unless an earlier attempt did: the note ends with its key, looked for
+    among the first contact's notes. (The key is not kept as the note's ``external_id``:
+    the HubSpot connector cannot create that property on notes yet.)"""
+    reference = f"(ref {key})"
+    first = RecordRef(kind="contact", id=note.contact_ids[0])
+    cursor: str | None = None
+    for _ in range(_NOTE_PAGES):
+        page = await crm.list_activities(ActivityQuery(related=first, cursor=cursor, limit=100))
+        found = next((a for a in page.items if reference in a.body), None)
+        if found is not None:
+            return {"activity_id": found.id, "created": False}
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    created = await crm.create_activity(
+        ActivityDraft(
+            kind="note",
+            subject=note.subject,
+            body=f"{note.body}\n\n{reference}",
+            related=[RecordRef(kind="contact", id=i) for i in note.contact_ids],
+        )
+    )
+    return {"activity_id": created.id, "created": True}
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise _refused("Not a content item id.") from None
+
+
+def _refused(message: str) -> ApplicationError:
+    return ApplicationError(message, type=TOOL_REFUSED, non_retryable=True)
