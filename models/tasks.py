@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import JSON, Boolean, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from models.agents import AgentRunStart
 from models.base import Base, Timestamped, str_enum
 
 MAX_COMMENT_CHARS = 5_000
@@ -131,17 +132,21 @@ class BusinessCalendar(BaseModel):
 
 
 class Assignee(BaseModel):
-    """A person of the tenant (agents join with the agents process)."""
+    """A person of the tenant, or an agent of the directory (``id`` is then its run's)."""
 
-    kind: Literal["user"] = "user"
+    kind: Literal["user", "agent"] = "user"
     id: uuid.UUID
+    agent_id: str | None = None
+    # The tenant's threshold for the agent, fixed when its run starts.
+    confidence_threshold: float | None = None
 
 
 class Comment(BaseModel):
     comment_id: uuid.UUID
-    author: uuid.UUID
+    author: uuid.UUID = Field(description="the person, or the agent's run")
     at: datetime
     body: str
+    agent_id: str | None = None
 
 
 TaskEventName = Literal[
@@ -159,6 +164,8 @@ TaskEventName = Literal[
     "sla_breached",
     "sla_paused",
     "sla_resumed",
+    "agent_finished",
+    "agent_failed",
 ]
 
 
@@ -243,6 +250,7 @@ class TaskPolicy(BaseModel):
     sla: dict[Priority, SlaTarget] = Field(default_factory=lambda: dict(DEFAULT_SLA))
     calendar: BusinessCalendar = BusinessCalendar()
     accept_within: timedelta = timedelta(hours=4)
+    agent_accept_within: timedelta = timedelta(minutes=5)
     max_attempts: int = Field(default=3, ge=1, le=20)
     history_limit: int = 5_000
 
@@ -252,6 +260,8 @@ class TaskStart(BaseModel):
     policy: TaskPolicy = TaskPolicy()
     # Set by the API when the creator named an assignee; otherwise routing picks one.
     assignee: Assignee | None = None
+    # The run an agent assignee makes (prepared by the API with the tenant's configuration).
+    agent_run: AgentRunStart | None = None
 
 
 class StatusChange(BaseModel):
@@ -262,6 +272,7 @@ class StatusChange(BaseModel):
 class AssignCommand(BaseModel):
     assignee: Assignee
     by: uuid.UUID
+    agent_run: AgentRunStart | None = None
 
 
 class AcceptCommand(BaseModel):

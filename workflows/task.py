@@ -3,16 +3,20 @@ clocks in the tenant's business hours (``task:{task_id}``)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import suppress
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.tasks import TaskActivities
-    from core.search import BIZ_STATUS, SLA_DEADLINE
+    from core.search import BIZ_PROCESS, BIZ_STATUS, SLA_DEADLINE, TENANT_ID
+    from models.agents import AgentRunStart, AgentRunState, AgentRunStatus, DecisionOutcome
     from models.tasks import (
         MAX_COMMENTS,
         TERMINAL,
@@ -39,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         TaskStatus,
     )
+    from workflows import agent_run
 
 PROCESS = "task"
 # Error types of refused updates; the API maps each to its HTTP status.
@@ -89,6 +94,11 @@ class TaskWorkflow:
         self._notice_due = False
         self._escalate_due = False
         self._listed = False
+        self._agent_start: AgentRunStart | None = None
+        self._agent_done: AgentRunState | None = None
+        self._agent_failed: str | None = None
+        self._agent_running = False
+        self._collector: asyncio.Task[None] | None = None
         self._breaches = workflow.metric_meter().create_counter(
             "bizosaas_sla_breaches", "SLA clocks that passed their deadline"
         )
@@ -100,7 +110,7 @@ class TaskWorkflow:
             self._event("created", self._task.created_by)
             await self._start_clocks()
             if start.assignee is not None:
-                self._assign(start.assignee, self._task.created_by)
+                self._assign(start.assignee, self._task.created_by, start.agent_run)
             else:
                 self._routing = True
         await self._record()
@@ -108,10 +118,13 @@ class TaskWorkflow:
             if self._routing:
                 await self._route()
             await self._notify_pending()
+            if self._agent_start is not None:
+                await self._start_agent()
             await self._next_moment()
+            await self._agent_answered()
             await self._apply_deadlines()
             await self._record()
-            if self._history_is_long():
+            if self._history_is_long() and not self._agent_running:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
                     self._start.model_copy(update={"state": self._task, "assignee": None})
@@ -164,7 +177,7 @@ class TaskWorkflow:
         """Give the task to a person (the API checked they are the tenant's); they have
         ``accept_within`` to accept."""
         self._routing = False
-        self._assign(command.assignee, command.by)
+        self._assign(command.assignee, command.by, command.agent_run)
         self._dirty = True
         return self._task
 
@@ -251,12 +264,99 @@ class TaskWorkflow:
 
     # --- Assignment -------------------------------------------------------------------
 
-    def _assign(self, assignee: Assignee, by: uuid.UUID) -> None:
+    def _assign(self, assignee: Assignee, by: uuid.UUID, run: AgentRunStart | None = None) -> None:
         self._task.assignee = assignee
         self._task.accepted = False
+        if assignee.kind == "agent":
+            self._task.accept_due = workflow.now() + self._policy.agent_accept_within
+            self._agent_start = run
+            self._event("assigned", by, f"agent {assignee.agent_id}")
+            return
         self._task.accept_due = workflow.now() + self._policy.accept_within
         self._event("assigned", by, str(assignee.id))
         self._notice_due = True
+
+    # --- Agent assignees --------------------------------------------------------------
+
+    async def _start_agent(self) -> None:
+        """Start the agent's run (its acceptance); its answer lands on the task later."""
+        run, self._agent_start = self._agent_start, None
+        assert run is not None
+        try:
+            child = await workflow.start_child_workflow(
+                agent_run.AgentRunWorkflow.run,
+                run,
+                id=agent_run.workflow_id(run.run_id),
+                # A task that closes takes its agent's run with it.
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+                static_summary=f"Agent run {run.agent_id} for task {self._task.task_id}",
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(TENANT_ID, str(self._task.tenant_id)),
+                        SearchAttributePair(BIZ_PROCESS, agent_run.PROCESS),
+                        SearchAttributePair(BIZ_STATUS, AgentRunStatus.RUNNING.value),
+                    ]
+                ),
+            )
+        except ApplicationError as err:  # the run could not start: the next assignee
+            self._agent_failed = err.message
+            return
+        self._task.accepted, self._task.accept_due = True, None
+        if self._task.assignee is not None:
+            self._task.assignee.confidence_threshold = run.config.confidence_threshold
+        self._agent_running = True
+        self._event("accepted", None, f"agent {run.agent_id}")
+        self._first_action()
+        if self._task.status is TaskStatus.TODO:
+            self._task.status = TaskStatus.IN_PROGRESS
+            self._event("status_changed", None, "todo -> in_progress")
+        self._collector = asyncio.create_task(self._collect(child))
+
+    async def _collect(
+        self, child: ChildWorkflowHandle[agent_run.AgentRunWorkflow, AgentRunState]
+    ) -> None:
+        try:
+            self._agent_done = await child
+        except ChildWorkflowError as err:
+            self._agent_failed = str(err.cause or err)
+        self._agent_running = False
+        self._dirty = True
+
+    async def _agent_answered(self) -> None:
+        """The agent's result lands on the task as a comment: confident enough and applied,
+        the task is done; otherwise a person reviews it. A failed run moves the task on."""
+        state, failure = self._agent_done, self._agent_failed
+        self._agent_done = self._agent_failed = None
+        if failure is not None or (state is not None and state.status is AgentRunStatus.FAILED):
+            reason = failure or (state.error if state else None) or "the run failed"
+            self._event("agent_failed", None, reason)
+            self._skip_assignee()
+            return
+        if state is None or state.result is None:
+            return
+        result = state.result
+        self._task.comments.append(
+            Comment(
+                comment_id=state.run_id,
+                author=state.run_id,
+                agent_id=state.agent_id,
+                at=workflow.now(),
+                body=f"{result.rationale} (confidence {result.confidence:.0%}; "
+                f"{state.outcome.value if state.outcome else 'no outcome'})",
+            )
+        )
+        self._event("agent_finished", None, f"confidence {result.confidence:.2f}")
+        if self._task.status is not TaskStatus.IN_PROGRESS:
+            return  # a person moved the task meanwhile: the comment is theirs to weigh
+        assignee = self._task.assignee
+        threshold = assignee.confidence_threshold if assignee else None
+        trusted = (
+            threshold is not None and result.confidence >= threshold and state.outcome in _SETTLED
+        )
+        self._task.status = TaskStatus.DONE if trusted else TaskStatus.REVIEW
+        self._event("status_changed", None, f"in_progress -> {self._task.status.value}")
+        if trusted:
+            self._meet("resolution")
 
     def _skip_assignee(self) -> None:
         if self._task.assignee is not None:
@@ -494,6 +594,10 @@ class TaskWorkflow:
             summary=f"record the task: {task.status.value}",
         )
         self._listed = True
+
+
+#: Agent outcomes after which nothing is left to decide.
+_SETTLED = frozenset({DecisionOutcome.NO_ACTION, DecisionOutcome.APPLIED, DecisionOutcome.APPROVED})
 
 
 def _due(clock: SlaClock | None) -> datetime | None:

@@ -392,45 +392,15 @@ async def start_run(
     agent's input schema). Connections and content items it names must be your tenant's
     (404 otherwise); 409 when the agent is disabled for your tenant. A retry with the same
     ``Idempotency-Key`` answers with the same run."""
-    spec = _spec(agent_id)
-    try:
-        given = spec.input_model.model_validate(body.input)
-    except ValidationError as exc:
-        raise Unprocessable(
-            "The input does not fit the agent's input schema.",
-            errors=[
-                {"loc": ["body", "input", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                for e in exc.errors(include_url=False, include_context=False)
-            ],
-        ) from None
-    config = await _config(session, principal, spec, settings)
-    if not config.enabled:
-        raise Conflict(f"The agent {spec.id} is disabled for your tenant.")
-    await _check_references(session, principal, given)
     uid = update_id("start_agent_run", principal, key)
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, uid) if uid else uuid.uuid4()
+    start = await prepare_run(session, principal, settings, agent_id, body.input, run_id)
     handle = client.get_workflow_handle_for(AgentRunWorkflow.run, workflow_id(run_id))
     if await session.get(AgentRun, run_id) is not None:  # a retried request
         state: AgentRunState = await workflow_calls.query(
             handle, AgentRunWorkflow.state, settings=settings
         )
         return state
-    start = AgentRunStart(
-        run_id=run_id,
-        tenant_id=principal.tenant_id,
-        agent_id=spec.id,
-        started_by=principal.user_id,
-        created_at=datetime.now(UTC),
-        input=given.model_dump(mode="json"),
-        config=AgentRunConfig(
-            confidence_threshold=config.confidence_threshold,
-            allowed_tools=config.allowed_tools
-            if config.allowed_tools is not None
-            else list(spec.tools),
-            always_review=config.always_review,
-            max_steps=config.max_steps,
-        ),
-    )
     operation = WithStartWorkflowOperation(
         AgentRunWorkflow.run,
         start,
@@ -439,7 +409,7 @@ async def start_run(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         # A finished run is never started again under its id: a late retry reads it.
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        static_summary=f"Agent run {spec.id} {run_id}",
+        static_summary=f"Agent run {start.agent_id} {run_id}",
         search_attributes=TypedSearchAttributes(
             [
                 SearchAttributePair(search.TENANT_ID, str(principal.tenant_id)),
@@ -456,6 +426,50 @@ async def start_run(
     except WorkflowAlreadyStartedError:
         state = await workflow_calls.query(handle, AgentRunWorkflow.state, settings=settings)
     return state
+
+
+async def prepare_run(
+    session: AsyncSession,
+    principal: Principal,
+    settings: Settings,
+    agent_id: str,
+    agent_input: dict[str, Any],
+    run_id: uuid.UUID,
+) -> AgentRunStart:
+    """A run of the agent for the caller's tenant, with the tenant's configuration fixed into
+    it: 404 for an unknown agent or another tenant's connection or item, 422 naming the field
+    when the input does not fit the agent's schema, 409 when the agent is disabled."""
+    spec = _spec(agent_id)
+    try:
+        given = spec.input_model.model_validate(agent_input)
+    except ValidationError as exc:
+        raise Unprocessable(
+            "The input does not fit the agent's input schema.",
+            errors=[
+                {"loc": ["body", "input", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                for e in exc.errors(include_url=False, include_context=False)
+            ],
+        ) from None
+    config = await _config(session, principal, spec, settings)
+    if not config.enabled:
+        raise Conflict(f"The agent {spec.id} is disabled for your tenant.")
+    await _check_references(session, principal, given)
+    return AgentRunStart(
+        run_id=run_id,
+        tenant_id=principal.tenant_id,
+        agent_id=spec.id,
+        started_by=principal.user_id,
+        created_at=datetime.now(UTC),
+        input=given.model_dump(mode="json"),
+        config=AgentRunConfig(
+            confidence_threshold=config.confidence_threshold,
+            allowed_tools=config.allowed_tools
+            if config.allowed_tools is not None
+            else list(spec.tools),
+            always_review=config.always_review,
+            max_steps=config.max_steps,
+        ),
+    )
 
 
 async def _check_references(session: AsyncSession, principal: Principal, given: BaseModel) -> None:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from sqlalchemy import Select, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
@@ -25,10 +25,13 @@ from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
 from api.pagination import decode_cursor, encode_cursor
+from api.routers.agents import prepare_run
 from api.tenancy import owned, scoped
 from api.workflow_calls import Entity, IdempotencyKey, start_options, update_id
 from core.errors import Conflict, Forbidden, Unprocessable
 from core.security import Principal
+from core.settings import Settings
+from models.agents import AgentRunStart
 from models.tasks import (
     DEFAULT_SLA,
     MAX_COMMENT_CHARS,
@@ -105,10 +108,25 @@ class ProjectPage(BaseModel):
     next_cursor: str | None
 
 
+class AgentAssignment(BaseModel):
+    """An agent of the directory and its input (``GET /api/v1/agents/{agent_id}``)."""
+
+    agent_id: str = Field(max_length=64)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
 class TaskRequest(TaskFields):
-    """A new task; ``assignee_id`` assigns it directly, otherwise routing picks a member."""
+    """A new task; ``assignee_id`` (a person) or ``agent`` assigns it directly, otherwise
+    routing picks a member."""
 
     assignee_id: uuid.UUID | None = None
+    agent: AgentAssignment | None = None
+
+    @model_validator(mode="after")
+    def _one_assignee(self) -> TaskRequest:
+        if self.assignee_id is not None and self.agent is not None:
+            raise ValueError("assign a person or an agent, not both")
+        return self
 
     @field_validator("due_at")
     @classmethod
@@ -155,7 +173,16 @@ class StatusBody(BaseModel):
 
 
 class AssignBody(BaseModel):
-    assignee_id: uuid.UUID
+    """A person (``assignee_id``) or an agent (``agent``)."""
+
+    assignee_id: uuid.UUID | None = None
+    agent: AgentAssignment | None = None
+
+    @model_validator(mode="after")
+    def _one_assignee(self) -> AssignBody:
+        if (self.assignee_id is None) == (self.agent is None):
+            raise ValueError("assign either a person (assignee_id) or an agent")
+        return self
 
 
 class PriorityBody(BaseModel):
@@ -305,10 +332,9 @@ async def create_task(
     assignee (or one of another tenant) or a due date in the past. A retry with the same
     ``Idempotency-Key`` answers with the same task."""
     project = await owned(session, Project, project_id, principal)
-    if body.assignee_id is not None:
-        await _check_people(session, principal, [body.assignee_id], "assignee_id")
     uid = update_id("create_task", principal, key)
     task_id = uuid.uuid5(uuid.NAMESPACE_URL, uid) if uid else uuid.uuid4()
+    assignee, run = await _assignee(session, principal, settings, body, task_id)
     start = TaskStart(
         state=TaskState(
             task_id=task_id,
@@ -324,7 +350,8 @@ async def create_task(
             accept_within=settings.task_accept_within,
             max_attempts=settings.task_max_attempts,
         ),
-        assignee=Assignee(id=body.assignee_id) if body.assignee_id else None,
+        assignee=assignee,
+        agent_run=run,
     )
     options = start_options(
         settings,
@@ -436,9 +463,31 @@ async def assign_task(
     """422 for anyone who is not a person of your tenant; they have the acceptance window to
     accept."""
     await tasks.handle(task_id)  # another tenant's task: 404 before anything about the body
-    await _check_people(tasks.session, principal, [body.assignee_id], "assignee_id")
-    command = AssignCommand(assignee=Assignee(id=body.assignee_id), by=principal.user_id)
+    assignee, run = await _assignee(tasks.session, principal, tasks.settings, body, uuid.uuid4())
+    assert assignee is not None
+    command = AssignCommand(assignee=assignee, by=principal.user_id, agent_run=run)
     return await tasks.update(task_id, TaskWorkflow.assign, command)
+
+
+async def _assignee(
+    session: AsyncSession,
+    principal: Principal,
+    settings: Settings,
+    body: TaskRequest | AssignBody,
+    run_seed: uuid.UUID,
+) -> tuple[Assignee | None, AgentRunStart | None]:
+    """The person (checked to be one of your tenant's) or the agent (its run prepared with
+    your tenant's configuration of it) the body names, if any."""
+    if body.assignee_id is not None:
+        await _check_people(session, principal, [body.assignee_id], "assignee_id")
+        return Assignee(id=body.assignee_id), None
+    if body.agent is None:
+        return None, None
+    run_id = uuid.uuid5(run_seed, body.agent.agent_id)
+    run = await prepare_run(
+        session, principal, settings, body.agent.agent_id, body.agent.input, run_id
+    )
+    return Assignee(kind="agent", id=run_id, agent_id=run.agent_id), run
 
 
 @router.post("/tasks/{task_id}/accept", summary="Accept a task assigned to you")

@@ -491,3 +491,76 @@ async def test_seo_audit_of_a_content_item_and_of_html(
     assert done["result"]["output"]["score"] == 44  # 4 of 9 checks
     assert done["steps"] == 1
     assert datetime.fromisoformat(done["finished_at"]) <= datetime.now(UTC)
+
+
+async def task_until(
+    api: httpx.AsyncClient, who: Member, task_id: str, status: str
+) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            got = await api.get(f"/api/v1/tasks/{task_id}", headers=who.headers)
+            assert got.status_code == 200, got.text
+            task: dict[str, Any] = got.json()
+            if task["status"] == status:
+                return task
+            await asyncio.sleep(0.1)
+
+
+async def test_an_agent_assignee_works_a_task_and_a_doubtful_result_goes_to_review(
+    api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    agent_settings: Settings,
+    hubspot_peer: HubSpotPeer,
+) -> None:
+    admin = await member(sessions, agent_settings)
+    project = await api.post("/api/v1/projects", json={"name": "Growth"}, headers=admin.headers)
+    base = f"/api/v1/projects/{project.json()['project_id']}/tasks"
+
+    # A sure result (an SEO audit): the agent accepts, comments and closes the task.
+    audit = {"agent_id": "seo-audit", "input": {"html": "<h1>Pricing</h1><p>Plans.</p>"}}
+    created = await api.post(
+        base, json={"title": "Audit the pricing page", "agent": audit}, headers=admin.headers
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["assignee"]["kind"] == "agent"
+    done = await task_until(api, admin, created.json()["task_id"], "done")
+    [comment] = done["comments"]
+    assert comment["agent_id"] == "seo-audit"
+    assert "confidence 100%" in comment["body"]
+    events = [e["event"] for e in done["events"]]
+    assert events[:3] == ["created", "assigned", "accepted"]
+    assert "agent_finished" in events
+    assert {c["kind"]: c["met_at"] is not None for c in done["clocks"]} == {
+        "response": True,
+        "resolution": True,
+    }
+
+    # A doubtful one (a lead known by its e-mail only): a person reviews it.
+    connection_id = await crm(api, admin)
+    lead = hubspot_peer.seed("contacts", {"email": "someone@example.org"})
+    scoring = {
+        "agent_id": "lead-scoring",
+        "input": {"connection_id": connection_id, "contact_id": lead["id"]},
+    }
+    doubtful = await api.post(
+        base, json={"title": "Score the new lead", "agent": scoring}, headers=admin.headers
+    )
+    assert doubtful.status_code == 201, doubtful.text
+    review = await task_until(api, admin, doubtful.json()["task_id"], "review")
+    assert review["comments"][0]["agent_id"] == "lead-scoring"
+    decisions = await api.get("/api/v1/agents/decisions", headers=admin.headers)
+    assert {d["agent_id"] for d in decisions.json()["items"]} == {"seo-audit", "lead-scoring"}
+
+    # An agent the tenant switched off, or an input that does not fit, is refused up front.
+    off = await api.put(
+        "/api/v1/agents/seo-audit/config", json={"enabled": False}, headers=admin.headers
+    )
+    assert off.status_code == 200, off.text
+    refused = await api.post(base, json={"title": "x", "agent": audit}, headers=admin.headers)
+    assert refused.status_code == 409
+    bad = await api.post(
+        base,
+        json={"title": "x", "agent": {"agent_id": "lead-scoring", "input": {"contact_id": "1"}}},
+        headers=admin.headers,
+    )
+    assert bad.status_code == 422
