@@ -42,6 +42,7 @@ from connectors.secrets import connection_path, secret_store_from_settings, stag
 from core.db import SessionFactory, transaction
 from core.identity import membership_of
 from core.settings import Settings
+from models.agents import AgentRunConfig, AgentRunStart
 from models.approval import ApprovalStatus, Decision, Verdict
 from models.audit import AuditEntry
 from models.billing import (
@@ -1279,3 +1280,28 @@ async def test_agent_runs(
         limited = await run(lead, allowed_tools=["crm.get_contact"])
         assert (await limited.result()).status is AgentRunStatus.FAILED
         await record(client, "agent-run-failed", limited.id)
+
+
+async def test_task_by_agent(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A task an agent accepts by starting its run, and closes with its result."""
+    client = time_skipping_env.client
+    admin = await member(sessions, settings)
+    project_id = await task_project(sessions, admin)
+    run = AgentRunStart(
+        run_id=uuid.uuid4(),
+        tenant_id=admin.tenant_id,
+        agent_id="seo-audit",
+        started_by=admin.user_id,
+        created_at=await time_skipping_env.get_current_time(),
+        input={"html": "<h1>Pricing</h1><p>Plans.</p>"},
+        config=AgentRunConfig(allowed_tools=[]),
+    )
+    async with build_worker(client, sessions, settings):
+        now = await time_skipping_env.get_current_time()
+        task = await start_task(
+            client, settings, admin, project_id, now, TaskPolicy(), agent_run=run
+        )
+        assert await task.result() is TaskStatus.DONE
+        await record(client, "task-done-by-agent", task.id)

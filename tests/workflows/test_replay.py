@@ -93,6 +93,7 @@ EXPECTED = {
     "task-breached",
     "task-done",
     "task-escalated",
+    "task-done-by-agent",
     "agent-run-no-action",
     "agent-run-awaiting-review",
     "agent-run-approved",

@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from core import search
 from core.db import SessionFactory, transaction
 from core.settings import Settings
+from models.agents import AgentRunStart
 from models.email import OutboundEmail
 from models.tasks import (
     AcceptCommand,
@@ -77,6 +78,7 @@ async def _start(
     now: datetime,
     policy: TaskPolicy,
     assignee: Member | None = None,
+    agent_run: AgentRunStart | None = None,
 ) -> Handle:
     task_id = uuid.uuid4()
     start = TaskStart(
@@ -89,11 +91,18 @@ async def _start(
             fields=TaskFields(title="Reply to the customer", priority=Priority.NORMAL),
         ),
         policy=policy,
-        assignee=None if assignee is None else Assignee(id=assignee.user_id),
+        assignee=_assignee(assignee, agent_run),
+        agent_run=agent_run,
     )
     return await client.start_workflow(
         TaskWorkflow.run, start, id=workflow_id(task_id), task_queue=settings.temporal_task_queue
     )
+
+
+def _assignee(person: Member | None, run: AgentRunStart | None) -> Assignee | None:
+    if run is not None:
+        return Assignee(kind="agent", id=run.run_id, agent_id=run.agent_id)
+    return None if person is None else Assignee(id=person.user_id)
 
 
 async def _state(handle: Handle, check: object) -> TaskState:
