@@ -42,6 +42,21 @@ def sniff_type(head: bytes) -> str | None:
     return next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
 
 
+def upload_problem(declared_type: str, stored: StoredObject, max_bytes: int) -> str | None:
+    """Why an uploaded file may not be kept (empty, too large, not the type announced by its
+    magic bytes), or ``None`` when it may."""
+    if stored.size == 0:
+        return "The uploaded file is empty."
+    if stored.size > max_bytes:
+        return f"The uploaded file has {stored.size} bytes; at most {max_bytes} are allowed."
+    found = sniff_type(stored.head)
+    if found is None:
+        return "The uploaded file is not a PDF, PNG or JPEG file."
+    if found != declared_type:
+        return f"The uploaded file is {found}, not {declared_type} as announced."
+    return None
+
+
 @dataclass(frozen=True)
 class UploadTarget:
     """Where and how the client sends the bytes."""

@@ -13,9 +13,9 @@ import asyncio
 import logging
 import urllib.request
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,9 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.responses import Response
 
 from core import telemetry
 from core.db import SessionFactory
+
+if TYPE_CHECKING:  # the worker imports this module too: it needs no web framework
+    from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.agents import AgentRunStart
 from models.base import Base, Timestamped, str_enum
+from models.onboarding import Document
 
 MAX_COMMENT_CHARS = 5_000
 MAX_COMMENTS = 500
+MAX_ATTACHMENTS = 20
 
 
 class TaskStatus(StrEnum):
@@ -166,6 +168,7 @@ TaskEventName = Literal[
     "sla_resumed",
     "agent_finished",
     "agent_failed",
+    "attached",
 ]
 
 
@@ -240,6 +243,8 @@ class TaskState(BaseModel):
     escalated: bool = False
     clocks: list[SlaClock] = Field(default_factory=list)
     comments: list[Comment] = Field(default_factory=list)
+    # Files uploaded through the same signed URLs and checks as onboarding documents.
+    attachments: list[Document] = Field(default_factory=list)
     events: list[TaskEvent] = Field(default_factory=list)
 
 

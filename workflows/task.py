@@ -17,7 +17,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.tasks import TaskActivities
     from core.search import BIZ_PROCESS, BIZ_STATUS, SLA_DEADLINE, TENANT_ID
     from models.agents import AgentRunStart, AgentRunState, AgentRunStatus, DecisionOutcome
+    from models.onboarding import Document, DocumentCheck, DocumentUpload
     from models.tasks import (
+        MAX_ATTACHMENTS,
         MAX_COMMENTS,
         TERMINAL,
         TRANSITIONS,
@@ -50,7 +52,8 @@ PROCESS = "task"
 ILLEGAL_TRANSITION = "IllegalTransition"  # 409, details: the allowed statuses
 TASK_CLOSED = "TaskClosed"  # 409
 NOT_ASSIGNEE = "NotTheAssignee"  # 403
-TOO_MANY_COMMENTS = "TooManyComments"  # 422
+TOO_MANY_COMMENTS = "TooManyComments"  # 422 (comments or attachments)
+UNKNOWN_ATTACHMENT = "UnknownAttachment"  # 404
 
 _STORE_TIMEOUT = timedelta(seconds=30)
 _NOTICE_WINDOW = timedelta(hours=1)
@@ -255,6 +258,42 @@ class TaskWorkflow:
         if len(self._task.comments) >= MAX_COMMENTS:
             raise ApplicationError(
                 f"A task holds at most {MAX_COMMENTS} comments.", type=TOO_MANY_COMMENTS
+            )
+
+    @workflow.update
+    def expect_attachment(self, upload: DocumentUpload) -> TaskState:
+        """Hold a slot for a file being uploaded (the API checks it before it counts)."""
+        self._task.attachments.append(Document(**upload.model_dump(), announced_at=workflow.now()))
+        return self._task
+
+    @expect_attachment.validator
+    def _check_expect_attachment(self, upload: DocumentUpload) -> None:
+        """At most ``MAX_ATTACHMENTS`` per task, none once it is closed."""
+        self._require_open()
+        if len(self._task.attachments) >= MAX_ATTACHMENTS:
+            raise ApplicationError(
+                f"A task holds at most {MAX_ATTACHMENTS} attachments.", type=TOO_MANY_COMMENTS
+            )
+
+    @workflow.update
+    def settle_attachment(self, check: DocumentCheck) -> TaskState:
+        """The uploaded file passed the checks (kept where no upload URL reaches) or not
+        (its slot is freed)."""
+        found = next(a for a in self._task.attachments if a.document_id == check.document_id)
+        if not check.accepted or check.sealed_key is None:
+            self._task.attachments.remove(found)
+            return self._task
+        found.stored, found.size, found.storage_key = True, check.size or 0, check.sealed_key
+        self._event("attached", None, found.filename)
+        self._dirty = True
+        return self._task
+
+    @settle_attachment.validator
+    def _check_settle_attachment(self, check: DocumentCheck) -> None:
+        """Only a file the task waits for."""
+        if not any(a.document_id == check.document_id for a in self._task.attachments):
+            raise ApplicationError(
+                f"No attachment {check.document_id} on this task.", type=UNKNOWN_ATTACHMENT
             )
 
     @workflow.query

@@ -36,15 +36,13 @@ from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
 from api.workflow_calls import Entity, IdempotencyKey, start_options, update_id
 from connectors import registry
-from connectors.storage import sniff_type
+from connectors.storage import upload_problem
 from core.errors import Conflict, NotFound, Unprocessable
 from core.render import body_html
 from core.security import Principal
-from core.settings import Settings
 from models.approval import DeadlinePolicy
 from models.connection import Connection, ConnectionStatus
 from models.content import (
-    IMAGE_TYPES,
     Actor,
     ContentEdit,
     ContentFields,
@@ -485,7 +483,7 @@ async def complete_image_upload(
     stored = await storage.seal(pending.storage_key, sealed)
     if stored is None:
         raise Unprocessable("Nothing has been uploaded for this image yet.")
-    problem = _image_problem(pending, stored.size, sniff_type(stored.head), settings)
+    problem = upload_problem(pending.content_type, stored, settings.content_image_max_bytes)
     if problem is not None:
         await storage.delete(sealed)
         refused = ImageCheck(upload_id=upload_id, accepted=False)
@@ -500,23 +498,6 @@ async def remove_image(content_id: uuid.UUID, principal: Author, items: ItemsDep
     """A new revision without a featured image."""
     actor = Actor(by=principal.user_id)
     return await items.update(content_id, PublishWorkflow.remove_image, actor)
-
-
-def _image_problem(
-    pending: ImageUpload, size: int, found: str | None, settings: Settings
-) -> str | None:
-    if size == 0:
-        return "The uploaded image is empty."
-    if size > settings.content_image_max_bytes:
-        return (
-            f"The uploaded image has {size} bytes; at most "
-            f"{settings.content_image_max_bytes} are allowed."
-        )
-    if found not in IMAGE_TYPES:
-        return "The uploaded file is not a PNG or JPEG image."
-    if found != pending.content_type:
-        return f"The uploaded image is {found}, not {pending.content_type} as announced."
-    return None
 
 
 def _refuse(cause: ApplicationError) -> None:

@@ -38,7 +38,7 @@ from api.deps import (
     require_role,
 )
 from api.workflow_calls import IdempotencyKey, update_id
-from connectors.storage import StoredObject, sniff_type
+from connectors.storage import upload_problem
 from core import search
 from core.errors import Conflict, NotFound, Unprocessable
 from core.security import Principal
@@ -314,7 +314,7 @@ async def complete_document_upload(
             await _forget(onboarding, document)
             raise Unprocessable("The upload window has passed; announce the document again.")
         raise Unprocessable("Nothing has been uploaded for this document yet.")
-    problem = _document_problem(document, stored, settings.document_max_bytes)
+    problem = upload_problem(document.content_type, stored, settings.document_max_bytes)
     if problem is not None:
         await storage.delete(sealed)
         await _forget(onboarding, document)
@@ -353,20 +353,6 @@ def _announced(state: OnboardingState, document_id: uuid.UUID) -> Document:
     if found is None:
         raise NotFound(f"No document {document_id} in your application.")
     return found
-
-
-def _document_problem(document: Document, stored: StoredObject, max_bytes: int) -> str | None:
-    """Why the stored object may not be kept, or ``None`` when it may."""
-    if stored.size == 0:
-        return "The uploaded document is empty."
-    if stored.size > max_bytes:
-        return f"The uploaded document has {stored.size} bytes; at most {max_bytes} are allowed."
-    found = sniff_type(stored.head)
-    if found is None:
-        return "The uploaded document is not a PDF, PNG or JPEG file."
-    if found != document.content_type:
-        return f"The uploaded document is {found}, not {document.content_type} as announced."
-    return None
 
 
 def _refuse(cause: ApplicationError) -> None:

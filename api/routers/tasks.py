@@ -8,9 +8,10 @@ Kanban and list views read the ``tasks`` projection its activities write.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -23,15 +24,24 @@ from temporalio.exceptions import ApplicationError
 
 from api import workflow_calls
 from api.billing_guard import read_only_guard
-from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
+from api.deps import (
+    CurrentPrincipal,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    TemporalDep,
+    require_role,
+)
 from api.pagination import decode_cursor, encode_cursor
 from api.routers.agents import prepare_run
 from api.tenancy import owned, scoped
 from api.workflow_calls import Entity, IdempotencyKey, start_options, update_id
-from core.errors import Conflict, Forbidden, Unprocessable
+from connectors.storage import upload_problem
+from core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from core.security import Principal
 from core.settings import Settings
 from models.agents import AgentRunStart
+from models.onboarding import Document, DocumentCheck, DocumentRequest, DocumentUpload, sealed_key
 from models.tasks import (
     DEFAULT_SLA,
     MAX_COMMENT_CHARS,
@@ -61,6 +71,7 @@ from workflows.task import (
     PROCESS,
     TASK_CLOSED,
     TOO_MANY_COMMENTS,
+    UNKNOWN_ATTACHMENT,
     TaskWorkflow,
     workflow_id,
 )
@@ -284,6 +295,51 @@ async def put_project(
     row.sla = {k.value: v.model_dump() for k, v in body.sla.items()}
     await session.commit()
     return ProjectView.of(row)
+
+
+class ProjectEvent(TaskEvent):
+    task_id: uuid.UUID
+    task_title: str
+
+
+#: The tasks whose records make a project's timeline: the most recently changed ones.
+_TIMELINE_TASKS = 50
+
+
+@router.get("/projects/{project_id}/timeline", summary="What happened in a project lately")
+async def project_timeline(
+    project_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[ProjectEvent]:
+    """Newest first: the events its 50 most recently changed tasks recorded."""
+    await owned(session, Project, project_id, principal)
+    rows = await session.scalars(
+        select(Task.id)
+        .where(Task.tenant_id == principal.tenant_id, Task.project_id == project_id)
+        .order_by(Task.updated_at.desc(), Task.id.desc())
+        .limit(_TIMELINE_TASKS)
+    )
+    states: list[TaskState] = await asyncio.gather(
+        *(
+            workflow_calls.query(
+                client.get_workflow_handle(workflow_id(task_id)),
+                TaskWorkflow.state,
+                settings=settings,
+            )
+            for task_id in rows
+        )
+    )
+    events = [
+        ProjectEvent(**event.model_dump(), task_id=state.task_id, task_title=state.fields.title)
+        for state in states
+        for event in state.events
+    ]
+    events.sort(key=lambda event: event.at, reverse=True)
+    return events[:limit]
 
 
 async def _check_people(
@@ -539,3 +595,111 @@ def _refuse(cause: ApplicationError) -> None:
         raise Forbidden(cause.message)
     if cause.type == TOO_MANY_COMMENTS:
         raise Unprocessable(cause.message)
+    if cause.type == UNKNOWN_ATTACHMENT:
+        raise NotFound(cause.message)
+
+
+# --- Attachments ----------------------------------------------------------------------------
+
+
+class AttachmentTicket(BaseModel):
+    attachment_id: uuid.UUID
+    upload_url: str
+    method: Literal["PUT"]
+    headers: dict[str, str]
+
+
+class DownloadLink(BaseModel):
+    url: str
+    expires_at: datetime
+
+
+@router.post(
+    "/tasks/{task_id}/attachments",
+    status_code=status.HTTP_201_CREATED,
+    summary="Ask for an attachment's upload URL",
+)
+async def request_attachment(
+    task_id: uuid.UUID,
+    body: DocumentRequest,
+    principal: Worker,
+    tasks: TasksDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> AttachmentTicket:
+    """A PDF, PNG or JPEG up to ``document_max_bytes`` (422 otherwise, or beyond 20 files).
+    Upload it to the URL, then complete it; a retry with the same ``Idempotency-Key``
+    announces the same file."""
+    if body.size > settings.document_max_bytes:
+        raise Unprocessable(
+            f"The file has {body.size} bytes; at most {settings.document_max_bytes} are allowed."
+        )
+    uid = update_id("expect_attachment", principal, tasks.key)
+    attachment_id = uuid.uuid5(uuid.NAMESPACE_URL, uid) if uid else uuid.uuid4()
+    upload = DocumentUpload(
+        **body.model_dump(),
+        document_id=attachment_id,
+        storage_key=f"tenants/{principal.tenant_id}/tasks/{task_id}/{attachment_id}",
+    )
+    await tasks.update(task_id, TaskWorkflow.expect_attachment, upload)
+    target = await storage.upload_target(upload.storage_key, upload.content_type, upload.size)
+    return AttachmentTicket(
+        attachment_id=attachment_id, upload_url=target.url, method="PUT", headers=target.headers
+    )
+
+
+@router.post(
+    "/tasks/{task_id}/attachments/{attachment_id}/complete",
+    summary="Check an uploaded attachment and keep it",
+)
+async def complete_attachment(
+    task_id: uuid.UUID,
+    attachment_id: uuid.UUID,
+    principal: Worker,
+    tasks: TasksDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> TaskState:
+    """Sealed (out of reach of its upload URL) and checked by its magic bytes and size; one
+    that fails the checks is removed (422). Completing a kept file again changes nothing."""
+    found = _attachment(await tasks.state(task_id), attachment_id)
+    if found.stored:
+        return await tasks.state(task_id)
+    sealed = sealed_key(found.storage_key)
+    stored = await storage.seal(found.storage_key, sealed)
+    if stored is None:
+        raise Unprocessable("Nothing has been uploaded for this attachment yet.")
+    problem = upload_problem(found.content_type, stored, settings.document_max_bytes)
+    if problem is not None:
+        await storage.delete(sealed)
+        refused = DocumentCheck(document_id=attachment_id, accepted=False)
+        await tasks.update(task_id, TaskWorkflow.settle_attachment, refused)
+        raise Unprocessable(problem)
+    check = DocumentCheck(
+        document_id=attachment_id, accepted=True, size=stored.size, sealed_key=sealed
+    )
+    return await tasks.update(task_id, TaskWorkflow.settle_attachment, check)
+
+
+@router.get("/tasks/{task_id}/attachments/{attachment_id}", summary="An attachment's URL")
+async def attachment_url(
+    task_id: uuid.UUID,
+    attachment_id: uuid.UUID,
+    tasks: TasksDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> DownloadLink:
+    """A short-lived download URL of a kept attachment."""
+    found = _attachment(await tasks.state(task_id), attachment_id)
+    if not found.stored:
+        raise NotFound(f"Attachment {attachment_id} has not been kept yet.")
+    expires_at = datetime.now(UTC) + timedelta(seconds=settings.document_url_seconds)
+    url = await storage.download_url(found.storage_key, found.filename, found.content_type)
+    return DownloadLink(url=url, expires_at=expires_at)
+
+
+def _attachment(state: TaskState, attachment_id: uuid.UUID) -> Document:
+    found = next((a for a in state.attachments if a.document_id == attachment_id), None)
+    if found is None:
+        raise NotFound(f"No attachment {attachment_id} on this task.")
+    return found

@@ -256,3 +256,82 @@ async def test_the_inbox_holds_the_approvals_each_role_decides(
     assert (staff_inbox[0]["kind"], staff_inbox[0]["id"]) == ("approval", str(onboarding))
     assert all(i["kind"] == "approval" for i in staff_inbox)
     assert (await api.get("/api/v1/inbox", headers=worker.headers)).json()["items"] == []
+
+
+async def attach(
+    api: httpx.AsyncClient, who: Member, task_id: str, data: bytes, **declared: Any
+) -> httpx.Response:
+    body = {"filename": "brief.pdf", "content_type": "application/pdf", "size": len(data)}
+    ticket = await api.post(
+        f"/api/v1/tasks/{task_id}/attachments", json=body | declared, headers=who.headers
+    )
+    assert ticket.status_code == 201, ticket.text
+    upload = ticket.json()
+    put = await api.put(
+        httpx.URL(upload["upload_url"]).raw_path.decode(), content=data, headers=upload["headers"]
+    )
+    assert put.status_code == 200, put.text
+    return await api.post(
+        f"/api/v1/tasks/{task_id}/attachments/{upload['attachment_id']}/complete",
+        headers=who.headers,
+    )
+
+
+async def test_attachments_are_checked_kept_and_private_to_the_tenant(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    stranger = await member(sessions, settings)
+    project_id = await project(api, admin, admin)
+    task_id = (await task(api, admin, project_id))["task_id"]
+
+    kept = await attach(api, admin, task_id, b"%PDF-1.7 a brief")
+    assert kept.status_code == 200, kept.text
+    [attachment] = kept.json()["attachments"]
+    assert (attachment["stored"], attachment["filename"]) == (True, "brief.pdf")
+    link = await api.get(
+        f"/api/v1/tasks/{task_id}/attachments/{attachment['document_id']}", headers=admin.headers
+    )
+    assert link.status_code == 200, link.text
+    download = await api.get(httpx.URL(link.json()["url"]).raw_path.decode())
+    assert download.content == b"%PDF-1.7 a brief"
+
+    # Not what it claims to be, or too large: refused and nothing kept.
+    fake = await attach(api, admin, task_id, b"not a pdf at all")
+    assert fake.status_code == 422, fake.text
+    huge = await api.post(
+        f"/api/v1/tasks/{task_id}/attachments",
+        json={"filename": "x.pdf", "content_type": "application/pdf", "size": 10**10},
+        headers=admin.headers,
+    )
+    assert huge.status_code == 422
+    exe = await api.post(
+        f"/api/v1/tasks/{task_id}/attachments",
+        json={"filename": "x.exe", "content_type": "application/x-msdownload", "size": 10},
+        headers=admin.headers,
+    )
+    assert exe.status_code == 422
+    state = (await api.get(f"/api/v1/tasks/{task_id}", headers=admin.headers)).json()
+    assert [a["stored"] for a in state["attachments"]] == [True]
+
+    # Another tenant can neither add, complete nor read one.
+    base = f"/api/v1/tasks/{task_id}/attachments"
+    for method, path in (
+        ("POST", base),
+        ("POST", f"{base}/{attachment['document_id']}/complete"),
+        ("GET", f"{base}/{attachment['document_id']}"),
+    ):
+        answer = await api.request(
+            method,
+            path,
+            json={"filename": "x.pdf", "content_type": "application/pdf", "size": 10},
+            headers=stranger.headers,
+        )
+        assert answer.status_code == 404, (method, path, answer.text)
+
+    timeline = await api.get(f"/api/v1/projects/{project_id}/timeline", headers=admin.headers)
+    assert timeline.status_code == 200, timeline.text
+    assert [e["event"] for e in timeline.json()][:1] == ["attached"]
+    assert {e["task_id"] for e in timeline.json()} == {task_id}
+    foreign = await api.get(f"/api/v1/projects/{project_id}/timeline", headers=stranger.headers)
+    assert foreign.status_code == 404

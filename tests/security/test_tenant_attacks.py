@@ -119,6 +119,7 @@ BODIES: dict[tuple[str, str], Callable[[], Any]] = {
     },
     ("POST", "/api/v1/content/{content_id}/submit"): dict,
     ("PUT", "/api/v1/agents/{agent_id}/config"): dict,
+    ("POST", "/api/v1/tasks/{task_id}/assign"): lambda: {"assignee_id": str(uuid.uuid4())},
     ("POST", "/api/v1/users"): lambda: {
         "email": f"probe-{uuid.uuid4().hex[:8]}@example.com",
         "full_name": "Probe Person",
@@ -208,6 +209,8 @@ class Victim:
             "project_id": [self.project_id],
             "task_id": [self.task_id],
             "run_id": [self.run_id],
+            # Attachments are reached through their task: any id stands for a victim's.
+            "attachment_id": [str(uuid.uuid4())],
             # Looked up at Stripe under the caller's own customer: any id stands for a victim's.
             "payment_method_id": [f"pm_{uuid.uuid4().hex[:24]}"],
             "tenant_id": [str(self.admin.tenant_id)],
@@ -806,6 +809,7 @@ async def test_roles_refused_where_they_may_not_act(
         "project_id": world.own_project_id,
         "task_id": world.own_task_id,
         "run_id": world.own_run_id,
+        "attachment_id": str(uuid.uuid4()),
         "payment_method_id": f"pm_{uuid.uuid4().hex[:24]}",
         "tenant_id": str(world.attackers[Role.TENANT_ADMIN].tenant_id),
         **NOT_IDS,
