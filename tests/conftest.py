@@ -49,9 +49,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="long suite: run with --slow")
+    # Suites marked ``one_database`` run on PostgreSQL when it answers, else on SQLite.
+    sqlite_skip = pytest.mark.skip(reason="runs on PostgreSQL only: both with --slow")
+    postgres_answers = _postgres_answers()
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+        elif "one_database" in item.keywords and postgres_answers and _backend(item) == "sqlite":
+            item.add_marker(sqlite_skip)
+
+
+def _postgres_answers() -> bool:
+    url = make_url(POSTGRES_ADMIN_URL)
+    try:
+        socket.create_connection((url.host or "127.0.0.1", url.port or 5432), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _backend(item: pytest.Item) -> str | None:
+    """The database a test runs on (``sqlite`` or ``postgresql``), if it uses one."""
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("database_url") if callspec is not None else None
 
 
 def free_port() -> int:

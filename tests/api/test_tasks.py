@@ -88,7 +88,7 @@ async def test_a_task_from_creation_to_done(
         f"/api/v1/tasks/{task_id}/status", json={"status": "in_progress"}, headers=worker.headers
     )
     assert again.status_code == 409
-    assert again.json()["allowed"] == []
+    assert again.json().get("allowed", []) == []  # refused by the task, or its run has ended
     late = await api.post(
         f"/api/v1/tasks/{task_id}/comments", json={"body": "Late."}, headers=worker.headers
     )
@@ -252,9 +252,10 @@ async def test_the_inbox_holds_the_approvals_each_role_decides(
     admin_inbox = (await api.get("/api/v1/inbox", headers=admin.headers)).json()["items"]
     assert [(i["kind"], i["id"]) for i in admin_inbox] == [("content_review", str(review))]
     assert admin_inbox[0]["link"].endswith(f"/approvals/{review}")
-    staff_inbox = (await api.get("/api/v1/inbox", headers=staff.headers)).json()["items"]
-    assert (staff_inbox[0]["kind"], staff_inbox[0]["id"]) == ("approval", str(onboarding))
-    assert all(i["kind"] == "approval" for i in staff_inbox)
+    # Platform staff see every tenant's onboarding approvals (other tests' too), no reviews.
+    staff_inbox = (await api.get("/api/v1/inbox?limit=200", headers=staff.headers)).json()
+    assert ("approval", str(onboarding)) in {(i["kind"], i["id"]) for i in staff_inbox["items"]}
+    assert all(i["kind"] == "approval" for i in staff_inbox["items"])
     assert (await api.get("/api/v1/inbox", headers=worker.headers)).json()["items"] == []
 
 

@@ -53,6 +53,7 @@ from tests.processes import worker_process
 from workflows.approval import ApprovalWorkflow
 from workflows.publish import PublishWorkflow, post_marker, workflow_id
 
+pytestmark = pytest.mark.one_database
 pytest_plugins = ["tests.peers.wordpress"]
 Item = WorkflowHandle[PublishWorkflow, ContentStatus]
 

@@ -37,6 +37,7 @@ from tests.processes import worker_process
 from workers.main import build_worker
 from workflows.sync import SyncWorkflow
 
+pytestmark = pytest.mark.one_database
 pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot"]
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -41,6 +41,7 @@ from tests.factories import Member, member
 from workers.main import build_worker
 from workflows.task import TaskWorkflow, workflow_id
 
+pytestmark = pytest.mark.one_database
 Handle = WorkflowHandle[TaskWorkflow, TaskStatus]
 BERLIN = ZoneInfo("Europe/Berlin")
 CALENDAR = BusinessCalendar(time_zone="Europe/Berlin")  # Monday to Friday, 9:00 to 17:00
@@ -114,10 +115,14 @@ async def _state(handle: Handle, check: object) -> TaskState:
             await asyncio.sleep(0.05)
 
 
-async def _mails(sessions: SessionFactory, subject: str) -> list[str]:
+async def _mails(sessions: SessionFactory, tenant: Member, subject: str) -> list[str]:
+    """Who of the tenant got e-mails whose subject starts with ``subject``."""
     async with sessions() as session:
         rows = await session.scalars(
-            select(OutboundEmail.recipient).where(OutboundEmail.subject.startswith(subject))
+            select(OutboundEmail.recipient).where(
+                OutboundEmail.tenant_id == tenant.tenant_id,
+                OutboundEmail.subject.startswith(subject),
+            )
         )
         return sorted(rows)
 
@@ -150,7 +155,7 @@ async def test_unaccepted_assignments_move_on_then_escalate(
     events = [e.event for e in escalated.events]
     assert events.count("acceptance_expired") == 3
     assert events[-1] == "escalated"
-    assert await _mails(sessions, "Nobody took this task") == [admin.email]
+    assert await _mails(sessions, admin, "Nobody took this task") == [admin.email]
     async with sessions() as session:
         row = await session.get(Task, escalated.task_id)
     assert row is not None
@@ -210,10 +215,10 @@ async def test_sla_clocks_count_business_hours_across_a_weekend(
     await time_skipping_env.sleep(_at(monday, 9, 40) - friday)
     warned = await _state(handle, lambda s: any(c.warned for c in s.clocks))
     assert [e.event for e in warned.events if e.event.startswith("sla_")] == ["sla_warning"]
-    assert await _mails(sessions, "Due soon") == [worker.email]
+    assert await _mails(sessions, admin, "Due soon") == [worker.email]
     await time_skipping_env.sleep(timedelta(minutes=25))
     breached = await _state(handle, lambda s: any(c.breached for c in s.clocks))
-    assert await _mails(sessions, "SLA breached") == [admin.email]
+    assert await _mails(sessions, admin, "SLA breached") == [admin.email]
     async with sessions() as session:
         row = await session.get(Task, breached.task_id)
     assert row is not None
