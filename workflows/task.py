@@ -83,8 +83,8 @@ class TaskWorkflow:
       resume after, the deadlines moved by the paused time; a priority change recomputes
       them from the time already used.
 
-    ``BizStatus`` follows the status, ``SlaDeadline`` the earliest running deadline, and the
-    ``tasks`` projection both.
+    ``BizStatus`` follows the status (``breached`` while an open task is past a deadline),
+    ``SlaDeadline`` the earliest deadline not yet met, and the ``tasks`` projection both.
     """
 
     @workflow.init
@@ -591,6 +591,12 @@ class TaskWorkflow:
         except ActivityError as err:  # a mail outage is logged, never fatal
             workflow.logger.warning("the %s notice could not be sent: %s", kind, err.cause)
 
+    def _biz_status(self) -> str:
+        """The status, or ``breached`` while an open task is past an SLA deadline."""
+        if self._task.status not in TERMINAL and any(c.breached for c in self._task.clocks):
+            return "breached"
+        return self._task.status.value
+
     def _sla_deadline(self) -> datetime | None:
         """The earliest deadline of a clock not yet met (a breached one's is in the past, so
         ``SlaDeadline < now`` finds breached tasks); none while paused or once met."""
@@ -604,7 +610,7 @@ class TaskWorkflow:
         deadline = self._sla_deadline()
         workflow.upsert_search_attributes(
             [
-                BIZ_STATUS.value_set(task.status.value),
+                BIZ_STATUS.value_set(self._biz_status()),
                 SLA_DEADLINE.value_set(deadline) if deadline else SLA_DEADLINE.value_unset(),
             ]
         )

@@ -219,6 +219,8 @@ async def test_sla_clocks_count_business_hours_across_a_weekend(
     await time_skipping_env.sleep(timedelta(minutes=25))
     breached = await _state(handle, lambda s: any(c.breached for c in s.clocks))
     assert await _mails(sessions, admin, "SLA breached") == [admin.email]
+    described = await handle.describe()
+    assert described.typed_search_attributes.get(search.BIZ_STATUS) == "breached"
     async with sessions() as session:
         row = await session.get(Task, breached.task_id)
     assert row is not None
