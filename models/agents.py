@@ -391,6 +391,8 @@ class AgentConfig(Timestamped, Base):
     allowed_tools: Mapped[list[str] | None] = mapped_column(JSON)
     always_review: Mapped[bool]
     max_steps: Mapped[int]
+    # How many of the tenant's tasks the agent works at once (routing skips it when full).
+    concurrency_limit: Mapped[int] = mapped_column(default=3, server_default="3")
     # Reserved for model-backed agents (tokens per run and per month).
     run_token_budget: Mapped[int | None]
     monthly_token_budget: Mapped[int | None]

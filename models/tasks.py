@@ -224,6 +224,9 @@ class TaskFields(BaseModel):
     due_at: datetime | None = None
     labels: list[str] = Field(default_factory=list, max_length=20)
     skill: str | None = Field(default=None, max_length=64)
+    # What an agent assignee works on (its input, e.g. {"html": ...}): routing offers the task
+    # to the project's agents whose input it fits.
+    agent_input: dict[str, Any] | None = None
 
 
 class TaskState(BaseModel):
@@ -240,6 +243,7 @@ class TaskState(BaseModel):
     accepted: bool = False
     accept_due: datetime | None = None
     tried: list[uuid.UUID] = Field(default_factory=list)
+    tried_agents: list[str] = Field(default_factory=list)
     escalated: bool = False
     clocks: list[SlaClock] = Field(default_factory=list)
     comments: list[Comment] = Field(default_factory=list)
@@ -297,12 +301,16 @@ class CommentCommand(BaseModel):
 
 
 class RouteRequest(BaseModel):
-    """Pick an eligible project member with the least open work, none of ``exclude``."""
+    """Pick an eligible project member with the least open work, none of ``exclude`` (people)
+    and ``exclude_agents``."""
 
     task_id: uuid.UUID
     project_id: uuid.UUID
     skill: str | None
     exclude: list[uuid.UUID]
+    exclude_agents: list[str] = Field(default_factory=list)
+    agent_input: dict[str, Any] | None = None
+    created_by: uuid.UUID | None = None
 
 
 NoticeKind = Literal["assigned", "sla_warning", "sla_breached", "escalated"]
@@ -333,12 +341,20 @@ class TaskRow(BaseModel):
     due_at: datetime | None
     labels: list[str]
     assignee_id: uuid.UUID | None
+    assignee_agent_id: str | None = None
     accepted: bool
     accept_due: datetime | None
     response_due: datetime | None
     resolution_due: datetime | None
     breached: bool
     escalated: bool
+
+
+class RouteAnswer(BaseModel):
+    """Who routing picked: a person, or an agent with the run it will make; nobody (None)."""
+
+    assignee: Assignee | None = None
+    agent_run: AgentRunStart | None = None
 
 
 # --- Tables -------------------------------------------------------------------------------
@@ -365,6 +381,7 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_project_listing", "tenant_id", "project_id", "updated_at", "id"),
         Index("ix_tasks_assignee", "tenant_id", "assignee_id", "status"),
+        Index("ix_tasks_agent_load", "tenant_id", "assignee_agent_id", "status"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -379,6 +396,8 @@ class Task(Base):
     due_at: Mapped[datetime | None]
     labels: Mapped[list[str]] = mapped_column(JSON, default=list)
     assignee_id: Mapped[uuid.UUID | None]
+    # The agent an agent assignee's run belongs to (its load counts these).
+    assignee_agent_id: Mapped[str | None] = mapped_column(String(64))
     accepted: Mapped[bool] = mapped_column(Boolean, default=False)
     accept_due: Mapped[datetime | None]
     response_due: Mapped[datetime | None]

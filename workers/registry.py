@@ -174,6 +174,7 @@ def task_activities(sessions: SessionFactory, settings: Settings) -> list[Callab
         tasks.plan_sla,
         tasks.sla_used,
         tasks.route_task,
+        tasks.route_task_to,
         tasks.record_task,
         tasks.notify_task,
     ]

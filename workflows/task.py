@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         NoticeKind,
         PriorityChange,
         Recipients,
+        RouteAnswer,
         RouteRequest,
         SlaClock,
         SlaKind,
@@ -306,6 +307,8 @@ class TaskWorkflow:
     def _assign(self, assignee: Assignee, by: uuid.UUID, run: AgentRunStart | None = None) -> None:
         self._task.assignee = assignee
         self._task.accepted = False
+        if workflow.patched("task-record-assignment"):
+            self._dirty = True  # the projection (and the inbox) show the assignee at once
         if assignee.kind == "agent":
             self._task.accept_due = workflow.now() + self._policy.agent_accept_within
             self._agent_start = run
@@ -344,6 +347,8 @@ class TaskWorkflow:
         if self._task.assignee is not None:
             self._task.assignee.confidence_threshold = run.config.confidence_threshold
         self._agent_running = True
+        if workflow.patched("task-record-assignment"):
+            self._dirty = True
         self._event("accepted", None, f"agent {run.agent_id}")
         self._first_action()
         if self._task.status is TaskStatus.TODO:
@@ -398,17 +403,40 @@ class TaskWorkflow:
             self._meet("resolution")
 
     def _skip_assignee(self) -> None:
-        if self._task.assignee is not None:
-            self._task.tried.append(self._task.assignee.id)
+        assignee = self._task.assignee
+        if assignee is not None and assignee.kind == "agent" and assignee.agent_id:
+            self._task.tried_agents.append(assignee.agent_id)
+        elif assignee is not None:
+            self._task.tried.append(assignee.id)
         self._task.assignee, self._task.accepted, self._task.accept_due = None, False, None
-        if len(self._task.tried) >= self._policy.max_attempts:
+        if len(self._task.tried) + len(self._task.tried_agents) >= self._policy.max_attempts:
             self._escalate_due = True
         else:
             self._routing = True
 
     async def _route(self) -> None:
-        """Pick the next eligible person, or escalate when nobody is left."""
+        """Pick the next eligible person or agent, or escalate when nobody is left."""
         self._routing = False
+        if workflow.patched("task-agent-routing"):
+            answer: RouteAnswer = await workflow.execute_activity_method(
+                TaskActivities.route_task_to,
+                RouteRequest(
+                    task_id=self._task.task_id,
+                    project_id=self._task.project_id,
+                    skill=self._task.fields.skill,
+                    exclude=self._task.tried,
+                    exclude_agents=self._task.tried_agents,
+                    agent_input=self._task.fields.agent_input,
+                    created_by=self._task.created_by,
+                ),
+                start_to_close_timeout=_STORE_TIMEOUT,
+                summary="pick the next eligible assignee",
+            )
+            if answer.assignee is None:
+                self._escalate_due = True
+                return
+            self._assign(answer.assignee, self._task.created_by, answer.agent_run)
+            return
         picked: uuid.UUID | None = await workflow.execute_activity_method(
             TaskActivities.route_task,
             RouteRequest(
@@ -628,6 +656,7 @@ class TaskWorkflow:
                 due_at=task.fields.due_at,
                 labels=task.fields.labels,
                 assignee_id=task.assignee.id if task.assignee else None,
+                assignee_agent_id=task.assignee.agent_id if task.assignee else None,
                 accepted=task.accepted,
                 accept_due=task.accept_due,
                 response_due=_due(clocks.get("response")),

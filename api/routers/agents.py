@@ -113,6 +113,9 @@ class ConfigView(BaseModel):
     allowed_tools: list[str] | None = Field(default=None, max_length=50)
     always_review: bool = False
     max_steps: int = Field(default=20, ge=1, le=MAX_STEPS)
+    concurrency_limit: int = Field(
+        default=3, ge=1, le=50, description="tasks the agent works at once (routing)"
+    )
     run_token_budget: int | None = Field(default=None, ge=1)
     monthly_token_budget: int | None = Field(default=None, ge=1)
 
@@ -217,6 +220,7 @@ async def _config(
         allowed_tools=row.allowed_tools,
         always_review=row.always_review,
         max_steps=row.max_steps,
+        concurrency_limit=row.concurrency_limit,
         run_token_budget=row.run_token_budget,
         monthly_token_budget=row.monthly_token_budget,
     )
@@ -365,6 +369,7 @@ async def put_config(
     row.enabled, row.confidence_threshold = body.enabled, body.confidence_threshold
     row.allowed_tools = sorted(set(body.allowed_tools)) if body.allowed_tools is not None else None
     row.always_review, row.max_steps = body.always_review, body.max_steps
+    row.concurrency_limit = body.concurrency_limit
     row.run_token_budget, row.monthly_token_budget = (
         body.run_token_budget,
         body.monthly_token_budget,

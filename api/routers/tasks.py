@@ -40,7 +40,7 @@ from connectors.storage import upload_problem
 from core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from core.security import Principal
 from core.settings import Settings
-from models.agents import AgentRunStart
+from models.agents import AGENTS, AgentRunStart
 from models.onboarding import Document, DocumentCheck, DocumentRequest, DocumentUpload, sealed_key
 from models.tasks import (
     DEFAULT_SLA,
@@ -84,8 +84,18 @@ ASSIGNABLE = (Role.TENANT_ADMIN, Role.USER)
 
 
 class ProjectMember(BaseModel):
-    user_id: uuid.UUID
+    """A person (``user_id``) or an agent of the directory (``agent_id``) that routing may give
+    the project's tasks to, with the skills it has."""
+
+    user_id: uuid.UUID | None = None
+    agent_id: str | None = Field(default=None, max_length=64)
     skills: list[str] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ProjectMember:
+        if (self.user_id is None) == (self.agent_id is None):
+            raise ValueError("a member is a person (user_id) or an agent (agent_id)")
+        return self
 
 
 class ProjectRequest(BaseModel):
@@ -239,14 +249,14 @@ async def tenant_calendar(session: AsyncSession, tenant_id: uuid.UUID) -> Busine
 async def create_project(
     body: ProjectRequest, principal: TenantAdmin, session: SessionDep
 ) -> ProjectView:
-    """Members must be people of your tenant (422 otherwise)."""
-    await _check_people(session, principal, [m.user_id for m in body.members], "members")
+    """Members must be people of your tenant or agents of the directory (422 otherwise)."""
+    await _check_members(session, principal, body.members)
     row = Project(
         id=uuid.uuid4(),
         tenant_id=principal.tenant_id,
         name=body.name,
         description=body.description,
-        members=[m.model_dump(mode="json") for m in body.members],
+        members=[m.model_dump(mode="json", exclude_none=True) for m in body.members],
         sla={k.value: v.model_dump() for k, v in body.sla.items()},
     )
     session.add(row)
@@ -289,9 +299,9 @@ async def put_project(
 ) -> ProjectView:
     """Members and SLA targets apply to tasks created from now on."""
     row = await owned(session, Project, project_id, principal)
-    await _check_people(session, principal, [m.user_id for m in body.members], "members")
+    await _check_members(session, principal, body.members)
     row.name, row.description = body.name, body.description
-    row.members = [m.model_dump(mode="json") for m in body.members]
+    row.members = [m.model_dump(mode="json", exclude_none=True) for m in body.members]
     row.sla = {k.value: v.model_dump() for k, v in body.sla.items()}
     await session.commit()
     return ProjectView.of(row)
@@ -340,6 +350,19 @@ async def project_timeline(
     ]
     events.sort(key=lambda event: event.at, reverse=True)
     return events[:limit]
+
+
+async def _check_members(
+    session: AsyncSession, principal: Principal, members: list[ProjectMember]
+) -> None:
+    unknown = sorted({m.agent_id for m in members if m.agent_id and m.agent_id not in AGENTS})
+    if unknown:
+        raise Unprocessable(
+            f"No such agents: {', '.join(unknown)}.",
+            errors=[{"loc": ["body", "members"], "msg": "unknown agent", "type": "value_error"}],
+        )
+    people = [m.user_id for m in members if m.user_id is not None]
+    await _check_people(session, principal, people, "members")
 
 
 async def _check_people(

@@ -162,6 +162,7 @@ async def test_directory_and_configuration(
         "allowed_tools": None,
         "always_review": False,
         "max_steps": 20,
+        "concurrency_limit": 3,
         "run_token_budget": None,
         "monthly_token_budget": None,
     }
@@ -564,3 +565,73 @@ async def test_an_agent_assignee_works_a_task_and_a_doubtful_result_goes_to_revi
         headers=admin.headers,
     )
     assert bad.status_code == 422
+
+
+async def test_routing_gives_tasks_to_agents_up_to_their_concurrency_limit(
+    api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    agent_settings: Settings,
+    hubspot_peer: HubSpotPeer,
+) -> None:
+    admin = await member(sessions, agent_settings)
+    connection_id = await crm(api, admin)
+    lead = seed_lead(hubspot_peer)
+    # The agent writes only after a review, so its tasks stay open while it waits; it takes
+    # one task at a time.
+    config = {"always_review": True, "concurrency_limit": 1}
+    configured = await api.put(
+        "/api/v1/agents/lead-scoring/config", json=config, headers=admin.headers
+    )
+    assert configured.status_code == 200, configured.text
+    members = [
+        {"agent_id": "lead-scoring", "skills": ["crm"]},
+        {"user_id": str(admin.user_id), "skills": ["crm"]},
+    ]
+    created = await api.post(
+        "/api/v1/projects", json={"name": "Leads", "members": members}, headers=admin.headers
+    )
+    assert created.status_code == 201, created.text
+    base = f"/api/v1/projects/{created.json()['project_id']}/tasks"
+    scoring = {"connection_id": connection_id, "contact_id": lead, "write_score": True}
+
+    async def routed(title: str, agent_input: dict[str, Any] | None) -> dict[str, Any]:
+        body = {"title": title, "skill": "crm", "agent_input": agent_input}
+        task = await api.post(base, json=body, headers=admin.headers)
+        assert task.status_code == 201, task.text
+        async with asyncio.timeout(20):
+            while True:
+                got = (
+                    await api.get(f"/api/v1/tasks/{task.json()['task_id']}", headers=admin.headers)
+                ).json()
+                if got["assignee"] is not None and (
+                    got["assignee"]["kind"] == "user" or got["accepted"]
+                ):
+                    return got
+                await asyncio.sleep(0.1)
+
+    first = await routed("Score Ada", scoring)
+    assert (first["assignee"]["kind"], first["assignee"]["agent_id"]) == ("agent", "lead-scoring")
+    assert first["status"] == "in_progress"
+    # The agent is at its limit: the next task goes to the person; so does one it cannot read.
+    second = await routed("Score Ada again", scoring)
+    assert second["assignee"] == {
+        "kind": "user",
+        "id": str(admin.user_id),
+        "agent_id": None,
+        "confidence_threshold": None,
+    }
+    third = await routed("Call Ada", None)
+    assert third["assignee"]["kind"] == "user"
+
+    bad = await api.post(
+        "/api/v1/projects",
+        json={"name": "x", "members": [{"agent_id": "no-such-agent"}]},
+        headers=admin.headers,
+    )
+    assert bad.status_code == 422
+    both = await api.post(
+        "/api/v1/projects",
+        json={"name": "x", "members": [{"agent_id": "seo-audit", "user_id": str(admin.user_id)}]},
+        headers=admin.headers,
+    )
+    assert both.status_code == 422

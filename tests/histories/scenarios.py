@@ -86,8 +86,10 @@ from models.tasks import (
     BusinessCalendar,
     CommentCommand,
     Priority,
+    Project,
     SlaTarget,
     StatusChange,
+    TaskFields,
     TaskPolicy,
     TaskStatus,
 )
@@ -1305,3 +1307,56 @@ async def test_task_by_agent(
         )
         assert await task.result() is TaskStatus.DONE
         await record(client, "task-done-by-agent", task.id)
+
+
+async def test_task_routed(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """Tasks routing gives to an agent of the project (which closes it) and to a person (who
+    lets the acceptance window pass: escalated)."""
+    client = time_skipping_env.client
+    admin = await member(sessions, settings)
+    project_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            Project(
+                id=project_id,
+                tenant_id=admin.tenant_id,
+                name="Content",
+                description="",
+                members=[
+                    {"agent_id": "seo-audit", "skills": ["seo"]},
+                    {"user_id": str(admin.user_id), "skills": ["seo", "writing"]},
+                ],
+                sla={},
+            )
+        )
+    policy = TaskPolicy(accept_within=timedelta(hours=1), max_attempts=1)
+    async with build_worker(client, sessions, settings):
+        now = await time_skipping_env.get_current_time()
+        audit = await start_task(
+            client,
+            settings,
+            admin,
+            project_id,
+            now,
+            policy,
+            fields=TaskFields(
+                title="Audit the page", skill="seo", agent_input={"html": "<h1>Plans</h1>"}
+            ),
+        )
+        assert await audit.result() is TaskStatus.DONE
+        await record(client, "task-routed-to-agent", audit.id)
+        writing = await start_task(
+            client,
+            settings,
+            admin,
+            project_id,
+            now,
+            policy,
+            fields=TaskFields(title="Write", skill="writing"),
+        )
+        await time_skipping_env.sleep(timedelta(hours=2))
+        await task_state(writing, lambda s: s.escalated)
+        await record(client, "task-routed-then-escalated", writing.id)
+        await finish(client, writing.id)

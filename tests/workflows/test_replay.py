@@ -94,6 +94,8 @@ EXPECTED = {
     "task-done",
     "task-escalated",
     "task-done-by-agent",
+    "task-routed-to-agent",
+    "task-routed-then-escalated",
     "agent-run-no-action",
     "agent-run-awaiting-review",
     "agent-run-approved",

@@ -80,6 +80,7 @@ async def _start(
     policy: TaskPolicy,
     assignee: Member | None = None,
     agent_run: AgentRunStart | None = None,
+    fields: TaskFields | None = None,
 ) -> Handle:
     task_id = uuid.uuid4()
     start = TaskStart(
@@ -89,7 +90,7 @@ async def _start(
             project_id=project_id,
             created_by=admin.user_id,
             created_at=now,
-            fields=TaskFields(title="Reply to the customer", priority=Priority.NORMAL),
+            fields=fields or TaskFields(title="Reply to the customer", priority=Priority.NORMAL),
         ),
         policy=policy,
         assignee=_assignee(assignee, agent_run),
