@@ -600,9 +600,10 @@ async def test_routing_gives_tasks_to_agents_up_to_their_concurrency_limit(
         assert task.status_code == 201, task.text
         async with asyncio.timeout(20):
             while True:
-                got = (
-                    await api.get(f"/api/v1/tasks/{task.json()['task_id']}", headers=admin.headers)
-                ).json()
+                answer = await api.get(
+                    f"/api/v1/tasks/{task.json()['task_id']}", headers=admin.headers
+                )
+                got: dict[str, Any] = answer.json()
                 if got["assignee"] is not None and (
                     got["assignee"]["kind"] == "user" or got["accepted"]
                 ):
