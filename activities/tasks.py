@@ -78,50 +78,9 @@ class TaskActivities:
 
     @activity.defn
     async def route_task(self, request: RouteRequest) -> uuid.UUID | None:
-        """The project member (with the task's skill, if it names one) with the fewest open
-        tasks, skipping ``exclude`` and anyone no longer an active member; None if nobody."""
-        async with self._sessions() as session:
-            project = await session.get(Project, request.project_id)
-            if project is None:
-                return None
-            candidates = [
-                uuid.UUID(str(m["user_id"]))
-                for m in project.members
-                if request.skill is None or request.skill in m.get("skills", [])
-            ]
-            candidates = [c for c in candidates if c not in set(request.exclude)]
-            if not candidates:
-                return None
-            active = set(
-                await session.scalars(
-                    select(Membership.user_id)
-                    .join(User, User.id == Membership.user_id)
-                    .where(
-                        Membership.tenant_id == project.tenant_id,
-                        Membership.user_id.in_(candidates),
-                        Membership.role.in_([Role.TENANT_ADMIN, Role.USER]),
-                        User.is_active,
-                    )
-                )
-            )
-            loads = dict(
-                (
-                    await session.execute(
-                        select(Task.assignee_id, func.count())
-                        .where(
-                            Task.tenant_id == project.tenant_id,
-                            Task.assignee_id.in_(active),
-                            Task.status.not_in(TERMINAL),
-                        )
-                        .group_by(Task.assignee_id)
-                    )
-                ).all()
-            )
-        eligible = [c for c in candidates if c in active]
-        if not eligible:
-            return None
-        # Fewest open tasks first; ties in the project's member order.
-        return min(eligible, key=lambda user: (loads.get(user, 0), candidates.index(user)))
+        """The person routing picks (tasks started before agents could take routed tasks)."""
+        answer = await self.route_task_to(request.model_copy(update={"agent_input": None}))
+        return answer.assignee.id if answer.assignee is not None else None
 
     @activity.defn
     async def route_task_to(self, request: RouteRequest) -> RouteAnswer:

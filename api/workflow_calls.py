@@ -36,6 +36,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep
 from api.tenancy import owned
 from core import search
 from core.errors import Conflict, WorkflowTimeout
@@ -194,3 +195,36 @@ class Entity(Generic[View]):
                 raise Conflict("It is closed: it cannot change any more.") from None
             raise
         return self._view(state)
+
+
+def entity_dependency(
+    model: type[Base],
+    *,
+    workflow_id: Callable[[uuid.UUID], str],
+    state_query: Any,
+    refuse: Callable[[ApplicationError], None],
+    view: Callable[[Any], View],
+) -> Callable[..., Entity[View]]:
+    """A route dependency giving the :class:`Entity` of one kind of workflow for the request."""
+
+    def entity(
+        session: SessionDep,
+        client: TemporalDep,
+        settings: SettingsDep,
+        principal: CurrentPrincipal,
+        key: IdempotencyKey,
+    ) -> Entity[View]:
+        return Entity(
+            session,
+            client,
+            settings,
+            principal,
+            key,
+            model=model,
+            workflow_id=workflow_id,
+            state_query=state_query,
+            refuse=refuse,
+            view=view,
+        )
+
+    return entity

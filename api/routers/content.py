@@ -34,7 +34,13 @@ from api.deps import (
 )
 from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
-from api.workflow_calls import Entity, IdempotencyKey, start_options, update_id
+from api.workflow_calls import (
+    Entity,
+    IdempotencyKey,
+    entity_dependency,
+    start_options,
+    update_id,
+)
 from connectors import registry
 from connectors.storage import upload_problem
 from core.errors import Conflict, NotFound, Unprocessable
@@ -317,29 +323,18 @@ async def list_content(
     )
 
 
-def items(
-    session: SessionDep,
-    client: TemporalDep,
-    settings: SettingsDep,
-    principal: CurrentPrincipal,
-    key: IdempotencyKey,
-) -> Entity[ContentView]:
-    """The item's workflow, through its listing row in the caller's tenant."""
-    return Entity(
-        session,
-        client,
-        settings,
-        principal,
-        key,
-        model=ContentItem,
-        workflow_id=workflow_id,
-        state_query=PublishWorkflow.state,
-        refuse=_refuse,
-        view=ContentView.of,
-    )
-
-
-ItemsDep = Annotated[Entity[ContentView], Depends(items)]
+ItemsDep = Annotated[
+    Entity[ContentView],
+    Depends(
+        entity_dependency(
+            ContentItem,
+            workflow_id=workflow_id,
+            state_query=PublishWorkflow.state,
+            refuse=lambda cause: _refuse(cause),  # defined below, with the routes
+            view=ContentView.of,
+        )
+    ),
+]
 
 
 @router.get("/{content_id}", summary="One content item, with its rendered preview")

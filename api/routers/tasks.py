@@ -35,7 +35,13 @@ from api.deps import (
 from api.pagination import decode_cursor, encode_cursor
 from api.routers.agents import prepare_run
 from api.tenancy import owned, scoped
-from api.workflow_calls import Entity, IdempotencyKey, start_options, update_id
+from api.workflow_calls import (
+    Entity,
+    IdempotencyKey,
+    entity_dependency,
+    start_options,
+    update_id,
+)
 from connectors.storage import upload_problem
 from core.errors import Conflict, Forbidden, NotFound, Unprocessable
 from core.security import Principal
@@ -490,29 +496,18 @@ async def list_tasks(
     )
 
 
-def tasks(
-    session: SessionDep,
-    client: TemporalDep,
-    settings: SettingsDep,
-    principal: CurrentPrincipal,
-    key: IdempotencyKey,
-) -> Entity[TaskState]:
-    """The task's workflow, through its projection row in the caller's tenant."""
-    return Entity(
-        session,
-        client,
-        settings,
-        principal,
-        key,
-        model=Task,
-        workflow_id=workflow_id,
-        state_query=TaskWorkflow.state,
-        refuse=_refuse,
-        view=TaskState.model_validate,
-    )
-
-
-TasksDep = Annotated[Entity[TaskState], Depends(tasks)]
+TasksDep = Annotated[
+    Entity[TaskState],
+    Depends(
+        entity_dependency(
+            Task,
+            workflow_id=workflow_id,
+            state_query=TaskWorkflow.state,
+            refuse=lambda cause: _refuse(cause),  # defined below, with the routes
+            view=TaskState.model_validate,
+        )
+    ),
+]
 
 
 @router.get("/tasks/{task_id}", summary="One task with its comments and SLA clocks")
