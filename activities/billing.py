@@ -101,7 +101,7 @@ _INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3
 # The audit actions of an operator's suspension (a rebuilt run finds the last one).
 OPERATOR_SUSPENDED = "billing.operator_suspended"
 OPERATOR_UNSUSPENDED = "billing.operator_unsuspended"
-_OPERATOR_HOLD_ACTIONS = (OPERATOR_SUSPENDED, OPERATOR_UNSUSPENDED)
+OPERATOR_HOLD_ACTIONS = (OPERATOR_SUSPENDED, OPERATOR_UNSUSPENDED)
 # Stripe meter event names, one meter per metric (created in Stripe with these names).
 METER_EVENTS = {metric: f"bizosaas_{metric.value}" for metric in UsageMetric}
 
@@ -570,7 +570,7 @@ class BillingActivities:
                 select(AuditEntry)
                 .where(
                     AuditEntry.tenant_id == tenant_id,
-                    AuditEntry.action.in_(_OPERATOR_HOLD_ACTIONS),
+                    AuditEntry.action.in_(OPERATOR_HOLD_ACTIONS),
                 )
                 .order_by(AuditEntry.id.desc())
                 .limit(1)

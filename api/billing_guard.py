@@ -7,21 +7,24 @@ routes stay open, so that a suspended tenant can still pay and change its subscr
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import select
 
+from activities.billing import OPERATOR_HOLD_ACTIONS, OPERATOR_SUSPENDED
 from api.deps import CurrentPrincipal, SessionDep
 from core.errors import Problem
 from core.security import Principal
+from models.audit import AuditEntry
 from models.tenant import Tenant, TenantStatus
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class TenantSuspended(Problem):
-    status, slug, title = 403, "tenant-suspended", "Tenant suspended for non-payment"
+    status, slug, title = 403, "tenant-suspended", "Tenant suspended"
 
 
 class TenantCancelled(Problem):
@@ -34,9 +37,16 @@ async def writable_tenant(principal: CurrentPrincipal, session: SessionDep) -> P
         return principal
     status = await session.scalar(select(Tenant.status).where(Tenant.id == principal.tenant_id))
     if status is TenantStatus.SUSPENDED:
+        if await _held_by_operator(session, principal.tenant_id):
+            raise TenantSuspended(
+                "Your tenant is read-only: the platform's operators suspended it. Contact "
+                "support to have it lifted.",
+                cause="operator",
+            )
         raise TenantSuspended(
             "Your tenant is read-only because an invoice is overdue; pay it under "
             "Settings → Billing and writing is possible again at once.",
+            cause="payment",
             billing_url="/api/v1/billing/invoices",
         )
     if status is TenantStatus.CANCELLED:
@@ -46,6 +56,18 @@ async def writable_tenant(principal: CurrentPrincipal, session: SessionDep) -> P
             billing_url="/api/v1/billing/subscription",
         )
     return principal
+
+
+async def _held_by_operator(session: SessionDep, tenant_id: uuid.UUID | None) -> bool:
+    """Whether the tenant's last operator action was a suspension (a suspended tenant only:
+    the billing workflow writes the hold to the audit trail)."""
+    last = await session.scalar(
+        select(AuditEntry.action)
+        .where(AuditEntry.tenant_id == tenant_id, AuditEntry.action.in_(OPERATOR_HOLD_ACTIONS))
+        .order_by(AuditEntry.id.desc())
+        .limit(1)
+    )
+    return last == OPERATOR_SUSPENDED
 
 
 WritableTenant = Annotated[Principal, Depends(writable_tenant)]

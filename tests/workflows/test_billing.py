@@ -211,13 +211,18 @@ async def _actions(sessions: SessionFactory, tenant_id: uuid.UUID) -> list[str]:
 
 
 async def _is_suspended_for_writes(sessions: SessionFactory, someone: Member) -> bool:
+    return await _suspension_cause(sessions, someone) is not None
+
+
+async def _suspension_cause(sessions: SessionFactory, someone: Member) -> str | None:
+    """Why the tenant may not write (``payment`` or ``operator``), None when it may."""
     principal = Principal(someone.user_id, someone.tenant_id, someone.role, uuid.uuid4())
     async with sessions() as session:
         try:
             await writable_tenant(principal, session)
-        except TenantSuspended:
-            return True
-    return False
+        except TenantSuspended as refused:
+            return str(refused.extra["cause"])
+    return None
 
 
 async def _reminders(sessions: SessionFactory, someone: Member, count: int) -> list[str]:
@@ -274,7 +279,7 @@ async def test_dunning_suspends_and_payment_reactivates(
     await time_skipping_env.sleep(timedelta(days=1))
     await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
     assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.SUSPENDED
-    assert await _is_suspended_for_writes(sessions, admin)
+    assert await _suspension_cause(sessions, admin) == "payment"
     description = await handle.describe()
     assert description.typed_search_attributes.get(BIZ_STATUS) == "suspended"
 
@@ -1096,7 +1101,8 @@ async def test_an_operator_suspension_holds_whatever_stripe_says_until_lifted(
     assert suspended.json()["suspended_by_operator"] == reason["reason"]
     assert suspended.json()["status"] == "active"  # billing itself is fine
     assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.SUSPENDED
-    assert await _is_suspended_for_writes(sessions, admin)
+    # The tenant is told who suspended it (not an overdue invoice).
+    assert await _suspension_cause(sessions, admin) == "operator"
     again = await ts_api.post(f"{base}/suspend", json=reason, headers=operator.headers)
     assert again.status_code == 409, again.text
 
