@@ -3,14 +3,18 @@ memory, or shared through Redis."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from limits import RateLimitItem, RateLimitItemPerSecond, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
-from redis.asyncio import ConnectionPool
 
 from core.errors import TooManyRequests
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 # The key of limits that count every client together.
 _EVERYONE = "*"
@@ -26,6 +30,8 @@ class RateLimits:
     def __init__(self, settings: Settings) -> None:
         self._pool: ConnectionPool | None = None
         if settings.redis_url:
+            from redis.asyncio import ConnectionPool  # only when Redis is configured
+
             self._pool = ConnectionPool.from_url(settings.redis_url)
             url = settings.redis_url.replace("redis://", "async+redis://", 1)
             # limits hands the pool to redis-py (its type hints for options are too narrow).

@@ -21,10 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import ClientError
-
 from core.settings import Settings
 
 # Enough leading bytes to recognise every accepted file type.
@@ -94,97 +90,6 @@ class ObjectStorage(Protocol):
         describe it there; ``None`` when nothing was uploaded. Checked bytes stay the bytes
         that were checked: a later PUT to the old URL cannot reach them."""
         ...
-
-
-class S3Storage:
-    """S3 through boto3 (path-style, SigV4); boto3 blocks, so every call runs in a thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        assert settings.s3_bucket is not None
-        self._bucket = settings.s3_bucket
-        self._ttl = settings.document_url_seconds
-        secret = settings.s3_secret_access_key
-        self._s3 = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=secret.get_secret_value() if secret else None,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-        )
-
-    async def upload_target(self, key: str, content_type: str, size: int) -> UploadTarget:
-        # Type and length are signed: real S3 refuses other uploads (moto does not check).
-        params = {
-            "Bucket": self._bucket,
-            "Key": key,
-            "ContentType": content_type,
-            "ContentLength": size,
-        }
-        url = await asyncio.to_thread(
-            self._s3.generate_presigned_url, "put_object", Params=params, ExpiresIn=self._ttl
-        )
-        return UploadTarget(url=url, method="PUT", headers={"Content-Type": content_type})
-
-    async def download_url(self, key: str, filename: str, content_type: str) -> str:
-        params = {
-            "Bucket": self._bucket,
-            "Key": key,
-            "ResponseContentType": content_type,
-            "ResponseContentDisposition": _attachment(filename),
-        }
-        url: str = await asyncio.to_thread(
-            self._s3.generate_presigned_url, "get_object", Params=params, ExpiresIn=self._ttl
-        )
-        return url
-
-    async def stat(self, key: str) -> StoredObject | None:
-        return await asyncio.to_thread(self._stat, key)
-
-    def _stat(self, key: str) -> StoredObject | None:
-        try:
-            head = self._s3.head_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise
-        size = int(head["ContentLength"])
-        if size == 0:
-            return StoredObject(size=0, head=b"")
-        body = self._s3.get_object(Bucket=self._bucket, Key=key, Range=f"bytes=0-{SNIFF_BYTES - 1}")
-        return StoredObject(size=size, head=body["Body"].read())
-
-    async def read(self, key: str) -> bytes | None:
-        return await asyncio.to_thread(self._read, key)
-
-    def _read(self, key: str) -> bytes | None:
-        try:
-            body = self._s3.get_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
-                return None
-            raise
-        data: bytes = body["Body"].read()
-        return data
-
-    async def delete(self, key: str) -> None:
-        await asyncio.to_thread(self._s3.delete_object, Bucket=self._bucket, Key=key)
-
-    async def seal(self, key: str, sealed_key: str) -> StoredObject | None:
-        return await asyncio.to_thread(self._seal, key, sealed_key)
-
-    def _seal(self, key: str, sealed_key: str) -> StoredObject | None:
-        try:
-            self._s3.copy_object(
-                Bucket=self._bucket, Key=sealed_key, CopySource={"Bucket": self._bucket, "Key": key}
-            )
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in {"404", "NoSuchKey", "NotFound"}:
-                raise
-            # Sealed before (a retried check) or never uploaded.
-            return self._stat(sealed_key)
-        self._s3.delete_object(Bucket=self._bucket, Key=key)
-        return self._stat(sealed_key)
 
 
 class InvalidObjectUrl(ValueError):
@@ -321,11 +226,17 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _attachment(filename: str) -> str:
+def content_disposition(filename: str) -> str:
+    """A download's ``Content-Disposition``: an attachment with an ASCII-safe name."""
     ascii_name = filename.encode("ascii", "replace").decode().replace('"', "'")
     return f'attachment; filename="{ascii_name}"'
 
 
 def storage_from_settings(settings: Settings) -> ObjectStorage:
-    """S3 when ``BIZ_S3_BUCKET`` is set, else the local store under ``data_dir``."""
-    return S3Storage(settings) if settings.s3_bucket else LocalStorage(settings)
+    """S3 when ``BIZ_S3_BUCKET`` is set, else the local store under ``data_dir`` (boto3 is
+    imported only for S3: it is the API's heaviest import)."""
+    if settings.s3_bucket:
+        from connectors.s3 import S3Storage
+
+        return S3Storage(settings)
+    return LocalStorage(settings)

@@ -148,7 +148,7 @@ class Supervisor:
                 )
 
     def stop_all(self) -> list[str]:
-        """Stop children in reverse start order (API, worker, then Temporal).
+        """Stop children in reverse start order (worker, API, then Temporal).
 
         Each gets SIGTERM to its process group, then SIGKILL once the shared grace period ends.
         Returns the children that did not stop cleanly (killed, or a non-zero exit). A child
@@ -232,10 +232,12 @@ def run(config: DevServerConfig, ports: DevPorts, base_env: dict[str, str]) -> i
             config.ip, config.port, timeout=30.0, alive=lambda: supervisor.exited() is None
         )
         me = [sys.executable, "-m", "core.cli"]
-        supervisor.start("worker", [*me, "worker"], env, restart=True)
+        # The API first, alone on the CPU: it is healthy sooner, and workflows it starts
+        # meanwhile wait in their task queue for the worker, which starts right after.
         supervisor.start("api", [*me, "api"], env, restart=True)
         _wait_for_health(f"{api}/healthz", supervisor, timeout=60.0)
         if not supervisor.stopping:
+            supervisor.start("worker", [*me, "worker"], env, restart=True)
             print(f"API docs:    {api}/docs", flush=True)
             print(f"Temporal UI: http://{config.ip}:{config.ui_port}", flush=True)
             print("A worker or API that dies is restarted. Press Ctrl-C to stop.", flush=True)
