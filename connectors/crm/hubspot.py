@@ -115,6 +115,8 @@ _PROPERTY_GROUP = {
     "companies": "companyinformation",
     "deals": "dealinformation",
 }
+# Engagement objects have no default group a custom property fits: ours is created there.
+_OWN_GROUP = {"name": "bizosaas", "label": "BizOSaaS"}
 
 # Engagement object per activity kind, with its subject and body properties.
 _ACTIVITY_OBJECTS: dict[ActivityKind, tuple[str, str | None, str]] = {
@@ -545,6 +547,18 @@ class HubSpotConnector:
             self._ensured.add(object_type)
         return found is not None
 
+    async def _property_group(self, object_type: str) -> str:
+        """The group the external-id property goes in: the object's default, else ours
+        (created once; created by another worker meanwhile is fine)."""
+        if object_type in _PROPERTY_GROUP:
+            return _PROPERTY_GROUP[object_type]
+        try:
+            await self._call("POST", f"/crm/v3/properties/{object_type}/groups", body=_OWN_GROUP)
+        except VendorRejected as exc:
+            if exc.status != 409:
+                raise
+        return _OWN_GROUP["name"]
+
     async def _ensure_external_id(self, object_type: str) -> None:
         """Create the ``bizosaas_external_id`` property on ``object_type`` if it is missing:
         only writes create it, so a read-only token can still look records up."""
@@ -559,7 +573,7 @@ class HubSpotConnector:
                     "label": "BizOSaaS external id",
                     "type": "string",
                     "fieldType": "text",
-                    "groupName": _PROPERTY_GROUP[object_type],
+                    "groupName": await self._property_group(object_type),
                     # Unique values make HubSpot itself refuse a second record with the same
                     # key, so a create retried without its lookup cannot duplicate.
                     "hasUniqueValue": True,

@@ -327,6 +327,26 @@ async def test_logs_and_lists_activities_of_a_record(
     ]
 
 
+async def test_an_activity_keeps_its_external_id_in_a_group_of_our_own(
+    hubspot_peer: HubSpotPeer, crm: CRMPort
+) -> None:
+    contact = await crm.create_contact(ContactDraft(email="ada@example.com"))
+    for key in ("run-1-note", "run-2-note"):
+        await crm.create_activity(
+            ActivityDraft(
+                body="Scored 80",
+                external_id=key,
+                related=[RecordRef(kind="contact", id=contact.id)],
+            )
+        )
+    # Notes have no default group a custom property fits: ours, created once, holds it.
+    assert "bizosaas" in hubspot_peer.property_groups["notes"]
+    assert hubspot_peer.custom_properties["notes"][EXTERNAL_ID]["groupName"] == "bizosaas"
+    assert len(_bodies(hubspot_peer, "POST", "/crm/v3/properties/notes/groups")) == 1
+    notes = [r["properties"] for r in hubspot_peer.records["notes"].values()]
+    assert sorted(n[EXTERNAL_ID] for n in notes) == ["run-1-note", "run-2-note"]
+
+
 async def test_verify_names_the_account(crm: CRMPort) -> None:
     account = await crm.verify()
     assert account.account_id == "62515"

@@ -23,7 +23,9 @@ What it follows, and where HubSpot documents it:
   (at most 200), ``after``; answers ``total``, ``results`` and ``paging``. Search answers carry
   no rate-limit headers. https://developers.hubspot.com/docs/api/crm/search
 - **Properties**: ``GET /crm/v3/properties/{type}/{name}`` (404 when missing) and ``POST
-  /crm/v3/properties/{type}`` (``name``, ``label``, ``groupName`` required; 409 when it exists);
+  /crm/v3/properties/{type}`` (``name``, ``label`` and an existing ``groupName`` required; 409
+  when it exists); ``POST /crm/v3/properties/{type}/groups`` creates a group (409 when it
+  exists);
   a property with ``hasUniqueValue`` refuses a value another record holds (409).
   https://developers.hubspot.com/docs/api/crm/properties
 - **Pipelines**: ``GET /crm/v3/pipelines/deals`` lists pipelines with their ordered stages and
@@ -113,6 +115,17 @@ STANDARD_PROPERTIES = {
     "meetings": {"hs_meeting_title", "hs_meeting_body", "hs_timestamp", "hubspot_owner_id"},
     "tasks": {"hs_task_subject", "hs_task_body", "hs_timestamp", "hubspot_owner_id"},
 }  # fmt: skip
+# Each object type's default property groups (engagements have none a custom property fits).
+DEFAULT_GROUPS: dict[str, set[str]] = {
+    "contacts": {"contactinformation"},
+    "companies": {"companyinformation"},
+    "deals": {"dealinformation"},
+    "notes": set(),
+    "calls": set(),
+    "emails": set(),
+    "meetings": set(),
+    "tasks": set(),
+}
 # HUBSPOT_DEFINED association type ids, per object type, and the object type each points at.
 ASSOCIATION_TYPES: dict[str, dict[int, str]] = {
     "contacts": {1: "companies", 279: "companies"},
@@ -185,6 +198,10 @@ class HubSpotPeer:
     # Custom properties created through the properties API: type -> name -> definition.
     custom_properties: dict[str, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: {kind: {} for kind in STANDARD_PROPERTIES}
+    )
+    # Property groups per type: the defaults and those created through the API.
+    property_groups: dict[str, set[str]] = field(
+        default_factory=lambda: {kind: set(groups) for kind, groups in DEFAULT_GROUPS.items()}
     )
     # Valid access tokens: the private app's, and OAuth tokens with their expiry (epoch s).
     access_tokens: dict[str, float] = field(
@@ -613,12 +630,31 @@ def build_app(peer: HubSpotPeer) -> Starlette:
         name = str(definition.get("name") or "")
         if not name or not definition.get("label") or not definition.get("groupName"):
             return refuse(400, "VALIDATION_ERROR", "name, label and groupName are required")
+        if definition["groupName"] not in peer.property_groups[kind]:
+            return refuse(
+                400, "VALIDATION_ERROR", f"property group {definition['groupName']} does not exist"
+            )
         if name in peer.properties_of(kind):
             return refuse(
                 409, "OBJECT_ALREADY_EXISTS", f"A property named '{name}' already exists."
             )
         peer.custom_properties[kind][name] = definition
         return answer(definition, 201)
+
+    async def create_group(request: Request) -> Response:
+        if (refused := await guard(request)) is not None:
+            return refused
+        kind = str(request.path_params["kind"])
+        if kind not in peer.property_groups:
+            return refuse(404, "OBJECT_NOT_FOUND", "Unable to infer object type")
+        group = await request.json()
+        name = str(group.get("name") or "")
+        if not name or not group.get("label"):
+            return refuse(400, "VALIDATION_ERROR", "name and label are required")
+        if name in peer.property_groups[kind]:
+            return refuse(409, "OBJECT_ALREADY_EXISTS", f"A group named '{name}' already exists.")
+        peer.property_groups[kind].add(name)
+        return answer({"name": name, "label": group["label"], "archived": False}, 201)
 
     async def deal_pipelines(request: Request) -> Response:
         if (refused := await guard(request)) is not None:
@@ -694,6 +730,7 @@ def build_app(peer: HubSpotPeer) -> Starlette:
             Route("/account-info/v3/details", account_details, methods=["GET"]),
             Route("/crm/v3/pipelines/deals", deal_pipelines, methods=["GET"]),
             Route("/crm/v3/properties/{kind}", create_property, methods=["POST"]),
+            Route("/crm/v3/properties/{kind}/groups", create_group, methods=["POST"]),
             Route("/crm/v3/properties/{kind}/{name}", read_property, methods=["GET"]),
             Route("/crm/v3/objects/{kind}/search", search_objects, methods=["POST"]),
             Route("/crm/v3/objects/{kind}", list_objects, methods=["GET"]),
