@@ -92,6 +92,7 @@ class AgentRunWorkflow:
             created_at=start.created_at,
             max_steps=start.config.max_steps,
         )
+        self._shown = self._state
         self._observations: list[Observation] = []
         self._listed = False
 
@@ -99,25 +100,35 @@ class AgentRunWorkflow:
     async def run(self, start: AgentRunStart) -> AgentRunState:
         """Think, have the writes reviewed when required, apply them; return the run."""
         await self._record()
+        failure: RunFailed | None = None
         try:
-            result = await self._think()
-            self._state.result = result
-            self._trace("step", "result", f"confidence {result.confidence:.2f}")
-            if not result.writes:
-                self._state.outcome = DecisionOutcome.NO_ACTION
-            elif self._needs_review(result):
-                await self._review(result)
-            else:
-                await self._apply(result, DecisionOutcome.APPLIED)
+            await self._decide_and_act()
+        except RunFailed as err:
+            failure = err
+        self._shown = self._state.model_copy(deep=True)  # until the end is recorded
+        if failure is None:
             self._state.status = AgentRunStatus.COMPLETED
-        except RunFailed as failure:
+        else:
             self._state.status = AgentRunStatus.FAILED
             self._state.outcome = DecisionOutcome.FAILED
             self._state.error = str(failure)
             self._trace("error", "failed", str(failure), ok=False)
         self._state.finished_at = workflow.now()
         await self._record()
+        self._shown = self._state
         return self._state
+
+    async def _decide_and_act(self) -> None:
+        """Think; then write nothing, have the writes reviewed, or apply them."""
+        result = await self._think()
+        self._state.result = result
+        self._trace("step", "result", f"confidence {result.confidence:.2f}")
+        if not result.writes:
+            self._state.outcome = DecisionOutcome.NO_ACTION
+        elif self._needs_review(result):
+            await self._review(result)
+        else:
+            await self._apply(result, DecisionOutcome.APPLIED)
 
     @workflow.update
     async def listed(self) -> AgentRunState:
@@ -127,8 +138,11 @@ class AgentRunWorkflow:
 
     @workflow.query
     def state(self) -> AgentRunState:
-        """The run: status, steps, its trace, the result and its outcome."""
-        return self._state
+        """The run: status, steps, its trace, the result and its outcome.
+
+        The end shows once the decision log has it: whoever sees a finished run finds it there.
+        """
+        return self._shown
 
     # --- Steps ------------------------------------------------------------------------
 
