@@ -10,17 +10,18 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from connectors import registry
 from connectors.access import open_connection
+from connectors.chat_models import OpenAIChatRunner, model_timeout
 from connectors.crm import ActivityDraft, ActivityQuery, CRMPort, RecordRef
-from connectors.http import ConnectorError, as_application_error
+from connectors.http import ConnectorError, SchemaMismatch, as_application_error, connector_client
 from connectors.ports import ListQuery
-from connectors.secrets import SecretStore
-from core import agent_rules
+from connectors.secrets import SecretStore, model_provider_path
+from core import agent_rules, model_agents
 from core.db import SessionFactory, transaction
 from core.render import body_html
 from core.settings import Settings
@@ -30,7 +31,12 @@ from models.agents import (
     AgentDecision,
     AgentRun,
     AgentRunRow,
-    RecordId,
+    AgentSpec,
+    CompanyArgs,
+    ContactArgs,
+    ContentArgs,
+    ListArgs,
+    NoteArgs,
     StepDecision,
     StepRequest,
     ToolCall,
@@ -41,30 +47,10 @@ from models.content import ContentItem, ContentItemState
 
 #: Error type of a tool call the run may not make; the run fails with the reason.
 TOOL_REFUSED = "AgentToolRefused"
+#: Error type of a model's turn the run cannot use (retried: the model may answer better).
+MODEL_ANSWER_INVALID = "ModelAnswerInvalid"
 # Notes already logged on a contact are looked through this far for a retried write's key.
 _NOTE_PAGES = 5
-
-
-class _ContactArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    contact_id: RecordId
-
-
-class _CompanyArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    company_id: RecordId
-
-
-class _NoteArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    contact_ids: list[RecordId] = Field(min_length=1, max_length=10)
-    subject: str = Field(max_length=500)
-    body: str = Field(max_length=65_000)
-
-
-class _ContentArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    content_id: str
 
 
 class AgentActivities:
@@ -77,7 +63,11 @@ class AgentActivities:
 
     @activity.defn
     async def plan_agent_step(self, request: StepRequest) -> StepDecision:
-        """The agent's next step: tool calls to make, or its result."""
+        """The agent's next step: tool calls to make, or its result (a model-backed agent asks
+        its model, through the tenant's own provider)."""
+        spec = AGENTS.get(request.agent_id)
+        if spec is not None and spec.needs_model:
+            return await self._ask_model(spec, request)
         try:
             return agent_rules.plan(request)
         except (ValueError, ValidationError) as exc:  # an input or answer the agent cannot use
@@ -85,6 +75,38 @@ class AgentActivities:
             raise ApplicationError(
                 f"The agent cannot go on: {message}", non_retryable=True
             ) from None
+
+    async def _ask_model(self, spec: AgentSpec, request: StepRequest) -> StepDecision:
+        """One turn of the model. The key is read here, by the tenant's reference, and used
+        only in the request's header; a malformed answer is retried (the model may do better)."""
+        provider = await self._secrets.get(model_provider_path(request.tenant_id))
+        if provider is None or request.model is None:
+            raise ApplicationError(
+                "The tenant has no model provider set.",
+                type="ModelProviderMissing",
+                non_retryable=True,
+            )
+        client = connector_client(
+            allow_private=self._settings.connector_allow_private_urls,
+            timeout=model_timeout(self._settings.agent_model_timeout_seconds),
+        )
+        async with client:
+            runner = OpenAIChatRunner(client, provider["base_url"], provider["api_key"])
+            try:
+                turn = await runner.complete(
+                    model_agents.conversation(spec, request),
+                    model_agents.functions(spec, request.tools),
+                    model=request.model.model,
+                    temperature=request.model.temperature,
+                    max_tokens=request.tokens_left,
+                )
+                return model_agents.decision(spec, request, turn)
+            except (SchemaMismatch, model_agents.ModelAnswerInvalid) as exc:
+                raise ApplicationError(
+                    f"The model's answer cannot be used: {exc}", type=MODEL_ANSWER_INVALID
+                ) from None
+            except ConnectorError as exc:
+                raise as_application_error(exc) from None
 
     @activity.defn
     async def call_agent_tool(self, call: ToolCall) -> ToolOutcome:
@@ -136,13 +158,14 @@ class AgentActivities:
                 else []
             )
             decision.outcome, decision.approval_id = row.outcome, row.approval_id
-            decision.error = row.error
+            decision.error, decision.model, decision.tokens = row.error, row.model, row.tokens
+            decision.duration_ms = round((row.finished_at - row.created_at).total_seconds() * 1000)
 
     # --- Tools --------------------------------------------------------------------------
 
     async def _content_item(self, call: ToolCall) -> dict[str, Any]:
         """The item's title, meta and body as it will be published (its workflow's query)."""
-        args = _ContentArgs.model_validate(call.request.args)
+        args = ContentArgs.model_validate(call.request.args)
         async with self._sessions() as session:
             row = await session.get(ContentItem, _uuid(args.content_id))
         if row is None or row.tenant_id != call.tenant_id:
@@ -191,22 +214,22 @@ async def _crm_tool(crm: CRMPort, call: ToolCall) -> dict[str, Any]:
     request = call.request
     args = request.args
     if request.tool == "crm.get_contact":
-        contact = await crm.get_contact(_ContactArgs.model_validate(args).contact_id)
+        contact = await crm.get_contact(ContactArgs.model_validate(args).contact_id)
         return contact.model_dump(mode="json")
     if request.tool == "crm.get_company":
-        company = await crm.get_company(_CompanyArgs.model_validate(args).company_id)
+        company = await crm.get_company(CompanyArgs.model_validate(args).company_id)
         return company.model_dump(mode="json")
     if request.tool == "crm.list_contacts":
-        page = await crm.list_contacts(ListQuery.model_validate(args))
+        page = await crm.list_contacts(ListQuery(**ListArgs.model_validate(args).model_dump()))
         return page.model_dump(mode="json")
     if request.tool == "crm.create_note":
         if call.key is None:
             raise _refused("A write needs its key.")
-        return await _note_once(crm, _NoteArgs.model_validate(args), call.key)
+        return await _note_once(crm, NoteArgs.model_validate(args), call.key)
     raise _refused(f"Unknown tool {request.tool}.")
 
 
-async def _note_once(crm: CRMPort, note: _NoteArgs, key: str) -> dict[str, Any]:
+async def _note_once(crm: CRMPort, note: NoteArgs, key: str) -> dict[str, Any]:
     """Log the note unless an earlier attempt did: the note ends with its key, looked for
     among the first contact's notes. (The key is not kept as the note's ``external_id``:
     the HubSpot connector cannot create that property on notes yet.)"""

@@ -164,6 +164,8 @@ class Settings(BaseSettings):
     # confidence below which a result that writes is reviewed first).
     agent_max_steps: int = Field(default=20, ge=1, le=50)
     agent_confidence_threshold: float = Field(default=0.8, ge=0, le=1)
+    # How long a model may take to start answering one step of a model-backed agent.
+    agent_model_timeout_seconds: float = Field(default=120, gt=0, le=300)
 
     # Object storage: S3 (or any S3-compatible store) when a bucket is set, else files under
     # data_dir served by this API through signed URLs.

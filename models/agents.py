@@ -39,33 +39,85 @@ class AgentCategory(StrEnum):
 # --- Tools ------------------------------------------------------------------------------
 
 
+class ContactArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    contact_id: RecordId
+
+
+class CompanyArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    company_id: RecordId
+
+
+class ListArgs(BaseModel):
+    """A page of a listing: ``cursor`` from the previous page's ``next_cursor``."""
+
+    model_config = ConfigDict(extra="forbid")
+    cursor: str | None = Field(default=None, max_length=2000)
+    limit: int = Field(default=50, ge=1, le=100)
+
+
+class NoteArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    contact_ids: list[RecordId] = Field(min_length=1, max_length=10)
+    subject: str = Field(max_length=500)
+    body: str = Field(max_length=65_000)
+
+
+class ContentArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content_id: str = Field(max_length=64)
+
+
 class ToolSpec(BaseModel):
-    """A tool an agent may call: a port method on a connection (or a read of a content item)."""
+    """A tool an agent may call: a port method on a connection (or a read of a content item);
+    ``args`` is the model its arguments must fit (a model's function parameters)."""
 
     name: str
     port: Literal["crm", "content"]
     writes: bool = False
     description: str
+    args: type[BaseModel] = Field(exclude=True)
+
+    @property
+    def function_name(self) -> str:
+        """The name a chat model calls it by (function names allow no dots)."""
+        return self.name.replace(".", "__")
 
 
 TOOLS: dict[str, ToolSpec] = {
     tool.name: tool
     for tool in (
-        ToolSpec(name="crm.get_contact", port="crm", description="Read one CRM contact."),
         ToolSpec(
-            name="crm.list_contacts", port="crm", description="List CRM contacts, page by page."
+            name="crm.get_contact",
+            port="crm",
+            description="Read one CRM contact.",
+            args=ContactArgs,
         ),
-        ToolSpec(name="crm.get_company", port="crm", description="Read one CRM company."),
+        ToolSpec(
+            name="crm.list_contacts",
+            port="crm",
+            description="List CRM contacts, page by page.",
+            args=ListArgs,
+        ),
+        ToolSpec(
+            name="crm.get_company",
+            port="crm",
+            description="Read one CRM company.",
+            args=CompanyArgs,
+        ),
         ToolSpec(
             name="crm.create_note",
             port="crm",
             writes=True,
             description="Log a note on CRM contacts (once per key, however often retried).",
+            args=NoteArgs,
         ),
         ToolSpec(
             name="content.get_item",
             port="content",
             description="Read one of the tenant's content items (title, meta, rendered body).",
+            args=ContentArgs,
         ),
     )
 }
@@ -116,6 +168,37 @@ class DuplicateFinderInput(BaseModel):
     propose_notes: bool = False
 
 
+class EmailDraftInput(BaseModel):
+    """Draft an e-mail to one contact of a CRM connection, for ``purpose``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: uuid.UUID
+    contact_id: RecordId
+    purpose: str = Field(min_length=3, max_length=500)
+
+
+class AccountSummaryInput(BaseModel):
+    """Summarise one company of a CRM connection (optionally with its known contacts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: uuid.UUID
+    company_id: RecordId
+    contact_ids: list[RecordId] = Field(default_factory=list, max_length=10)
+
+
+class ContentBriefInput(BaseModel):
+    """Brief a blog post on ``topic``; ``content_id`` names an existing item to build on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(min_length=3, max_length=200)
+    keyword: str | None = Field(default=None, min_length=2, max_length=100)
+    audience: str | None = Field(default=None, max_length=200)
+    content_id: uuid.UUID | None = None
+
+
 # --- The catalogue ----------------------------------------------------------------------
 
 
@@ -131,6 +214,9 @@ class AgentSpec(BaseModel):
     tools: tuple[str, ...]
     needs_model: bool = False
     input_model: type[BaseModel] = Field(exclude=True)
+    #: A model-backed agent's instructions (its system message) and the output it must give.
+    instructions: str = ""
+    output_model: type[BaseModel] | None = Field(default=None, exclude=True)
 
     def input_schema(self) -> dict[str, Any]:
         return self.input_model.model_json_schema()
@@ -138,47 +224,6 @@ class AgentSpec(BaseModel):
     @property
     def write_tools(self) -> tuple[str, ...]:
         return tuple(t for t in self.tools if TOOLS[t].writes)
-
-
-AGENTS: dict[str, AgentSpec] = {
-    spec.id: spec
-    for spec in (
-        AgentSpec(
-            id="lead-scoring",
-            name="Lead scoring",
-            category=AgentCategory.CRM,
-            description=(
-                "Scores a CRM contact from 0 to 100 with fixed rules over its fields and its "
-                "company (each rule explained), grades it hot, warm or cold, and can log the "
-                "score on the contact."
-            ),
-            tools=("crm.get_contact", "crm.get_company", "crm.create_note"),
-            input_model=LeadScoringInput,
-        ),
-        AgentSpec(
-            id="seo-audit",
-            name="SEO audit",
-            category=AgentCategory.MARKETING,
-            description=(
-                "Checks a content item or a page: title and meta description lengths, "
-                "headings, links, images without alt text, length and keyword use."
-            ),
-            tools=("content.get_item",),
-            input_model=SeoAuditInput,
-        ),
-        AgentSpec(
-            id="crm-duplicates",
-            name="CRM duplicate finder",
-            category=AgentCategory.CRM,
-            description=(
-                "Finds contacts that are likely the same person (e-mail, fuzzy name, company "
-                "domain, phone) and can log a merge note on each pair."
-            ),
-            tools=("crm.list_contacts", "crm.create_note"),
-            input_model=DuplicateFinderInput,
-        ),
-    )
-}
 
 
 # --- Results ----------------------------------------------------------------------------
@@ -225,16 +270,134 @@ class DuplicateReport(BaseModel):
     pairs: list[DuplicatePair]
 
 
-AgentOutput = Annotated[LeadScore | SeoAudit | DuplicateReport, Field(discriminator="kind")]
+class EmailDraft(BaseModel):
+    kind: Literal["email_draft"] = "email_draft"
+    contact_id: str
+    subject: str = Field(min_length=1, max_length=200)
+    body: str = Field(min_length=1, max_length=10_000)
+
+
+class AccountSummary(BaseModel):
+    kind: Literal["account_summary"] = "account_summary"
+    company_id: str
+    summary: str = Field(min_length=1, max_length=4_000)
+    highlights: list[str] = Field(default_factory=list, max_length=10)
+
+
+class ContentBrief(BaseModel):
+    kind: Literal["content_brief"] = "content_brief"
+    title: str = Field(min_length=1, max_length=300)
+    outline: list[str] = Field(min_length=1, max_length=30)
+    keywords: list[str] = Field(default_factory=list, max_length=20)
+
+
+AgentOutput = Annotated[
+    LeadScore | SeoAudit | DuplicateReport | EmailDraft | AccountSummary | ContentBrief,
+    Field(discriminator="kind"),
+]
+
+
+AGENTS: dict[str, AgentSpec] = {
+    spec.id: spec
+    for spec in (
+        AgentSpec(
+            id="lead-scoring",
+            name="Lead scoring",
+            category=AgentCategory.CRM,
+            description=(
+                "Scores a CRM contact from 0 to 100 with fixed rules over its fields and its "
+                "company (each rule explained), grades it hot, warm or cold, and can log the "
+                "score on the contact."
+            ),
+            tools=("crm.get_contact", "crm.get_company", "crm.create_note"),
+            input_model=LeadScoringInput,
+        ),
+        AgentSpec(
+            id="seo-audit",
+            name="SEO audit",
+            category=AgentCategory.MARKETING,
+            description=(
+                "Checks a content item or a page: title and meta description lengths, "
+                "headings, links, images without alt text, length and keyword use."
+            ),
+            tools=("content.get_item",),
+            input_model=SeoAuditInput,
+        ),
+        AgentSpec(
+            id="crm-duplicates",
+            name="CRM duplicate finder",
+            category=AgentCategory.CRM,
+            description=(
+                "Finds contacts that are likely the same person (e-mail, fuzzy name, company "
+                "domain, phone) and can log a merge note on each pair."
+            ),
+            tools=("crm.list_contacts", "crm.create_note"),
+            input_model=DuplicateFinderInput,
+        ),
+        AgentSpec(
+            id="email-draft",
+            name="E-mail draft",
+            category=AgentCategory.CRM,
+            description=(
+                "Drafts an e-mail to a CRM contact for a purpose you give, from the contact and "
+                "its company. Needs your model provider."
+            ),
+            tools=("crm.get_contact", "crm.get_company"),
+            needs_model=True,
+            input_model=EmailDraftInput,
+            output_model=EmailDraft,
+            instructions=(
+                "You draft short, specific business e-mails. Read the contact (and its company "
+                "when it has one) with the tools before writing. Never invent facts about them."
+            ),
+        ),
+        AgentSpec(
+            id="account-summary",
+            name="Account summary",
+            category=AgentCategory.CRM,
+            description=(
+                "Summarises a CRM company and the contacts you name: who they are, where the "
+                "relationship stands, what to do next. Needs your model provider."
+            ),
+            tools=("crm.get_company", "crm.get_contact"),
+            needs_model=True,
+            input_model=AccountSummaryInput,
+            output_model=AccountSummary,
+            instructions=(
+                "You summarise a customer account for an account manager. Read the company and "
+                "each named contact with the tools; state only what the records say."
+            ),
+        ),
+        AgentSpec(
+            id="content-brief",
+            name="Content brief",
+            category=AgentCategory.MARKETING,
+            description=(
+                "Writes a brief for a blog post: a title, an outline and the keywords to use, "
+                "building on an existing content item when you name one. Needs your model "
+                "provider."
+            ),
+            tools=("content.get_item",),
+            needs_model=True,
+            input_model=ContentBriefInput,
+            output_model=ContentBrief,
+            instructions=(
+                "You write briefs for blog posts: a working title, an outline of sections and "
+                "the keywords to use. When a content item is named, read it first and build on it."
+            ),
+        ),
+    )
+}
 
 
 class ToolRequest(BaseModel):
-    """A tool call an agent asks for."""
+    """A tool call an agent asks for (``call_id``: the model's id of the call)."""
 
     tool: str
     connection_id: uuid.UUID | None = None
     args: dict[str, Any] = Field(default_factory=dict)
     summary: str = ""
+    call_id: str | None = None
 
 
 class AgentResult(BaseModel):
@@ -251,11 +414,22 @@ class AgentResult(BaseModel):
 
 
 class Observation(BaseModel):
-    """A tool call and what it answered, as the agent's next step sees it."""
+    """A tool call and what it answered, as the agent's next step sees it; ``step`` is the
+    step that asked for it (a model's turn), ``call_id`` the model's id of the call."""
 
     tool: str
     args: dict[str, Any]
     result: dict[str, Any]
+    step: int = 0
+    call_id: str | None = None
+
+
+class ModelChoice(BaseModel):
+    """The model a model-backed run talks to, through the tenant's own provider (its key is
+    read by reference inside the activity, never carried here)."""
+
+    model: str = Field(min_length=1, max_length=100)
+    temperature: float | None = Field(default=None, ge=0, le=2)
 
 
 class StepRequest(BaseModel):
@@ -264,13 +438,19 @@ class StepRequest(BaseModel):
     agent_id: str
     input: dict[str, Any]
     observations: list[Observation]
+    model: ModelChoice | None = None
+    #: The tools offered to a model (the agent's that the tenant allows).
+    tools: list[str] = Field(default_factory=list)
+    #: Tokens the run may still spend (the model's answer is capped to it).
+    tokens_left: int | None = None
 
 
 class StepDecision(BaseModel):
-    """Either the tool calls to make next, or the result."""
+    """Either the tool calls to make next, or the result; what the step cost in tokens."""
 
     tool_calls: list[ToolRequest] = Field(default_factory=list)
     result: AgentResult | None = None
+    tokens: int = 0
 
 
 class ToolCall(BaseModel):
@@ -324,6 +504,8 @@ class AgentRunConfig(BaseModel):
     always_review: bool = False
     max_steps: int = Field(default=20, ge=1, le=MAX_STEPS)
     review: DeadlinePolicy = DeadlinePolicy()
+    model: ModelChoice | None = None
+    run_token_budget: int | None = None
 
 
 class AgentRunStart(BaseModel):
@@ -353,6 +535,8 @@ class AgentRunState(BaseModel):
     approval_id: uuid.UUID | None = None
     error: str | None = None
     finished_at: datetime | None = None
+    model: str | None = None
+    tokens: int = 0
 
 
 class AgentRunRow(BaseModel):
@@ -371,6 +555,8 @@ class AgentRunRow(BaseModel):
     input_summary: str = ""
     result: AgentResult | None = None
     outcome: DecisionOutcome | None = None
+    model: str | None = None
+    tokens: int = 0
 
 
 # --- Tables -----------------------------------------------------------------------------
@@ -393,9 +579,12 @@ class AgentConfig(Timestamped, Base):
     max_steps: Mapped[int]
     # How many of the tenant's tasks the agent works at once (routing skips it when full).
     concurrency_limit: Mapped[int] = mapped_column(default=3, server_default="3")
-    # Reserved for model-backed agents (tokens per run and per month).
+    # Model-backed agents: tokens per run and per month; the model (None: the provider's
+    # default) and its temperature.
     run_token_budget: Mapped[int | None]
     monthly_token_budget: Mapped[int | None]
+    model: Mapped[str | None] = mapped_column(String(100))
+    temperature: Mapped[float | None]
     updated_by: Mapped[uuid.UUID | None]
 
 
@@ -443,3 +632,6 @@ class AgentDecision(Base):
     outcome: Mapped[DecisionOutcome] = mapped_column(str_enum(DecisionOutcome))
     approval_id: Mapped[uuid.UUID | None]
     error: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(String(100))
+    tokens: Mapped[int] = mapped_column(default=0, server_default="0")
+    duration_ms: Mapped[int | None]

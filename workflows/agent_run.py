@@ -4,8 +4,9 @@ system when the tenant's configuration asks for it (``agent-run:{run_id}``)."""
 
 from __future__ import annotations
 
+import math
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from temporalio import workflow
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         TraceEntry,
     )
     from models.approval import ApprovalKind, ApprovalOutcome, ApprovalRequest, ApprovalStatus
+    from models.billing import UsageMetric, UsageRecord
     from models.user import Role
     from workflows import approval
 
@@ -44,7 +46,11 @@ _TOOL_WINDOW = timedelta(minutes=10)
 _TOOL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1)
 )
-_STEP_RETRY = RetryPolicy(maximum_attempts=3)
+# A step is a model's turn for model-backed agents: rate limits and malformed answers retry.
+_STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=5
+)
+_STEP_TIMEOUT = timedelta(minutes=6)  # above the longest model timeout (300 s) of settings
 _TRACE_KEPT = 200
 T = TypeVar("T")
 
@@ -91,7 +97,9 @@ class AgentRunWorkflow:
             started_by=start.started_by,
             created_at=start.created_at,
             max_steps=start.config.max_steps,
+            model=start.config.model.model if start.config.model else None,
         )
+        self._thought_until: datetime | None = None
         self._shown = self._state
         self._observations: list[Observation] = []
         self._listed = False
@@ -100,11 +108,14 @@ class AgentRunWorkflow:
     async def run(self, start: AgentRunStart) -> AgentRunState:
         """Think, have the writes reviewed when required, apply them; return the run."""
         await self._record()
+        began = workflow.now()
         failure: RunFailed | None = None
         try:
             await self._decide_and_act()
         except RunFailed as err:
             failure = err
+        if workflow.patched("agent-run-usage"):
+            await self._count_minutes((self._thought_until or workflow.now()) - began)
         self._shown = self._state.model_copy(deep=True)  # until the end is recorded
         if failure is None:
             self._state.status = AgentRunStatus.COMPLETED
@@ -121,6 +132,7 @@ class AgentRunWorkflow:
     async def _decide_and_act(self) -> None:
         """Think; then write nothing, have the writes reviewed, or apply them."""
         result = await self._think()
+        self._thought_until = workflow.now()
         self._state.result = result
         self._trace("step", "result", f"confidence {result.confidence:.2f}")
         if not result.writes:
@@ -147,8 +159,10 @@ class AgentRunWorkflow:
     # --- Steps ------------------------------------------------------------------------
 
     async def _think(self) -> AgentResult:
+        config = self._start.config
         while True:
             self._spend("step")
+            step = self._state.steps
             decision: StepDecision = await self._activity(
                 "plan_agent_step",
                 StepRequest(
@@ -157,11 +171,16 @@ class AgentRunWorkflow:
                     agent_id=self._start.agent_id,
                     input=self._start.input,
                     observations=self._observations,
+                    model=config.model,
+                    tools=config.allowed_tools,
+                    tokens_left=self._tokens_left(),
                 ),
                 StepDecision,
-                f"step {self._state.steps} of the agent",
+                f"step {step} of the agent",
                 retry=_STEP_RETRY,
+                within=_STEP_TIMEOUT,
             )
+            self._state.tokens += decision.tokens
             if decision.result is not None:
                 return decision.result
             if not decision.tool_calls:
@@ -172,7 +191,13 @@ class AgentRunWorkflow:
                 self._spend(request.tool)
                 outcome = await self._tool(request)
                 self._observations.append(
-                    Observation(tool=request.tool, args=request.args, result=outcome.result)
+                    Observation(
+                        tool=request.tool,
+                        args=request.args,
+                        result=outcome.result,
+                        step=step,
+                        call_id=request.call_id,
+                    )
                 )
                 self._trace("tool", request.tool, request.summary or None)
 
@@ -235,14 +260,20 @@ class AgentRunWorkflow:
         return outcome
 
     async def _activity(
-        self, name: str, argument: object, result: type[T], summary: str, retry: RetryPolicy
+        self,
+        name: str,
+        argument: object,
+        result: type[T],
+        summary: str,
+        retry: RetryPolicy,
+        within: timedelta = timedelta(seconds=60),
     ) -> T:
         try:
             value: T = await workflow.execute_activity(
                 name,
                 argument,
                 result_type=result,
-                start_to_close_timeout=timedelta(seconds=60),
+                start_to_close_timeout=within,
                 schedule_to_close_timeout=_TOOL_WINDOW,
                 retry_policy=retry,
                 summary=summary[:200],
@@ -265,6 +296,32 @@ class AgentRunWorkflow:
                 if spec.writes
                 else f"The tool {request.tool} is not a write."
             )
+
+    def _tokens_left(self) -> int | None:
+        """What the run's token budget still allows (None: no budget); spent, the run stops."""
+        budget = self._start.config.run_token_budget
+        if budget is None:
+            return None
+        if self._state.tokens >= budget:
+            raise RunFailed(
+                f"The token budget of {budget} tokens is spent ({self._state.tokens} used)."
+            )
+        return budget - self._state.tokens
+
+    async def _count_minutes(self, thinking: timedelta) -> None:
+        """The run's agent minutes (its thinking, not the wait for a review), rounded up."""
+        await workflow.execute_activity(
+            "record_usage",
+            UsageRecord(
+                tenant_id=self._start.tenant_id,
+                metric=UsageMetric.AGENT_MINUTES,
+                quantity=max(1, math.ceil(thinking.total_seconds() / 60)),
+                occurred_at=workflow.now(),
+                idempotency_key=f"{workflow_id(self._start.run_id)}:minutes",
+            ),
+            start_to_close_timeout=_STORE_TIMEOUT,
+            summary="count the run's agent minutes as usage",
+        )
 
     def _spend(self, what: str) -> None:
         if self._state.steps >= self._start.config.max_steps:
@@ -323,6 +380,8 @@ class AgentRunWorkflow:
             input_summary=_summary(self._start.input) if finished else "",
             result=state.result if finished else None,
             outcome=state.outcome if finished else None,
+            model=state.model,
+            tokens=state.tokens,
         )
         await workflow.execute_activity(
             "record_agent_run",

@@ -13,9 +13,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, status
-from pydantic import BaseModel, Field, ValidationError
-from sqlalchemy import select, tuple_
+from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import (
@@ -33,6 +33,8 @@ from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import owned, scoped
 from api.workflow_calls import IdempotencyKey, update_id
 from connectors import registry
+from connectors.http import UnsafeURL, check_base_url
+from connectors.secrets import model_provider_path, secret_store_from_settings
 from core import search
 from core.errors import Conflict, NotFound, Unprocessable
 from core.security import Principal
@@ -51,6 +53,7 @@ from models.agents import (
     AgentRunStatus,
     AgentSpec,
     DecisionOutcome,
+    ModelChoice,
 )
 from models.connection import Connection, ConnectionStatus
 from models.content import ContentItem
@@ -118,6 +121,30 @@ class ConfigView(BaseModel):
     )
     run_token_budget: int | None = Field(default=None, ge=1)
     monthly_token_budget: int | None = Field(default=None, ge=1)
+    model: str | None = Field(
+        default=None, min_length=1, max_length=100, description="null: the provider's default"
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2)
+
+
+class ModelProviderForm(BaseModel):
+    """Your tenant's own model provider (any OpenAI-compatible chat-completions API): its
+    base URL, the model agents use unless configured otherwise, and your API key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(default="https://api.openai.com/v1", max_length=500)
+    model: str = Field(min_length=1, max_length=100)
+    api_key: SecretStr = Field(min_length=8, max_length=500)
+
+
+class ModelProviderView(BaseModel):
+    """The provider as set; the key shows only as its last four characters."""
+
+    base_url: str
+    model: str
+    key_hint: str
+    updated_at: datetime
 
 
 class RunRequest(BaseModel):
@@ -171,6 +198,9 @@ class DecisionItem(BaseModel):
     outcome: DecisionOutcome
     approval_id: uuid.UUID | None
     error: str | None
+    model: str | None
+    tokens: int
+    duration_ms: int | None
 
     @classmethod
     def of(cls, row: AgentDecision) -> DecisionItem:
@@ -186,6 +216,9 @@ class DecisionItem(BaseModel):
             outcome=row.outcome,
             approval_id=row.approval_id,
             error=row.error,
+            model=row.model,
+            tokens=row.tokens,
+            duration_ms=row.duration_ms,
         )
 
 
@@ -223,6 +256,8 @@ async def _config(
         concurrency_limit=row.concurrency_limit,
         run_token_budget=row.run_token_budget,
         monthly_token_budget=row.monthly_token_budget,
+        model=row.model,
+        temperature=row.temperature,
     )
 
 
@@ -242,7 +277,67 @@ async def list_agents(
     return AgentDirectory(items=items)
 
 
-# --- Runs and decisions (before /{agent_id}, which would shadow them) --------------------
+# --- The tenant's model provider, runs and decisions (before /{agent_id}) ----------------
+
+
+@router.get("/model-provider", summary="Your tenant's model provider")
+async def get_model_provider(principal: TenantAdmin, settings: SettingsDep) -> ModelProviderView:
+    """404 until a tenant admin sets it; the key is never shown, only its last characters."""
+    provider = await secret_store_from_settings(settings).get(
+        model_provider_path(principal.tenant_id)
+    )
+    if provider is None:
+        raise NotFound("No model provider is set.")
+    return _provider_view(provider)
+
+
+@router.put("/model-provider", summary="Set your tenant's model provider (your own key)")
+async def put_model_provider(
+    body: ModelProviderForm, principal: TenantAdmin, settings: SettingsDep
+) -> ModelProviderView:
+    """Model-backed agents call this provider with your key, read from the secret store by the
+    run's activity (never in a workflow's history, never logged). 422 for a base URL that is
+    not https (or that points into a private network)."""
+    try:
+        base_url = check_base_url(
+            body.base_url, allow_private=settings.connector_allow_private_urls
+        )
+    except UnsafeURL as exc:
+        raise Unprocessable(
+            "The base URL cannot be used.", errors=[_field_error("base_url", exc.message)]
+        ) from None
+    provider = {
+        "base_url": base_url,
+        "model": body.model,
+        "api_key": body.api_key.get_secret_value(),
+        "updated_at": datetime.now(UTC).isoformat(),
+        "updated_by": str(principal.user_id),
+    }
+    await secret_store_from_settings(settings).put(
+        model_provider_path(principal.tenant_id), provider
+    )
+    return _provider_view(provider)
+
+
+@router.delete(
+    "/model-provider",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove your tenant's model provider",
+)
+async def delete_model_provider(principal: TenantAdmin, settings: SettingsDep) -> Response:
+    """Every version of the key is removed; model-backed agents cannot start until it is set
+    again (runs under way fail at their next step)."""
+    await secret_store_from_settings(settings).delete(model_provider_path(principal.tenant_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _provider_view(provider: dict[str, Any]) -> ModelProviderView:
+    return ModelProviderView(
+        base_url=provider["base_url"],
+        model=provider["model"],
+        key_hint="…" + str(provider["api_key"])[-4:],
+        updated_at=datetime.fromisoformat(provider["updated_at"]),
+    )
 
 
 @router.get("/runs", summary="Your tenant's agent runs")
@@ -357,9 +452,9 @@ async def put_config(
             _field_error("allowed_tools", f"not tools of {spec.id}: {', '.join(unknown)}")
         )
     if not spec.needs_model:
-        for name in ("run_token_budget", "monthly_token_budget"):
+        for name in ("run_token_budget", "monthly_token_budget", "model", "temperature"):
             if getattr(body, name) is not None:
-                errors.append(_field_error(name, "only model-backed agents have token budgets"))
+                errors.append(_field_error(name, "only model-backed agents have a model"))
     if errors:
         raise Unprocessable("The configuration is invalid.", errors=errors)
     row = await session.get(AgentConfig, (principal.tenant_id, spec.id))
@@ -374,6 +469,7 @@ async def put_config(
         body.run_token_budget,
         body.monthly_token_budget,
     )
+    row.model, row.temperature = body.model, body.temperature
     row.updated_by = principal.user_id
     await session.commit()
     return body.model_copy(update={"allowed_tools": row.allowed_tools})
@@ -459,6 +555,7 @@ async def prepare_run(
     if not config.enabled:
         raise Conflict(f"The agent {spec.id} is disabled for your tenant.")
     await _check_references(session, principal, given)
+    model = await _model_choice(session, principal, settings, spec, config)
     return AgentRunStart(
         run_id=run_id,
         tenant_id=principal.tenant_id,
@@ -473,8 +570,47 @@ async def prepare_run(
             else list(spec.tools),
             always_review=config.always_review,
             max_steps=config.max_steps,
+            model=model,
+            run_token_budget=config.run_token_budget,
         ),
     )
+
+
+async def _model_choice(
+    session: AsyncSession,
+    principal: Principal,
+    settings: Settings,
+    spec: AgentSpec,
+    config: ConfigView,
+) -> ModelChoice | None:
+    """A model-backed agent's model: 409 without a model provider or with the month's token
+    budget spent."""
+    if not spec.needs_model:
+        return None
+    provider = await secret_store_from_settings(settings).get(
+        model_provider_path(principal.tenant_id)
+    )
+    if provider is None:
+        raise Conflict(
+            f"{spec.name} needs a model: set your model provider first "
+            "(PUT /api/v1/agents/model-provider)."
+        )
+    budget = config.monthly_token_budget
+    if budget is not None:
+        month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        spent = await session.scalar(
+            select(func.coalesce(func.sum(AgentDecision.tokens), 0)).where(
+                AgentDecision.tenant_id == principal.tenant_id,
+                AgentDecision.agent_id == spec.id,
+                AgentDecision.decided_at >= month,
+            )
+        )
+        if (spent or 0) >= budget:
+            raise Conflict(
+                f"{spec.name}'s token budget for the month ({budget}) is spent: "
+                f"{spent} tokens used."
+            )
+    return ModelChoice(model=config.model or provider["model"], temperature=config.temperature)
 
 
 async def _check_references(session: AsyncSession, principal: Principal, given: BaseModel) -> None:

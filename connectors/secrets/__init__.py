@@ -57,6 +57,11 @@ def staged_path(tenant_id: uuid.UUID, connection_id: uuid.UUID) -> str:
     return f"{connection_path(tenant_id, connection_id)}/staged"
 
 
+def model_provider_path(tenant_id: uuid.UUID) -> str:
+    """Where a tenant's model provider lives: its base URL, default model and own API key."""
+    return f"tenants/{tenant_id}/model-provider"
+
+
 def tenant_key(tenant_id: uuid.UUID) -> str:
     """The name of a tenant's own encryption key."""
     return f"tenant-{tenant_id}"

@@ -143,7 +143,15 @@ async def test_directory_and_configuration(
     directory = await api.get("/api/v1/agents", headers=user.headers)
     assert directory.status_code == 200, directory.text
     agents = {a["id"]: a for a in directory.json()["items"]}
-    assert set(agents) == {"lead-scoring", "seo-audit", "crm-duplicates"}
+    assert set(agents) == {
+        "lead-scoring",
+        "seo-audit",
+        "crm-duplicates",
+        "email-draft",
+        "account-summary",
+        "content-brief",
+    }
+    assert agents["email-draft"]["needs_model"] is True
     lead = agents["lead-scoring"]
     assert (lead["category"], lead["needs_model"], lead["enabled"]) == ("crm", False, True)
     assert [(t["name"], t["writes"]) for t in lead["tools"]] == [
@@ -165,6 +173,8 @@ async def test_directory_and_configuration(
         "concurrency_limit": 3,
         "run_token_budget": None,
         "monthly_token_budget": None,
+        "model": None,
+        "temperature": None,
     }
     config = {"enabled": False, "always_review": True, "allowed_tools": ["crm.get_contact"]}
     path = "/api/v1/agents/lead-scoring/config"
