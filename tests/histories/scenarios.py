@@ -15,6 +15,7 @@ no run of that shape can exist any more, e.g. after a patch was deprecated and i
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -98,6 +99,7 @@ from models.user import Membership, Role, User
 from tests.api.test_connections import _own_password
 from tests.factories import Member, member
 from tests.histories import HISTORIES, load, replay_converter
+from tests.peers.chat_model import ChatModelPeer
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
 from tests.peers.woocommerce import Fault as ShopFault
 from tests.peers.woocommerce import WooCommercePeer
@@ -153,6 +155,7 @@ pytest_plugins = [
     "tests.peers.wordpress",
     "tests.peers.hubspot",
     "tests.peers.woocommerce",
+    "tests.peers.chat_model",
 ]
 
 RECORDING = os.environ.get("BIZ_RECORD_HISTORIES") == "1"
@@ -1191,7 +1194,6 @@ async def test_agent_runs(
     review, then approved; one rejected; one whose review expired; and a run stopped by the
     tenant's tool limit."""
     from models.agents import AgentRunConfig, AgentRunStart, AgentRunState, AgentRunStatus
-    from models.connection import Connection, ConnectionHealth, ConnectionStatus
     from workflows.agent_run import AgentRunWorkflow
     from workflows.agent_run import workflow_id as agent_run_workflow_id
 
@@ -1202,24 +1204,7 @@ async def test_agent_runs(
         }
     )
     admin = await member(sessions, peered, mfa_enabled=True)
-    connection_id = uuid.uuid4()
-    async with transaction(sessions) as session:
-        session.add(
-            Connection(
-                id=connection_id,
-                tenant_id=admin.tenant_id,
-                connector_id="hubspot",
-                auth_kind="api_key",
-                label="CRM",
-                settings={},
-                account={},
-                status=ConnectionStatus.CONNECTED,
-                health=ConnectionHealth.HEALTHY,
-            )
-        )
-    await secret_store_from_settings(peered).put(
-        connection_path(admin.tenant_id, connection_id), {"api_key": PRIVATE_APP_TOKEN}
-    )
+    connection_id = await _hubspot_connection(sessions, peered, admin.tenant_id)
     company = hubspot_peer.seed("companies", {"name": "Acme", "domain": "acme.io"})
     contact = hubspot_peer.seed(
         "contacts", {"email": "ada@acme.io", "firstname": "Ada", "jobtitle": "Director"}
@@ -1282,6 +1267,107 @@ async def test_agent_runs(
         limited = await run(lead, allowed_tools=["crm.get_contact"])
         assert (await limited.result()).status is AgentRunStatus.FAILED
         await record(client, "agent-run-failed", limited.id)
+
+
+async def _hubspot_connection(
+    sessions: SessionFactory, settings: Settings, tenant_id: uuid.UUID
+) -> uuid.UUID:
+    """A connected HubSpot connection of the tenant (the peer's private app token)."""
+    from models.connection import Connection, ConnectionHealth, ConnectionStatus
+
+    connection_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            Connection(
+                id=connection_id,
+                tenant_id=tenant_id,
+                connector_id="hubspot",
+                auth_kind="api_key",
+                label="CRM",
+                settings={},
+                account={},
+                status=ConnectionStatus.CONNECTED,
+                health=ConnectionHealth.HEALTHY,
+            )
+        )
+    await secret_store_from_settings(settings).put(
+        connection_path(tenant_id, connection_id), {"api_key": PRIVATE_APP_TOKEN}
+    )
+    return connection_id
+
+
+async def test_model_agent_runs(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+    chat_model_peer: ChatModelPeer,
+) -> None:
+    """A model-backed run (e-mail draft) whose model reads a contact through a tool call, and
+    one stopped by its token budget."""
+    from connectors.secrets import model_provider_path
+    from models.agents import AgentRunConfig, AgentRunStart, AgentRunStatus, ModelChoice
+    from workflows.agent_run import AgentRunWorkflow
+    from workflows.agent_run import workflow_id as agent_run_workflow_id
+
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+        }
+    )
+    admin = await member(sessions, peered, mfa_enabled=True)
+    connection_id = await _hubspot_connection(sessions, peered, admin.tenant_id)
+    await secret_store_from_settings(peered).put(
+        model_provider_path(admin.tenant_id),
+        {
+            "base_url": chat_model_peer.url,
+            "model": "peer-large",
+            "api_key": chat_model_peer.api_key,
+        },
+    )
+    contact = hubspot_peer.seed("contacts", {"email": "ada@acme.io", "firstname": "Ada"})
+    given = {"connection_id": str(connection_id), "contact_id": contact["id"], "purpose": "hi"}
+    client = time_skipping_env.client
+
+    async def run(**config: Any) -> Any:
+        run_id = uuid.uuid4()
+        start = AgentRunStart(
+            run_id=run_id,
+            tenant_id=admin.tenant_id,
+            agent_id="email-draft",
+            started_by=admin.user_id,
+            created_at=await time_skipping_env.get_current_time(),
+            input=given,
+            config=AgentRunConfig(
+                allowed_tools=["crm.get_contact", "crm.get_company"],
+                model=ModelChoice(model="peer-large", temperature=0.3),
+                **config,
+            ),
+        )
+        return await client.start_workflow(
+            AgentRunWorkflow.run,
+            start,
+            id=agent_run_workflow_id(run_id),
+            task_queue=peered.temporal_task_queue,
+        )
+
+    lookup = ("crm__get_contact", {"contact_id": contact["id"]})
+    draft = {"contact_id": contact["id"], "subject": "Hi Ada", "body": "Hello."}
+    async with build_worker(client, sessions, peered):
+        chat_model_peer.reply_tool_calls(lookup, tokens=(100, 10))
+        chat_model_peer.reply_text(
+            json.dumps({"output": draft, "confidence": 0.9, "rationale": "From the CRM."})
+        )
+        drafted = await run()
+        assert (await drafted.result()).status is AgentRunStatus.COMPLETED
+        await record(client, "agent-run-model", drafted.id)
+
+        chat_model_peer.reply_tool_calls(lookup, tokens=(100, 10))
+        spent = await run(run_token_budget=50)
+        assert (await spent.result()).status is AgentRunStatus.FAILED
+        await record(client, "agent-run-token-budget", spent.id)
+    assert chat_model_peer.failures == []
 
 
 async def test_task_by_agent(

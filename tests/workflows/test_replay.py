@@ -102,6 +102,8 @@ EXPECTED = {
     "agent-run-rejected",
     "agent-run-review-expired",
     "agent-run-failed",
+    "agent-run-model",
+    "agent-run-token-budget",
 }
 
 
