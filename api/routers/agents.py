@@ -9,8 +9,9 @@ the approvals queue (``/api/v1/approvals``, kind ``agent_action``).
 
 from __future__ import annotations
 
+import statistics
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
@@ -227,6 +228,26 @@ class DecisionPage(BaseModel):
     next_cursor: str | None
 
 
+class AgentMetrics(BaseModel):
+    """One agent's finished runs in the period. ``success_rate``: share not failed;
+    ``overturned_rate``: of the results a person reviewed, the share rejected (null when
+    none was reviewed); latencies from start to end, reviews included."""
+
+    agent_id: str
+    runs: int
+    success_rate: float
+    latency_p50_ms: int | None
+    latency_p95_ms: int | None
+    tokens: int
+    reviewed: int
+    overturned_rate: float | None
+
+
+class MetricsPage(BaseModel):
+    since: datetime
+    items: list[AgentMetrics]
+
+
 Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=200)]
 
@@ -415,6 +436,53 @@ async def list_decisions(
         items=[DecisionItem.of(row) for row in page],
         next_cursor=encode_cursor(page[-1].decided_at, page[-1].run_id) if more else None,
     )
+
+
+@router.get("/metrics", summary="How your tenant's agents perform")
+async def agent_metrics(
+    principal: CurrentPrincipal,
+    session: SessionDep,
+    days: Annotated[int, Query(ge=1, le=90)] = 30,
+) -> MetricsPage:
+    """Per agent, over the last ``days`` days of the decision log: runs, success rate,
+    latency p50/p95, tokens, and how often people overturned what the agent proposed."""
+    since = datetime.now(UTC) - timedelta(days=days)
+    query = select(
+        AgentDecision.agent_id,
+        AgentDecision.outcome,
+        AgentDecision.duration_ms,
+        AgentDecision.tokens,
+    ).where(AgentDecision.tenant_id == principal.tenant_id, AgentDecision.decided_at >= since)
+    rows = (await session.execute(query)).all()
+    by_agent: dict[str, list[Any]] = {}
+    for row in rows:
+        by_agent.setdefault(row.agent_id, []).append(row)
+    return MetricsPage(
+        since=since, items=[_metrics(agent, runs) for agent, runs in sorted(by_agent.items())]
+    )
+
+
+def _metrics(agent_id: str, runs: list[Any]) -> AgentMetrics:
+    failed = sum(r.outcome is DecisionOutcome.FAILED for r in runs)
+    approved = sum(r.outcome is DecisionOutcome.APPROVED for r in runs)
+    rejected = sum(r.outcome is DecisionOutcome.REJECTED for r in runs)
+    latencies = sorted(r.duration_ms for r in runs if r.duration_ms is not None)
+    return AgentMetrics(
+        agent_id=agent_id,
+        runs=len(runs),
+        success_rate=round(1 - failed / len(runs), 4),
+        latency_p50_ms=_percentile(latencies, 50),
+        latency_p95_ms=_percentile(latencies, 95),
+        tokens=sum(r.tokens for r in runs),
+        reviewed=approved + rejected,
+        overturned_rate=round(rejected / (approved + rejected), 4) if approved + rejected else None,
+    )
+
+
+def _percentile(values: list[int], pct: int) -> int | None:
+    if len(values) < 2:
+        return values[0] if values else None
+    return round(statistics.quantiles(values, n=100, method="inclusive")[pct - 1])
 
 
 # --- One agent --------------------------------------------------------------------------

@@ -308,6 +308,18 @@ async def test_lead_scoring_run_review_and_decision_log(
     bad_cursor = await api.get("/api/v1/agents/runs?cursor=nonsense", headers=user.headers)
     assert bad_cursor.status_code == 422
 
+    metrics = await api.get("/api/v1/agents/metrics?days=7", headers=user.headers)
+    assert metrics.status_code == 200, metrics.text
+    [lead] = metrics.json()["items"]
+    assert {k: lead[k] for k in ("agent_id", "runs", "success_rate", "tokens")} == {
+        "agent_id": "lead-scoring",
+        "runs": 4,
+        "success_rate": 1.0,
+        "tokens": 0,
+    }
+    assert (lead["reviewed"], lead["overturned_rate"]) == (2, 0.5)
+    assert 0 <= lead["latency_p50_ms"] <= lead["latency_p95_ms"]
+
     # The CRM's credentials never reach the run's history (the connection id does).
     workflow = f"agent-run:{run['run_id']}"
     described = await temporal_env.client.get_workflow_handle(workflow).describe()
