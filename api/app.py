@@ -17,6 +17,7 @@ from api.deps import check_json_body
 from api.middleware import BodyLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
 from api.ratelimit import RateLimits
 from api.routers import (
+    agent_chats,
     agents,
     approvals,
     audit,
@@ -103,6 +104,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         tasks,
         inbox,
         agents,
+        agent_chats,
     ):
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).

@@ -46,7 +46,7 @@ class ModelToolCall(BaseModel):
     arguments: str
 
 
-class ChatTurn(BaseModel):
+class ModelTurn(BaseModel):
     """The model's answer: text or tool calls, and what it cost."""
 
     content: str | None
@@ -71,7 +71,7 @@ class AgentRunner(Protocol):
         model: str,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> ChatTurn: ...
+    ) -> ModelTurn: ...
 
 
 # --- The protocol's answers -------------------------------------------------------------
@@ -135,7 +135,7 @@ class OpenAIChatRunner:
         model: str,
         temperature: float | None = None,
         max_tokens: int | None = None,
-    ) -> ChatTurn:
+    ) -> ModelTurn:
         body: dict[str, Any] = {"model": model, "messages": messages}
         if tools:
             body["tools"] = [{"type": "function", "function": t.model_dump()} for t in tools]
@@ -152,7 +152,7 @@ class OpenAIChatRunner:
             raise_for_status(response, vendor=VENDOR, reason=reason, code=code)
         completion = parse_as(_Completion, json_body(response, vendor=VENDOR), vendor=VENDOR)
         message = completion.choices[0].message
-        return ChatTurn(
+        return ModelTurn(
             content=message.content,
             tool_calls=[
                 ModelToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connectors.chat_models import ChatFunction, ChatTurn, ModelToolCall
+from connectors.chat_models import ChatFunction, ModelToolCall, ModelTurn
+from models.agent_chat import ChatEntry, ChatTurn
 from models.agents import TOOLS, AgentResult, AgentSpec, StepDecision, StepRequest, ToolRequest
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
@@ -87,15 +88,15 @@ def _instructions(spec: AgentSpec) -> str:
     )
 
 
-def decision(spec: AgentSpec, request: StepRequest, turn: ChatTurn) -> StepDecision:
+def decision(spec: AgentSpec, request: StepRequest, turn: ModelTurn) -> StepDecision:
     """The run's next step from the model's turn: its tool calls, or its result."""
     if turn.tool_calls:
-        calls = [_tool_request(spec, request, call) for call in turn.tool_calls]
+        calls = [_tool_request(spec, request.input, call) for call in turn.tool_calls]
         return StepDecision(tool_calls=calls, tokens=turn.tokens)
     return StepDecision(result=_result(spec, turn.content or ""), tokens=turn.tokens)
 
 
-def _tool_request(spec: AgentSpec, request: StepRequest, call: ModelToolCall) -> ToolRequest:
+def _tool_request(spec: AgentSpec, given: dict[str, Any], call: ModelToolCall) -> ToolRequest:
     by_function = {TOOLS[name].function_name: TOOLS[name] for name in spec.tools}
     tool = by_function.get(call.name)
     if tool is None:
@@ -106,7 +107,7 @@ def _tool_request(spec: AgentSpec, request: StepRequest, call: ModelToolCall) ->
         raise ModelAnswerInvalid(f"the arguments of {tool.name} are not JSON") from None
     if not isinstance(args, dict):
         raise ModelAnswerInvalid(f"the arguments of {tool.name} are not an object")
-    connection_id = request.input.get("connection_id") if tool.port == "crm" else None
+    connection_id = given.get("connection_id") if tool.port == "crm" else None
     shown = ", ".join(f"{k}={v}" for k, v in sorted(args.items()) if k.endswith("_id"))
     return ToolRequest(
         tool=tool.name,
@@ -115,6 +116,60 @@ def _tool_request(spec: AgentSpec, request: StepRequest, call: ModelToolCall) ->
         call_id=call.id,
         summary=f"{tool.name} {shown}".strip()[:_SUMMARY_LIMIT],
     )
+
+
+# --- Chats ------------------------------------------------------------------------------
+
+
+def chat_messages(
+    spec: AgentSpec, given: dict[str, Any], transcript: list[ChatEntry]
+) -> list[dict[str, Any]]:
+    """A chat's messages: the agent's instructions and the session's input, then the
+    transcript (failed turns left out: the model never saw them)."""
+    messages: list[dict[str, Any]] = [
+        {
+            "role": "system",
+            "content": f"{spec.instructions}\n\nYou are chatting with a colleague: answer "
+            "briefly in plain text, using the tools to read what you need. The session's "
+            f"input: {json.dumps(given, sort_keys=True)}",
+        }
+    ]
+    for entry in transcript:
+        if entry.error:
+            continue
+        if entry.role == "user":
+            messages.append({"role": "user", "content": entry.text or ""})
+        elif entry.role == "tool":
+            messages.append({"role": "tool", "tool_call_id": entry.call_id, "content": entry.text})
+        elif entry.tool_calls:
+            messages.append({"role": "assistant", "content": None, "tool_calls": _calls(entry)})
+        else:
+            messages.append({"role": "assistant", "content": entry.text or ""})
+    return messages
+
+
+def _calls(entry: ChatEntry) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": call.call_id,
+            "type": "function",
+            "function": {
+                "name": TOOLS[call.tool].function_name,
+                "arguments": json.dumps(call.args, sort_keys=True),
+            },
+        }
+        for call in entry.tool_calls
+    ]
+
+
+def chat_turn(spec: AgentSpec, given: dict[str, Any], turn: ModelTurn) -> ChatTurn:
+    """The chat's next step from the model's turn: tool calls first, or the reply."""
+    if turn.tool_calls:
+        calls = [_tool_request(spec, given, call) for call in turn.tool_calls]
+        return ChatTurn(tool_calls=calls, tokens=turn.tokens)
+    if not (turn.content or "").strip():
+        raise ModelAnswerInvalid("the model answered with nothing")
+    return ChatTurn(text=turn.content, tokens=turn.tokens)
 
 
 def _result(spec: AgentSpec, content: str) -> AgentResult:

@@ -3,6 +3,7 @@
 Importing this package registers every table on ``Base.metadata`` (Alembic relies on it).
 """
 
+from models.agent_chat import AgentChat
 from models.agents import AgentConfig, AgentDecision, AgentRun
 from models.approval import Approval
 from models.audit import AuditEntry
@@ -25,6 +26,7 @@ from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
 
 __all__ = [
+    "AgentChat",
     "AgentConfig",
     "AgentDecision",
     "AgentRun",

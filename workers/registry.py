@@ -21,6 +21,7 @@ from connectors.secrets import secret_store_from_settings
 from connectors.storage import storage_from_settings
 from core.db import SessionFactory
 from core.settings import Settings
+from workflows.agent_chat import AgentChatWorkflow
 from workflows.agent_run import AgentRunWorkflow
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import AuditVerificationWorkflow
@@ -45,6 +46,7 @@ WORKFLOWS: Sequence[type] = (
     PublishWorkflow,
     TaskWorkflow,
     AgentRunWorkflow,
+    AgentChatWorkflow,
 )
 
 
@@ -187,4 +189,6 @@ def agent_activities(sessions: SessionFactory, settings: Settings) -> list[Calla
         agents.plan_agent_step,
         agents.call_agent_tool,
         agents.record_agent_run,
+        agents.chat_turn,
+        agents.record_agent_chat,
     ]

@@ -1,5 +1,5 @@
-"""model-backed agents: a tenant's model and temperature per agent, and each decision's
-model, tokens and duration
+"""model-backed agents: a tenant's model and temperature per agent, each decision's model,
+tokens and duration, and the listing of chats with agents
 
 Revision ID: 0015
 Revises: 0014
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+import models.base
 
 revision = "0015"
 down_revision = "0014"
@@ -24,9 +26,37 @@ def upgrade() -> None:
         batch.add_column(sa.Column("model", sa.String(length=100), nullable=True))
         batch.add_column(sa.Column("tokens", sa.Integer(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("duration_ms", sa.Integer(), nullable=True))
+    op.create_table(
+        "agent_chats",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("agent_id", sa.String(length=64), nullable=False),
+        sa.Column("started_by", sa.Uuid(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum("open", "ended", name="chatstatus", native_enum=False, length=32),
+            nullable=False,
+        ),
+        sa.Column("messages", sa.Integer(), nullable=False),
+        sa.Column("created_at", models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_agent_chats_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_chats")),
+    )
+    op.create_index(
+        "ix_agent_chats_listing", "agent_chats", ["tenant_id", "started_by", "created_at"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_agent_chats_listing", table_name="agent_chats")
+    op.drop_table("agent_chats")
     with op.batch_alter_table("agent_decisions") as batch:
         batch.drop_column("duration_ms")
         batch.drop_column("tokens")

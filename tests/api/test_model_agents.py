@@ -245,3 +245,72 @@ async def test_budgets_and_failures_end_a_run_cleanly(
     assert "sk-wrong" not in failed["error"]
     assert len(chat_model_peer.requests) == before  # refused before it was read
     assert chat_model_peer.failures == []
+
+
+async def test_a_chat_of_three_turns_with_a_tool_call(
+    api: httpx.AsyncClient,
+    hubspot_peer: HubSpotPeer,
+    chat_model_peer: ChatModelPeer,
+    sessions: SessionFactory,
+    agent_settings: Settings,
+) -> None:
+    admin = await member(sessions, agent_settings, mfa_enabled=True)
+    user = await member(sessions, agent_settings, Role.USER, tenant_id=admin.tenant_id)
+    colleague = await member(sessions, agent_settings, Role.USER, tenant_id=admin.tenant_id)
+    await provider(api, admin, chat_model_peer)
+    connection_id = await crm(api, admin)
+    contact_id = seed_lead(hubspot_peer)
+    given = {"connection_id": connection_id, "contact_id": contact_id, "purpose": "renewal"}
+    refused = await api.post(
+        "/api/v1/agent-chats", json={"agent_id": "lead-scoring", "input": {}}, headers=user.headers
+    )
+    assert refused.status_code == 422, refused.text
+    started = await api.post(
+        "/api/v1/agent-chats",
+        json={"agent_id": "email-draft", "input": given},
+        headers=user.headers,
+    )
+    assert started.status_code == 201, started.text
+    chat = f"/api/v1/agent-chats/{started.json()['session_id']}"
+
+    async def say(text: str) -> dict[str, Any]:
+        said = await api.post(f"{chat}/messages", json={"text": text}, headers=user.headers)
+        assert said.status_code == 200, said.text
+        reply: dict[str, Any] = said.json()
+        return reply
+
+    chat_model_peer.reply_tool_calls(("crm__get_contact", {"contact_id": contact_id}))
+    chat_model_peer.reply_text("Ada Lovelace, VP Marketing at Acme.")
+    assert (await say("Who is this?"))["text"] == "Ada Lovelace, VP Marketing at Acme."
+    chat_model_peer.reply_text("Subject: Your renewal, Ada")
+    assert (await say("A subject line, please."))["text"] == "Subject: Your renewal, Ada"
+    chat_model_peer.reply_error(400, message="This model's maximum context length is exceeded.")
+    failed = await say("And the body?")
+    assert failed["error"] is True
+    assert "maximum context length" in failed["text"]
+    assert chat_model_peer.failures == []
+    # The second turn's model saw the whole conversation, the tool's answer included.
+    roles = [m["role"] for m in chat_model_peer.requests[2]["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant", "user"]
+
+    assert (await api.get(chat, headers=colleague.headers)).status_code == 404
+    shown = (await api.get(chat, headers=user.headers)).json()
+    assert [(e["role"], e["error"]) for e in shown["transcript"]] == [
+        ("user", False),
+        ("assistant", False),
+        ("tool", False),
+        ("assistant", False),
+        ("user", False),
+        ("assistant", False),
+        ("user", False),
+        ("assistant", True),
+    ]
+    assert shown["transcript"][1]["tool_calls"][0]["tool"] == "crm.get_contact"
+    ended = await api.delete(chat, headers=user.headers)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "ended"
+    late = await api.post(f"{chat}/messages", json={"text": "Hello?"}, headers=user.headers)
+    assert late.status_code == 409, late.text
+    listed = (await api.get("/api/v1/agent-chats", headers=user.headers)).json()["items"]
+    assert [(c["status"], c["messages"]) for c in listed] == [("ended", 8)]
+    assert (await api.get("/api/v1/agent-chats", headers=colleague.headers)).json()["items"] == []
