@@ -1370,6 +1370,83 @@ async def test_model_agent_runs(
     assert chat_model_peer.failures == []
 
 
+async def test_agent_chats(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+    chat_model_peer: ChatModelPeer,
+) -> None:
+    """A chat with a tool call, a reply, a failed turn and its end; a chat ended by a quiet day."""
+    from connectors.secrets import model_provider_path
+    from models.agent_chat import ChatEnd, ChatMessage, ChatStart, ChatStatus
+    from models.agents import AgentRunConfig, ModelChoice
+    from workflows.agent_chat import AgentChatWorkflow
+    from workflows.agent_chat import workflow_id as chat_workflow_id
+
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+        }
+    )
+    person = await member(sessions, peered)
+    connection_id = await _hubspot_connection(sessions, peered, person.tenant_id)
+    await secret_store_from_settings(peered).put(
+        model_provider_path(person.tenant_id),
+        {
+            "base_url": chat_model_peer.url,
+            "model": "peer-large",
+            "api_key": chat_model_peer.api_key,
+        },
+    )
+    contact = hubspot_peer.seed("contacts", {"email": "ada@acme.io", "firstname": "Ada"})
+    client = time_skipping_env.client
+
+    async def chat() -> Any:
+        session_id = uuid.uuid4()
+        start = ChatStart(
+            session_id=session_id,
+            tenant_id=person.tenant_id,
+            agent_id="email-draft",
+            started_by=person.user_id,
+            created_at=await time_skipping_env.get_current_time(),
+            input={"connection_id": str(connection_id), "contact_id": contact["id"]},
+            config=AgentRunConfig(
+                allowed_tools=["crm.get_contact", "crm.get_company"],
+                model=ModelChoice(model="peer-large"),
+            ),
+        )
+        return await client.start_workflow(
+            AgentChatWorkflow.run,
+            start,
+            id=chat_workflow_id(session_id),
+            task_queue=peered.temporal_task_queue,
+        )
+
+    def said(text: str) -> ChatMessage:
+        return ChatMessage(text=text, by=person.user_id)
+
+    async with build_worker(client, sessions, peered):
+        talk = await chat()
+        chat_model_peer.reply_tool_calls(("crm__get_contact", {"contact_id": contact["id"]}))
+        chat_model_peer.reply_text("Ada, at Acme.")
+        await talk.execute_update(AgentChatWorkflow.say, said("Who is this?"))
+        chat_model_peer.reply_error(400, message="Too long.")
+        await talk.execute_update(AgentChatWorkflow.say, said("More, please."))
+        await talk.execute_update(AgentChatWorkflow.end, ChatEnd(by=person.user_id))
+        assert (await talk.result()).status is ChatStatus.ENDED
+        await record(client, "agent-chat", talk.id)
+
+        quiet = await chat()
+        chat_model_peer.reply_text("Hello.")
+        await quiet.execute_update(AgentChatWorkflow.say, said("Hi"))
+        await time_skipping_env.sleep(timedelta(days=1, minutes=1))
+        assert (await quiet.result()).ended_reason == "idle"
+        await record(client, "agent-chat-idle", quiet.id)
+    assert chat_model_peer.failures == []
+
+
 async def test_task_by_agent(
     time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
 ) -> None:

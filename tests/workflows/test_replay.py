@@ -104,6 +104,8 @@ EXPECTED = {
     "agent-run-failed",
     "agent-run-model",
     "agent-run-token-budget",
+    "agent-chat",
+    "agent-chat-idle",
 }
 
 
