@@ -49,6 +49,7 @@ from api.deps import current_principal
 from api.pagination import encode_cursor
 from core.db import SessionFactory, transaction
 from core.settings import Settings
+from models.agent_chat import AgentChat
 from models.approval import Approval, ApprovalStatus
 from models.audit import AuditEntry, chain_of
 from models.billing import Invoice
@@ -170,6 +171,7 @@ class Victim:
     project_id: str
     task_id: str
     run_id: str
+    session_id: str
 
     def markers(self) -> dict[str, str]:
         """Everything of the victim an attacker must never read."""
@@ -192,6 +194,7 @@ class Victim:
             "victim project id": self.project_id,
             "victim task id": self.task_id,
             "victim agent run id": self.run_id,
+            "victim chat id": self.session_id,
         }
 
     def foreign_ids(self) -> dict[str, list[str]]:
@@ -209,6 +212,7 @@ class Victim:
             "project_id": [self.project_id],
             "task_id": [self.task_id],
             "run_id": [self.run_id],
+            "session_id": [self.session_id],
             # Attachments are reached through their task: any id stands for a victim's.
             "attachment_id": [str(uuid.uuid4())],
             # Looked up at Stripe under the caller's own customer: any id stands for a victim's.
@@ -231,6 +235,7 @@ class World:
     own_project_id: str
     own_task_id: str
     own_run_id: str
+    own_session_id: str
     staff: Member
 
 
@@ -315,6 +320,7 @@ async def _victim(
     content_id = await _content_item(api, admin, connection_id, f"Victim post {tag}")
     project_id, task_id = await _project_task(api, admin, f"Victim project {tag}")
     run_id = await _agent_run(api, admin)
+    session_id = await _agent_chat(api, admin)
     # The invoices projection row, as billing's workflow writes it.
     async with transaction(sessions) as session:
         session.add(
@@ -346,6 +352,7 @@ async def _victim(
         project_id=project_id,
         task_id=task_id,
         run_id=run_id,
+        session_id=session_id,
     )
 
 
@@ -385,6 +392,24 @@ async def _agent_run(api: httpx.AsyncClient, who: Member) -> str:
     assert run.status_code in (201, 202), run.text
     run_id: str = run.json()["run_id"]
     return run_id
+
+
+async def _agent_chat(api: httpx.AsyncClient, who: Member) -> str:
+    """A chat about a brief (its model provider set; no message sent)."""
+    provider = await api.put(
+        "/api/v1/agents/model-provider",
+        json={"base_url": "https://models.example/v1", "model": "m", "api_key": "sk-probe-key"},
+        headers=who.headers,
+    )
+    assert provider.status_code == 200, provider.text
+    chat = await api.post(
+        "/api/v1/agent-chats",
+        json={"agent_id": "content-brief", "input": {"topic": "Probe"}},
+        headers=who.headers,
+    )
+    assert chat.status_code == 201, chat.text
+    session_id: str = chat.json()["session_id"]
+    return session_id
 
 
 async def _sync_profile(
@@ -465,6 +490,7 @@ async def world(
     own_content = await _content_item(api, owner, own_connection, f"Mallory post {tag}")
     own_project, own_task = await _project_task(api, owner, f"Mallory project {tag}")
     own_run = await _agent_run(api, owner)
+    own_session = await _agent_chat(api, owner)
     return World(
         app=app,
         api=api,
@@ -478,6 +504,7 @@ async def world(
         own_project_id=own_project,
         own_task_id=own_task,
         own_run_id=own_run,
+        own_session_id=own_session,
         staff=platform,
     )
 
@@ -778,7 +805,10 @@ async def _victim_state(sessions: SessionFactory, world: World) -> dict[str, Any
         assert content is not None
         task = await session.get(Task, uuid.UUID(victim.task_id))
         assert task is not None
+        chat = await session.get(AgentChat, uuid.UUID(victim.session_id))
+        assert chat is not None
     return {
+        "chat": (chat.status, chat.messages),
         "task": (task.status, task.assignee_id, task.priority, task.title),
         "content item": (content.status, content.revision, content.title),
         "sync profile": profile.status,
@@ -809,6 +839,7 @@ async def test_roles_refused_where_they_may_not_act(
         "project_id": world.own_project_id,
         "task_id": world.own_task_id,
         "run_id": world.own_run_id,
+        "session_id": world.own_session_id,
         "attachment_id": str(uuid.uuid4()),
         "payment_method_id": f"pm_{uuid.uuid4().hex[:24]}",
         "tenant_id": str(world.attackers[Role.TENANT_ADMIN].tenant_id),
