@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -16,17 +16,21 @@ from temporalio.exceptions import ApplicationError
 
 from connectors import registry
 from connectors.access import open_connection
-from connectors.chat_models import OpenAIChatRunner, model_timeout
+from connectors.analytics import AnalyticsPort, DateRange, ReportRequest
+from connectors.chat_models import ChatFunction, ModelTurn, OpenAIChatRunner, model_timeout
 from connectors.crm import ActivityDraft, ActivityQuery, CRMPort, RecordRef
 from connectors.http import ConnectorError, SchemaMismatch, as_application_error, connector_client
-from connectors.ports import ListQuery
+from connectors.ports import Connector, ListQuery
 from connectors.secrets import SecretStore, model_provider_path
 from core import agent_rules, model_agents
 from core.db import SessionFactory, transaction
 from core.render import body_html
 from core.settings import Settings
+from models.agent_chat import AgentChat, ChatRow, ChatTurn, ChatTurnRequest
 from models.agents import (
     AGENTS,
+    CONNECTION_PORTS,
+    MAX_METRIC_DAYS,
     TOOLS,
     AgentDecision,
     AgentRun,
@@ -35,7 +39,9 @@ from models.agents import (
     CompanyArgs,
     ContactArgs,
     ContentArgs,
+    DailyMetricArgs,
     ListArgs,
+    ModelChoice,
     NoteArgs,
     StepDecision,
     StepRequest,
@@ -51,6 +57,8 @@ TOOL_REFUSED = "AgentToolRefused"
 MODEL_ANSWER_INVALID = "ModelAnswerInvalid"
 # Notes already logged on a contact are looked through this far for a retried write's key.
 _NOTE_PAGES = 5
+# The report dimension of the day (GA4's name, the only analytics vendor so far).
+_DAY = "date"
 
 
 class AgentActivities:
@@ -77,36 +85,63 @@ class AgentActivities:
             ) from None
 
     async def _ask_model(self, spec: AgentSpec, request: StepRequest) -> StepDecision:
-        """One turn of the model. The key is read here, by the tenant's reference, and used
-        only in the request's header; a malformed answer is retried (the model may do better)."""
-        provider = await self._secrets.get(model_provider_path(request.tenant_id))
-        if provider is None or request.model is None:
-            raise ApplicationError(
-                "The tenant has no model provider set.",
-                type="ModelProviderMissing",
-                non_retryable=True,
+        """One turn of the model for a run's step."""
+        if request.model is None:
+            raise _no_provider()
+        try:
+            turn = await self._complete(
+                request.tenant_id,
+                model_agents.conversation(spec, request),
+                model_agents.functions(spec, request.tools),
+                request.model,
+                request.tokens_left,
             )
+            return model_agents.decision(spec, request, turn)
+        except (ConnectorError, model_agents.ModelAnswerInvalid) as exc:
+            raise _model_error(exc) from None
+
+    @activity.defn
+    async def chat_turn(self, request: ChatTurnRequest) -> ChatTurn:
+        """One turn of the model in a chat with the agent: its reply, or tool calls first."""
+        spec = AGENTS[request.agent_id]
+        try:
+            turn = await self._complete(
+                request.tenant_id,
+                model_agents.chat_messages(spec, request.input, request.transcript),
+                model_agents.functions(spec, request.tools),
+                request.model,
+                request.tokens_left,
+            )
+            return model_agents.chat_turn(spec, request.input, turn)
+        except (ConnectorError, model_agents.ModelAnswerInvalid) as exc:
+            raise _model_error(exc) from None
+
+    async def _complete(
+        self,
+        tenant_id: uuid.UUID,
+        messages: list[dict[str, Any]],
+        functions: list[ChatFunction],
+        choice: ModelChoice,
+        tokens_left: int | None,
+    ) -> ModelTurn:
+        """Ask the tenant's own provider. The key is read here, by the tenant's reference,
+        and used only in the request's header."""
+        provider = await self._secrets.get(model_provider_path(tenant_id))
+        if provider is None:
+            raise _no_provider()
         client = connector_client(
             allow_private=self._settings.connector_allow_private_urls,
             timeout=model_timeout(self._settings.agent_model_timeout_seconds),
         )
         async with client:
             runner = OpenAIChatRunner(client, provider["base_url"], provider["api_key"])
-            try:
-                turn = await runner.complete(
-                    model_agents.conversation(spec, request),
-                    model_agents.functions(spec, request.tools),
-                    model=request.model.model,
-                    temperature=request.model.temperature,
-                    max_tokens=request.tokens_left,
-                )
-                return model_agents.decision(spec, request, turn)
-            except (SchemaMismatch, model_agents.ModelAnswerInvalid) as exc:
-                raise ApplicationError(
-                    f"The model's answer cannot be used: {exc}", type=MODEL_ANSWER_INVALID
-                ) from None
-            except ConnectorError as exc:
-                raise as_application_error(exc) from None
+            return await runner.complete(
+                messages,
+                functions,
+                model=choice.model,
+                temperature=choice.temperature,
+                max_tokens=tokens_left,
+            )
 
     @activity.defn
     async def call_agent_tool(self, call: ToolCall) -> ToolOutcome:
@@ -119,8 +154,10 @@ class AgentActivities:
         try:
             if spec.port == "content":
                 return ToolOutcome(result=await self._content_item(call))
-            async with self._crm(call) as crm:
-                return ToolOutcome(result=await _crm_tool(crm, call))
+            async with self._connection(call, spec.port) as port:
+                if spec.port == "analytics":
+                    return ToolOutcome(result=await _daily_metric(cast(AnalyticsPort, port), call))
+                return ToolOutcome(result=await _crm_tool(cast(CRMPort, port), call))
         except ValidationError as exc:
             raise _refused(f"Bad arguments for {request.tool}: {exc.errors()[0]['msg']}") from None
 
@@ -161,6 +198,22 @@ class AgentActivities:
             decision.error, decision.model, decision.tokens = row.error, row.model, row.tokens
             decision.duration_ms = round((row.finished_at - row.created_at).total_seconds() * 1000)
 
+    @activity.defn
+    async def record_agent_chat(self, row: ChatRow) -> None:
+        """Upsert a chat session's listing row."""
+        async with transaction(self._sessions) as session:
+            chat = await session.get(AgentChat, row.session_id)
+            if chat is None:
+                chat = AgentChat(id=row.session_id, created_at=row.created_at)
+                session.add(chat)
+            chat.tenant_id, chat.agent_id, chat.started_by = (
+                row.tenant_id,
+                row.agent_id,
+                row.started_by,
+            )
+            chat.status, chat.messages, chat.ended_at = row.status, row.messages, row.ended_at
+            chat.updated_at = datetime.now(UTC)
+
     # --- Tools --------------------------------------------------------------------------
 
     async def _content_item(self, call: ToolCall) -> dict[str, Any]:
@@ -183,7 +236,9 @@ class AgentActivities:
         }
 
     @asynccontextmanager
-    async def _crm(self, call: ToolCall) -> AsyncIterator[CRMPort]:
+    async def _connection(self, call: ToolCall, kind: str) -> AsyncIterator[Connector]:
+        """The call's connection, opened: the run's tenant's, connected, and of ``kind``
+        (a port of :data:`~models.agents.CONNECTION_PORTS`); vendor errors as Temporal's."""
         connection_id = call.request.connection_id
         if connection_id is None:
             raise _refused(f"{call.request.tool} needs a connection.")
@@ -191,8 +246,8 @@ class AgentActivities:
             row = await session.get(Connection, connection_id)
         if row is None or row.tenant_id != call.tenant_id:
             raise _refused("No such connection in the tenant.")
-        if registry.get_spec(row.connector_id).kind != "crm":
-            raise _refused(f"The connection ({row.connector_id}) is not a CRM.")
+        if registry.get_spec(row.connector_id).kind != kind:
+            raise _refused(f"The connection ({row.connector_id}) is not {CONNECTION_PORTS[kind]}.")
         if row.status is not ConnectionStatus.CONNECTED:
             raise _refused("The connection is disconnected.")
         try:
@@ -205,7 +260,7 @@ class AgentActivities:
                 auth_kind=row.auth_kind,
                 connection_settings=row.settings,
             ) as port:
-                yield cast(CRMPort, port)
+                yield port
         except ConnectorError as exc:
             raise as_application_error(exc) from None
 
@@ -255,11 +310,62 @@ async def _note_once(crm: CRMPort, note: NoteArgs, key: str) -> dict[str, Any]:
     return {"activity_id": created.id, "created": True}
 
 
+async def _daily_metric(analytics: AnalyticsPort, call: ToolCall) -> dict[str, Any]:
+    """The metric per day over ``days`` days up to ``end``: by default yesterday, the last
+    complete day (today's count, still growing, would look like a drop). Days the vendor has no
+    row for are left out (GA4 leaves out days without data)."""
+    args = DailyMetricArgs.model_validate(call.request.args)
+    today = datetime.now(UTC).date()
+    end = args.end or today - timedelta(days=1)
+    if end >= today:
+        raise _refused("The last day read must be before today: today is not over yet.")
+    start = end - timedelta(days=args.days - 1)
+    report = await analytics.run_report(
+        ReportRequest(
+            date_range=DateRange(start=start, end=end),
+            dimensions=[_DAY],
+            metrics=[args.metric],
+            limit=MAX_METRIC_DAYS,  # one row a day: one page
+        )
+    )
+    rows = [
+        {"date": _report_day(row.dimensions[0], index).isoformat(), "value": row.metrics[0]}
+        for index, row in enumerate(report.rows)
+    ]
+    return {"metric": args.metric, "start": start.isoformat(), "end": end.isoformat(), "rows": rows}
+
+
+def _report_day(value: str, index: int) -> date:
+    """A day as the analytics vendor gives it (GA4: ``20261101``)."""
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise SchemaMismatch(
+            f"not a day: {value[:20]!r}", field=f"rows[{index}].dimensions[0]"
+        ) from None
+
+
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
         raise _refused("Not a content item id.") from None
+
+
+def _model_error(exc: ConnectorError | model_agents.ModelAnswerInvalid) -> ApplicationError:
+    """A malformed answer is retried (the model may do better); the provider's errors are
+    every vendor's (a bad key is final, a 429 waits as long as asked)."""
+    if isinstance(exc, SchemaMismatch | model_agents.ModelAnswerInvalid):
+        return ApplicationError(
+            f"The model's answer cannot be used: {exc}", type=MODEL_ANSWER_INVALID
+        )
+    return as_application_error(exc)
+
+
+def _no_provider() -> ApplicationError:
+    return ApplicationError(
+        "The tenant has no model provider set.", type="ModelProviderMissing", non_retryable=True
+    )
 
 
 def _refused(message: str) -> ApplicationError:

@@ -4,6 +4,7 @@ Each agent is a *planner*: given its input and what its tool calls have answered
 asks for the next tool calls or gives its :class:`~models.agents.AgentResult`. The
 ``plan_agent_step`` activity runs it (a model-backed agent would call its model there).
 Outputs carry record ids and explanations, never the records' contents (names, addresses).
+The analytics anomaly agent's rules have a module of their own, :mod:`core.analytics_rules`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from html.parser import HTMLParser
 from itertools import combinations
 from typing import Any
 
+from core.analytics_rules import plan_anomalies
 from models.agents import (
     AgentResult,
     DuplicateFinderInput,
@@ -453,6 +455,7 @@ _PLANNERS = {
     "lead-scoring": _plan_lead,
     "seo-audit": _plan_seo,
     "crm-duplicates": _plan_duplicates,
+    "analytics-anomaly": plan_anomalies,
 }
 
 __all__ = ["FREE_MAIL", "Observation", "audit_seo", "find_duplicates", "plan", "score_lead"]

@@ -19,7 +19,15 @@ from pydantic import ValidationError
 
 from connectors.chat_models import ChatFunction, ModelToolCall, ModelTurn
 from models.agent_chat import ChatEntry, ChatTurn
-from models.agents import TOOLS, AgentResult, AgentSpec, StepDecision, StepRequest, ToolRequest
+from models.agents import (
+    CONNECTION_PORTS,
+    TOOLS,
+    AgentResult,
+    AgentSpec,
+    StepDecision,
+    StepRequest,
+    ToolRequest,
+)
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 _SUMMARY_LIMIT = 200
@@ -107,7 +115,7 @@ def _tool_request(spec: AgentSpec, given: dict[str, Any], call: ModelToolCall) -
         raise ModelAnswerInvalid(f"the arguments of {tool.name} are not JSON") from None
     if not isinstance(args, dict):
         raise ModelAnswerInvalid(f"the arguments of {tool.name} are not an object")
-    connection_id = given.get("connection_id") if tool.port == "crm" else None
+    connection_id = given.get("connection_id") if tool.port in CONNECTION_PORTS else None
     shown = ", ".join(f"{k}={v}" for k, v in sorted(args.items()) if k.endswith("_id"))
     return ToolRequest(
         tool=tool.name,

@@ -12,7 +12,7 @@ Nothing here does I/O: workflows import it.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -24,8 +24,15 @@ from models.approval import DeadlinePolicy
 from models.base import Base, Timestamped, str_enum
 
 MAX_STEPS = 50  # the most a tenant may allow one run (planning steps and tool calls)
+#: The most days one read of a daily metric covers.
+MAX_METRIC_DAYS = 90
 #: A CRM record id as the vendors give them.
 RecordId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+#: An analytics metric as the vendor names it (GA4: ``sessions``, ``activeUsers``).
+MetricName = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_:.]{0,99}$")]
+#: The ports whose tools run on one of the tenant's connections (of the connector kind of the
+#: same name), and how a message names that kind.
+CONNECTION_PORTS = {"crm": "a CRM", "analytics": "an analytics system"}
 
 
 class AgentCategory(StrEnum):
@@ -69,12 +76,21 @@ class ContentArgs(BaseModel):
     content_id: str = Field(max_length=64)
 
 
+class DailyMetricArgs(BaseModel):
+    """``metric`` per day over the ``days`` days up to ``end`` (default: yesterday)."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: MetricName
+    days: int = Field(ge=1, le=MAX_METRIC_DAYS)
+    end: date | None = None
+
+
 class ToolSpec(BaseModel):
     """A tool an agent may call: a port method on a connection (or a read of a content item);
     ``args`` is the model its arguments must fit (a model's function parameters)."""
 
     name: str
-    port: Literal["crm", "content"]
+    port: Literal["crm", "content", "analytics"]
     writes: bool = False
     description: str
     args: type[BaseModel] = Field(exclude=True)
@@ -118,6 +134,15 @@ TOOLS: dict[str, ToolSpec] = {
             port="content",
             description="Read one of the tenant's content items (title, meta, rendered body).",
             args=ContentArgs,
+        ),
+        ToolSpec(
+            name="analytics.daily_metric",
+            port="analytics",
+            description=(
+                "Read one metric's value per day over the last days (up to yesterday, the last "
+                "complete day, or an end date you give)."
+            ),
+            args=DailyMetricArgs,
         ),
     )
 }
@@ -199,6 +224,29 @@ class ContentBriefInput(BaseModel):
     content_id: uuid.UUID | None = None
 
 
+class AnomalyInput(BaseModel):
+    """Look for days whose ``metric`` departs from the ``baseline_days`` before them, over the
+    last ``days`` days of an analytics connection (up to ``end``; by default yesterday, the
+    last complete day)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: uuid.UUID
+    metric: MetricName = "sessions"
+    days: int = Field(default=28, ge=4, le=MAX_METRIC_DAYS)
+    baseline_days: int = Field(default=7, ge=3, le=28)
+    threshold: float = Field(
+        default=3.0, ge=1.0, le=10.0, description="standard deviations that make an anomaly"
+    )
+    end: date | None = Field(default=None, description="the last day scanned (default: yesterday)")
+
+    @model_validator(mode="after")
+    def _room_for_a_baseline(self) -> AnomalyInput:
+        if self.days <= self.baseline_days:
+            raise ValueError("days must be more than baseline_days")
+        return self
+
+
 # --- The catalogue ----------------------------------------------------------------------
 
 
@@ -224,6 +272,12 @@ class AgentSpec(BaseModel):
     @property
     def write_tools(self) -> tuple[str, ...]:
         return tuple(t for t in self.tools if TOOLS[t].writes)
+
+    @property
+    def connection_kind(self) -> str | None:
+        """The kind of connection its input's ``connection_id`` names: its tools' port."""
+        ports = (TOOLS[t].port for t in self.tools)
+        return next((port for port in ports if port in CONNECTION_PORTS), None)
 
 
 # --- Results ----------------------------------------------------------------------------
@@ -291,8 +345,37 @@ class ContentBrief(BaseModel):
     keywords: list[str] = Field(default_factory=list, max_length=20)
 
 
+class MetricAnomaly(BaseModel):
+    """A day whose value departs from the days before it."""
+
+    date: date
+    value: float
+    baseline_mean: float
+    z_score: float | None = Field(
+        description="standard deviations from the baseline's mean; null after days of 0 only"
+    )
+    direction: Literal["up", "down"]
+
+
+class AnalyticsAnomalies(BaseModel):
+    kind: Literal["analytics_anomalies"] = "analytics_anomalies"
+    metric: str
+    start: date = Field(description="the first day read")
+    end: date = Field(description="the last day read")
+    days_scanned: int = Field(description="days from the first one with data to the last")
+    baseline_days: int = Field(description="the days before a day that it is compared with")
+    threshold: float
+    anomalies: list[MetricAnomaly]
+
+
 AgentOutput = Annotated[
-    LeadScore | SeoAudit | DuplicateReport | EmailDraft | AccountSummary | ContentBrief,
+    LeadScore
+    | SeoAudit
+    | DuplicateReport
+    | EmailDraft
+    | AccountSummary
+    | ContentBrief
+    | AnalyticsAnomalies,
     Field(discriminator="kind"),
 ]
 
@@ -385,6 +468,18 @@ AGENTS: dict[str, AgentSpec] = {
                 "You write briefs for blog posts: a working title, an outline of sections and "
                 "the keywords to use. When a content item is named, read it first and build on it."
             ),
+        ),
+        AgentSpec(
+            id="analytics-anomaly",
+            name="Analytics anomalies",
+            category=AgentCategory.ANALYTICS,
+            description=(
+                "Reads one metric per day (sessions, say) over the last 28 days, or up to 90, "
+                "and flags the days that depart from the week before them by 3 standard "
+                "deviations or more, up or down, each with its z-score."
+            ),
+            tools=("analytics.daily_metric",),
+            input_model=AnomalyInput,
         ),
     )
 }

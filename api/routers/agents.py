@@ -42,6 +42,7 @@ from core.security import Principal
 from core.settings import Settings
 from models.agents import (
     AGENTS,
+    CONNECTION_PORTS,
     MAX_STEPS,
     TOOLS,
     AgentCategory,
@@ -622,7 +623,7 @@ async def prepare_run(
     config = await _config(session, principal, spec, settings)
     if not config.enabled:
         raise Conflict(f"The agent {spec.id} is disabled for your tenant.")
-    await _check_references(session, principal, given)
+    await _check_references(session, principal, spec, given)
     model = await _model_choice(session, principal, settings, spec, config)
     return AgentRunStart(
         run_id=run_id,
@@ -681,13 +682,19 @@ async def _model_choice(
     return ModelChoice(model=config.model or provider["model"], temperature=config.temperature)
 
 
-async def _check_references(session: AsyncSession, principal: Principal, given: BaseModel) -> None:
-    """The connection and content item an input names belong to the caller's tenant."""
+async def _check_references(
+    session: AsyncSession, principal: Principal, spec: AgentSpec, given: BaseModel
+) -> None:
+    """The connection and content item an input names belong to the caller's tenant; the
+    connection is of the kind the agent's tools need (a CRM, an analytics system)."""
     connection_id = getattr(given, "connection_id", None)
     if connection_id is not None:
         connection = await owned(session, Connection, connection_id, principal)
-        if registry.get_spec(connection.connector_id).kind != "crm":
-            raise Unprocessable(f"The connection ({connection.connector_id}) is not a CRM.")
+        kind = spec.connection_kind
+        if kind is not None and registry.get_spec(connection.connector_id).kind != kind:
+            raise Unprocessable(
+                f"The connection ({connection.connector_id}) is not {CONNECTION_PORTS[kind]}."
+            )
         if connection.status is not ConnectionStatus.CONNECTED:
             raise Unprocessable("The connection is disconnected; reconnect it first.")
     content_id = getattr(given, "content_id", None)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date, timedelta
 
 import pytest
 
 from core.agent_rules import audit_seo, find_duplicates, plan, score_lead
+from core.analytics_rules import find_anomalies
 from models.agents import (
     AGENTS,
+    AnalyticsAnomalies,
+    AnomalyInput,
     DuplicateReport,
     LeadScore,
     Observation,
@@ -207,3 +211,140 @@ def test_duplicate_pairs_are_bounded() -> None:
     assert len(result.output.pairs) == 50
     assert result.rationale.startswith("66 likely duplicate pairs among 12 contacts")
     assert result.rationale.endswith("Only the 50 strongest are reported: raise the threshold.")
+
+
+def _daily(metric: str, start: str, end: str, values: dict[str, float]) -> dict[str, object]:
+    """``analytics.daily_metric``'s answer: a row per day the vendor has data for."""
+    rows = [{"date": day, "value": value} for day, value in values.items()]
+    return {"metric": metric, "start": start, "end": end, "rows": rows}
+
+
+#: Four weeks of sessions with a weekly rhythm, an outage on the 12th and a spike on the 24th.
+WEEK = [412, 398, 430, 405, 377, 251, 236]
+NOVEMBER = {
+    (date(2026, 11, 1) + timedelta(days=n)).isoformat(): float(value)
+    for n, value in enumerate(WEEK * 4)
+} | {"2026-11-12": 35.0, "2026-11-24": 1210.0}
+
+
+def test_anomalies_depart_from_the_week_before() -> None:
+    result = find_anomalies(_daily("sessions", "2026-11-01", "2026-11-28", NOVEMBER), 7, 3.0)
+    report = result.output
+    assert isinstance(report, AnalyticsAnomalies)
+    assert report.model_dump(mode="json") == {
+        "kind": "analytics_anomalies",
+        "metric": "sessions",
+        "start": "2026-11-01",
+        "end": "2026-11-28",
+        "days_scanned": 28,
+        "baseline_days": 7,
+        "threshold": 3.0,
+        "anomalies": [
+            {
+                "date": "2026-11-12",
+                "value": 35.0,
+                "baseline_mean": 358.43,
+                "z_score": -4.03,
+                "direction": "down",
+            },
+            {
+                "date": "2026-11-24",
+                "value": 1210.0,
+                "baseline_mean": 358.43,
+                "z_score": 10.62,
+                "direction": "up",
+            },
+        ],
+    }
+    # 21 days compared with a full week before them: full confidence.
+    assert result.confidence == 1.0
+    assert result.writes == []
+    assert result.rationale == (
+        "Read sessions per day from 2026-11-01 to 2026-11-28 (28 days). Each day after the "
+        "first 7 is compared with the 7 days before it: its z-score is how many standard "
+        "deviations it lies from their mean (the deviation taken as at least 10% of the mean), "
+        "and |z| of 3 or more makes an anomaly; after 7 days of 0, any other value does. "
+        "2 anomalies: 2026-11-12 down (z -4.03), 2026-11-24 up (z +10.62)."
+    )
+    # A stricter threshold keeps the spike only; a looser one finds nothing more.
+    strict = find_anomalies(_daily("sessions", "2026-11-01", "2026-11-28", NOVEMBER), 7, 5.0)
+    assert isinstance(strict.output, AnalyticsAnomalies)
+    assert [str(a.date) for a in strict.output.anomalies] == ["2026-11-24"]
+    loose = find_anomalies(_daily("sessions", "2026-11-01", "2026-11-28", NOVEMBER), 7, 2.0)
+    assert isinstance(loose.output, AnalyticsAnomalies)
+    assert [str(a.date) for a in loose.output.anomalies] == ["2026-11-12", "2026-11-24"]
+
+
+def test_flat_and_empty_baselines_and_missing_days() -> None:
+    # No data before the 4th; a flat week of 100; no row (GA4: no data) on the 12th to 19th.
+    values = {f"2026-03-{day:02d}": 100.0 for day in range(4, 11)}
+    values |= {"2026-03-11": 125.0, "2026-03-20": 3.0}
+    result = find_anomalies(_daily("activeUsers", "2026-03-01", "2026-03-20", values), 7, 3.0)
+    report = result.output
+    assert isinstance(report, AnalyticsAnomalies)
+    assert report.days_scanned == 17
+    # 125 after a flat 100: the deviation is taken as 10 (10% of the mean), z 2.5, no anomaly.
+    # The 12th (0) against 100 x 6 and 125: deviation 10% of 103.57, z -10.
+    # The 20th (3) after a week of 0: no deviation to measure by, an anomaly without z.
+    assert [a.model_dump(mode="json") for a in report.anomalies] == [
+        {
+            "date": "2026-03-12",
+            "value": 0.0,
+            "baseline_mean": 103.57,
+            "z_score": -10.0,
+            "direction": "down",
+        },
+        {
+            "date": "2026-03-20",
+            "value": 3.0,
+            "baseline_mean": 0.0,
+            "z_score": None,
+            "direction": "up",
+        },
+    ]
+    assert result.confidence == 0.48  # 10 days compared of the 21 that give full confidence
+    assert result.rationale.endswith(
+        "The first 3 days had no data and are left out: 17 days scanned. Only 10 days could be "
+        "compared: confidence 0.48 (21 days give full confidence). 2 anomalies: 2026-03-12 "
+        "down (z -10.00), 2026-03-20 up (after days of 0)."
+    )
+
+    few = find_anomalies(_daily("sessions", "2026-03-01", "2026-03-20", {"2026-03-16": 5}), 7, 3)
+    assert isinstance(few.output, AnalyticsAnomalies)
+    assert (few.output.days_scanned, few.output.anomalies, few.confidence) == (5, [], 0.0)
+    assert few.rationale.endswith(
+        "No day could be compared: that takes more than 7 days of data. No anomalies."
+    )
+    none = find_anomalies(_daily("sessions", "2026-03-01", "2026-03-20", {}), 7, 3.0)
+    assert none.confidence == 0.0
+    assert none.rationale.endswith("No day had data. No anomalies.")
+
+
+def test_the_anomaly_agent_reads_then_concludes() -> None:
+    connection = str(uuid.uuid4())
+    given: dict[str, object] = {"connection_id": connection, "end": "2026-11-28"}
+    first = plan(_step("analytics-anomaly", given))
+    assert [(c.tool, str(c.connection_id), c.args) for c in first.tool_calls] == [
+        (
+            "analytics.daily_metric",
+            connection,
+            {"metric": "sessions", "days": 28, "end": "2026-11-28"},
+        )
+    ]
+    assert first.result is None
+    daily = _daily("sessions", "2026-11-01", "2026-11-28", NOVEMBER)
+    read = Observation(tool="analytics.daily_metric", args={}, result=daily)
+    done = plan(_step("analytics-anomaly", given | {"threshold": 5}, read)).result
+    assert done is not None
+    assert isinstance(done.output, AnalyticsAnomalies)
+    assert [(str(a.date), a.direction) for a in done.output.anomalies] == [("2026-11-24", "up")]
+    # Without an end, the tool reads up to yesterday.
+    latest = plan(_step("analytics-anomaly", {"connection_id": connection, "days": 90}))
+    assert latest.tool_calls[0].args == {"metric": "sessions", "days": 90}
+
+    assert AGENTS["analytics-anomaly"].connection_kind == "analytics"
+    assert AGENTS["analytics-anomaly"].write_tools == ()
+    with pytest.raises(ValueError, match="days must be more than baseline_days"):
+        AnomalyInput.model_validate({"connection_id": connection, "days": 7})
+    with pytest.raises(ValueError, match="String should match pattern"):
+        AnomalyInput.model_validate({"connection_id": connection, "metric": "x y"})

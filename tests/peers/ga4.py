@@ -34,7 +34,8 @@ What it follows, and where Google documents it:
   https://developers.google.com/analytics/devguides/reporting/data/v1/quotas
 
 A test registers service accounts and property grants, queues :class:`Fault` answers, lowers
-the quota or revokes tokens; it reads what the peer received in ``requests``.
+the quota or revokes tokens, and fixes a metric's daily values (``seed_daily``; other values are
+made up from a hash of the row); it reads what the peer received in ``requests``.
 
 Use it with ``pytest_plugins = ["tests.peers.ga4"]`` (PYTEST_DONT_REWRITE: test modules
 import it before pytest loads it as a plugin).
@@ -131,6 +132,8 @@ class GA4Peer:
     tokens_used: int = 0
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    # (metric, a row's dimension values) -> the value a test fixed
+    values: dict[tuple[str, tuple[str, ...]], str] = field(default_factory=dict)
     _keys: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def fail(self, path_prefix: str, *faults: Fault) -> None:
@@ -178,6 +181,15 @@ class GA4Peer:
     def expire_all(self) -> None:
         for token, (principal, _) in self.access_tokens.items():
             self.access_tokens[token] = (principal, time.time() - 1)
+
+    def seed_daily(self, metric: str, days: dict[date, int]) -> None:
+        """Fix ``metric``'s value on these days, in reports by ``date`` alone."""
+        for day, value in days.items():
+            self.values[(metric, (day.strftime("%Y%m%d"),))] = str(value)
+
+    def value(self, metric: str, key: tuple[str, ...]) -> str:
+        """The row's value: the one a test fixed, or one made up from the row."""
+        return self.values.get((metric, key)) or _metric_value(metric, key)
 
     def seen(self, method: str, path_prefix: str) -> list[tuple[str, str, dict[str, str], bytes]]:
         return [r for r in self.requests if r[0] == method and r[1].startswith(path_prefix)]
@@ -440,7 +452,7 @@ def build_app(peer: GA4Peer) -> Starlette:
             answer["rows"] = [
                 {
                     "dimensionValues": [{"value": value} for value in combo],
-                    "metricValues": [{"value": _metric_value(m, combo)} for m in metrics],
+                    "metricValues": [{"value": peer.value(m, combo)} for m in metrics],
                 }
                 for combo in page
             ]
@@ -449,7 +461,7 @@ def build_app(peer: GA4Peer) -> Starlette:
                 {
                     "dimensionValues": [{"value": "RESERVED_TOTAL"} for _ in headers],
                     "metricValues": [
-                        {"value": _total(m, [_metric_value(m, c) for c in combos])} for m in metrics
+                        {"value": _total(m, [peer.value(m, c) for c in combos])} for m in metrics
                     ],
                 }
             ]
