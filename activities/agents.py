@@ -5,8 +5,8 @@ decision log)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -14,8 +14,8 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.connections import open_row
 from connectors import registry
-from connectors.access import open_connection
 from connectors.analytics import AnalyticsPort, DateRange, ReportRequest
 from connectors.chat_models import ChatFunction, ModelTurn, OpenAIChatRunner, model_timeout
 from connectors.crm import ActivityDraft, ActivityQuery, CRMPort, RecordRef
@@ -235,34 +235,48 @@ class AgentActivities:
             "title_is_h1": True,
         }
 
-    @asynccontextmanager
-    async def _connection(self, call: ToolCall, kind: str) -> AsyncIterator[Connector]:
-        """The call's connection, opened: the run's tenant's, connected, and of ``kind``
-        (a port of :data:`~models.agents.CONNECTION_PORTS`); vendor errors as Temporal's."""
-        connection_id = call.request.connection_id
-        if connection_id is None:
+    def _connection(self, call: ToolCall, kind: str) -> AbstractAsyncContextManager[Connector]:
+        """The call's connection, opened: the run's tenant's, connected, and of ``kind``."""
+        if call.request.connection_id is None:
             raise _refused(f"{call.request.tool} needs a connection.")
-        async with self._sessions() as session:
-            row = await session.get(Connection, connection_id)
-        if row is None or row.tenant_id != call.tenant_id:
-            raise _refused("No such connection in the tenant.")
-        if registry.get_spec(row.connector_id).kind != kind:
-            raise _refused(f"The connection ({row.connector_id}) is not {CONNECTION_PORTS[kind]}.")
-        if row.status is not ConnectionStatus.CONNECTED:
-            raise _refused("The connection is disconnected.")
-        try:
-            async with open_connection(
-                self._settings,
-                self._secrets,
-                tenant_id=row.tenant_id,
-                connection_id=row.id,
-                connector_id=row.connector_id,
-                auth_kind=row.auth_kind,
-                connection_settings=row.settings,
-            ) as port:
-                yield port
-        except ConnectorError as exc:
-            raise as_application_error(exc) from None
+        return tenant_connection(
+            self._sessions,
+            self._settings,
+            self._secrets,
+            tenant_id=call.tenant_id,
+            connection_id=call.request.connection_id,
+            kind=kind,
+            refuse=_refused,
+        )
+
+
+@asynccontextmanager
+async def tenant_connection(
+    sessions: SessionFactory,
+    settings: Settings,
+    secrets: SecretStore,
+    *,
+    tenant_id: uuid.UUID,
+    connection_id: uuid.UUID,
+    kind: str,
+    refuse: Callable[[str], ApplicationError],
+) -> AsyncIterator[Connector]:
+    """One of the tenant's connections, opened: connected and of ``kind`` (a port of
+    :data:`~models.agents.CONNECTION_PORTS`), else ``refuse``'s error; vendor errors as
+    Temporal's."""
+    async with sessions() as session:
+        row = await session.get(Connection, connection_id)
+    if row is None or row.tenant_id != tenant_id:
+        raise refuse("No such connection in the tenant.")
+    if registry.get_spec(row.connector_id).kind != kind:
+        raise refuse(f"The connection ({row.connector_id}) is not {CONNECTION_PORTS[kind]}.")
+    if row.status is not ConnectionStatus.CONNECTED:
+        raise refuse("The connection is disconnected.")
+    try:
+        async with open_row(settings, secrets, row) as port:
+            yield port
+    except ConnectorError as exc:
+        raise as_application_error(exc) from None
 
 
 async def _crm_tool(crm: CRMPort, call: ToolCall) -> dict[str, Any]:
@@ -280,11 +294,11 @@ async def _crm_tool(crm: CRMPort, call: ToolCall) -> dict[str, Any]:
     if request.tool == "crm.create_note":
         if call.key is None:
             raise _refused("A write needs its key.")
-        return await _note_once(crm, NoteArgs.model_validate(args), call.key)
+        return await note_once(crm, NoteArgs.model_validate(args), call.key)
     raise _refused(f"Unknown tool {request.tool}.")
 
 
-async def _note_once(crm: CRMPort, note: NoteArgs, key: str) -> dict[str, Any]:
+async def note_once(crm: CRMPort, note: NoteArgs, key: str) -> dict[str, Any]:
     """Log the note unless an earlier attempt did: the note ends with its key, looked for
     among the first contact's notes. (The key is not kept as the note's ``external_id``:
     the HubSpot connector cannot create that property on notes yet.)"""
