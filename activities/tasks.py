@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio import activity
 
 from connectors.mail import Mailer
@@ -18,17 +19,23 @@ from core.settings import Settings
 from models.agents import AGENTS, AgentConfig, AgentRunConfig, AgentRunStart
 from models.email import EmailMessage
 from models.tasks import (
+    DEFAULT_SLA,
     TERMINAL,
     Assignee,
+    BusinessCalendar,
+    Priority,
     Project,
     RouteAnswer,
     RouteRequest,
     SlaPlan,
     SlaPlanRequest,
+    SlaTarget,
     SlaUsage,
     Task,
     TaskNotice,
+    TaskPolicy,
     TaskRow,
+    TenantCalendar,
 )
 from models.user import Membership, Role, User
 
@@ -260,3 +267,20 @@ class TaskActivities:
                 )
             )
         return len(recipients)
+
+
+async def tenant_calendar(session: AsyncSession, tenant_id: uuid.UUID) -> BusinessCalendar:
+    """The tenant's business calendar (Monday to Friday, 9:00 to 17:00 UTC until set)."""
+    row = await session.get(TenantCalendar, tenant_id)
+    return BusinessCalendar.model_validate(row.calendar) if row else BusinessCalendar()
+
+
+async def task_policy(session: AsyncSession, settings: Settings, project: Project) -> TaskPolicy:
+    """How a new task of the project runs: its SLA targets, the tenant's calendar, how long
+    an assignee has to accept and how often it is offered."""
+    return TaskPolicy(
+        sla={**DEFAULT_SLA, **{Priority(k): SlaTarget(**v) for k, v in project.sla.items()}},
+        calendar=await tenant_calendar(session, project.tenant_id),
+        accept_within=settings.task_accept_within,
+        max_attempts=settings.task_max_attempts,
+    )

@@ -31,6 +31,7 @@ from api.routers import (
     inbox,
     onboarding,
     password_reset,
+    playbooks,
     sso,
     storage,
     sync,
@@ -105,6 +106,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         inbox,
         agents,
         agent_chats,
+        playbooks,
     ):
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).

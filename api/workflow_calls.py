@@ -28,17 +28,11 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep
 from api.tenancy import owned
-from core import search
 from core.errors import Conflict, WorkflowTimeout
 from core.security import Principal
 from core.settings import Settings
@@ -107,33 +101,6 @@ async def query(handle: WorkflowHandle[Any, Any], query: Any, *, settings: Setti
     """Ask a workflow a query, at most ``workflow_call_timeout``."""
     async with deadline(settings):
         return await handle.query(query)
-
-
-def start_options(
-    settings: Settings,
-    *,
-    workflow_id: str,
-    tenant_id: uuid.UUID,
-    process: str,
-    status: str,
-    summary: str,
-) -> dict[str, Any]:
-    """How an entity workflow the API creates starts (a content item, a task): its search
-    attributes, and the running workflow answering a retried create (the same
-    ``Idempotency-Key`` gives the same id)."""
-    return {
-        "id": workflow_id,
-        "task_queue": settings.temporal_task_queue,
-        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
-        "static_summary": summary,
-        "search_attributes": TypedSearchAttributes(
-            [
-                SearchAttributePair(search.TENANT_ID, str(tenant_id)),
-                SearchAttributePair(search.BIZ_PROCESS, process),
-                SearchAttributePair(search.BIZ_STATUS, status),
-            ]
-        ),
-    }
 
 
 View = TypeVar("View")

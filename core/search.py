@@ -5,12 +5,20 @@ Operators find workflows in the Temporal UI by these. They never hold personal d
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+
+from core.settings import Settings
 
 TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
 BIZ_PROCESS = SearchAttributeKey.for_keyword("BizProcess")
@@ -47,3 +55,30 @@ async def register(client: Client) -> None:
             search_attributes={key.name: indexed_type(key) for key in ALL},
         )
     )
+
+
+def start_options(
+    settings: Settings,
+    *,
+    workflow_id: str,
+    tenant_id: uuid.UUID,
+    process: str,
+    status: str,
+    summary: str,
+) -> dict[str, Any]:
+    """How an entity workflow the API creates starts (a content item, a task): its search
+    attributes, and the running workflow answering a retried create (the same
+    ``Idempotency-Key`` gives the same id)."""
+    return {
+        "id": workflow_id,
+        "task_queue": settings.temporal_task_queue,
+        "id_conflict_policy": WorkflowIDConflictPolicy.USE_EXISTING,
+        "static_summary": summary,
+        "search_attributes": TypedSearchAttributes(
+            [
+                SearchAttributePair(TENANT_ID, str(tenant_id)),
+                SearchAttributePair(BIZ_PROCESS, process),
+                SearchAttributePair(BIZ_STATUS, status),
+            ]
+        ),
+    }

@@ -20,6 +20,7 @@ from models.connection import Connection
 from models.content import ContentItem, ContentPolicy
 from models.email import OutboundEmail
 from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
+from models.playbooks import PlaybookRun
 from models.sync import SyncMapping, SyncProfile, SyncRun
 from models.tasks import Project, Task, TenantCalendar
 from models.tenant import Tenant, TenantStatus
@@ -41,6 +42,7 @@ __all__ = [
     "Invoice",
     "Membership",
     "OutboundEmail",
+    "PlaybookRun",
     "Project",
     "RecoveryCode",
     "RefreshToken",

@@ -247,6 +247,19 @@ class AnomalyInput(BaseModel):
         return self
 
 
+class ContentDraftInput(BaseModel):
+    """Write a blog post from a brief: its title, outline and keywords."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(min_length=3, max_length=200)
+    title: str = Field(min_length=1, max_length=300)
+    outline: list[Annotated[str, Field(max_length=300)]] = Field(min_length=1, max_length=30)
+    keywords: list[Annotated[str, Field(max_length=100)]] = Field(
+        default_factory=list, max_length=20
+    )
+
+
 # --- The catalogue ----------------------------------------------------------------------
 
 
@@ -368,6 +381,14 @@ class AnalyticsAnomalies(BaseModel):
     anomalies: list[MetricAnomaly]
 
 
+class ContentDraft(BaseModel):
+    kind: Literal["content_draft"] = "content_draft"
+    title: str = Field(min_length=1, max_length=300)
+    body: str = Field(min_length=1, max_length=100_000, description="the post, in HTML")
+    excerpt: str = Field(default="", max_length=1000)
+    meta_description: str | None = Field(default=None, max_length=500)
+
+
 AgentOutput = Annotated[
     LeadScore
     | SeoAudit
@@ -375,7 +396,8 @@ AgentOutput = Annotated[
     | EmailDraft
     | AccountSummary
     | ContentBrief
-    | AnalyticsAnomalies,
+    | AnalyticsAnomalies
+    | ContentDraft,
     Field(discriminator="kind"),
 ]
 
@@ -467,6 +489,23 @@ AGENTS: dict[str, AgentSpec] = {
             instructions=(
                 "You write briefs for blog posts: a working title, an outline of sections and "
                 "the keywords to use. When a content item is named, read it first and build on it."
+            ),
+        ),
+        AgentSpec(
+            id="content-draft",
+            name="Content draft",
+            category=AgentCategory.MARKETING,
+            description=(
+                "Writes a blog post (HTML body, excerpt, meta description) from a brief: its "
+                "title, outline and keywords. Needs your model provider."
+            ),
+            tools=(),
+            needs_model=True,
+            input_model=ContentDraftInput,
+            output_model=ContentDraft,
+            instructions=(
+                "You write blog posts from a brief. Follow the outline, one <h2> per section, "
+                "plain HTML paragraphs and lists, no inline styles; use the keywords naturally."
             ),
         ),
         AgentSpec(

@@ -26,6 +26,7 @@ class ApprovalKind(StrEnum):
     TENANT_ONBOARDING = "tenant_onboarding"
     CONTENT_REVIEW = "content_review"
     AGENT_ACTION = "agent_action"  # an agent's result that writes to a tenant's system
+    PLAYBOOK_STEP = "playbook_step"  # a playbook's approval step
 
 
 class ApprovalStatus(StrEnum):

@@ -230,6 +230,8 @@ class PublishStart(BaseModel):
     item: ContentItemState
     review: ReviewPolicy = ReviewPolicy()
     reconnect_wait: timedelta = timedelta(days=3)
+    # Submitted as it starts (a playbook publishing a draft it wrote); dropped at continue-as-new.
+    submission: Submission | None = None
     # Continue-as-new once the history is this long (tests lower it).
     history_limit: int = 5_000
 

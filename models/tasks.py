@@ -21,6 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from models.agents import AgentRunStart
 from models.base import Base, Timestamped, str_enum
 from models.onboarding import Document
+from models.user import Role
 
 MAX_COMMENT_CHARS = 5_000
 MAX_COMMENTS = 500
@@ -69,6 +70,9 @@ class SlaTarget(BaseModel):
             raise ValueError("the response target cannot be later than the resolution target")
         return self
 
+
+#: Roles a task can be assigned to (people who work in the tenant).
+ASSIGNABLE = (Role.TENANT_ADMIN, Role.USER)
 
 DEFAULT_SLA: dict[Priority, SlaTarget] = {
     Priority.URGENT: SlaTarget(response_minutes=60, resolution_minutes=8 * 60),

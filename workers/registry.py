@@ -12,6 +12,7 @@ from activities.billing import BillingActivities
 from activities.connections import ConnectionActivities
 from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
+from activities.playbooks import PlaybookActivities
 from activities.publishing import PublishingActivities
 from activities.sync import SyncActivities
 from activities.tasks import TaskActivities
@@ -29,6 +30,7 @@ from workflows.billing import BillingWorkflow, UsageReportWorkflow
 from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.password_reset import PasswordResetWorkflow
+from workflows.playbook import PlaybookWorkflow
 from workflows.publish import PublishWorkflow
 from workflows.sync import SyncWorkflow
 from workflows.task import TaskWorkflow
@@ -47,6 +49,7 @@ WORKFLOWS: Sequence[type] = (
     TaskWorkflow,
     AgentRunWorkflow,
     AgentChatWorkflow,
+    PlaybookWorkflow,
 )
 
 
@@ -68,6 +71,7 @@ def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..
         *publishing_activities(sessions, settings),
         *task_activities(sessions, settings),
         *agent_activities(sessions, settings),
+        *playbook_activities(sessions, settings),
     ]
 
 
@@ -191,4 +195,14 @@ def agent_activities(sessions: SessionFactory, settings: Settings) -> list[Calla
         agents.record_agent_run,
         agents.chat_turn,
         agents.record_agent_chat,
+    ]
+
+
+def playbook_activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..., Any]]:
+    """Playbooks: their action steps, waiting for what they publish, and the runs' listing."""
+    playbooks = PlaybookActivities(sessions, settings, secret_store_from_settings(settings))
+    return [
+        playbooks.playbook_action,
+        playbooks.await_publication,
+        playbooks.record_playbook_run,
     ]

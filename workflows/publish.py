@@ -137,6 +137,8 @@ class PublishWorkflow:
         """Serve the item: review, schedule, publish and unpublish as asked; never ends by
         itself (it continues as new when its history grows long)."""
         await self._record()
+        if start.submission is not None:
+            self._submit(start.submission)
         while True:
             status = self._item.status
             if status is ContentStatus.IN_REVIEW:
@@ -189,6 +191,10 @@ class PublishWorkflow:
     def submit(self, submission: Submission) -> ContentItemState:
         """Publish the current revision: through review when the tenant requires it, then at
         ``publish_at`` or at once."""
+        self._submit(submission)
+        return self._item
+
+    def _submit(self, submission: Submission) -> None:
         self._actor = submission.submitted_by
         self._item.publish_at = submission.publish_at
         self._item.error = None
@@ -197,7 +203,6 @@ class PublishWorkflow:
             self._set(ContentStatus.IN_REVIEW)
         else:
             self._schedule_or_publish()
-        return self._item
 
     @submit.validator
     def _check_submit(self, submission: Submission) -> None:
@@ -337,7 +342,9 @@ class PublishWorkflow:
         )
         if self._item.status is status and not self._changed:
             await workflow.wait_condition(workflow.all_handlers_finished)
-            workflow.continue_as_new(self._start.model_copy(update={"item": self._item}))
+            workflow.continue_as_new(
+                self._start.model_copy(update={"item": self._item, "submission": None})
+            )
         await self._record()
 
     async def _review(self) -> None:

@@ -25,6 +25,7 @@ from api.routers.agents import prepare_run
 from api.tenancy import owned
 from api.workflow_calls import Entity, IdempotencyKey, entity_dependency, update_id
 from core.errors import Conflict, Forbidden, NotFound, Unprocessable
+from core.search import start_options
 from core.security import Principal
 from models.agent_chat import (
     MAX_MESSAGE,
@@ -102,7 +103,7 @@ async def start_chat(
     operation = WithStartWorkflowOperation(
         AgentChatWorkflow.run,
         start,
-        **workflow_calls.start_options(
+        **start_options(
             settings,
             workflow_id=workflow_id(session_id),
             tenant_id=principal.tenant_id,

@@ -620,11 +620,8 @@ async def prepare_run(
                 for e in exc.errors(include_url=False, include_context=False)
             ],
         ) from None
-    config = await _config(session, principal, spec, settings)
-    if not config.enabled:
-        raise Conflict(f"The agent {spec.id} is disabled for your tenant.")
+    config = await run_config(session, principal, settings, spec)
     await _check_references(session, principal, spec, given)
-    model = await _model_choice(session, principal, settings, spec, config)
     return AgentRunStart(
         run_id=run_id,
         tenant_id=principal.tenant_id,
@@ -632,16 +629,28 @@ async def prepare_run(
         started_by=principal.user_id,
         created_at=datetime.now(UTC),
         input=given.model_dump(mode="json"),
-        config=AgentRunConfig(
-            confidence_threshold=config.confidence_threshold,
-            allowed_tools=config.allowed_tools
-            if config.allowed_tools is not None
-            else list(spec.tools),
-            always_review=config.always_review,
-            max_steps=config.max_steps,
-            model=model,
-            run_token_budget=config.run_token_budget,
-        ),
+        config=config,
+    )
+
+
+async def run_config(
+    session: AsyncSession, principal: Principal, settings: Settings, spec: AgentSpec
+) -> AgentRunConfig:
+    """The tenant's configuration of the agent as a run fixes it: 409 when the agent is
+    disabled, or needs a model and the tenant has no provider or has spent the month's
+    tokens."""
+    config = await _config(session, principal, spec, settings)
+    if not config.enabled:
+        raise Conflict(f"The agent {spec.id} is disabled for your tenant.")
+    return AgentRunConfig(
+        confidence_threshold=config.confidence_threshold,
+        allowed_tools=config.allowed_tools
+        if config.allowed_tools is not None
+        else list(spec.tools),
+        always_review=config.always_review,
+        max_steps=config.max_steps,
+        model=await _model_choice(session, principal, settings, spec, config),
+        run_token_budget=config.run_token_budget,
     )
 
 

@@ -38,13 +38,13 @@ from api.workflow_calls import (
     Entity,
     IdempotencyKey,
     entity_dependency,
-    start_options,
     update_id,
 )
 from connectors import registry
 from connectors.storage import upload_problem
 from core.errors import Conflict, NotFound, Unprocessable
 from core.render import body_html
+from core.search import start_options
 from core.security import Principal
 from models.approval import DeadlinePolicy
 from models.connection import Connection, ConnectionStatus

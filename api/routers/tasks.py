@@ -22,6 +22,7 @@ from temporalio.client import (
 )
 from temporalio.exceptions import ApplicationError
 
+from activities.tasks import task_policy, tenant_calendar
 from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import (
@@ -39,17 +40,17 @@ from api.workflow_calls import (
     Entity,
     IdempotencyKey,
     entity_dependency,
-    start_options,
     update_id,
 )
 from connectors.storage import upload_problem
 from core.errors import Conflict, Forbidden, NotFound, Unprocessable
+from core.search import start_options
 from core.security import Principal
 from core.settings import Settings
 from models.agents import AGENTS, AgentRunStart
 from models.onboarding import Document, DocumentCheck, DocumentRequest, DocumentUpload, sealed_key
 from models.tasks import (
-    DEFAULT_SLA,
+    ASSIGNABLE,
     MAX_COMMENT_CHARS,
     AcceptCommand,
     AssignCommand,
@@ -64,7 +65,6 @@ from models.tasks import (
     Task,
     TaskEvent,
     TaskFields,
-    TaskPolicy,
     TaskStart,
     TaskState,
     TaskStatus,
@@ -85,8 +85,6 @@ from workflows.task import (
 router = APIRouter(prefix="/api/v1", tags=["tasks"], dependencies=[read_only_guard])
 Worker = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.USER))]
 TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN))]
-#: Roles a task can be assigned to (people who work in the tenant).
-ASSIGNABLE = (Role.TENANT_ADMIN, Role.USER)
 
 
 class ProjectMember(BaseModel):
@@ -241,11 +239,6 @@ async def put_calendar(
     row.calendar = body.model_dump(mode="json")
     await session.commit()
     return body
-
-
-async def tenant_calendar(session: AsyncSession, tenant_id: uuid.UUID) -> BusinessCalendar:
-    row = await session.get(TenantCalendar, tenant_id)
-    return BusinessCalendar.model_validate(row.calendar) if row else BusinessCalendar()
 
 
 # --- Projects -------------------------------------------------------------------------------
@@ -429,12 +422,7 @@ async def create_task(
             created_at=datetime.now(UTC),
             fields=TaskFields.model_validate(body.model_dump(exclude={"assignee_id"})),
         ),
-        policy=TaskPolicy(
-            sla={**DEFAULT_SLA, **{Priority(k): SlaTarget(**v) for k, v in project.sla.items()}},
-            calendar=await tenant_calendar(session, principal.tenant_id),
-            accept_within=settings.task_accept_within,
-            max_attempts=settings.task_max_attempts,
-        ),
+        policy=await task_policy(session, settings, project),
         assignee=assignee,
         agent_run=run,
     )

@@ -1,5 +1,5 @@
 """model-backed agents: a tenant's model and temperature per agent, each decision's model,
-tokens and duration, and the listing of chats with agents
+tokens and duration, and the listings of chats with agents and of playbook runs
 
 Revision ID: 0015
 Revises: 0014
@@ -53,8 +53,45 @@ def upgrade() -> None:
         "ix_agent_chats_listing", "agent_chats", ["tenant_id", "started_by", "created_at"]
     )
 
+    op.create_table(
+        "playbook_runs",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Uuid(), nullable=False),
+        sa.Column("playbook_id", sa.String(length=64), nullable=False),
+        sa.Column("started_by", sa.Uuid(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "running",
+                "paused",
+                "completed",
+                "failed",
+                "cancelled",
+                name="playbookstatus",
+                native_enum=False,
+                length=32,
+            ),
+            nullable=False,
+        ),
+        sa.Column("current", sa.String(length=40), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_playbook_runs_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_playbook_runs")),
+    )
+    op.create_index("ix_playbook_runs_listing", "playbook_runs", ["tenant_id", "created_at", "id"])
+
 
 def downgrade() -> None:
+    op.drop_index("ix_playbook_runs_listing", table_name="playbook_runs")
+    op.drop_table("playbook_runs")
     op.drop_index("ix_agent_chats_listing", table_name="agent_chats")
     op.drop_table("agent_chats")
     with op.batch_alter_table("agent_decisions") as batch:

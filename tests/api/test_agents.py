@@ -150,6 +150,7 @@ async def test_directory_and_configuration(
         "email-draft",
         "account-summary",
         "content-brief",
+        "content-draft",
         "analytics-anomaly",
     }
     assert agents["email-draft"]["needs_model"] is True
