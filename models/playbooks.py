@@ -133,7 +133,7 @@ class ApprovalStep(_Step):
 
 
 class Condition(BaseModel):
-    """``value`` compared by one of the operators."""
+    """``value`` compared by exactly one operator (against a value that is not null)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -145,16 +145,15 @@ class Condition(BaseModel):
 
     @model_validator(mode="after")
     def _one_operator(self) -> Condition:
-        operators = ("equals", "not_equals", "at_least", "at_most")
-        given = [name for name in operators if name in self.model_fields_set]
-        if len(given) != 1:
+        operators = (self.equals, self.not_equals, self.at_least, self.at_most)
+        if sum(operator is not None for operator in operators) != 1:
             raise ValueError("give exactly one of equals, not_equals, at_least, at_most")
         return self
 
     def holds(self, value: Any) -> bool:
-        if "equals" in self.model_fields_set:
+        if self.equals is not None:
             return bool(value == self.equals)
-        if "not_equals" in self.model_fields_set:
+        if self.not_equals is not None:
             return bool(value != self.not_equals)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise TemplateError(f"{value!r} is not a number to compare")

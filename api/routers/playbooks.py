@@ -252,27 +252,39 @@ RunsDep = Annotated[
 ]
 
 
-@router.get("/runs/{run_id}", summary="One playbook run")
-async def get_run(run_id: uuid.UUID, runs: RunsDep) -> PlaybookState:
+@router.get("/runs/{playbook_run_id}", summary="One playbook run")
+async def get_run(playbook_run_id: uuid.UUID, runs: RunsDep) -> PlaybookState:
     """Status, the current step, each step gone through (when, whether it went well, where it
     led) and the steps' results."""
-    return await runs.state(run_id)
+    return await runs.state(playbook_run_id)
 
 
-@router.post("/runs/{run_id}/pause", summary="Pause a playbook run")
-async def pause_run(run_id: uuid.UUID, principal: TenantAdmin, runs: RunsDep) -> PlaybookState:
+@router.post("/runs/{playbook_run_id}/pause", summary="Pause a playbook run")
+async def pause_run(
+    playbook_run_id: uuid.UUID, principal: TenantAdmin, runs: RunsDep
+) -> PlaybookState:
     """It stops before its next step (a step under way finishes); 409 unless running."""
-    return await runs.update(run_id, PlaybookWorkflow.pause, PlaybookControl(by=principal.user_id))
+    return await runs.update(
+        playbook_run_id, PlaybookWorkflow.pause, PlaybookControl(by=principal.user_id)
+    )
 
 
-@router.post("/runs/{run_id}/resume", summary="Resume a paused playbook run")
-async def resume_run(run_id: uuid.UUID, principal: TenantAdmin, runs: RunsDep) -> PlaybookState:
+@router.post("/runs/{playbook_run_id}/resume", summary="Resume a paused playbook run")
+async def resume_run(
+    playbook_run_id: uuid.UUID, principal: TenantAdmin, runs: RunsDep
+) -> PlaybookState:
     """409 unless paused."""
-    return await runs.update(run_id, PlaybookWorkflow.resume, PlaybookControl(by=principal.user_id))
+    return await runs.update(
+        playbook_run_id, PlaybookWorkflow.resume, PlaybookControl(by=principal.user_id)
+    )
 
 
-@router.post("/runs/{run_id}/cancel", summary="Cancel a playbook run")
-async def cancel_run(run_id: uuid.UUID, principal: TenantAdmin, runs: RunsDep) -> PlaybookState:
+@router.post("/runs/{playbook_run_id}/cancel", summary="Cancel a playbook run")
+async def cancel_run(
+    playbook_run_id: uuid.UUID, principal: TenantAdmin, runs: RunsDep
+) -> PlaybookState:
     """It ends now: a wait or a pending approval is cancelled, nothing more runs; 409 once it
     has ended."""
-    return await runs.update(run_id, PlaybookWorkflow.cancel, PlaybookControl(by=principal.user_id))
+    return await runs.update(
+        playbook_run_id, PlaybookWorkflow.cancel, PlaybookControl(by=principal.user_id)
+    )

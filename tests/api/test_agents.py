@@ -118,10 +118,12 @@ async def configure(api: httpx.AsyncClient, admin: Member, agent_id: str, **conf
     assert put.status_code == 200, put.text
 
 
-async def pending_action(api: httpx.AsyncClient, admin: Member) -> dict[str, Any]:
+async def pending_action(
+    api: httpx.AsyncClient, admin: Member, kind: str = "agent_action"
+) -> dict[str, Any]:
     async with asyncio.timeout(20):
         while True:
-            queue = await api.get("/api/v1/approvals?kind=agent_action", headers=admin.headers)
+            queue = await api.get(f"/api/v1/approvals?kind={kind}", headers=admin.headers)
             assert queue.status_code == 200, queue.text
             if queue.json()["items"]:
                 item: dict[str, Any] = queue.json()["items"][0]

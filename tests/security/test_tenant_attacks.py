@@ -109,7 +109,10 @@ NOT_IDS: dict[str, str] = {
     "agent_id": "lead-scoring",
 }
 # POSTs that only read (a report is a query with a body): ``readonly`` may send them.
-READS_BY_POST = {("POST", "/api/v1/connections/{connection_id}/reports")}
+READS_BY_POST = {
+    ("POST", "/api/v1/connections/{connection_id}/reports"),
+    ("POST", "/api/v1/playbooks/validate"),
+}
 # Valid bodies where the value decides how deep a request gets; others come from the schema.
 BODIES: dict[tuple[str, str], Callable[[], Any]] = {
     ("PUT", "/api/v1/onboarding/steps/{step}"): lambda: wizard("Probe Holdings")["company"],
@@ -172,6 +175,7 @@ class Victim:
     task_id: str
     run_id: str
     session_id: str
+    playbook_run_id: str
 
     def markers(self) -> dict[str, str]:
         """Everything of the victim an attacker must never read."""
@@ -195,6 +199,7 @@ class Victim:
             "victim task id": self.task_id,
             "victim agent run id": self.run_id,
             "victim chat id": self.session_id,
+            "victim playbook run id": self.playbook_run_id,
         }
 
     def foreign_ids(self) -> dict[str, list[str]]:
@@ -213,6 +218,7 @@ class Victim:
             "task_id": [self.task_id],
             "run_id": [self.run_id],
             "session_id": [self.session_id],
+            "playbook_run_id": [self.playbook_run_id],
             # Attachments are reached through their task: any id stands for a victim's.
             "attachment_id": [str(uuid.uuid4())],
             # Looked up at Stripe under the caller's own customer: any id stands for a victim's.
@@ -236,6 +242,7 @@ class World:
     own_task_id: str
     own_run_id: str
     own_session_id: str
+    own_playbook_run_id: str
     staff: Member
 
 
@@ -321,6 +328,7 @@ async def _victim(
     project_id, task_id = await _project_task(api, admin, f"Victim project {tag}")
     run_id = await _agent_run(api, admin)
     session_id = await _agent_chat(api, admin)
+    playbook_run_id = await _playbook_run(api, admin)
     # The invoices projection row, as billing's workflow writes it.
     async with transaction(sessions) as session:
         session.add(
@@ -353,6 +361,7 @@ async def _victim(
         task_id=task_id,
         run_id=run_id,
         session_id=session_id,
+        playbook_run_id=playbook_run_id,
     )
 
 
@@ -410,6 +419,19 @@ async def _agent_chat(api: httpx.AsyncClient, who: Member) -> str:
     assert chat.status_code == 201, chat.text
     session_id: str = chat.json()["session_id"]
     return session_id
+
+
+async def _playbook_run(api: httpx.AsyncClient, who: Member) -> str:
+    """A playbook run that waits a day (it stays running)."""
+    document = {
+        "id": "probe",
+        "name": "Probe",
+        "steps": [{"id": "w", "kind": "wait", "duration": "P1D"}],
+    }
+    run = await api.post("/api/v1/playbooks/runs", json={"document": document}, headers=who.headers)
+    assert run.status_code == 202, run.text
+    run_id: str = run.json()["run_id"]
+    return run_id
 
 
 async def _sync_profile(
@@ -491,6 +513,7 @@ async def world(
     own_project, own_task = await _project_task(api, owner, f"Mallory project {tag}")
     own_run = await _agent_run(api, owner)
     own_session = await _agent_chat(api, owner)
+    own_playbook_run = await _playbook_run(api, owner)
     return World(
         app=app,
         api=api,
@@ -505,6 +528,7 @@ async def world(
         own_task_id=own_task,
         own_run_id=own_run,
         own_session_id=own_session,
+        own_playbook_run_id=own_playbook_run,
         staff=platform,
     )
 
@@ -840,6 +864,7 @@ async def test_roles_refused_where_they_may_not_act(
         "task_id": world.own_task_id,
         "run_id": world.own_run_id,
         "session_id": world.own_session_id,
+        "playbook_run_id": world.own_playbook_run_id,
         "attachment_id": str(uuid.uuid4()),
         "payment_method_id": f"pm_{uuid.uuid4().hex[:24]}",
         "tenant_id": str(world.attackers[Role.TENANT_ADMIN].tenant_id),
