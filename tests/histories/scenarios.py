@@ -1447,6 +1447,169 @@ async def test_agent_chats(
     assert chat_model_peer.failures == []
 
 
+async def test_playbooks(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+    chat_model_peer: ChatModelPeer,
+    wordpress_site: WordPressSite,
+) -> None:
+    """Playbook runs: the new-lead follow-up with a hot lead (deal and task); a run paused,
+    resumed and cancelled in its wait; the blog post pipeline approved and published to the
+    real WordPress (its item's workflow started submitted); one whose review is rejected."""
+    from connectors.secrets import model_provider_path
+    from models.agents import AgentRunConfig, ModelChoice
+    from models.playbooks import PLAYBOOKS, PlaybookControl, PlaybookStart, parse_document
+    from workflows.playbook import PlaybookWorkflow
+    from workflows.playbook import workflow_id as playbook_workflow_id
+
+    peered = settings.model_copy(
+        update={
+            "connector_allow_private_urls": True,
+            "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+        }
+    )
+    admin = await member(sessions, peered, mfa_enabled=True)
+    crm_id = await _hubspot_connection(sessions, peered, admin.tenant_id)
+    cms_id = await cms_connection(sessions, admin.tenant_id, wordpress_site.url)
+    store = secret_store_from_settings(peered)
+    await store.put(
+        connection_path(admin.tenant_id, cms_id),
+        {
+            "username": wordpress_site.username,
+            "application_password": wordpress_site.application_password,
+        },
+    )
+    await store.put(
+        model_provider_path(admin.tenant_id),
+        {"base_url": chat_model_peer.url, "model": "m", "api_key": chat_model_peer.api_key},
+    )
+    project_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            Project(
+                id=project_id,
+                tenant_id=admin.tenant_id,
+                name="Sales",
+                description="",
+                members=[],
+                sla={},
+            )
+        )
+    company = hubspot_peer.seed("companies", {"name": "Acme", "domain": "acme.io"})
+    contact = hubspot_peer.seed(
+        "contacts",
+        {
+            "email": "ada@acme.io",
+            "firstname": "Ada",
+            "lastname": "Lovelace",
+            "jobtitle": "VP Marketing",
+            "phone": "+49 30 1234567",
+        },
+    )
+    hubspot_peer.associate("contacts", contact["id"], "companies", company["id"])
+    client = time_skipping_env.client
+    model = ModelChoice(model="m")
+    configs = {
+        "lead-scoring": AgentRunConfig(
+            allowed_tools=["crm.get_contact", "crm.get_company", "crm.create_note"]
+        ),
+        "content-brief": AgentRunConfig(allowed_tools=["content.get_item"], model=model),
+        "content-draft": AgentRunConfig(allowed_tools=[], model=model),
+    }
+
+    async def run(document: Any, given: dict[str, Any]) -> Any:
+        run_id = uuid.uuid4()
+        start = PlaybookStart(
+            run_id=run_id,
+            tenant_id=admin.tenant_id,
+            started_by=admin.user_id,
+            created_at=await time_skipping_env.get_current_time(),
+            document=document,
+            input=given,
+            agents=configs,
+        )
+        return await client.start_workflow(
+            PlaybookWorkflow.run,
+            start,
+            id=playbook_workflow_id(run_id),
+            task_queue=peered.temporal_task_queue,
+        )
+
+    async def review_of(handle: Any) -> uuid.UUID:
+        found = await _eventually(
+            lambda: _approval_of(client, handle.id), lambda approval_id: approval_id is not None
+        )
+        assert found is not None
+        return found
+
+    def blog() -> None:
+        brief = {"title": "Spring sale", "outline": ["Why", "How"], "keywords": ["sale"]}
+        draft = {"title": "Spring sale", "body": "<h2>Why</h2><p>Now.</p>", "excerpt": "Sale."}
+        for output in (brief, draft):
+            chat_model_peer.reply_text(
+                json.dumps({"output": output, "confidence": 0.9, "rationale": "Asked."})
+            )
+
+    control = PlaybookControl(by=admin.user_id)
+    async with build_worker(client, sessions, peered):
+        lead = await run(
+            PLAYBOOKS["new-lead-follow-up"],
+            {
+                "connection_id": str(crm_id),
+                "contact_id": contact["id"],
+                "project_id": str(project_id),
+                "owner_id": str(admin.user_id),
+            },
+        )
+        assert (await lead.result()).status.value == "completed"
+        await record(client, "playbook-lead-hot", lead.id)
+
+        slow = parse_document(
+            {
+                "id": "slow",
+                "name": "Slow",
+                "steps": [{"id": "wait", "kind": "wait", "duration": "P1D"}],
+            }
+        )
+        held = await run(slow, {})
+        await held.execute_update(PlaybookWorkflow.pause, control)
+        await held.execute_update(PlaybookWorkflow.resume, control)
+        await held.execute_update(PlaybookWorkflow.cancel, control)
+        assert (await held.result()).status.value == "cancelled"
+        await record(client, "playbook-cancelled", held.id)
+
+        blog()
+        given = {"topic": "Spring sale", "connection_id": str(cms_id)}
+        published = await run(PLAYBOOKS["blog-post-pipeline"], given)
+        await _decide(client, await review_of(published), _decision(Verdict.APPROVE, admin))
+        done = await published.result()
+        assert done.status.value == "completed", done.error
+        await record(client, "playbook-blog-published", published.id)
+        content_id = done.results["publish"]["content_id"]
+        await record(client, "publish-from-playbook", f"publish:{content_id}")
+
+        blog()
+        rejected = await run(PLAYBOOKS["blog-post-pipeline"], given)
+        await _decide(
+            client, await review_of(rejected), _decision(Verdict.REJECT, admin, "Not now.")
+        )
+        assert (await rejected.result()).results["review"]["decision"] == "rejected"
+        await record(client, "playbook-blog-rejected", rejected.id)
+    assert chat_model_peer.failures == []
+
+
+async def _approval_of(client: Client, playbook_workflow: str) -> uuid.UUID | None:
+    """The approval child a playbook run has started, from its history."""
+    history = await client.get_workflow_handle(playbook_workflow).fetch_history()
+    for event in history.events:
+        started = event.start_child_workflow_execution_initiated_event_attributes
+        if started.workflow_id.startswith("approval:"):
+            return uuid.UUID(started.workflow_id.removeprefix("approval:"))
+    return None
+
+
 async def test_task_by_agent(
     time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
 ) -> None:

@@ -106,6 +106,11 @@ EXPECTED = {
     "agent-run-token-budget",
     "agent-chat",
     "agent-chat-idle",
+    "playbook-lead-hot",
+    "playbook-cancelled",
+    "playbook-blog-published",
+    "playbook-blog-rejected",
+    "publish-from-playbook",
 }
 
 
