@@ -4,6 +4,7 @@ decision log)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -53,6 +54,8 @@ from models.content import ContentItem, ContentItemState
 
 #: Error type of a tool call the run may not make; the run fails with the reason.
 TOOL_REFUSED = "AgentToolRefused"
+#: How often a model call heartbeats while it waits for the model.
+HEARTBEAT_EVERY = 2.0
 #: Error type of a model's turn the run cannot use (retried: the model may answer better).
 MODEL_ANSWER_INVALID = "ModelAnswerInvalid"
 # Notes already logged on a contact are looked through this far for a retried write's key.
@@ -124,8 +127,9 @@ class AgentActivities:
         choice: ModelChoice,
         tokens_left: int | None,
     ) -> ModelTurn:
-        """Ask the tenant's own provider. The key is read here, by the tenant's reference,
-        and used only in the request's header."""
+        """Ask the tenant's own provider, heartbeating while the model thinks (a worker that
+        dies mid-call is noticed in seconds, not at the step's timeout). The key is read here,
+        by the tenant's reference, and used only in the request's header."""
         provider = await self._secrets.get(model_provider_path(tenant_id))
         if provider is None:
             raise _no_provider()
@@ -135,13 +139,21 @@ class AgentActivities:
         )
         async with client:
             runner = OpenAIChatRunner(client, provider["base_url"], provider["api_key"])
-            return await runner.complete(
-                messages,
-                functions,
-                model=choice.model,
-                temperature=choice.temperature,
-                max_tokens=tokens_left,
+            asked = asyncio.ensure_future(
+                runner.complete(
+                    messages,
+                    functions,
+                    model=choice.model,
+                    temperature=choice.temperature,
+                    max_tokens=tokens_left,
+                )
             )
+            try:
+                while not (await asyncio.wait({asked}, timeout=HEARTBEAT_EVERY))[0]:
+                    activity.heartbeat()
+            finally:
+                asked.cancel()
+            return asked.result()
 
     @activity.defn
     async def call_agent_tool(self, call: ToolCall) -> ToolOutcome:

@@ -38,6 +38,7 @@ _IDLE = timedelta(days=1)  # a session nobody wrote in for this long ends
 _KEPT = 100  # entries a session carries into its next run
 _LONGEST = 300  # entries before the session continues as a new run
 _STORE_TIMEOUT = timedelta(seconds=30)
+_MODEL_HEARTBEAT = timedelta(seconds=10)  # the model call heartbeats every 2 s
 _MODEL_TIMEOUT = timedelta(minutes=6)  # above the longest model timeout (300 s) of settings
 _RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -172,6 +173,7 @@ class AgentChatWorkflow:
                 ),
                 ChatTurn,
                 _MODEL_TIMEOUT,
+                heartbeat=_MODEL_HEARTBEAT,
             )
             spent += turn.tokens
             self._state.tokens += turn.tokens
@@ -218,13 +220,21 @@ class AgentChatWorkflow:
             )
         )
 
-    async def _activity(self, name: str, argument: object, result: type[T], within: timedelta) -> T:
+    async def _activity(
+        self,
+        name: str,
+        argument: object,
+        result: type[T],
+        within: timedelta,
+        heartbeat: timedelta | None = None,
+    ) -> T:
         try:
             value: T = await workflow.execute_activity(
                 name,
                 argument,
                 result_type=result,
                 start_to_close_timeout=within,
+                heartbeat_timeout=heartbeat,
                 schedule_to_close_timeout=timedelta(minutes=10),
                 retry_policy=_RETRY,
                 summary=name,

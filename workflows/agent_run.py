@@ -50,6 +50,8 @@ _TOOL_RETRY = RetryPolicy(
 _STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=5
 )
+# A model's step heartbeats every 2 s: a worker lost mid-call is noticed this soon.
+_STEP_HEARTBEAT = timedelta(seconds=10)
 _STEP_TIMEOUT = timedelta(minutes=6)  # above the longest model timeout (300 s) of settings
 _TRACE_KEPT = 200
 T = TypeVar("T")
@@ -179,6 +181,7 @@ class AgentRunWorkflow:
                 f"step {step} of the agent",
                 retry=_STEP_RETRY,
                 within=_STEP_TIMEOUT,
+                heartbeat=_STEP_HEARTBEAT,
             )
             self._state.tokens += decision.tokens
             if decision.result is not None:
@@ -267,6 +270,7 @@ class AgentRunWorkflow:
         summary: str,
         retry: RetryPolicy,
         within: timedelta = timedelta(seconds=60),
+        heartbeat: timedelta | None = None,
     ) -> T:
         try:
             value: T = await workflow.execute_activity(
@@ -274,6 +278,7 @@ class AgentRunWorkflow:
                 argument,
                 result_type=result,
                 start_to_close_timeout=within,
+                heartbeat_timeout=heartbeat,
                 schedule_to_close_timeout=_TOOL_WINDOW,
                 retry_policy=retry,
                 summary=summary[:200],
