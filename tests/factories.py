@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from connectors.secrets import connection_path, secret_store_from_settings
 from core import audit
 from core.db import SessionFactory, transaction
 from core.identity import open_session
 from core.passwords import hash_password
 from core.settings import Settings
+from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.tenant import Tenant, TenantStatus
 from models.user import Membership, Role, User
+from tests.peers.hubspot import PRIVATE_APP_TOKEN
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,28 @@ async def member(
         # A member with TOTP on signed in with it: the session passed MFA (see require_mfa).
         tokens = await open_session(session, membership, settings, audit.Actor(), mfa=mfa_enabled)
     return Member(tenant_id, user.id, role, user.email, tokens.access_token, tokens.refresh_token)
+
+
+async def hubspot_connection(
+    sessions: SessionFactory, settings: Settings, tenant_id: uuid.UUID
+) -> uuid.UUID:
+    """A connected HubSpot connection of the tenant (the peer's private app token)."""
+    connection_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            Connection(
+                id=connection_id,
+                tenant_id=tenant_id,
+                connector_id="hubspot",
+                auth_kind="api_key",
+                label="CRM",
+                settings={},
+                account={},
+                status=ConnectionStatus.CONNECTED,
+                health=ConnectionHealth.HEALTHY,
+            )
+        )
+    await secret_store_from_settings(settings).put(
+        connection_path(tenant_id, connection_id), {"api_key": PRIVATE_APP_TOKEN}
+    )
+    return connection_id

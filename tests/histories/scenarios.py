@@ -97,7 +97,7 @@ from models.tasks import (
 from models.tenant import TenantStatus
 from models.user import Membership, Role, User
 from tests.api.test_connections import _own_password
-from tests.factories import Member, member
+from tests.factories import Member, hubspot_connection, member
 from tests.histories import HISTORIES, load, replay_converter
 from tests.peers.chat_model import ChatModelPeer
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
@@ -1204,7 +1204,7 @@ async def test_agent_runs(
         }
     )
     admin = await member(sessions, peered, mfa_enabled=True)
-    connection_id = await _hubspot_connection(sessions, peered, admin.tenant_id)
+    connection_id = await hubspot_connection(sessions, peered, admin.tenant_id)
     company = hubspot_peer.seed("companies", {"name": "Acme", "domain": "acme.io"})
     contact = hubspot_peer.seed(
         "contacts", {"email": "ada@acme.io", "firstname": "Ada", "jobtitle": "Director"}
@@ -1269,33 +1269,6 @@ async def test_agent_runs(
         await record(client, "agent-run-failed", limited.id)
 
 
-async def _hubspot_connection(
-    sessions: SessionFactory, settings: Settings, tenant_id: uuid.UUID
-) -> uuid.UUID:
-    """A connected HubSpot connection of the tenant (the peer's private app token)."""
-    from models.connection import Connection, ConnectionHealth, ConnectionStatus
-
-    connection_id = uuid.uuid4()
-    async with transaction(sessions) as session:
-        session.add(
-            Connection(
-                id=connection_id,
-                tenant_id=tenant_id,
-                connector_id="hubspot",
-                auth_kind="api_key",
-                label="CRM",
-                settings={},
-                account={},
-                status=ConnectionStatus.CONNECTED,
-                health=ConnectionHealth.HEALTHY,
-            )
-        )
-    await secret_store_from_settings(settings).put(
-        connection_path(tenant_id, connection_id), {"api_key": PRIVATE_APP_TOKEN}
-    )
-    return connection_id
-
-
 async def test_model_agent_runs(
     time_skipping_env: WorkflowEnvironment,
     sessions: SessionFactory,
@@ -1317,7 +1290,7 @@ async def test_model_agent_runs(
         }
     )
     admin = await member(sessions, peered, mfa_enabled=True)
-    connection_id = await _hubspot_connection(sessions, peered, admin.tenant_id)
+    connection_id = await hubspot_connection(sessions, peered, admin.tenant_id)
     await secret_store_from_settings(peered).put(
         model_provider_path(admin.tenant_id),
         {
@@ -1391,7 +1364,7 @@ async def test_agent_chats(
         }
     )
     person = await member(sessions, peered)
-    connection_id = await _hubspot_connection(sessions, peered, person.tenant_id)
+    connection_id = await hubspot_connection(sessions, peered, person.tenant_id)
     await secret_store_from_settings(peered).put(
         model_provider_path(person.tenant_id),
         {
@@ -1471,7 +1444,7 @@ async def test_playbooks(
         }
     )
     admin = await member(sessions, peered, mfa_enabled=True)
-    crm_id = await _hubspot_connection(sessions, peered, admin.tenant_id)
+    crm_id = await hubspot_connection(sessions, peered, admin.tenant_id)
     cms_id = await cms_connection(sessions, admin.tenant_id, wordpress_site.url)
     store = secret_store_from_settings(peered)
     await store.put(

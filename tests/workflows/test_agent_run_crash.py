@@ -18,8 +18,7 @@ from connectors.secrets import model_provider_path, secret_store_from_settings
 from core.db import SessionFactory
 from core.settings import Settings
 from models.agents import AgentRunConfig, AgentRunStart, AgentRunStatus, ModelChoice
-from tests.factories import member
-from tests.histories.scenarios import _hubspot_connection
+from tests.factories import hubspot_connection, member
 from tests.peers.chat_model import ChatModelPeer
 from tests.peers.hubspot import HubSpotPeer
 from tests.processes import worker_process
@@ -39,7 +38,7 @@ async def test_a_worker_killed_mid_step_never_repeats_an_answered_model_call(
 ) -> None:
     peered = settings.model_copy(update={"connector_allow_private_urls": True})
     admin = await member(sessions, peered)
-    connection_id = await _hubspot_connection(sessions, peered, admin.tenant_id)
+    connection_id = await hubspot_connection(sessions, peered, admin.tenant_id)
     await secret_store_from_settings(peered).put(
         model_provider_path(admin.tenant_id),
         {"base_url": chat_model_peer.url, "model": "m", "api_key": chat_model_peer.api_key},
