@@ -5,7 +5,9 @@ It serves the embedded default only; production sets the secrets through ``BIZ_`
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,10 +26,14 @@ class LocalSecretStore:
         except FileNotFoundError:
             pass
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Written whole under a name of its own, then linked into place: a process starting
+        # at the same moment finds either no file or the complete one, never an empty one.
+        fd, draft = tempfile.mkstemp(prefix=f".{name}.", dir=self.folder)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_text().strip()
-        with os.fdopen(fd, "w") as handle:
-            handle.write(generate() + "\n")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(generate() + "\n")
+            with contextlib.suppress(FileExistsError):  # another process made it first
+                os.link(draft, path)
+        finally:
+            os.unlink(draft)
         return path.read_text().strip()
