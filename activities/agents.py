@@ -21,6 +21,7 @@ from connectors.analytics import AnalyticsPort, DateRange, ReportRequest
 from connectors.chat_models import ChatFunction, ModelTurn, OpenAIChatRunner, model_timeout
 from connectors.crm import ActivityDraft, ActivityQuery, CRMPort, RecordRef
 from connectors.http import ConnectorError, SchemaMismatch, as_application_error, connector_client
+from connectors.pacing import DatabasePacer, Pacer
 from connectors.ports import Connector, ListQuery
 from connectors.secrets import SecretStore, model_provider_path
 from core import agent_rules, model_agents
@@ -71,6 +72,7 @@ class AgentActivities:
         self._sessions = sessions
         self._settings = settings
         self._secrets = secrets
+        self._pacer = DatabasePacer(sessions)
 
     @activity.defn
     async def plan_agent_step(self, request: StepRequest) -> StepDecision:
@@ -259,6 +261,7 @@ class AgentActivities:
             connection_id=call.request.connection_id,
             kind=kind,
             refuse=_refused,
+            pacer=self._pacer,
         )
 
 
@@ -272,6 +275,7 @@ async def tenant_connection(
     connection_id: uuid.UUID,
     kind: str,
     refuse: Callable[[str], ApplicationError],
+    pacer: Pacer,
 ) -> AsyncIterator[Connector]:
     """One of the tenant's connections, opened: connected and of ``kind`` (a port of
     :data:`~models.agents.CONNECTION_PORTS`), else ``refuse``'s error; vendor errors as
@@ -285,7 +289,7 @@ async def tenant_connection(
     if row.status is not ConnectionStatus.CONNECTED:
         raise refuse("The connection is disconnected.")
     try:
-        async with open_row(settings, secrets, row) as port:
+        async with open_row(settings, secrets, row, pacer) as port:
             yield port
     except ConnectorError as exc:
         raise as_application_error(exc) from None

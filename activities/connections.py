@@ -23,6 +23,7 @@ from connectors.crm import CompanyDraft, ContactDraft, DealDraft
 from connectors.http import AuthFailed, ConnectorError, as_application_error
 from connectors.mail import Mailer
 from connectors.oauth import exchange_code, oauth_client
+from connectors.pacing import Pacer
 from connectors.ports import Connector
 from connectors.secrets import SecretStore, connection_path, staged_path
 from core import audit, search
@@ -50,9 +51,10 @@ CONNECTION_RESTORED = "connection_restored"
 
 
 def open_row(
-    settings: Settings, store: SecretStore, row: Connection
+    settings: Settings, store: SecretStore, row: Connection, pacer: Pacer
 ) -> AbstractAsyncContextManager[Connector]:
-    """The port of a connection row, with its stored credentials (see ``open_connection``)."""
+    """The port of a connection row, with its stored credentials, paced to its vendor's rate
+    limit (see ``open_connection``)."""
     return open_connection(
         settings,
         store,
@@ -61,6 +63,7 @@ def open_row(
         connector_id=row.connector_id,
         auth_kind=row.auth_kind,
         connection_settings=row.settings,
+        pacer=pacer,
     )
 
 

@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities.agents import note_once, tenant_connection
 from activities.tasks import task_policy
 from connectors.crm import CRMPort, DealDraft
+from connectors.pacing import DatabasePacer
 from connectors.secrets import SecretStore
 from core.db import SessionFactory, transaction
 from core.search import start_options
@@ -55,6 +56,7 @@ class PlaybookActivities:
         self._sessions = sessions
         self._settings = settings
         self._secrets = secrets
+        self._pacer = DatabasePacer(sessions)
 
     @activity.defn
     async def playbook_action(self, call: PlaybookAction) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class PlaybookActivities:
             connection_id=args.connection_id,
             kind="crm",
             refuse=_refused,
+            pacer=self._pacer,
         ) as port:
             crm = cast(CRMPort, port)
             if isinstance(args, NoteActionArgs):

@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from activities.connections import open_row, start_connection_check
 from connectors.cms import CMSPort, MediaUpload, Post, PostDraft, PostUpdate, TermDraft
 from connectors.http import ConnectorError, VendorNotFound, as_application_error
+from connectors.pacing import DatabasePacer
 from connectors.secrets import SecretStore
 from connectors.storage import ObjectStorage
 from core import audit
@@ -55,6 +56,7 @@ class PublishingActivities:
         self._settings = settings
         self._secrets = secrets
         self._storage = storage
+        self._pacer = DatabasePacer(sessions)
 
     @activity.defn
     async def push_featured_image(self, push: ImagePush) -> str:
@@ -179,7 +181,10 @@ class PublishingActivities:
         if row is None or row.tenant_id != target.tenant_id:
             raise ApplicationError("The item's connection is gone.", non_retryable=True)
         try:
-            async with open_row(self._settings, self._secrets, row) as port, _heartbeating():
+            async with (
+                open_row(self._settings, self._secrets, row, self._pacer) as port,
+                _heartbeating(),
+            ):
                 yield cast(CMSPort, port)
         except ConnectorError as exc:
             raise as_application_error(exc) from None

@@ -63,6 +63,7 @@ from connectors.http import (
     as_application_error,
 )
 from connectors.mail import Mailer
+from connectors.pacing import DatabasePacer
 from connectors.secrets import SecretStore
 from core import search
 from core.db import SessionFactory, transaction
@@ -347,6 +348,7 @@ class SyncActivities:
         self._settings = settings
         self._secrets = secrets
         self._mailer = mailer
+        self._pacer = DatabasePacer(sessions)
 
     @activity.defn
     async def begin_sync_run(self, profile_id: uuid.UUID, workflow_run_id: str) -> SyncStart:
@@ -652,7 +654,7 @@ class SyncActivities:
         return as_application_error(exc)
 
     def _open(self, row: Connection) -> Any:
-        return open_row(self._settings, self._secrets, row)
+        return open_row(self._settings, self._secrets, row, self._pacer)
 
 
 async def _write_counts(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from limits import RateLimitItem, RateLimitItemPerSecond, parse
+from limits import RateLimitItem, parse
 from limits.aio.storage import Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -101,16 +101,6 @@ class RateLimits:
         for item, scope, key in ((per_ip, "ip", ip), (per_account, "account", account)):
             if not await self._limiter.hit(item, f"{name}-{scope}", key):
                 raise TooManyRequests(message, headers={"Retry-After": str(item.get_expiry())})
-
-    async def connection_call(self, connection_id: str, requests: int, per_seconds: float) -> None:
-        """Count one live read through a connection against its vendor rate limit (shared by
-        every API process with Redis); 429 past it, before the vendor is called."""
-        item = RateLimitItemPerSecond(requests, max(1, round(per_seconds)))
-        if not await self._limiter.hit(item, "connection", connection_id):
-            raise TooManyRequests(
-                "This connection's rate limit is reached; try again shortly.",
-                headers={"Retry-After": str(item.get_expiry())},
-            )
 
     async def aclose(self) -> None:
         """Close the Redis connections, if any."""

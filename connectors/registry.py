@@ -441,6 +441,15 @@ def open_analytics(spec_id: str, *args: Any, **kwargs: Any) -> AnalyticsPort:
     return cast(AnalyticsPort, _open_kind("analytics", spec_id, *args, **kwargs))
 
 
+def rate_limit(settings: Any, connector_id: str) -> RateLimit:
+    """A connector's rate limit per connection: ``BIZ_CONNECTOR_RATE_LIMITS`` for it (a
+    tenant's plan at the vendor allows more, or less), else the connector's default."""
+    configured = settings.connector_rate_limits.get(connector_id)
+    if configured is not None:
+        return RateLimit.model_validate(configured)
+    return get_spec(connector_id).rate_limit
+
+
 def client_from_settings(settings: Any) -> httpx.AsyncClient:
     """The shared connector HTTP client configured by the process settings."""
     return connector_client(

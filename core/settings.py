@@ -249,6 +249,11 @@ class Settings(BaseSettings):
     # development allow loopback/private addresses and plain http. One vendor answer is read up
     # to the byte limit, then refused; the timeout bounds each read.
     connector_allow_private_urls: bool = False
+    # Per connector id, the requests per connection a vendor allows, {"requests": 190,
+    # "per_seconds": 10}, paced for every caller (connectors/pacing.py); else its default.
+    connector_rate_limits: dict[str, dict[str, float]] = {}
+    # How long a live read waits for its connection's slot before it is told to retry (429).
+    connector_live_max_wait_seconds: float = Field(default=2.0, ge=0, le=30)
     connector_max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     connector_timeout_seconds: float = Field(default=30, gt=0)
     # Vendors' fixed origins (https://api.hubapi.com, https://accounts.zoho.eu, ...) replaced by

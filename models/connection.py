@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, Double, ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, Timestamped, str_enum
@@ -63,6 +63,18 @@ class Connection(Timestamped, Base):
     checked_at: Mapped[datetime | None]
     # When the tenant admins were told the credentials stopped working (once per episode).
     auth_notified_at: Mapped[datetime | None]
+
+
+class ConnectionPacing(Base):
+    """A connection's place in its vendor's rate limit (``connectors/pacing.py``): the
+    theoretical arrival time of its next call, in seconds since the epoch."""
+
+    __tablename__ = "connection_pacing"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    arrival: Mapped[float] = mapped_column(Double)
 
 
 class ConnectionCommand(BaseModel):

@@ -89,6 +89,7 @@ class PlaybookWorkflow:
         self._start = start
         self._document = start.document
         self._state = PlaybookState(run_id=start.run_id, playbook_id=start.document.id)
+        self._shown = self._state
         self._paused = False
         self._cancelled = False
         self._listed = False
@@ -99,21 +100,27 @@ class PlaybookWorkflow:
         """The steps, until the end, a failure or a cancel."""
         await self._record()
         step_id = self._document.steps[0].id
+        failure: StepFailed | None = None
         try:
             while step_id != END:
                 await workflow.wait_condition(lambda: not self._paused or self._cancelled)
                 if self._cancelled:
                     break
                 step_id = await self._run(self._document.step(step_id))
-        except StepFailed as failure:
+        except StepFailed as err:
+            failure = err
+        self._shown = self._state.model_copy(deep=True)  # until the end is recorded
+        if failure is not None:
             self._state.status = PlaybookStatus.FAILED
             self._state.error = str(failure)
-        if self._state.status is not PlaybookStatus.FAILED:
-            cancelled = self._cancelled
-            self._state.status = PlaybookStatus.CANCELLED if cancelled else PlaybookStatus.COMPLETED
+        elif self._cancelled:
+            self._state.status = PlaybookStatus.CANCELLED
+        else:
+            self._state.status = PlaybookStatus.COMPLETED
         self._state.current = None
         self._state.finished_at = workflow.now()
         await self._record()
+        self._shown = self._state
         return self._state
 
     # --- Control ----------------------------------------------------------------------
@@ -169,8 +176,9 @@ class PlaybookWorkflow:
 
     @workflow.query
     def state(self) -> PlaybookState:
-        """The run: status, the current step, the steps gone through and their results."""
-        return self._state
+        """The run: status, the current step, the steps gone through and their results (its
+        end once the runs' listing has it)."""
+        return self._shown
 
     def _control(self, what: str, command: PlaybookControl) -> None:
         self._state.controls.append(

@@ -29,8 +29,13 @@ from temporalio.exceptions import ActivityError, WorkflowAlreadyStartedError
 
 from api import workflow_calls
 from api.billing_guard import read_only_guard
-from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
-from api.ratelimit import RateLimits
+from api.deps import (
+    CurrentPrincipal,
+    SessionDep,
+    SettingsDep,
+    TemporalDep,
+    require_role,
+)
 from api.routers.connections import start_options
 from api.tenancy import owned
 from api.workflow_calls import IdempotencyKey
@@ -48,6 +53,7 @@ from connectors.http import (
     VendorNotFound,
     VendorUnavailable,
 )
+from connectors.pacing import DatabasePacer
 from connectors.ports import ListQuery
 from connectors.secrets import secret_store_from_settings
 from core import search
@@ -130,11 +136,6 @@ def _cache(request: Request) -> _Cache:
     return cache
 
 
-def _limits(request: Request) -> RateLimits:
-    limits: RateLimits = request.app.state.rate_limits
-    return limits
-
-
 @router.get("/{connection_id}/{resource}", summary="Read records live from a connected system")
 async def list_live(
     connection_id: uuid.UUID,
@@ -144,7 +145,6 @@ async def list_live(
     settings: SettingsDep,
     client: TemporalDep,
     cache: Annotated[_Cache, Depends(_cache)],
-    limits: Annotated[RateLimits, Depends(_limits)],
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
 ) -> LivePage:
@@ -159,10 +159,9 @@ async def list_live(
     key = (row.id, resource, cursor, limit)
     page = cache.get(key)
     if page is None:
-        await limits.connection_call(
-            str(row.id), spec.rate_limit.requests, spec.rate_limit.per_seconds
+        page = await _call(
+            client, settings, session, row, lambda port: getattr(port, method)(query)
         )
-        page = await _call(client, settings, row, lambda port: getattr(port, method)(query))
         cache.put(key, page)
     return LivePage(
         items=[item.model_dump(mode="json") for item in page.items], next_cursor=page.next_cursor
@@ -177,15 +176,13 @@ async def run_report(
     session: SessionDep,
     settings: SettingsDep,
     client: TemporalDep,
-    limits: Annotated[RateLimits, Depends(_limits)],
 ) -> dict[str, Any]:
     """A report by date range, dimensions and metrics from a connected analytics system."""
     row = await _connected(session, connection_id, principal)
     spec = registry.get_spec(row.connector_id)
     if spec.kind != "analytics":
         raise NotFound("This connection has no reports.")
-    await limits.connection_call(str(row.id), spec.rate_limit.requests, spec.rate_limit.per_seconds)
-    report = await _call(client, settings, row, lambda port: port.run_report(body))
+    report = await _call(client, settings, session, row, lambda port: port.run_report(body))
     dumped: dict[str, Any] = report.model_dump(mode="json")
     return dumped
 
@@ -233,8 +230,11 @@ def _as_command(
     )
 
 
-async def _call(client: Client, settings: Settings, row: Connection, read: Any) -> Any:
-    """Open the connection's port with its stored credentials and run ``read`` on it; the
+async def _call(
+    client: Client, settings: Settings, session: AsyncSession, row: Connection, read: Any
+) -> Any:
+    """Open the connection's port with its stored credentials and run ``read`` on it, in the
+    connection's rate limit (shared with its workflows; a 429 rather than a long wait); the
     vendor's failures become problems (never a credential in them)."""
     try:
         async with open_connection(
@@ -245,6 +245,8 @@ async def _call(client: Client, settings: Settings, row: Connection, read: Any) 
             connector_id=row.connector_id,
             auth_kind=row.auth_kind,
             connection_settings=row.settings,
+            pacer=DatabasePacer.lent(session),
+            max_wait=settings.connector_live_max_wait_seconds,
         ) as port:
             return await read(port)
     except InvalidCursor:

@@ -1,5 +1,6 @@
 """model-backed agents: a tenant's model and temperature per agent, each decision's model,
-tokens and duration, and the listings of chats with agents and of playbook runs
+tokens and duration, the listings of chats with agents and of playbook runs, and each
+connection's place in its vendor's rate limit
 
 Revision ID: 0015
 Revises: 0014
@@ -87,9 +88,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_playbook_runs")),
     )
     op.create_index("ix_playbook_runs_listing", "playbook_runs", ["tenant_id", "created_at", "id"])
+    op.create_table(
+        "connection_pacing",
+        sa.Column("connection_id", sa.Uuid(), nullable=False),
+        sa.Column("arrival", sa.Double(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["connection_id"],
+            ["connections.id"],
+            name=op.f("fk_connection_pacing_connection_id_connections"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("connection_id", name=op.f("pk_connection_pacing")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("connection_pacing")
     op.drop_index("ix_playbook_runs_listing", table_name="playbook_runs")
     op.drop_table("playbook_runs")
     op.drop_index("ix_agent_chats_listing", table_name="agent_chats")

@@ -279,14 +279,17 @@ async def test_live_reads_come_from_the_tenants_own_system(
     stranger = await member(sessions, connect_settings)
     assert (await api.get(f"{base}/posts", headers=stranger.headers)).status_code == 404
 
-    # WordPress allows five calls a second per connection (the cache answers repeats): of
-    # eight different reads at once, the limiter refuses some before they reach WordPress.
+    # WordPress allows five calls a second per connection (the cache answers repeats): of 30
+    # different reads at once, five go at once, those whose turn comes within two seconds
+    # wait for it, and the rest are told to retry before they reach WordPress.
     answers = await asyncio.gather(
-        *(api.get(f"{base}/tags", params={"limit": n}, headers=admin.headers) for n in range(1, 9))
+        *(api.get(f"{base}/tags", params={"limit": n}, headers=admin.headers) for n in range(1, 31))
     )
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) >= 15, statuses
     refused = [a for a in answers if a.status_code == 429]
-    assert refused, [a.status_code for a in answers]
-    assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+    assert refused, statuses
+    assert all(int(a.headers["retry-after"]) >= 2 for a in refused)
 
 
 @pytest.fixture

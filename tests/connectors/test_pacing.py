@@ -1,0 +1,70 @@
+"""Pacing against the real database, on a clock the test moves: a burst through an idle
+window, then the limit's spacing, shared by two pacers as by two processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.pacing import DatabasePacer
+from connectors.registry import RateLimit
+from core.db import SessionFactory
+from core.settings import Settings
+from tests.factories import hubspot_connection, member
+
+LIMIT = RateLimit(requests=5, per_seconds=1)
+
+
+async def test_a_burst_then_the_limits_spacing_shared_by_every_process(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    connection_id = await hubspot_connection(sessions, settings, admin.tenant_id)
+    now = [1_000_000.0]
+    api = DatabasePacer(sessions, clock=lambda: now[0])
+    worker = DatabasePacer(sessions, clock=lambda: now[0])
+
+    delays = [await (api, worker)[i % 2].reserve(connection_id, LIMIT) for i in range(8)]
+    # Five go at once (the window was idle), then one every 0.2 s, whoever asks.
+    assert delays == pytest.approx([0, 0, 0, 0, 0, 0.2, 0.4, 0.6])
+
+    now[0] += 0.5  # half a second on: the queue has moved up by that much
+    assert await worker.reserve(connection_id, LIMIT) == pytest.approx(0.3)
+    now[0] += 10  # an idle window: a burst again
+    assert [await api.reserve(connection_id, LIMIT) for _ in range(5)] == [0, 0, 0, 0, 0]
+
+    other = await hubspot_connection(sessions, settings, admin.tenant_id)
+    assert await api.reserve(other, LIMIT) == 0  # each connection has its own limit
+
+
+async def test_waiting_sleeps_the_delay(sessions: SessionFactory, settings: Settings) -> None:
+    admin = await member(sessions, settings)
+    connection_id = await hubspot_connection(sessions, settings, admin.tenant_id)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    pacer = DatabasePacer(sessions, clock=lambda: 5_000.0, sleep=sleep)
+    one_a_second = RateLimit(requests=1, per_seconds=1)
+    waited = [await pacer.wait(connection_id, one_a_second) for _ in range(3)]
+    assert waited == pytest.approx([0, 1, 2])
+    assert slept == pytest.approx([1, 2])
+
+
+async def test_a_busy_process_reserves_slots_in_blocks(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    connection_id = await hubspot_connection(sessions, settings, admin.tenant_id)
+    now = [2_000_000.0]
+    busy = DatabasePacer(sessions, clock=lambda: now[0])
+    other = DatabasePacer(sessions, clock=lambda: now[0])
+    fast = RateLimit(requests=100, per_seconds=1)
+
+    delays = [await busy.reserve(connection_id, fast) for _ in range(101)]
+    assert delays[:100] == pytest.approx([0] * 100, abs=1e-6)  # a quiet window's burst
+    assert delays[100] == pytest.approx(0.01)
+    # Eleven blocks of ten (a tenth of the limit): the slots it holds count for everyone.
+    assert await other.reserve(connection_id, fast) == pytest.approx(0.11)
+    now[0] += 5  # a held slot unused for a whole window is dropped, not spent in a burst
+    assert await busy.reserve(connection_id, fast) == pytest.approx(0, abs=1e-6)
