@@ -55,6 +55,10 @@ class ChatStart(BaseModel):
     transcript: list[ChatEntry] = Field(default_factory=list)
     tokens: int = 0
     earlier: int = Field(default=0, description="entries dropped at a continue-as-new")
+    # Entries before the session continues as a new run, and how many it carries (tests lower
+    # them).
+    longest: int = 300
+    kept: int = 100
 
 
 class ChatState(BaseModel):

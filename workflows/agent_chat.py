@@ -35,10 +35,8 @@ CHAT_ENDED = "ChatEnded"
 NOT_THE_CHATS = "NotTheChats"
 
 _IDLE = timedelta(days=1)  # a session nobody wrote in for this long ends
-_KEPT = 100  # entries a session carries into its next run
-_LONGEST = 300  # entries before the session continues as a new run
 _STORE_TIMEOUT = timedelta(seconds=30)
-_MODEL_HEARTBEAT = timedelta(seconds=10)  # the model call heartbeats every 2 s
+_MODEL_HEARTBEAT = timedelta(seconds=5)  # the model call heartbeats every 2 s
 _MODEL_TIMEOUT = timedelta(minutes=6)  # above the longest model timeout (300 s) of settings
 _RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -269,15 +267,14 @@ class AgentChatWorkflow:
             raise ApplicationError("The chat has ended.", type=CHAT_ENDED)
 
     def _too_long(self) -> bool:
-        return (
-            len(self._state.transcript) > _LONGEST or workflow.info().is_continue_as_new_suggested()
-        )
+        longest = len(self._state.transcript) > self._start.longest
+        return longest or workflow.info().is_continue_as_new_suggested()
 
     def _carried(self) -> ChatStart:
         """The next run's start: the latest entries, from a person's message on (a model
         must never see tool answers without the call that asked for them)."""
         transcript = self._state.transcript
-        cut = max(0, len(transcript) - _KEPT)
+        cut = max(0, len(transcript) - self._start.kept)
         while cut < len(transcript) and transcript[cut].role != "user":
             cut += 1
         return self._start.model_copy(

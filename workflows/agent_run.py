@@ -51,7 +51,7 @@ _STEP_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=5
 )
 # A model's step heartbeats every 2 s: a worker lost mid-call is noticed this soon.
-_STEP_HEARTBEAT = timedelta(seconds=10)
+_STEP_HEARTBEAT = timedelta(seconds=5)
 _STEP_TIMEOUT = timedelta(minutes=6)  # above the longest model timeout (300 s) of settings
 _TRACE_KEPT = 200
 T = TypeVar("T")

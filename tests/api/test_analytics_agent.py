@@ -25,6 +25,8 @@ from tests.peers.hubspot import HubSpotPeer
 from workers.main import build_worker
 
 pytest_plugins = ["tests.peers.hubspot", "tests.peers.ga4"]
+# Agents' SQL is the same on both backends: PostgreSQL by default, SQLite too with --slow.
+pytestmark = pytest.mark.one_database
 PROPERTY = "123456789"
 REPORTS = f"/v1beta/properties/{PROPERTY}:runReport"
 #: Four weeks of sessions with a weekly rhythm, an outage on the 12th and a spike on the 24th.

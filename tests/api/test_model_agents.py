@@ -27,6 +27,8 @@ from tests.peers.hubspot import HubSpotPeer
 from workers.main import build_worker
 
 pytest_plugins = ["tests.peers.hubspot", "tests.peers.chat_model"]
+# Agents' SQL is the same on both backends: PostgreSQL by default, SQLite too with --slow.
+pytestmark = pytest.mark.one_database
 PROVIDER = "/api/v1/agents/model-provider"
 
 

@@ -34,6 +34,8 @@ from tests.workflows.test_publish import cms_connection
 from workers.main import build_worker
 
 pytest_plugins = ["tests.peers.hubspot", "tests.peers.chat_model", "tests.peers.wordpress"]
+# Agents' SQL is the same on both backends: PostgreSQL by default, SQLite too with --slow.
+pytestmark = pytest.mark.one_database
 RUNS = "/api/v1/playbooks/runs"
 ENDED = {"completed", "failed", "cancelled"}
 
@@ -236,7 +238,6 @@ async def test_a_run_is_paused_resumed_and_cancelled(
     assert (await api.post(f"{RUNS}/{run_id}/cancel", headers=admin.headers)).status_code == 409
 
 
-@pytest.mark.one_database
 async def test_blog_post_pipeline_publishes_to_wordpress(
     api: httpx.AsyncClient,
     chat_model_peer: ChatModelPeer,

@@ -50,6 +50,8 @@ async def _chat(client: Client, settings: Settings, peer: ChatModelPeer, person:
         created_at=datetime.now(UTC),
         input={"topic": "Spring sale"},
         config=AgentRunConfig(allowed_tools=[], model=ModelChoice(model="peer-large")),
+        longest=30,
+        kept=10,
     )
     return await client.start_workflow(
         AgentChatWorkflow.run,
@@ -68,7 +70,7 @@ async def test_a_long_chat_continues_as_new_with_its_latest_entries(
     person = await member(sessions, settings)
     handle = await _chat(client, settings, chat_model_peer, person)
     first_run = (await handle.describe()).run_id
-    for number in range(151):  # 302 entries: past the 300 a run holds
+    for number in range(16):  # 32 entries: past the 30 this session's run holds
         chat_model_peer.reply_text(f"Reply {number}", tokens=(1, 1))
         reply = await handle.execute_update(
             AgentChatWorkflow.say, ChatMessage(text=f"Message {number}", by=person.user_id)
@@ -84,10 +86,9 @@ async def test_a_long_chat_continues_as_new_with_its_latest_entries(
     assert (await handle.describe()).run_id != first_run
     state = await handle.query(AgentChatWorkflow.state)
     assert state.transcript[0].role == "user"
-    assert state.earlier + len(state.transcript) == 304
-    # At most 100 entries carried (the server may ask for the new run a little earlier).
-    assert 200 <= state.earlier <= 204
-    assert state.tokens == 152 * 2
+    assert state.earlier + len(state.transcript) == 34
+    assert state.earlier == 22  # the latest 10 carried, then one more message
+    assert state.tokens == 17 * 2
     # The new run's model saw the carried entries only, from a person's message on.
     last = chat_model_peer.requests[-1]["messages"]
     assert [m["role"] for m in last[:2]] == ["system", "user"]
@@ -95,7 +96,7 @@ async def test_a_long_chat_continues_as_new_with_its_latest_entries(
     async with sessions() as session:
         row = await session.scalar(select(AgentChat).where(AgentChat.id == state.session_id))
     assert row is not None
-    assert row.messages == 304
+    assert row.messages == 34
 
 
 async def test_a_quiet_chat_ends_after_a_day(
