@@ -9,7 +9,8 @@ and the two peers, then measures in one run:
   Temporal nor the database (what the vendors and the connectors cost by themselves);
 - **sync**: the profile's run, no rate limit at the CRM;
 - **sync under a limit**: the CRM peer allows ``limit`` requests a second (its rolling
-  ten-second window, answered with HubSpot's 429s past it).
+  ten-second window, answered with HubSpot's 429s past it) and the connection is configured
+  with that limit (``BIZ_CONNECTOR_RATE_LIMITS``), so the run paces itself to it.
 
 It prints records/s, the sync's ratio to the baseline, the share of the limit the limited run
 used, and the worker's peak RSS (``VmHWM``). The peers run in this process's threads and search
@@ -20,12 +21,14 @@ what the workflow, the database and the worker add.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from subprocess import Popen
 from typing import cast
 
 from pydantic import SecretStr
@@ -43,13 +46,15 @@ from core.devserver import temporal_binary
 from core.settings import Settings
 from core.temporal import data_converter
 from models.sync import SyncRunState
+from tests.conftest import UNPACED
 from tests.factories import member
 from tests.peers.asgi import Swappable, serve
 from tests.peers.hubspot import HubSpotPeer
 from tests.peers.hubspot import build_app as hubspot_app
 from tests.peers.woocommerce import WooCommercePeer
 from tests.peers.woocommerce import build_app as woocommerce_app
-from tests.workflows.test_sync import T0, _worker_process, add_profile, connect_pair
+from tests.processes import worker_process
+from tests.workflows.test_sync import T0, add_profile, connect_pair
 from workflows.sync import SyncWorkflow
 
 PAGE = 100
@@ -128,6 +133,28 @@ async def _sync(
     return counts.created + counts.updated
 
 
+def _worker(
+    settings: Settings, address: str, crm_url: str, log: Path, limit: int | None
+) -> Popen[bytes]:
+    """A ``bizosaas worker`` reaching the CRM peer, paced to ``limit`` requests a second (or,
+    with none, far above the peers' limits)."""
+    limits = (
+        UNPACED
+        if limit is None
+        else UNPACED | {"hubspot": {"requests": limit * 10, "per_seconds": 10}}
+    )
+    return worker_process(
+        settings,
+        address,
+        log,
+        {
+            "BIZ_CONNECTOR_ALLOW_PRIVATE_URLS": "true",
+            "BIZ_CONNECTOR_VENDOR_ORIGINS": json.dumps({API_BASE: crm_url}),
+            "BIZ_CONNECTOR_RATE_LIMITS": json.dumps(limits),
+        },
+    )
+
+
 def _peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -179,13 +206,17 @@ async def main(records: int = 10_000, limit: int = 100) -> None:
             baseline = written / (time.perf_counter() - started)
 
             address = env.client.service_client.config.target_host
-            worker = _worker_process(settings, address, crm_url, work / "worker.log")
+            worker = _worker(settings, address, crm_url, work / "worker.log", None)
             crm = fresh_crm(None)
             started = time.perf_counter()
             created = await _sync(env, settings, sessions, admin.tenant_id, shop_url)
             free = created / (time.perf_counter() - started)
             per_record = len(crm.requests) / max(created, 1)
 
+            free_peak = _peak_rss_mib(worker.pid)
+            worker.kill()
+            worker.wait()
+            worker = _worker(settings, address, crm_url, work / "worker-limited.log", limit)
             crm = fresh_crm(limit)
             started = time.perf_counter()
             created_limited = await _sync(env, settings, sessions, admin.tenant_id, shop_url)
@@ -193,7 +224,7 @@ async def main(records: int = 10_000, limit: int = 100) -> None:
             limited = created_limited / elapsed
             # The peer counts the requests its window let through (its 429s not).
             used = crm.daily_used / elapsed / limit
-            peak = _peak_rss_mib(worker.pid)
+            peak = max(free_peak, _peak_rss_mib(worker.pid))
 
         print(f"records: {records} (pages of {PAGE}), shop customers -> CRM contacts")
         print(f"baseline (ports in a loop, no Temporal, no database): {baseline:,.0f} records/s")

@@ -3,12 +3,13 @@ every workflow, activity and live read that uses the connection, in every API an
 process.
 
 The algorithm is GCRA (the generic cell rate algorithm: a token bucket kept as one number per
-connection, its *theoretical arrival time*). With ``requests`` per ``per_seconds``, calls are
-``T = per_seconds / requests`` apart on average, and an idle connection lets a burst of
-``requests`` through at once (the tolerance ``per_seconds - T``). A call at ``now`` reserves
-``max(TAT, now) + T`` and goes at ``reserved - T - tolerance`` at the earliest; reserving is one
-atomic ``UPDATE ... RETURNING`` of the ``connection_pacing`` row, so concurrent callers in any
-process queue up in the order they reserved and none waits on another's lock.
+connection, its *theoretical arrival time*) without a burst allowance: with ``requests`` per
+``per_seconds``, calls go ``T = per_seconds / requests`` apart, so no window of
+``per_seconds`` ever holds more than the limit (a burst on top of the rate would break a
+vendor's rolling window, as HubSpot's ten seconds). A call at ``now`` reserves
+``max(TAT, now) + T`` and goes at ``max(TAT, now)``; reserving is one atomic
+``UPDATE ... RETURNING`` of the ``connection_pacing`` row, so concurrent callers in any process
+queue up in the order they reserved and none waits on another's lock.
 
 Vendors' own signals (429 with ``Retry-After``, HubSpot's interval headers) still apply on top:
 pacing keeps a connection under its limit, the connectors' error handling copes when it is not.
@@ -109,11 +110,10 @@ class DatabasePacer:
     async def _slots(self, connection_id: uuid.UUID, limit: RateLimit, now: float) -> list[float]:
         """Reserve a block of slots: the times from which each may go."""
         spacing = limit.per_seconds / limit.requests
-        tolerance = limit.per_seconds - spacing
         count = max(1, min(self._block, limit.requests // 10))
         arrival = await self._advance(connection_id, now, spacing * count)
         first = arrival - count * spacing  # max(TAT, now) before this reservation
-        return [first + index * spacing - tolerance for index in range(count)]
+        return [first + index * spacing for index in range(count)]
 
     async def _advance(self, connection_id: uuid.UUID, now: float, spacing: float) -> float:
         """The new theoretical arrival time, ``max(TAT, now) + spacing``, stored atomically."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def worker_process(
         "BIZ_TEMPORAL_TASK_QUEUE": settings.temporal_task_queue,
         "BIZ_WORKER_METRICS_PORT": "0",
         "BIZ_LOG_LEVEL": "WARNING",
+        "BIZ_CONNECTOR_RATE_LIMITS": json.dumps(settings.connector_rate_limits),
         **(env or {}),
     }
     if settings.jwt_secret is not None:

@@ -39,8 +39,11 @@ pytest_plugins = ["tests.peers.wordpress", "tests.peers.hubspot"]
 
 @pytest.fixture
 def connect_settings(settings: Settings) -> Settings:
-    # The WordPress peer listens on loopback, which production settings refuse (SSRF).
-    return settings.model_copy(update={"connector_allow_private_urls": True})
+    # The WordPress peer listens on loopback, which production settings refuse (SSRF); live
+    # reads meet WordPress's default rate limit.
+    return settings.model_copy(
+        update={"connector_allow_private_urls": True, "connector_rate_limits": {}}
+    )
 
 
 @pytest.fixture
@@ -280,13 +283,13 @@ async def test_live_reads_come_from_the_tenants_own_system(
     assert (await api.get(f"{base}/posts", headers=stranger.headers)).status_code == 404
 
     # WordPress allows five calls a second per connection (the cache answers repeats): of 30
-    # different reads at once, five go at once, those whose turn comes within two seconds
-    # wait for it, and the rest are told to retry before they reach WordPress.
+    # different reads at once, those whose turn comes within two seconds wait for it (one
+    # every 0.2 s), and the rest are told to retry before they reach WordPress.
     answers = await asyncio.gather(
         *(api.get(f"{base}/tags", params={"limit": n}, headers=admin.headers) for n in range(1, 31))
     )
     statuses = [a.status_code for a in answers]
-    assert statuses.count(200) >= 15, statuses
+    assert statuses.count(200) >= 10, statuses
     refused = [a for a in answers if a.status_code == 429]
     assert refused, statuses
     assert all(int(a.headers["retry-after"]) >= 2 for a in refused)

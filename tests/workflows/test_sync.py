@@ -58,10 +58,6 @@ def inline_wait() -> float:
     return 60.0
 
 
-#: Limits far above the peers': the runs meet the peers' own (429s, Retry-After).
-UNPACED = {c: {"requests": 100_000, "per_seconds": 1} for c in ("hubspot", "woocommerce")}
-
-
 @pytest.fixture
 def peered(settings: Settings, hubspot_peer: HubSpotPeer, inline_wait: float) -> Settings:
     return settings.model_copy(
@@ -69,7 +65,6 @@ def peered(settings: Settings, hubspot_peer: HubSpotPeer, inline_wait: float) ->
             "connector_allow_private_urls": True,
             "connector_vendor_origins": {API_BASE: hubspot_peer.url},
             "sync_inline_wait_seconds": inline_wait,
-            "connector_rate_limits": UNPACED,
         }
     )
 
@@ -616,7 +611,6 @@ def _worker_process(settings: Settings, address: str, hubspot_url: str, log: Pat
         {
             "BIZ_CONNECTOR_ALLOW_PRIVATE_URLS": "true",
             "BIZ_CONNECTOR_VENDOR_ORIGINS": json.dumps({API_BASE: hubspot_url}),
-            "BIZ_CONNECTOR_RATE_LIMITS": json.dumps(UNPACED),
         },
     )
 
