@@ -55,6 +55,11 @@ async def api(
             yield client
 
 
+# Long on both backends: PostgreSQL by default (SQLite when it does not answer), both with
+# --slow.
+pytestmark = pytest.mark.one_database
+
+
 async def crm(api: httpx.AsyncClient, admin: Member) -> str:
     created = await api.post(
         "/api/v1/connections",

@@ -112,6 +112,11 @@ async def _billed(
     return row
 
 
+# Long on both backends: PostgreSQL by default (SQLite when it does not answer), both with
+# --slow.
+pytestmark = pytest.mark.one_database
+
+
 async def _subscribed(
     client: Client, settings: Settings, sessions: SessionFactory, localstripe: LocalStripe
 ) -> tuple[Member, str, Subscription]:

@@ -75,6 +75,11 @@ async def _connect(
     return await api.post("/api/v1/connections", json=body, headers=who.headers)
 
 
+# Long on both backends: PostgreSQL by default (SQLite when it does not answer), both with
+# --slow.
+pytestmark = pytest.mark.one_database
+
+
 async def test_the_registry_describes_every_connector(
     connections_api: httpx.AsyncClient, sessions: SessionFactory, connect_settings: Settings
 ) -> None:

@@ -75,6 +75,11 @@ async def create(
     return item
 
 
+# Long on both backends: PostgreSQL by default (SQLite when it does not answer), both with
+# --slow.
+pytestmark = pytest.mark.one_database
+
+
 async def until(
     api: httpx.AsyncClient, who: Member, content_id: str, status: str
 ) -> dict[str, Any]:

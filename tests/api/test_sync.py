@@ -69,6 +69,11 @@ async def _profile(
     return await api.post("/api/v1/sync/profiles", json=body, headers=who.headers)
 
 
+# Long on both backends: PostgreSQL by default (SQLite when it does not answer), both with
+# --slow.
+pytestmark = pytest.mark.one_database
+
+
 async def _finished_run(api: httpx.AsyncClient, who: Member, path: str) -> dict[str, Any]:
     for _ in range(600):
         view = (await api.get(path, headers=who.headers)).json()

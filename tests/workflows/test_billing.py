@@ -98,6 +98,11 @@ def billing_settings(
     )
 
 
+# Long on both backends: PostgreSQL by default (SQLite when it does not answer), both with
+# --slow.
+pytestmark = pytest.mark.one_database
+
+
 @pytest.fixture
 def schedules() -> ScheduleLog:
     return ScheduleLog()

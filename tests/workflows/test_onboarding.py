@@ -88,6 +88,11 @@ async def _approval_row(
     raise AssertionError(f"no {status} approval for tenant {tenant_id}")
 
 
+# Long on both backends: PostgreSQL by default (SQLite when it does not answer), both with
+# --slow.
+pytestmark = pytest.mark.one_database
+
+
 async def _state_until(handle: Onboarding, status: OnboardingStatus) -> OnboardingState:
     for _ in range(200):
         state = await handle.query(OnboardingWorkflow.state)
