@@ -6,8 +6,15 @@ import base64
 import binascii
 import uuid
 from datetime import UTC, datetime
+from typing import TypeVar
+
+from sqlalchemy import Select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
 
 from core.errors import Unprocessable
+
+Row = TypeVar("Row")
 
 
 def encode_cursor(at: datetime, row_id: uuid.UUID) -> str:
@@ -29,3 +36,23 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
             "The cursor is not one this API handed out.",
             errors=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "value_error"}],
         ) from None
+
+
+async def newest_first(
+    session: AsyncSession,
+    query: Select[Row],
+    at: InstrumentedAttribute[datetime],
+    key: InstrumentedAttribute[uuid.UUID],
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Row], str | None]:
+    """One page of ``query``'s rows, newest first by (``at``, ``key``), after ``cursor``; and
+    the cursor of the next page (``None`` on the last)."""
+    if cursor is not None:
+        query = query.where(tuple_(at, key) < tuple_(*decode_cursor(cursor)))
+    found = list(await session.scalars(query.order_by(at.desc(), key.desc()).limit(limit + 1)))
+    page = found[:limit]
+    if len(found) <= limit:
+        return page, None
+    last = page[-1]
+    return page, encode_cursor(getattr(last, at.key), getattr(last, key.key))

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import SessionDep, SettingsDep, TemporalDep, require_role
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import newest_first
 from api.routers.agents import prepare_run
 from api.tenancy import owned
 from api.workflow_calls import Entity, IdempotencyKey, entity_dependency, update_id
@@ -131,13 +131,9 @@ async def list_chats(
     query = select(AgentChat).where(
         AgentChat.tenant_id == principal.tenant_id, AgentChat.started_by == principal.user_id
     )
-    if cursor is not None:
-        query = query.where(
-            tuple_(AgentChat.created_at, AgentChat.id) < tuple_(*decode_cursor(cursor))
-        )
-    order = (AgentChat.created_at.desc(), AgentChat.id.desc())
-    rows = list(await session.scalars(query.order_by(*order).limit(limit + 1)))
-    page = rows[:limit]
+    page, following = await newest_first(
+        session, query, AgentChat.created_at, AgentChat.id, limit, cursor
+    )
     return ChatPage(
         items=[
             ChatListItem(
@@ -151,7 +147,7 @@ async def list_chats(
             )
             for row in page
         ],
-        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None,
+        next_cursor=following,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import (
@@ -30,7 +30,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import newest_first
 from api.tenancy import owned, scoped
 from api.workflow_calls import IdempotencyKey, update_id
 from connectors import registry
@@ -378,18 +378,10 @@ async def list_runs(
         query = query.where(AgentRun.agent_id == agent_id)
     if status is not None:
         query = query.where(AgentRun.status == status)
-    if cursor is not None:
-        query = query.where(
-            tuple_(AgentRun.created_at, AgentRun.id) < tuple_(*decode_cursor(cursor))
-        )
-    order = (AgentRun.created_at.desc(), AgentRun.id.desc())
-    rows = list(await session.scalars(query.order_by(*order).limit(limit + 1)))
-    page = rows[:limit]
-    more = len(rows) > limit
-    return RunPage(
-        items=[RunListItem.of(row) for row in page],
-        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None,
+    page, following = await newest_first(
+        session, query, AgentRun.created_at, AgentRun.id, limit, cursor
     )
+    return RunPage(items=[RunListItem.of(row) for row in page], next_cursor=following)
 
 
 @router.get("/runs/{run_id}", summary="One agent run, with its trace")
@@ -425,18 +417,10 @@ async def list_decisions(
         query = query.where(AgentDecision.agent_id == agent_id)
     if outcome is not None:
         query = query.where(AgentDecision.outcome == outcome)
-    if cursor is not None:
-        query = query.where(
-            tuple_(AgentDecision.decided_at, AgentDecision.run_id) < tuple_(*decode_cursor(cursor))
-        )
-    order = (AgentDecision.decided_at.desc(), AgentDecision.run_id.desc())
-    rows = list(await session.scalars(query.order_by(*order).limit(limit + 1)))
-    page = rows[:limit]
-    more = len(rows) > limit
-    return DecisionPage(
-        items=[DecisionItem.of(row) for row in page],
-        next_cursor=encode_cursor(page[-1].decided_at, page[-1].run_id) if more else None,
+    page, following = await newest_first(
+        session, query, AgentDecision.decided_at, AgentDecision.run_id, limit, cursor
     )
+    return DecisionPage(items=[DecisionItem.of(row) for row in page], next_cursor=following)
 
 
 @router.get("/metrics", summary="How your tenant's agents perform")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import yaml
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDReusePolicy
@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import newest_first
 from api.routers.agents import run_config
 from api.tenancy import scoped
 from api.workflow_calls import Entity, IdempotencyKey, entity_dependency, update_id
@@ -207,13 +207,9 @@ async def list_runs(
 ) -> RunPage:
     """Newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
     query = scoped(select(PlaybookRun), PlaybookRun, principal)
-    if cursor is not None:
-        query = query.where(
-            tuple_(PlaybookRun.created_at, PlaybookRun.id) < tuple_(*decode_cursor(cursor))
-        )
-    order = (PlaybookRun.created_at.desc(), PlaybookRun.id.desc())
-    rows = list(await session.scalars(query.order_by(*order).limit(limit + 1)))
-    page = rows[:limit]
+    page, following = await newest_first(
+        session, query, PlaybookRun.created_at, PlaybookRun.id, limit, cursor
+    )
     return RunPage(
         items=[
             RunListItem(
@@ -228,7 +224,7 @@ async def list_runs(
             )
             for row in page
         ],
-        next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None,
+        next_cursor=following,
     )
 
 
