@@ -18,9 +18,10 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
@@ -425,7 +426,7 @@ class SyncActivities:
         except AuthFailed as exc:
             return PageOutcome(auth_failed_connection=source.id, auth_error=exc.message)
         except ConnectorError as exc:
-            raise self._application_error(exc) from None
+            raise self._application_error(exc, source) from None
         activity.heartbeat(request.page_cursor, 0)
         counts = SyncCounts(read=len(page.items) + len(page.unreadable), cursor_restarts=restarts)
         for unreadable in page.unreadable:
@@ -452,7 +453,7 @@ class SyncActivities:
         except AuthFailed as exc:
             return PageOutcome(auth_failed_connection=target.id, auth_error=exc.message)
         except ConnectorError as exc:
-            raise self._application_error(exc) from None
+            raise self._application_error(exc, target) from None
         return PageOutcome(counts=counts, next_cursor=page.next_cursor, max_updated_at=newest)
 
     async def _upsert(
@@ -630,7 +631,11 @@ class SyncActivities:
                 return await call()
             except RateLimited as exc:
                 wait = exc.retry_after or 1.0
-                if wait > self._settings.sync_inline_wait_seconds or attempt == _INLINE_WAITS - 1:
+                if (
+                    exc.daily
+                    or wait > self._settings.sync_inline_wait_seconds
+                    or attempt == _INLINE_WAITS - 1
+                ):
                     raise
                 # Heartbeats through the wait: a killed worker's page is retried soon after.
                 while wait > 0:
@@ -639,17 +644,16 @@ class SyncActivities:
                     wait -= 5.0
         raise AssertionError("unreachable")
 
-    def _application_error(self, exc: ConnectorError) -> ApplicationError:
-        """A long ``Retry-After`` is handed to the workflow to sleep on; the rest as usual."""
-        if (
-            isinstance(exc, RateLimited)
-            and (exc.retry_after or 0) > self._settings.sync_inline_wait_seconds
-        ):
+    def _application_error(self, exc: ConnectorError, row: Connection) -> ApplicationError:
+        """A long ``Retry-After``, or a spent daily allowance (until the vendor account's
+        midnight), is handed to the workflow to sleep on; the rest as usual."""
+        if isinstance(exc, RateLimited) and exc.daily and exc.retry_after is None:
+            wait: float | None = daily_window_reopens(row, datetime.now(UTC))
+        else:
+            wait = exc.retry_after if isinstance(exc, RateLimited) else None
+        if wait is not None and wait > self._settings.sync_inline_wait_seconds:
             return ApplicationError(
-                exc.message,
-                {"retry_after": exc.retry_after},
-                type=LONG_WAIT_ERROR,
-                non_retryable=True,
+                exc.message, {"retry_after": wait}, type=LONG_WAIT_ERROR, non_retryable=True
             )
         return as_application_error(exc)
 
@@ -683,6 +687,19 @@ async def _write_counts(
     run.failures = [f.model_dump() for f in counts.failures[:FAILURE_SAMPLE]]
     if outcome is not None:
         run.outcome, run.finished_at = outcome, datetime.now(UTC)
+
+
+def daily_window_reopens(row: Connection, now: datetime) -> float:
+    """Seconds from ``now`` until a vendor's daily allowance comes back: the next midnight in
+    the time zone its account check recorded (UTC when none is known), and a minute more."""
+    detail = (row.account or {}).get("detail") or {}
+    try:
+        zone = ZoneInfo(str(detail.get("time_zone") or "UTC"))
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    tomorrow = now.astimezone(zone).date() + timedelta(days=1)
+    midnight = datetime.combine(tomorrow, time(), zone)
+    return (midnight.astimezone(UTC) - now).total_seconds() + 60
 
 
 def _failure(source_id: str, reason: str, *, skipped: bool = False) -> SyncCounts:

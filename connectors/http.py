@@ -116,7 +116,10 @@ class VendorNotFound(VendorRejected):
 
 
 class RateLimited(ConnectorError):
-    """429 or a vendor throttle: try again after ``retry_after`` seconds (None: not said)."""
+    """429 or a vendor throttle: try again after ``retry_after`` seconds (None: not said).
+
+    ``daily``: the account's allowance for the day is spent; it comes back at midnight in the
+    vendor account's time zone, which the caller knows from the connection's account."""
 
     retryable = True
 
@@ -127,9 +130,11 @@ class RateLimited(ConnectorError):
         vendor: str = "",
         status: int | None = 429,
         retry_after: float | None = None,
+        daily: bool = False,
     ) -> None:
         super().__init__(message, vendor=vendor, status=status)
         self.retry_after = retry_after
+        self.daily = daily
 
 
 class VendorUnavailable(ConnectorError):

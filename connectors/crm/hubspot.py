@@ -20,8 +20,9 @@ connector creates on each object type the first time it needs it
 Errors: HubSpot's bodies (``message``, ``category``) give the reason; 429s name their
 ``policyName``: the ten-second window is retried after the window HubSpot announces in
 ``X-HubSpot-RateLimit-Interval-Milliseconds`` unless a ``Retry-After`` says otherwise; the daily
-limit is reported with no delay, since it resets at midnight in the account's time zone, which the
-connector does not know (https://developers.hubspot.com/docs/api/usage-details).
+limit is reported as ``daily`` with no delay: it resets at midnight in the account's time zone
+(``time_zone`` in the account detail :meth:`HubSpotConnector.verify` records), which its callers
+wait for (https://developers.hubspot.com/docs/api/usage-details).
 """
 
 from __future__ import annotations
@@ -420,6 +421,7 @@ class HubSpotConnector:
                 f"{VENDOR} rate limit reached ({policy or 'unnamed policy'})",
                 vendor=VENDOR,
                 retry_after=_rate_limit_delay(response.headers, policy),
+                daily=policy == "DAILY",
             )
         error = error_for_status(
             response, vendor=VENDOR, reason=message, code=str(category) if category else None

@@ -12,15 +12,17 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from subprocess import Popen
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.sync import PAIRS, create_schedule, schedule_id
+from activities.sync import PAIRS, create_schedule, daily_window_reopens, schedule_id
 from connectors.crm.hubspot import API_BASE, EXTERNAL_ID
 from connectors.secrets import connection_path, secret_store_from_settings
 from core.db import SessionFactory, transaction
@@ -418,6 +420,62 @@ async def test_a_long_vendor_limit_is_slept_out_in_the_workflow(
     row = await _run_row(sessions, run_id)
     assert (row.outcome, row.created) == ("completed", 3)
     assert len(hubspot_peer.records["contacts"]) == 3
+
+
+async def test_a_spent_daily_allowance_parks_the_run_until_the_account_s_midnight(
+    peered: Settings,
+    sessions: SessionFactory,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    admin = await member(sessions, peered)
+    shop_id, crm_id = await connect_pair(sessions, peered, admin.tenant_id, woocommerce_peer.url)
+    async with transaction(sessions) as session:
+        crm = await session.get(Connection, crm_id)
+        assert crm is not None
+        # As the connection's check recorded it from HubSpot's account details.
+        crm.account = {"account_id": "1", "name": "x", "detail": {"time_zone": "Europe/Berlin"}}
+    profile_id = await add_profile(sessions, admin.tenant_id, shop_id, crm_id)
+    _customers(woocommerce_peer, 3)
+    hubspot_peer.daily_used = hubspot_peer.daily_max
+    client = time_skipping_env.client
+    async with build_worker(client, sessions, peered):
+        handle = await client.start_workflow(
+            SyncWorkflow.run,
+            SyncRunState(profile_id=profile_id),
+            id=f"sync:{profile_id}",
+            task_queue=peered.temporal_task_queue,
+        )
+        timer = None
+        for _ in range(400):
+            events = (await handle.fetch_history()).events
+            timer = next((e for e in events if e.HasField("timer_started_event_attributes")), None)
+            if timer is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert timer is not None, "the run did not park"
+        parked = timer.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+        berlin = datetime.now(ZoneInfo("Europe/Berlin"))
+        midnight = datetime.combine(berlin.date() + timedelta(days=1), dt_time(), berlin.tzinfo)
+        assert abs(parked - (midnight - berlin + timedelta(minutes=1))) < timedelta(seconds=30)
+        assert hubspot_peer.records["contacts"] == {}
+        # The allowance comes back at midnight; the run wakes and completes.
+        hubspot_peer.daily_used = 0
+        counts = await handle.result()
+    assert (counts.read, counts.created) == (3, 3)
+    assert len(hubspot_peer.records["contacts"]) == 3
+
+
+def test_a_daily_allowance_reopens_at_the_account_s_midnight_across_a_clock_change() -> None:
+    def row(zone: str | None) -> Connection:
+        return Connection(account={"detail": {"time_zone": zone}} if zone else {})
+
+    # New York's clocks go back on 2026-11-01: that day has 25 hours.
+    before = datetime(2026, 11, 1, 4, 0, tzinfo=UTC)  # midnight in New York
+    assert daily_window_reopens(row("America/New_York"), before) == 25 * 3600 + 60
+    assert daily_window_reopens(row(None), before) == 20 * 3600 + 60
+    assert daily_window_reopens(row("Not/AZone"), before) == 20 * 3600 + 60
 
 
 def _modified(record: dict[str, object], moment: datetime) -> None:
