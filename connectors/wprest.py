@@ -18,6 +18,18 @@ import httpx
 from connectors.http import SchemaMismatch, VendorRejected, error_for_status, json_body, send
 
 MAX_PER_PAGE = 100
+#: What ``wp_insert_user`` refuses, which the REST API answers with status 500: the request is
+#: wrong, trying again changes nothing.
+_REFUSALS_AS_500 = frozenset(
+    {
+        "existing_user_login",
+        "existing_user_email",
+        "invalid_username",
+        "user_login_too_long",
+        "user_nicename_too_long",
+        "empty_user_login",
+    }
+)
 
 
 class WPRest:
@@ -66,6 +78,14 @@ class WPRest:
         if response.status_code >= 300:
             reason, code, details = _error(response)
             error = error_for_status(response, vendor=self.vendor, reason=reason, code=code)
+            if code in _REFUSALS_AS_500:
+                error = VendorRejected(
+                    f"{self.vendor} refused it: {reason}",
+                    vendor=self.vendor,
+                    status=response.status_code,
+                    reason=reason or "",
+                    code=code,
+                )
             if isinstance(error, VendorRejected) and details is not None:
                 error.data = details
             if error is not None:

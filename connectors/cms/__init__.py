@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from connectors.ports import Connector, ListQuery, Page
 
@@ -164,6 +164,39 @@ class TermDraft(BaseModel):
     parent_id: str | None = Field(default=None, description="categories only")
 
 
+class SiteUser(BaseModel):
+    """A person registered on the site (a subscriber to its newsletter or members' area)."""
+
+    id: str
+    username: str
+    email: str | None = None
+    first_name: str = ""
+    last_name: str = ""
+    registered_at: datetime | None = None
+
+
+class SiteUserDraft(BaseModel):
+    """A new site user. ``external_id`` is this platform's marker of the record the user comes
+    from: the site finds the user by it again (:meth:`CMSPort.find_user_by_external_id`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr
+    first_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+    external_id: str = Field(min_length=1, max_length=200)
+
+
+class SiteUserUpdate(BaseModel):
+    """Changes to a site user: only the fields given are changed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: EmailStr | None = None
+    first_name: str | None = Field(default=None, max_length=200)
+    last_name: str | None = Field(default=None, max_length=200)
+
+
 class CMSPort(Connector, Protocol):
     """A website's content. Creating a category or tag that exists returns the existing one."""
 
@@ -209,6 +242,17 @@ class CMSPort(Connector, Protocol):
 
     async def create_tag(self, draft: TermDraft) -> Term: ...
 
+    async def create_user(self, draft: SiteUserDraft) -> SiteUser:
+        """A user with the site's default role and a password nobody knows (they set their own
+        through the site's lost-password page)."""
+        ...
+
+    async def update_user(self, user_id: str, update: SiteUserUpdate) -> SiteUser: ...
+
+    async def find_user_by_external_id(self, external_id: str) -> SiteUser | None: ...
+
+    async def find_user_by_email(self, email: str) -> SiteUser | None: ...
+
 
 __all__ = [
     "CMSPort",
@@ -222,6 +266,9 @@ __all__ = [
     "SitePage",
     "SitePageDraft",
     "SitePageUpdate",
+    "SiteUser",
+    "SiteUserDraft",
+    "SiteUserUpdate",
     "Term",
     "TermDraft",
 ]

@@ -14,12 +14,17 @@
   invisible on the site, kept by the editor, and found again through the search parameter.
   :attr:`Post.content` never shows it; updates keep it.
 - Creating a category or tag that exists (``term_exists``) returns the existing one.
+- Site users (a CRM's contacts synced to the site) are found again by their login name,
+  ``bz-`` and a hash of the record's marker (:func:`user_login`), or by e-mail; their password
+  is random and never kept.
 - Revoking deletes this application password (found with ``.../application-passwords/introspect``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +42,9 @@ from connectors.cms import (
     SitePage,
     SitePageDraft,
     SitePageUpdate,
+    SiteUser,
+    SiteUserDraft,
+    SiteUserUpdate,
     Term,
     TermDraft,
 )
@@ -142,6 +150,10 @@ class _WPUser(BaseModel):
     id: int
     name: str
     username: str | None = None
+    email: str | None = None
+    first_name: str = ""
+    last_name: str = ""
+    registered_date: datetime | None = None
 
 
 class _WPSite(BaseModel):
@@ -353,6 +365,61 @@ class WordPress:
     async def create_tag(self, draft: TermDraft) -> Term:
         return await self._create_term("wp/v2/tags", draft.model_copy(update={"parent_id": None}))
 
+    # --- Users --------------------------------------------------------------------------
+
+    async def create_user(self, draft: SiteUserDraft) -> SiteUser:
+        login = user_login(draft.external_id)
+        body = {
+            "username": login,
+            "slug": login,
+            "email": draft.email,
+            # Required by WordPress; never kept or shown: the person sets their own through
+            # the site's lost-password page.
+            "password": secrets.token_urlsafe(24),
+            **_user_names(draft.first_name, draft.last_name),
+        }
+        created = await self._rest.call(
+            "POST", "wp/v2/users", params={"context": "edit"}, json=body
+        )
+        return _user(parse_as(_WPUser, json_body(created, vendor=VENDOR), vendor=VENDOR))
+
+    async def update_user(self, user_id: str, update: SiteUserUpdate) -> SiteUser:
+        changes = update.model_dump(exclude_unset=True)
+        body: dict[str, Any] = {"email": changes["email"]} if changes.get("email") else {}
+        if "first_name" in changes or "last_name" in changes:
+            # The display name is made of both: the one not given is the user's current one.
+            current = parse_as(
+                _WPUser,
+                await self._rest.get_json(f"wp/v2/users/{_int_id(user_id)}", context="edit"),
+                vendor=VENDOR,
+            )
+            body.update(
+                _user_names(
+                    changes.get("first_name", current.first_name),
+                    changes.get("last_name", current.last_name),
+                )
+            )
+        updated = await self._rest.call(
+            "POST", f"wp/v2/users/{_int_id(user_id)}", params={"context": "edit"}, json=body
+        )
+        return _user(parse_as(_WPUser, json_body(updated, vendor=VENDOR), vendor=VENDOR))
+
+    async def find_user_by_external_id(self, external_id: str) -> SiteUser | None:
+        login = user_login(external_id)
+        found = await self._rest.get_json("wp/v2/users", context="edit", slug=login)
+        users = [u for u in parse_list(_WPUser, found, vendor=VENDOR) if u.username == login]
+        return _user(users[0]) if users else None
+
+    async def find_user_by_email(self, email: str) -> SiteUser | None:
+        # WordPress searches the e-mail column for a term with an "@", with wildcards around
+        # it: only an exact (case-insensitive) address counts.
+        found = await self._rest.get_json("wp/v2/users", context="edit", search=email)
+        wanted = email.casefold()
+        for user in parse_list(_WPUser, found, vendor=VENDOR):
+            if (user.email or "").casefold() == wanted:
+                return _user(user)
+        return None
+
     async def _list_terms(self, route: str, query: ListQuery) -> Page[Term]:
         state = self._state(query.cursor) or {}
         items, next_cursor = await self._page(route, state, query.limit, order="asc")
@@ -419,6 +486,29 @@ def _anonymous(exc: VendorRejected) -> ConnectorError:
             status=exc.status,
         )
     return exc
+
+
+def user_login(external_id: str) -> str:
+    """The login name (and slug) of the user made from the record ``external_id`` names: the
+    marker a user is found by again, within WordPress's 50 characters for a slug."""
+    return "bz-" + hashlib.sha256(external_id.encode()).hexdigest()[:24]
+
+
+def _user_names(first: str | None, last: str | None) -> dict[str, str]:
+    names = {"first_name": first or "", "last_name": last or ""}
+    display = " ".join(n for n in (first, last) if n)
+    return names | ({"name": display, "nickname": display} if display else {})
+
+
+def _user(user: _WPUser) -> SiteUser:
+    return SiteUser(
+        id=str(user.id),
+        username=user.username or "",
+        email=user.email,
+        first_name=user.first_name,
+        last_name=user.last_name,
+        registered_at=utc(user.registered_date) if user.registered_date else None,
+    )
 
 
 def _int_id(value: str) -> int:

@@ -16,8 +16,11 @@ from connectors.cms import (
     PostUpdate,
     SitePageDraft,
     SitePageUpdate,
+    SiteUserDraft,
+    SiteUserUpdate,
     TermDraft,
 )
+from connectors.cms.wordpress import user_login
 from connectors.http import (
     AuthFailed,
     InvalidCursor,
@@ -26,6 +29,7 @@ from connectors.http import (
     SchemaMismatch,
     UnsafeURL,
     VendorNotFound,
+    VendorRejected,
     VendorUnavailable,
     as_application_error,
     connector_client,
@@ -205,6 +209,30 @@ async def test_existing_terms_are_returned_not_duplicated(cms: CMSPort) -> None:
     assert tag.id in {t.id for t in tags.items}
     categories = await cms.list_categories(ListQuery(limit=100))
     assert category.id in {c.id for c in categories.items}
+
+
+async def test_site_users_are_made_found_again_and_updated(cms: CMSPort) -> None:
+    marker = f"{uuid.uuid4()}:{_key()}"
+    address = f"{_key()}@example.com"
+    created = await cms.create_user(
+        SiteUserDraft(email=address, first_name="Ada", last_name="Byron", external_id=marker)
+    )
+    assert (created.email, created.first_name, created.last_name) == (address, "Ada", "Byron")
+    assert created.username == user_login(marker)
+    assert created.registered_at is not None
+
+    assert await cms.find_user_by_external_id(marker) == created
+    assert await cms.find_user_by_external_id(f"{marker}-other") is None
+    # E-mail matching is exact: a longer address holding this one is not it.
+    assert await cms.find_user_by_email(address.upper()) == created
+    assert await cms.find_user_by_email(f"x{address}") is None
+
+    renamed = await cms.update_user(created.id, SiteUserUpdate(last_name="Lovelace"))
+    assert (renamed.first_name, renamed.last_name, renamed.email) == ("Ada", "Lovelace", address)
+    # WordPress refuses a second user with the same e-mail.
+    with pytest.raises(VendorRejected) as refused:
+        await cms.create_user(SiteUserDraft(email=address, external_id=f"{marker}-2"))
+    assert refused.value.code == "existing_user_email"
 
 
 async def test_missing_post_is_not_found(cms: CMSPort) -> None:
