@@ -239,14 +239,15 @@ class TaskActivities:
 
     @activity.defn
     async def notify_task(self, notice: TaskNotice) -> int:
-        """E-mail the assignee or the tenant admins, once per recipient under the key."""
+        """E-mail the assignee (the person the notice names) or the tenant admins, once per
+        recipient under the key."""
         async with self._sessions() as session:
             task = await session.get(Task, notice.task_id)
             if task is None:
                 return 0
             query = select(User.id, User.email).where(User.is_active)
             if notice.to == "assignee":
-                query = query.where(User.id == task.assignee_id)
+                query = query.where(User.id == (notice.assignee_id or task.assignee_id))
             else:
                 query = query.join(Membership, Membership.user_id == User.id).where(
                     Membership.tenant_id == task.tenant_id,

@@ -322,13 +322,16 @@ Recipients = Literal["assignee", "admins"]
 
 
 class TaskNotice(BaseModel):
-    """An e-mail about the task; the key is fixed by the workflow."""
+    """An e-mail about the task; the key and the recipients are fixed by the workflow."""
 
     task_id: uuid.UUID
     kind: NoticeKind
     to: Recipients
     idempotency_key: str
     detail: str = ""
+    # The person ``to="assignee"`` means (the projection may not show them yet); notices of
+    # runs from before it was set name nobody: the projection's assignee then.
+    assignee_id: uuid.UUID | None = None
 
 
 class TaskRow(BaseModel):

@@ -74,15 +74,20 @@ class TaskWorkflow:
       with the least open work (routing). The assignee accepts within ``accept_within``;
       one who declines or lets it pass is skipped and the next one tried; after
       ``max_attempts`` the task escalates to the tenant admins (unassigned, ``escalated``).
+    - **Agent assignees**: an agent's run starting *is* its acceptance. The run is started on
+      the next turn of the loop after the assignment, so ``agent_accept_within`` (5 min) only
+      bounds that moment (``accept_due`` until the start); it never waits for the agent to
+      answer. A run that cannot start moves the task on, as a refusal would.
     - **Status changes** are validated updates (illegal moves refused, naming the allowed
       ones); comments are updates too.
     - **SLA**: a response clock (to the first action: accepting, moving the task or
       commenting as its assignee) and a resolution clock (to ``done``), in business minutes
       of the tenant's calendar, from the project's targets for the task's priority. Each
-      warns at 80 % (e-mail to the assignee), breaches at 100 % (``breached``, e-mail to the
-      tenant admins, counted in metrics). Both pause while the task is ``waiting`` and
-      resume after, the deadlines moved by the paused time; a priority change recomputes
-      them from the time already used.
+      warns at 80 % (e-mail to the assignee; to the tenant admins while no person holds the
+      task), breaches at 100 % (``breached``, e-mail to the tenant admins, counted in
+      metrics). Both pause while the task is ``waiting`` and resume after, the deadlines
+      moved by the paused time; a priority change recomputes them from the time already
+      used (while ``waiting``, only their budgets: they stay paused).
 
     ``BizStatus`` follows the status (``breached`` while an open task is past a deadline),
     ``SlaDeadline`` the earliest deadline not yet met, and the ``tasks`` projection both.
@@ -215,7 +220,8 @@ class TaskWorkflow:
 
     @workflow.update
     async def change_priority(self, change: PriorityChange) -> TaskState:
-        """A new priority: the SLA targets are the project's for it, from the time used."""
+        """A new priority: the SLA targets are the project's for it, from the time used. While
+        the task is ``waiting`` only the budgets change; the clocks stay paused until it is not."""
         before = self._task.fields.priority
         self._task.fields = self._task.fields.model_copy(update={"priority": change.priority})
         self._event("priority_changed", change.by, f"{before.value} -> {change.priority.value}")
@@ -225,6 +231,13 @@ class TaskWorkflow:
                 target.response_minutes if clock.kind == "response" else target.resolution_minutes
             )
             clock.budget_minutes = budget
+        if self._task.status is TaskStatus.WAITING and workflow.patched(
+            "task-priority-while-waiting"
+        ):
+            # Paused clocks stay paused: leaving ``waiting`` plans them on the new budgets.
+            # (Runs before the patch restarted them here, counting the rest of the wait.)
+            self._dirty = True
+            return self._task
         await self._pause_clocks(record=False)
         await self._resume_clocks(record=False)
         self._dirty = True
@@ -510,7 +523,7 @@ class TaskWorkflow:
             elif not clock.warned and clock.warn_at is not None and now >= clock.warn_at:
                 clock.warned = True
                 self._event("sla_warning", None, clock.kind)
-                await self._notify("sla_warning", "assignee", clock.kind)
+                await self._notify("sla_warning", self._warning_recipients(), clock.kind)
 
     async def _start_clocks(self) -> None:
         target = self._policy.sla[self._task.fields.priority]
@@ -600,13 +613,22 @@ class TaskWorkflow:
             or info.get_current_history_length() >= self._policy.history_limit
         )
 
+    def _warning_recipients(self) -> Recipients:
+        """Who hears of a deadline coming: the person holding the task; the tenant admins
+        while nobody does (unassigned, escalated) or an agent does."""
+        assignee = self._task.assignee
+        return "assignee" if assignee is not None and assignee.kind == "user" else "admins"
+
     async def _notify(self, kind: NoticeKind, to: Recipients, detail: str) -> None:
+        assignee = self._task.assignee
         notice = TaskNotice(
             task_id=self._task.task_id,
             kind=kind,
             to=to,
             idempotency_key=f"{workflow.info().workflow_id}:{kind}:{len(self._task.events)}",
             detail=detail,
+            # By name: the projection is written after the notice, so it may not show them.
+            assignee_id=assignee.id if to == "assignee" and assignee is not None else None,
         )
         try:
             await workflow.execute_activity_method(

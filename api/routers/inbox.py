@@ -5,26 +5,32 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, tuple_
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep
 from api.pagination import decode_cursor, encode_cursor
 from api.tenancy import scoped
 from models.approval import Approval, ApprovalKind, ApprovalStatus
-from models.tasks import TERMINAL, Task
+from models.base import UTCDateTime
+from models.tasks import TERMINAL, Task, TaskStatus
 from models.user import Role
 
 router = APIRouter(prefix="/api/v1", tags=["inbox"])
 
-#: Open tasks of one person read for the inbox (a person with more has a bigger problem).
-_TASKS_READ = 1000
 _NEVER = datetime.max.replace(tzinfo=UTC)
 
-InboxKind = Literal["approval", "content_review", "task_acceptance", "task"]
+#: ``task_escalated`` (nobody holds it) and ``task_review`` (an agent's result to check) reach
+#: the tenant admins.
+InboxKind = Literal[
+    "approval", "content_review", "task_acceptance", "task", "task_escalated", "task_review"
+]
 
 
 class InboxItem(BaseModel):
@@ -49,13 +55,15 @@ async def inbox(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> InboxPage:
     """Approvals you can decide (tenant onboarding for platform staff, content reviews for
-    tenant admins), tasks waiting for your acceptance and tasks assigned to you, each with its
-    deadline (the acceptance window, else the earliest SLA or due date) and a link to act."""
+    tenant admins), tasks waiting for your acceptance and tasks assigned to you, and for
+    tenant admins the tasks nobody holds (escalated) and the agents' results waiting in
+    ``review``; each with its deadline (the acceptance window, else the earliest SLA or due
+    date) and a link to act."""
     after = decode_cursor(cursor) if cursor is not None else None
     app = settings.public_app_url.rstrip("/")
     items = [
         *await _approvals(session, principal, after, limit, app),
-        *await _tasks(session, principal, app),
+        *await _tasks(session, principal, after, limit, app),
     ]
     items.sort(key=_key)
     if after is not None:
@@ -100,19 +108,30 @@ async def _approvals(
     ]
 
 
-async def _tasks(session: SessionDep, principal: CurrentPrincipal, app: str) -> list[InboxItem]:
-    rows = await session.scalars(
-        select(Task)
-        .where(
-            Task.tenant_id == principal.tenant_id,
-            Task.assignee_id == principal.user_id,
-            Task.status.not_in(TERMINAL),
-        )
-        .limit(_TASKS_READ)
+async def _tasks(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+    app: str,
+) -> list[InboxItem]:
+    """The caller's open tasks; for a tenant admin also the tasks nobody holds (escalated)
+    and the agents' results waiting in ``review``: soonest deadline first, one page."""
+    mine = Task.assignee_id == principal.user_id
+    if principal.role is Role.TENANT_ADMIN:
+        escalated = and_(Task.escalated, Task.assignee_id.is_(None))
+        review = and_(Task.status == TaskStatus.REVIEW, Task.assignee_agent_id.is_not(None))
+        mine = or_(mine, escalated, review)
+    deadline = _task_deadline_sql()
+    query = select(Task).where(
+        Task.tenant_id == principal.tenant_id, Task.status.not_in(TERMINAL), mine
     )
+    if after is not None:
+        query = query.where(tuple_(deadline, Task.id) > tuple_(_at(after[0]), after[1]))
+    rows = await session.scalars(query.order_by(deadline, Task.id).limit(limit + 1))
     return [
         InboxItem(
-            kind="task" if row.accepted else "task_acceptance",
+            kind=_task_kind(row, principal),
             id=row.id,
             title=row.title,
             deadline=_task_deadline(row),
@@ -122,8 +141,48 @@ async def _tasks(session: SessionDep, principal: CurrentPrincipal, app: str) -> 
     ]
 
 
+def _task_kind(row: Task, principal: CurrentPrincipal) -> InboxKind:
+    if row.assignee_id == principal.user_id:
+        return "task" if row.accepted else "task_acceptance"
+    return "task_review" if row.assignee_agent_id is not None else "task_escalated"
+
+
 def _task_deadline(row: Task) -> datetime | None:
     if not row.accepted and row.accept_due is not None:
         return row.accept_due
     found = [d for d in (row.response_due, row.resolution_due, row.due_at) if d is not None]
     return min(found) if found else None
+
+
+def _at(moment: datetime) -> ColumnElement[datetime]:
+    return literal(moment, UTCDateTime())
+
+
+def _task_deadline_sql() -> ColumnElement[datetime]:
+    """``_task_deadline`` in SQL (``_NEVER`` for none), to order and cut the page there."""
+    earliest = Earliest(*(func.coalesce(d, _at(_NEVER)) for d in _TASK_DUES))
+    return case(
+        (and_(~Task.accepted, Task.accept_due.is_not(None)), Task.accept_due),
+        else_=earliest,
+    )
+
+
+_TASK_DUES = (Task.response_due, Task.resolution_due, Task.due_at)
+
+
+class Earliest(FunctionElement[datetime]):
+    """The earliest of its arguments: ``least`` on PostgreSQL, ``min`` on SQLite (which
+    answers NULL when one is: coalesce them first)."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(Earliest)
+def _least(element: Earliest, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"least({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(Earliest, "sqlite")
+def _min(element: Earliest, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"min({compiler.process(element.clauses, **kw)})"

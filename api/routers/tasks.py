@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, Field, field_validator, model_validator
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import ColumnElement, Select, cast, func, select, tuple_
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import (
     WithStartWorkflowOperation,
@@ -33,7 +34,7 @@ from api.deps import (
     TemporalDep,
     require_role,
 )
-from api.pagination import decode_cursor, encode_cursor
+from api.pagination import decode_cursor, encode_cursor, newest_first
 from api.routers.agents import prepare_run
 from api.tenancy import owned, scoped
 from api.workflow_calls import (
@@ -173,6 +174,9 @@ class TaskItem(BaseModel):
     due_at: datetime | None
     labels: list[str]
     assignee_id: uuid.UUID | None
+    assignee_agent_id: str | None = Field(
+        default=None, description="the agent holding the task (``assignee_id`` is its run)"
+    )
     accepted: bool
     accept_due: datetime | None
     response_due: datetime | None
@@ -442,6 +446,11 @@ async def create_task(
     return state
 
 
+#: Filter text compared in the database: one line, no control characters (PostgreSQL takes
+#: no NUL in text or JSON).
+_TEXT = r"^[^\x00-\x1f\x7f]+$"
+
+
 @router.get("/tasks", summary="Your tenant's tasks (list and Kanban)")
 async def list_tasks(
     principal: CurrentPrincipal,
@@ -449,39 +458,40 @@ async def list_tasks(
     project_id: uuid.UUID | None = None,
     status: TaskStatus | None = None,
     assignee_id: uuid.UUID | None = None,
-    label: Annotated[str | None, Query(max_length=100)] = None,
+    assignee_agent_id: Annotated[str | None, Query(max_length=64, pattern=_TEXT)] = None,
+    label: Annotated[str | None, Query(max_length=100, pattern=_TEXT)] = None,
     due_before: datetime | None = None,
     breached: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TaskPage:
-    """Most recently changed first; filters combine."""
+    """Most recently changed first; filters combine (``assignee_agent_id``: tasks an agent of
+    the directory holds)."""
     query: Select[Any] = scoped(select(Task), Task, principal)
     for column, value in (
         (Task.project_id, project_id),
         (Task.status, status),
         (Task.assignee_id, assignee_id),
+        (Task.assignee_agent_id, assignee_agent_id),
         (Task.breached, breached),
     ):
         if value is not None:
             query = query.where(column == value)
     if due_before is not None:
         query = query.where(Task.due_at < due_before)
-    if cursor is not None:
-        query = query.where(tuple_(Task.updated_at, Task.id) < tuple_(*decode_cursor(cursor)))
-    rows = list(
-        await session.scalars(
-            query.order_by(Task.updated_at.desc(), Task.id.desc()).limit(limit + 1)
-        )
-    )
-    if label is not None:  # JSON lists: filtered here, on at most a page's rows
-        rows = [row for row in rows if label in row.labels]
-    page = rows[:limit]
-    more = len(rows) > limit
-    return TaskPage(
-        items=[TaskItem.of(row) for row in page],
-        next_cursor=encode_cursor(page[-1].updated_at, page[-1].id) if more else None,
-    )
+    if label is not None:
+        query = query.where(_has_label(session, label))
+    rows, next_cursor = await newest_first(session, query, Task.updated_at, Task.id, limit, cursor)
+    return TaskPage(items=[TaskItem.of(row) for row in rows], next_cursor=next_cursor)
+
+
+def _has_label(session: AsyncSession, label: str) -> ColumnElement[bool]:
+    """``labels`` (a JSON list) holds ``label``: in the database, so that a page is filtered
+    before it is cut."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(Task.labels, JSONB).contains([label])
+    values = func.json_each(Task.labels).table_valued("value")
+    return select(values.c.value).where(values.c.value == label).exists()
 
 
 TasksDep = Annotated[
@@ -518,12 +528,13 @@ async def change_status(
     return await tasks.update(task_id, TaskWorkflow.change_status, change)
 
 
-@router.post("/tasks/{task_id}/assign", summary="Assign a task to a person")
+@router.post("/tasks/{task_id}/assign", summary="Assign a task to a person or an agent")
 async def assign_task(
     task_id: uuid.UUID, body: AssignBody, principal: Worker, tasks: TasksDep
 ) -> TaskState:
-    """422 for anyone who is not a person of your tenant; they have the acceptance window to
-    accept."""
+    """A person of your tenant (``assignee_id``) or an agent of the directory (``agent``); 422
+    naming the field for anyone else. A person has the acceptance window to accept; an agent
+    accepts by starting its run."""
     await tasks.handle(task_id)  # another tenant's task: 404 before anything about the body
     assignee, run = await _assignee(tasks.session, principal, tasks.settings, body, uuid.uuid4())
     assert assignee is not None
@@ -539,12 +550,24 @@ async def _assignee(
     run_seed: uuid.UUID,
 ) -> tuple[Assignee | None, AgentRunStart | None]:
     """The person (checked to be one of your tenant's) or the agent (its run prepared with
-    your tenant's configuration of it) the body names, if any."""
+    your tenant's configuration of it) the body names, if any; 422 naming the field for an
+    unknown person or agent."""
     if body.assignee_id is not None:
         await _check_people(session, principal, [body.assignee_id], "assignee_id")
         return Assignee(id=body.assignee_id), None
     if body.agent is None:
         return None, None
+    if body.agent.agent_id not in AGENTS:
+        raise Unprocessable(
+            f"No agent {body.agent.agent_id} in the directory.",
+            errors=[
+                {
+                    "loc": ["body", "agent", "agent_id"],
+                    "msg": "unknown agent",
+                    "type": "value_error",
+                }
+            ],
+        )
     run_id = uuid.uuid5(run_seed, body.agent.agent_id)
     run = await prepare_run(
         session, principal, settings, body.agent.agent_id, body.agent.input, run_id

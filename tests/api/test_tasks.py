@@ -7,12 +7,14 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.approval import Approval, ApprovalKind, ApprovalStatus
+from models.tasks import Priority, Task, TaskStatus
 from models.user import Role
 from tests.factories import Member, member
 
@@ -44,6 +46,20 @@ async def listed(api: httpx.AsyncClient, who: Member, query: str) -> list[dict[s
     assert got.status_code == 200, got.text
     items: list[dict[str, Any]] = got.json()["items"]
     return items
+
+
+async def every_page(api: httpx.AsyncClient, who: Member, query: str) -> list[dict[str, Any]]:
+    """The listing's items, following its cursors to the last page."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        after = f"&cursor={cursor}" if cursor else ""
+        got = await api.get(f"/api/v1/tasks?{query}{after}", headers=who.headers)
+        assert got.status_code == 200, got.text
+        items += got.json()["items"]
+        cursor = got.json()["next_cursor"]
+        if cursor is None:
+            return items
 
 
 async def test_a_task_from_creation_to_done(
@@ -105,6 +121,107 @@ async def test_a_task_from_creation_to_done(
             await asyncio.sleep(0.1)
     [row] = await listed(api, admin, f"project_id={project_id}&label=seo")
     assert (row["status"], row["breached"]) == ("done", False)
+
+
+async def test_a_person_assigns_a_task_over_http(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    project_id = await project(api, admin)  # nobody to route to
+    task_id = (await task(api, admin, project_id))["task_id"]
+
+    assigned = await api.post(
+        f"/api/v1/tasks/{task_id}/assign",
+        json={"assignee_id": str(worker.user_id)},
+        headers=admin.headers,
+    )
+    assert assigned.status_code == 200, assigned.text
+    state = assigned.json()
+    assert state["assignee"]["id"] == str(worker.user_id)
+    assert state["assignee"]["kind"] == "user"
+    assert not state["accepted"]
+    assert datetime.fromisoformat(state["accept_due"]) > datetime.now(UTC)
+    assert state["events"][-1]["event"] == "assigned"
+    assert state["events"][-1]["by"] == str(admin.user_id)
+    accepted = await api.post(f"/api/v1/tasks/{task_id}/accept", headers=worker.headers)
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["accepted"]
+    query = f"assignee_id={worker.user_id}&project_id={project_id}"
+    async with asyncio.timeout(10):
+        while True:  # the projection follows the assignment
+            if await listed(api, admin, query):
+                break
+            await asyncio.sleep(0.1)
+
+
+async def test_an_unknown_assignee_is_refused_naming_the_field(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    project_id = await project(api, admin, admin)
+    task_id = (await task(api, admin, project_id))["task_id"]
+    made_up = {"assignee_id": str(uuid.uuid4())}
+    no_agent = {"agent": {"agent_id": "no-such-agent", "input": {}}}
+    for body, loc in (
+        (made_up, ["body", "assignee_id"]),
+        (no_agent, ["body", "agent", "agent_id"]),
+    ):
+        for path in (f"/api/v1/projects/{project_id}/tasks", f"/api/v1/tasks/{task_id}/assign"):
+            refused = await api.post(path, json={"title": "x", **body}, headers=admin.headers)
+            assert refused.status_code == 422, (path, body, refused.text)
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert [e["loc"] for e in refused.json()["errors"]] == [loc], refused.text
+    state = (await api.get(f"/api/v1/tasks/{task_id}", headers=admin.headers)).json()
+    assert state["assignee"] is None or state["assignee"]["id"] == str(admin.user_id)
+
+
+async def test_the_list_filters_before_it_pages(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    project_id = await project(api, admin, worker)
+    now = datetime.now(UTC)
+    soon, later = (now + timedelta(days=10)).isoformat(), (now + timedelta(days=40)).isoformat()
+    mine = {"assignee_id": str(worker.user_id)}
+    # Two matches of the label, far apart: more rows that do not match lie between them
+    # than a page holds.
+    oldest = await task(api, admin, project_id, labels=["launch"], due_at=soon, **mine)
+    for _ in range(4):
+        await task(api, admin, project_id, labels=["seo"], assignee_id=str(admin.user_id))
+    newest = await task(api, admin, project_id, labels=["seo", "launch"], due_at=later, **mine)
+    audit = {"agent_id": "seo-audit", "input": {"html": "<h1>Pricing</h1><p>Plans.</p>"}}
+    by_agent = await task(api, admin, project_id, labels=["launch"], agent=audit)
+    both = {oldest["task_id"], newest["task_id"]}
+
+    expected = {
+        f"project_id={project_id}&label=launch&limit=1": {*both, by_agent["task_id"]},
+        f"label=launch&assignee_id={worker.user_id}&limit=1": both,
+        f"label=seo&assignee_id={worker.user_id}&limit=1": {newest["task_id"]},
+        f"label=launch&due_before={quote((now + timedelta(days=20)).isoformat())}": {
+            oldest["task_id"]
+        },
+        "label=launch&breached=false&status=todo&limit=1": both,
+        "label=launch&breached=true": set(),
+        "label=nothing": set(),
+        f"assignee_agent_id=seo-audit&project_id={project_id}": {by_agent["task_id"]},
+    }
+    async with asyncio.timeout(15):
+        while True:  # the projection follows the workflows
+            found = {
+                query: {i["task_id"] for i in await every_page(api, admin, query)}
+                for query in expected
+            }
+            if found == expected:
+                break
+            await asyncio.sleep(0.2)
+    [agent_row] = await listed(api, admin, "assignee_agent_id=seo-audit")
+    assert agent_row["assignee_agent_id"] == "seo-audit"
+    # Text the database cannot compare (PostgreSQL takes no NUL) is refused up front.
+    for query in ("label=%00", "assignee_agent_id=a%00b"):
+        refused = await api.get(f"/api/v1/tasks?{query}", headers=admin.headers)
+        assert refused.status_code == 422, (query, refused.text)
 
 
 async def test_illegal_moves_and_bad_input_are_refused(
@@ -257,6 +374,72 @@ async def test_the_inbox_holds_the_approvals_each_role_decides(
     assert ("approval", str(onboarding)) in {(i["kind"], i["id"]) for i in staff_inbox["items"]}
     assert all(i["kind"] == "approval" for i in staff_inbox["items"])
     assert (await api.get("/api/v1/inbox", headers=worker.headers)).json()["items"] == []
+
+
+async def _agent_result_to_review(
+    sessions: SessionFactory, admin: Member, project_id: str, due_in: timedelta
+) -> uuid.UUID:
+    """A task whose agent's result waits in ``review``, as its workflow records it."""
+    task_id, now = uuid.uuid4(), datetime.now(UTC)
+    async with transaction(sessions) as session:
+        session.add(
+            Task(
+                id=task_id,
+                tenant_id=admin.tenant_id,
+                project_id=uuid.UUID(project_id),
+                created_by=admin.user_id,
+                created_at=now,
+                updated_at=now,
+                title="Score the new lead",
+                status=TaskStatus.REVIEW,
+                priority=Priority.NORMAL,
+                labels=[],
+                assignee_id=uuid.uuid4(),  # the agent's run
+                assignee_agent_id="lead-scoring",
+                accepted=True,
+                resolution_due=now + due_in,
+            )
+        )
+    return task_id
+
+
+async def test_the_inbox_brings_escalations_and_agent_results_to_review_to_the_admins(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    stranger = await member(sessions, settings)
+    project_id = await project(api, admin)  # no members: routing escalates the task at once
+    nobody = await task(api, admin, project_id, title="Nobody's")
+    review = await _agent_result_to_review(sessions, admin, project_id, timedelta(hours=2))
+    approval = await _pending(
+        sessions, admin.tenant_id, ApprovalKind.CONTENT_REVIEW, Role.TENANT_ADMIN, timedelta(1 / 24)
+    )
+    expected = [
+        ("content_review", str(approval)),
+        ("task_review", str(review)),  # its resolution deadline in 2 hours
+        ("task_escalated", nobody["task_id"]),  # 8 business hours to respond
+    ]
+    async with asyncio.timeout(10):
+        while True:  # the projection follows the escalation
+            inbox = (await api.get("/api/v1/inbox", headers=admin.headers)).json()["items"]
+            if [(i["kind"], i["id"]) for i in inbox] == expected:
+                break
+            await asyncio.sleep(0.1)
+    assert inbox[1]["link"].endswith(f"/tasks/{review}")
+    deadlines = [datetime.fromisoformat(i["deadline"]) for i in inbox]
+    assert deadlines == sorted(deadlines)
+    paged, cursor = [], ""
+    while True:  # one item a page, in the same order
+        page = (await api.get(f"/api/v1/inbox?limit=1{cursor}", headers=admin.headers)).json()
+        paged += [(i["kind"], i["id"]) for i in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        cursor = f"&cursor={page['next_cursor']}"
+    assert paged == expected
+    # They are the admins' to act on: not a member's, nor another tenant's.
+    assert (await api.get("/api/v1/inbox", headers=worker.headers)).json()["items"] == []
+    assert (await api.get("/api/v1/inbox", headers=stranger.headers)).json()["items"] == []
 
 
 async def attach(

@@ -87,6 +87,7 @@ from models.tasks import (
     BusinessCalendar,
     CommentCommand,
     Priority,
+    PriorityChange,
     Project,
     SlaTarget,
     StatusChange,
@@ -1659,3 +1660,46 @@ async def test_task_routed(
         await task_state(writing, lambda s: s.escalated)
         await record(client, "task-routed-then-escalated", writing.id)
         await finish(client, writing.id)
+
+
+async def test_task_priority_changed_while_waiting(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A task made urgent while it waits (its clocks stay paused), then made normal again while
+    worked (its clocks re-planned), then done."""
+    client = time_skipping_env.client
+    admin = await member(sessions, settings)
+    person = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    project_id = await task_project(sessions, admin, person)
+    policy = TaskPolicy(
+        calendar=BusinessCalendar(work_days=[0, 1, 2, 3, 4, 5, 6], start="00:00", end="23:00"),
+        sla={
+            Priority.NORMAL: SlaTarget(response_minutes=60, resolution_minutes=600),
+            Priority.URGENT: SlaTarget(response_minutes=30, resolution_minutes=300),
+        },
+        accept_within=timedelta(hours=1),
+    )
+    by = person.user_id
+    async with build_worker(client, sessions, settings):
+        now = await time_skipping_env.get_current_time()
+        task = await start_task(client, settings, admin, project_id, now, policy, person)
+        await task.execute_update(TaskWorkflow.accept, AcceptCommand(by=by))
+        for status in (TaskStatus.IN_PROGRESS, TaskStatus.WAITING):
+            await task.execute_update(
+                TaskWorkflow.change_status, StatusChange(status=status, by=by)
+            )
+        await task.execute_update(
+            TaskWorkflow.change_priority, PriorityChange(priority=Priority.URGENT, by=by)
+        )
+        await time_skipping_env.sleep(timedelta(hours=8))
+        await task.execute_update(
+            TaskWorkflow.change_status, StatusChange(status=TaskStatus.IN_PROGRESS, by=by)
+        )
+        await task.execute_update(
+            TaskWorkflow.change_priority, PriorityChange(priority=Priority.NORMAL, by=by)
+        )
+        await task.execute_update(
+            TaskWorkflow.change_status, StatusChange(status=TaskStatus.DONE, by=by)
+        )
+        assert await task.result() is TaskStatus.DONE
+        await record(client, "task-priority-while-waiting", task.id)

@@ -11,13 +11,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
+from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from core import search
 from core.db import SessionFactory, transaction
 from core.settings import Settings
-from models.agents import AgentRunStart
+from models.agents import AgentRunConfig, AgentRunStart, AgentRunState
 from models.email import OutboundEmail
 from models.tasks import (
     AcceptCommand,
@@ -38,6 +40,7 @@ from models.tasks import (
 )
 from models.user import Role
 from tests.factories import Member, member
+from workers import registry
 from workers.main import build_worker
 from workflows.task import TaskWorkflow, workflow_id
 
@@ -157,6 +160,8 @@ async def test_unaccepted_assignments_move_on_then_escalate(
     assert events.count("acceptance_expired") == 3
     assert events[-1] == "escalated"
     assert await _mails(sessions, admin, "Nobody took this task") == [admin.email]
+    # Each person routing picked was told, though the projection did not show them yet.
+    assert await _mails(sessions, admin, "Task for you") == sorted(p.email for p in people)
     async with sessions() as session:
         row = await session.get(Task, escalated.task_id)
     assert row is not None
@@ -275,3 +280,132 @@ def _local(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment.astimezone(BERLIN).replace(second=0, microsecond=0)
+
+
+async def test_a_priority_change_while_waiting_keeps_the_clocks_paused(
+    client: Client,
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+) -> None:
+    admin = await member(sessions, settings)
+    worker = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    project_id = await _project(sessions, admin, worker)
+    now = await time_skipping_env.get_current_time()
+    friday = _next_friday_16(now)
+    await time_skipping_env.sleep(friday - now)
+    policy = TaskPolicy(
+        calendar=CALENDAR,
+        sla={
+            Priority.NORMAL: SlaTarget(response_minutes=120, resolution_minutes=600),
+            Priority.URGENT: SlaTarget(response_minutes=60, resolution_minutes=300),
+        },
+        accept_within=timedelta(days=30),
+    )
+    handle = await _start(client, settings, admin, project_id, friday, policy, assignee=worker)
+    await _state(handle, lambda s: all(c.due_at for c in s.clocks))
+    await handle.execute_update(TaskWorkflow.accept, AcceptCommand(by=worker.user_id))
+    await handle.execute_update(
+        TaskWorkflow.change_status, StatusChange(status=TaskStatus.IN_PROGRESS, by=worker.user_id)
+    )
+    # Friday 16:30: waiting on the customer, 30 business minutes used; then made urgent.
+    await time_skipping_env.sleep(timedelta(minutes=30))
+    await handle.execute_update(
+        TaskWorkflow.change_status, StatusChange(status=TaskStatus.WAITING, by=worker.user_id)
+    )
+    urgent = await handle.execute_update(
+        TaskWorkflow.change_priority, PriorityChange(priority=Priority.URGENT, by=admin.user_id)
+    )
+    resolution = {c.kind: c for c in urgent.clocks}["resolution"]
+    assert resolution.budget_minutes == 300
+    assert round(resolution.used_minutes) == 30
+    assert (resolution.running_since, resolution.due_at, resolution.warn_at) == (None, None, None)
+
+    # The whole of Monday passes while the task waits (more than the 270 minutes left): no
+    # warning, no breach. Tuesday 9:00 it is worked again: the 270 minutes start then.
+    tuesday = _at(friday + timedelta(days=4), 9, 0)
+    await time_skipping_env.sleep(tuesday - (friday + timedelta(minutes=30)))
+    resumed = await handle.execute_update(
+        TaskWorkflow.change_status, StatusChange(status=TaskStatus.IN_PROGRESS, by=worker.user_id)
+    )
+    resolution = {c.kind: c for c in resumed.clocks}["resolution"]
+    assert not resolution.warned
+    assert not resolution.breached
+    assert round(resolution.used_minutes) == 30
+    assert _local(resolution.warn_at) == _at(tuesday, 12, 30)
+    assert _local(resolution.due_at) == _at(tuesday, 13, 30)
+    assert not [e.event for e in resumed.events if e.event in ("sla_warning", "sla_breached")]
+    assert await _mails(sessions, admin, "SLA breached") == []
+
+
+async def test_sla_notices_of_a_task_nobody_holds_go_to_the_tenant_admins(
+    client: Client,
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+) -> None:
+    admin = await member(sessions, settings)
+    project_id = await _project(sessions, admin)  # nobody to route to: escalated at once
+    now = await time_skipping_env.get_current_time()
+    policy = TaskPolicy(
+        calendar=BusinessCalendar(work_days=[0, 1, 2, 3, 4, 5, 6], start="00:00", end="23:59"),
+        sla={Priority.NORMAL: SlaTarget(response_minutes=60, resolution_minutes=120)},
+    )
+    handle = await _start(client, settings, admin, project_id, now, policy)
+    await _state(handle, lambda s: s.escalated)
+    await time_skipping_env.sleep(timedelta(hours=3))
+    done = await _state(handle, lambda s: all(c.breached for c in s.clocks))
+    assert done.assignee is None
+    # Both clocks' warnings and breaches reach the admins (a warning had nobody to go to).
+    assert await _mails(sessions, admin, "Due soon") == [admin.email] * 2
+    assert await _mails(sessions, admin, "SLA breached") == [admin.email] * 2
+
+
+@workflow.defn(name="AgentRunWorkflow")
+class ThinkingAgentRun:
+    """An agent's run that has not answered yet: the agent holds its task all along."""
+
+    @workflow.run
+    async def run(self, start: AgentRunStart) -> AgentRunState:
+        """Think for ever."""
+        await workflow.wait_condition(lambda: False)
+        raise AssertionError("unreachable")
+
+
+async def test_sla_notices_of_a_task_an_agent_holds_go_to_the_tenant_admins(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    project_id = await _project(sessions, admin)
+    now = await time_skipping_env.get_current_time()
+    run = AgentRunStart(
+        run_id=uuid.uuid4(),
+        tenant_id=admin.tenant_id,
+        agent_id="seo-audit",
+        started_by=admin.user_id,
+        created_at=now,
+        input={"html": "<h1>Pricing</h1><p>Plans.</p>"},
+        config=AgentRunConfig(allowed_tools=[]),
+    )
+    policy = TaskPolicy(
+        calendar=BusinessCalendar(work_days=[0, 1, 2, 3, 4, 5, 6], start="00:00", end="23:59"),
+        sla={Priority.NORMAL: SlaTarget(response_minutes=60, resolution_minutes=120)},
+    )
+    client = time_skipping_env.client
+    thinking = Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=[TaskWorkflow, ThinkingAgentRun],
+        activities=registry.activities(sessions, settings),
+        # The stand-in lives in this test module, which a sandbox would not re-import.
+        workflow_runner=UnsandboxedWorkflowRunner(),
+    )
+    async with thinking:
+        handle = await _start(client, settings, admin, project_id, now, policy, agent_run=run)
+        await _state(handle, lambda s: s.accepted)  # the run started: the response is met
+        await time_skipping_env.sleep(timedelta(hours=3))
+        breached = await _state(handle, lambda s: any(c.breached for c in s.clocks))
+        assert breached.assignee is not None
+        assert breached.assignee.agent_id == "seo-audit"
+        assert await _mails(sessions, admin, "Due soon") == [admin.email]
+        assert await _mails(sessions, admin, "SLA breached") == [admin.email]
