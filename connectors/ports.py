@@ -1,4 +1,4 @@
-"""What every port shares: pages with opaque cursors, list queries, the connection check.
+"""What every port shares: pages with opaque cursors, list and sync queries, the connection check.
 
 A port (``connectors/<kind>/__init__.py``) is a :class:`typing.Protocol`; a vendor module
 implements it over the vendor's API. Callers see only these models: a cursor is a string they
@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.http import InvalidCursor
+from connectors.http import InvalidCursor, Unreadable
 
 T = TypeVar("T")
 
@@ -37,6 +38,22 @@ class ListQuery(BaseModel):
 
     cursor: str | None = None
     limit: int = Field(default=50, ge=1, le=100)
+
+
+class SyncQuery(ListQuery):
+    """A listing for sync: records changed at or after ``updated_since`` (all when None).
+
+    A sync keeps the largest ``updated_at`` it saw as the next run's ``updated_since``.
+    """
+
+    updated_since: datetime | None = None
+
+
+class SyncPage(Page[T], Generic[T]):
+    """A page of a sync listing: the records that parsed, and (``unreadable``) those the
+    connector could not read, by id and reason, so a sync skips them and reads on."""
+
+    unreadable: list[Unreadable] = Field(default_factory=list)
 
 
 class AccountInfo(BaseModel):

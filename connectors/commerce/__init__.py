@@ -12,31 +12,17 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from connectors.http import Unreadable
-from connectors.ports import Connector, ListQuery, Page
-
-T = TypeVar("T")
+# The sync listing's query and page live with the other ports' models; commerce modules and
+# their callers import them from here too.
+from connectors.ports import Connector, SyncPage, SyncQuery
 
 #: The port's order status; ``vendor_status`` keeps the vendor's own words.
 OrderStatus = Literal["pending", "paid", "fulfilled", "cancelled", "refunded", "failed"]
 ProductStatus = Literal["active", "draft", "archived"]
-
-
-class SyncQuery(ListQuery):
-    """A listing for sync: records changed at or after ``updated_since`` (all when None)."""
-
-    updated_since: datetime | None = None
-
-
-class SyncPage(Page[T], Generic[T]):
-    """A page of a sync listing: the records that parsed, and (``unreadable``) those the
-    connector could not read, by id and reason, so a sync skips them and reads on."""
-
-    unreadable: list[Unreadable] = Field(default_factory=list)
 
 
 class Customer(BaseModel):

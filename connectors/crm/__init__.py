@@ -4,6 +4,10 @@ Vendor modules (``connectors/crm/<vendor>.py``) implement :class:`CRMPort`. Iden
 vendor's, as strings. ``external_id`` is this platform's own key for a record, kept in a field
 at the vendor (a custom property), so a retried "create" can look up what an earlier attempt
 made: writes are idempotent by ``find_*_by_external_id`` before ``create_*``.
+
+:meth:`CRMPort.sync_contacts` is the incremental listing a sync reads, as the commerce port's
+listings are: everything changed at or after ``updated_since``, oldest change first; a sync
+keeps the largest ``updated_at`` it saw as the next run's ``updated_since``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
-from connectors.ports import Connector, ListQuery, Page
+from connectors.ports import Connector, ListQuery, Page, SyncPage, SyncQuery
 
 ActivityKind = Literal["note", "call", "email", "meeting", "task"]
 
@@ -187,6 +191,13 @@ class CRMPort(Connector, Protocol):
     """A CRM's records. ``find_*`` return None when nothing matches."""
 
     async def list_contacts(self, query: ListQuery) -> Page[Contact]: ...
+
+    async def sync_contacts(self, query: SyncQuery) -> SyncPage[Contact]:
+        """Contacts changed at or after ``query.updated_since`` (all when None), oldest change
+        first, each with ``updated_at``; ``next_cursor`` continues the listing. Records that do
+        not parse go in ``unreadable`` (as the commerce listings do with
+        :func:`~connectors.http.parse_records`)."""
+        ...
 
     async def get_contact(self, contact_id: str) -> Contact: ...
 

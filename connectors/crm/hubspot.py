@@ -9,6 +9,10 @@ secret store. https://developers.hubspot.com/docs/api/oauth/tokens
 Records are ``/crm/v3/objects/{type}``; listings page with ``after``
 (https://developers.hubspot.com/docs/api/crm/understanding-the-crm), lookups by e-mail and by
 external id use the search endpoint (https://developers.hubspot.com/docs/api/crm/search).
+The incremental contact listing a sync reads (:meth:`HubSpotConnector.sync_contacts`) searches
+too: contacts with ``lastmodifieddate`` at or after a moment, oldest first; HubSpot's search
+answers at most 10,000 results per query, so the listing starts its query again from the last
+contact it read before it would page past that.
 Activities are HubSpot's engagement objects (notes, calls, emails, meetings, tasks), linked to
 records with HubSpot-defined association types
 (https://developers.hubspot.com/docs/api/crm/associations/v4).
@@ -35,7 +39,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from connectors.crm import (
     Activity,
@@ -58,17 +62,29 @@ from connectors.crm import (
 from connectors.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     AuthFailed,
+    InvalidCursor,
     RateLimited,
     SchemaMismatch,
+    Unsupported,
     VendorNotFound,
     VendorRejected,
     error_for_status,
     json_body,
     parse_as,
+    parse_records,
     parse_retry_after,
     send,
+    utc,
 )
-from connectors.ports import AccountInfo, ListQuery, Page, decode_cursor, encode_cursor
+from connectors.ports import (
+    AccountInfo,
+    ListQuery,
+    Page,
+    SyncPage,
+    SyncQuery,
+    decode_cursor,
+    encode_cursor,
+)
 from connectors.registry import (
     ApiKeyCredentials,
     ConnectionSettings,
@@ -98,6 +114,12 @@ SCOPES = (
 EXTERNAL_ID = "bizosaas_external_id"
 # Refresh this long before HubSpot's expiry, so a token never dies mid-request.
 REFRESH_MARGIN = 120.0
+#: The most results one search query pages through; asking past it is a 400
+#: (https://developers.hubspot.com/docs/api/crm/search, "Limitations").
+SEARCH_RESULT_CAP = 10_000
+# The largest page the search endpoint serves.
+SEARCH_PAGE_MAX = 200
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _CONTACT_PROPERTIES = (
     "email", "firstname", "lastname", "phone", "jobtitle", "associatedcompanyid",
@@ -193,6 +215,13 @@ class _ObjectPage(BaseModel):
     paging: _Paging | None = None
 
 
+class _RecordPage(BaseModel):
+    """A page whose records a sync reads one by one (:func:`parse_records`)."""
+
+    results: list[Any]
+    paging: _Paging | None = None
+
+
 class _Stage(BaseModel):
     id: str
     label: str
@@ -233,6 +262,26 @@ class _ContactProperties(BaseModel):
     associatedcompanyid: str | None = None
     hubspot_owner_id: str | None = None
     bizosaas_external_id: str | None = None
+
+
+class _SyncedContactProperties(_ContactProperties):
+    # What the sync listing is ordered and resumed by: a contact without it cannot be placed.
+    lastmodifieddate: datetime
+
+
+class _SyncedContact(BaseModel):
+    """A contact as the sync listing reads it; one that does not parse is reported, not
+    raised."""
+
+    id: str
+    properties: _SyncedContactProperties
+    createdAt: datetime | None = None
+    updatedAt: datetime | None = None
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _cleared_are_none(cls, value: Any) -> Any:
+        return _blank_to_none(value) if isinstance(value, Mapping) else value
 
 
 class _CompanyProperties(BaseModel):
@@ -281,6 +330,33 @@ def _iso(value: date | datetime) -> str:
 
 def _drop_none(properties: Mapping[str, object]) -> dict[str, str]:
     return {key: str(value) for key, value in properties.items() if value is not None}
+
+
+def _epoch_ms(value: datetime) -> int:
+    """``value`` in epoch milliseconds, as HubSpot compares date-time properties; rounded
+    down, so a ``GTE`` filter keeps the instant itself."""
+    return (utc(value) - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _as_contact(
+    contact_id: str,
+    props: _ContactProperties,
+    created_at: datetime | None,
+    updated_at: datetime | None,
+) -> Contact:
+    return Contact(
+        id=contact_id,
+        email=props.email,
+        first_name=props.firstname,
+        last_name=props.lastname,
+        phone=props.phone,
+        job_title=props.jobtitle,
+        company_id=props.associatedcompanyid,
+        owner_id=props.hubspot_owner_id,
+        external_id=props.bizosaas_external_id,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
 
 
 # --- The connector --------------------------------------------------------------------------
@@ -601,23 +677,85 @@ class HubSpotConnector:
         props = _validate(
             _ContactProperties, _blank_to_none(item.properties), f"{where}.properties"
         )
-        return Contact(
-            id=item.id,
-            email=props.email,
-            first_name=props.firstname,
-            last_name=props.lastname,
-            phone=props.phone,
-            job_title=props.jobtitle,
-            company_id=props.associatedcompanyid,
-            owner_id=props.hubspot_owner_id,
-            external_id=props.bizosaas_external_id,
-            created_at=item.createdAt,
-            updated_at=item.updatedAt,
-        )
+        return _as_contact(item.id, props, item.createdAt, item.updatedAt)
 
     async def list_contacts(self, query: ListQuery) -> Page[Contact]:
         items, cursor = await self._list("contacts", query, _CONTACT_PROPERTIES)
         return Page(items=[self._contact(w, i) for w, i in items], next_cursor=cursor)
+
+    async def sync_contacts(self, query: SyncQuery) -> SyncPage[Contact]:
+        """Contacts by ``lastmodifieddate``, oldest first, through the search API: a ``GTE``
+        filter in epoch milliseconds when ``updated_since`` is given, paged with ``after``.
+
+        A search query pages through at most :data:`SEARCH_RESULT_CAP` results; when the next
+        page (``after`` + ``limit``) would reach past them, the cursor starts the query again
+        from the last contact's ``lastmodifieddate`` (contacts changed in that millisecond come
+        again: a sync upserts). More contacts than that changed in one millisecond cannot be
+        paged through at all: :class:`~connectors.http.Unsupported`, rather than a listing
+        that never ends.
+        """
+        since, after, limit = self._sync_state(query)
+        body: dict[str, Any] = {
+            "properties": list(_CONTACT_PROPERTIES),
+            "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+            "limit": limit,
+        }
+        if since is not None:
+            body["filterGroups"] = [
+                {
+                    "filters": [
+                        {"propertyName": "lastmodifieddate", "operator": "GTE", "value": str(since)}
+                    ]
+                }
+            ]
+        if after is not None:
+            body["after"] = after
+        data = await self._call("POST", "/crm/v3/objects/contacts/search", body=body)
+        page = _validate(_RecordPage, data, "$")
+        records, unreadable = parse_records(
+            _SyncedContact, page.results, vendor=VENDOR, path="$.results"
+        )
+        contacts = [
+            _as_contact(
+                r.id, r.properties, r.createdAt, r.updatedAt or r.properties.lastmodifieddate
+            )
+            for r in records
+        ]
+        following = page.paging.next.after if page.paging and page.paging.next else None
+        state: dict[str, Any] | None = None
+        if following and records:
+            if following.isdigit() and int(following) + limit > SEARCH_RESULT_CAP:
+                restart = _epoch_ms(records[-1].properties.lastmodifieddate)
+                if restart == since:
+                    raise Unsupported(
+                        f"more than {SEARCH_RESULT_CAP} {VENDOR} contacts changed in the same "
+                        "millisecond: the search API cannot page past them",
+                        vendor=VENDOR,
+                    )
+                state = {"since": restart, "after": None, "limit": limit}
+            else:
+                state = {"since": since, "after": following, "limit": limit}
+        return SyncPage(
+            items=contacts,
+            next_cursor=encode_cursor(state) if state is not None else None,
+            unreadable=unreadable,
+        )
+
+    def _sync_state(self, query: SyncQuery) -> tuple[int | None, str | None, int]:
+        """Where a contact sync listing is: its ``since`` (epoch ms), HubSpot's ``after`` and
+        the page size, which the cursor keeps so that the cap is reckoned as HubSpot does."""
+        if query.cursor is None:
+            since = query.updated_since
+            return (_epoch_ms(since) if since is not None else None), None, query.limit
+        state = decode_cursor(query.cursor, vendor=VENDOR)
+        since, after, limit = state.get("since"), state.get("after"), state.get("limit")
+        if (
+            not (since is None or type(since) is int)
+            or not (after is None or isinstance(after, str))
+            or not (type(limit) is int and 1 <= limit <= SEARCH_PAGE_MAX)
+        ):
+            raise InvalidCursor(f"not a {VENDOR} contact sync cursor", vendor=VENDOR)
+        return since, after, limit
 
     async def get_contact(self, contact_id: str) -> Contact:
         return self._contact("$", await self._get("contacts", contact_id, _CONTACT_PROPERTIES))

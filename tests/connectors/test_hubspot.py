@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
@@ -18,6 +19,7 @@ from connectors.crm import (
     ActivityDraft,
     ActivityQuery,
     CompanyDraft,
+    Contact,
     ContactDraft,
     ContactUpdate,
     CRMPort,
@@ -35,16 +37,18 @@ from connectors.crm.hubspot import (
 )
 from connectors.http import (
     AuthFailed,
+    InvalidCursor,
     RateLimited,
     ResponseTooLarge,
     SchemaMismatch,
+    Unsupported,
     VendorNotFound,
     VendorRejected,
     VendorUnavailable,
     as_application_error,
     connector_client,
 )
-from connectors.ports import ListQuery
+from connectors.ports import ListQuery, SyncQuery
 from connectors.registry import (
     ConnectorContext,
     Credentials,
@@ -60,6 +64,8 @@ from tests.peers.hubspot import (
 )
 
 pytest_plugins = ["tests.peers.hubspot"]
+
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -105,6 +111,37 @@ def _bodies(peer: HubSpotPeer, method: str, path: str) -> list[dict[str, object]
     return [json.loads(body) for _, _, _, body in peer.seen(method, path)]
 
 
+def _ms(moment: datetime) -> str:
+    """An instant in epoch milliseconds, as HubSpot's search filters take date-times."""
+    return str(int(moment.timestamp() * 1000))
+
+
+async def _synced(crm: CRMPort, query: SyncQuery, at_most: int = 20) -> list[list[Contact]]:
+    """Every page of a contact sync listing (a listing that does not end fails the test)."""
+    pages = []
+    for _ in range(at_most):
+        page = await crm.sync_contacts(query)
+        assert page.unreadable == []
+        pages.append(page.items)
+        if page.next_cursor is None:
+            return pages
+        query = SyncQuery(cursor=page.next_cursor)
+    raise AssertionError(f"the listing did not end within {at_most} pages")
+
+
+def _contact_searches(peer: HubSpotPeer) -> list[dict[str, Any]]:
+    return [
+        json.loads(body) for _, _, _, body in peer.seen("POST", "/crm/v3/objects/contacts/search")
+    ]
+
+
+def _search_window(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The ``after`` and the ``lastmodifieddate GTE`` bound of a contact sync's search."""
+    [group] = body.get("filterGroups") or [{"filters": [{}]}]
+    [rule] = group["filters"]
+    return body.get("after"), rule.get("value")
+
+
 async def test_lists_contacts_page_by_page(hubspot_peer: HubSpotPeer, crm: CRMPort) -> None:
     for n in range(7):
         hubspot_peer.seed(
@@ -131,6 +168,156 @@ async def test_lists_contacts_page_by_page(hubspot_peer: HubSpotPeer, crm: CRMPo
     assert all(
         headers["authorization"] == f"Bearer {PRIVATE_APP_TOKEN}" for _, _, headers, _ in listed
     )
+
+
+async def test_syncs_contacts_changed_since_oldest_first(
+    hubspot_peer: HubSpotPeer, crm: CRMPort
+) -> None:
+    # Seeded out of order: the listing follows lastmodifieddate, not ids.
+    seeded = {
+        minute: hubspot_peer.seed(
+            "contacts", {"email": f"m{minute}@example.com"}, at=T0 + timedelta(minutes=minute)
+        )["id"]
+        for minute in (4, 1, 3, 0, 2)
+    }
+    # Changed now, so it comes last though it was the first made.
+    await crm.update_contact(seeded[0], ContactUpdate(job_title="Buyer"))
+    since = T0 + timedelta(minutes=2)
+
+    pages = await _synced(crm, SyncQuery(limit=2, updated_since=since))
+
+    contacts = [c for page in pages for c in page]
+    assert [len(page) for page in pages] == [2, 2]
+    assert [c.email for c in contacts] == [
+        "m2@example.com",  # changed exactly at updated_since
+        "m3@example.com",
+        "m4@example.com",
+        "m0@example.com",
+    ]
+    assert [c.updated_at for c in contacts[:3]] == [since + timedelta(minutes=n) for n in range(3)]
+    assert contacts[3].updated_at is not None
+    assert contacts[3].updated_at > datetime.now(UTC) - timedelta(minutes=1)
+    assert contacts[3].job_title == "Buyer"
+    # One search per page, in HubSpot's shapes: an epoch-millisecond GTE filter, oldest first.
+    first, second = _contact_searches(hubspot_peer)
+    assert {"email", "lastmodifieddate"} <= set(first.pop("properties"))
+    assert second.pop("properties")
+    assert first == {
+        "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+        "limit": 2,
+        "filterGroups": [
+            {
+                "filters": [
+                    {"propertyName": "lastmodifieddate", "operator": "GTE", "value": _ms(since)}
+                ]
+            }
+        ],
+    }
+    assert second == {**first, "after": "2"}
+
+
+async def test_contact_sync_without_a_moment_lists_every_contact(
+    hubspot_peer: HubSpotPeer, crm: CRMPort
+) -> None:
+    for n in range(3):
+        hubspot_peer.seed("contacts", {"email": f"c{n}@example.com"}, at=T0 - timedelta(days=n))
+
+    [page] = await _synced(crm, SyncQuery())
+
+    assert [c.email for c in page] == ["c2@example.com", "c1@example.com", "c0@example.com"]
+    [body] = _contact_searches(hubspot_peer)
+    assert "filterGroups" not in body
+
+
+async def test_contact_sync_starts_its_search_again_before_the_result_cap(
+    hubspot_peer: HubSpotPeer, crm: CRMPort, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HubSpot's cap is 10,000 results per query; five keeps the test small.
+    hubspot_peer.search_cap = 5
+    monkeypatch.setattr("connectors.crm.hubspot.SEARCH_RESULT_CAP", 5)
+    ids = []
+    for n in range(9):
+        at = T0 + timedelta(minutes=n)
+        ids.append(hubspot_peer.seed("contacts", {"email": f"c{n}@example.com"}, at=at)["id"])
+
+    pages = await _synced(crm, SyncQuery(limit=2))
+
+    # The page after `after` 4 would reach past the cap: the search starts again from the last
+    # contact's lastmodifieddate, which therefore comes twice (a sync upserts it).
+    assert [c.id for page in pages for c in page] == [
+        *ids[0:4], ids[3], *ids[4:7], ids[6], *ids[7:9]
+    ]  # fmt: skip
+    assert [_search_window(body) for body in _contact_searches(hubspot_peer)] == [
+        (None, None),
+        ("2", None),
+        (None, _ms(T0 + timedelta(minutes=3))),
+        ("2", _ms(T0 + timedelta(minutes=3))),
+        (None, _ms(T0 + timedelta(minutes=6))),
+        ("2", _ms(T0 + timedelta(minutes=6))),
+    ]
+
+
+async def test_more_contacts_changed_in_one_millisecond_than_the_cap_are_unsupported(
+    hubspot_peer: HubSpotPeer, crm: CRMPort, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hubspot_peer.search_cap = 3
+    monkeypatch.setattr("connectors.crm.hubspot.SEARCH_RESULT_CAP", 3)
+    for n in range(4):
+        hubspot_peer.seed("contacts", {"email": f"c{n}@example.com"}, at=T0)
+
+    # Starting again from T0 would read the same three contacts forever.
+    with pytest.raises(Unsupported, match="same millisecond"):
+        await _synced(crm, SyncQuery(limit=1))
+    assert len(_contact_searches(hubspot_peer)) == 6
+
+
+async def test_a_synced_contact_that_does_not_read_is_reported_and_skipped(
+    hubspot_peer: HubSpotPeer, crm: CRMPort
+) -> None:
+    def contact(contact_id: str, modified: str) -> dict[str, object]:
+        return {
+            "id": contact_id,
+            "properties": {"email": f"{contact_id}@example.com", "lastmodifieddate": modified},
+            "createdAt": "2026-11-30T09:00:00.000Z",
+            "updatedAt": "2026-11-30T09:00:00.000Z",
+            "archived": False,
+        }
+
+    hubspot_peer.fail(
+        "/crm/v3/objects/contacts/search",
+        Fault(
+            200,
+            {
+                "total": 3,
+                "results": [
+                    contact("1", "2026-11-30T09:00:00.000Z"),
+                    contact("2", "yesterday"),
+                    contact("3", ""),
+                ],
+            },
+        ),
+    )
+
+    page = await crm.sync_contacts(SyncQuery())
+
+    assert [c.id for c in page.items] == ["1"]
+    assert [(u.source_id, u.reason) for u in page.unreadable] == [
+        ("2", "properties.lastmodifieddate: datetime_from_date_parsing"),
+        ("3", "properties.lastmodifieddate: datetime_type"),
+    ]
+    assert page.next_cursor is None
+
+
+async def test_a_contact_list_cursor_does_not_continue_a_sync(
+    hubspot_peer: HubSpotPeer, crm: CRMPort
+) -> None:
+    for n in range(2):
+        hubspot_peer.seed("contacts", {"email": f"c{n}@example.com"})
+    listed = await crm.list_contacts(ListQuery(limit=1))
+    assert listed.next_cursor is not None
+
+    with pytest.raises(InvalidCursor):
+        await crm.sync_contacts(SyncQuery(cursor=listed.next_cursor))
 
 
 async def test_creates_finds_and_updates_a_contact_of_a_company(
@@ -641,3 +828,91 @@ async def test_answers_carry_hubspots_limit_headers(
     assert answer.headers["X-HubSpot-RateLimit-Remaining"] == "189"
     assert answer.headers["X-HubSpot-RateLimit-Secondly"] == "19"
     assert answer.headers["X-HubSpot-RateLimit-Daily-Remaining"] == "999999"
+
+
+async def _search(
+    peer: HubSpotPeer, http: httpx.AsyncClient, kind: str, body: dict[str, object]
+) -> httpx.Response:
+    return await http.post(
+        f"{peer.url}/crm/v3/objects/{kind}/search",
+        json=body,
+        headers={"Authorization": f"Bearer {PRIVATE_APP_TOKEN}"},
+    )
+
+
+def _where(*filters: tuple[str, str, object]) -> dict[str, object]:
+    return {
+        "filterGroups": [
+            {"filters": [{"propertyName": p, "operator": o, "value": v} for p, o, v in filters]}
+        ]
+    }
+
+
+async def test_the_peer_searches_dates_as_instants_and_numbers_as_numbers(
+    hubspot_peer: HubSpotPeer, http: httpx.AsyncClient
+) -> None:
+    """HubSpot takes date-time values in epoch milliseconds or ISO 8601, and compares numbers
+    as numbers (as strings, "9" would sort after "10")."""
+    early, middle, late = (
+        hubspot_peer.seed("contacts", {"email": f"{n}@example.com"}, at=T0 + timedelta(hours=h))
+        for n, h in (("early", 0), ("middle", 1), ("late", 2))
+    )
+    berlin = timezone(timedelta(hours=1))
+    between = _where(
+        ("lastmodifieddate", "GT", (T0 + timedelta(minutes=30)).astimezone(berlin).isoformat()),
+        ("lastmodifieddate", "LTE", _ms(T0 + timedelta(hours=1))),
+    )
+    answer = await _search(hubspot_peer, http, "contacts", between)
+    assert [r["id"] for r in answer.json()["results"]] == [middle["id"]]
+    before = await _search(
+        hubspot_peer, http, "contacts", _where(("lastmodifieddate", "LT", int(_ms(T0)) + 1))
+    )
+    assert [r["id"] for r in before.json()["results"]] == [early["id"]]
+    after = await _search(
+        hubspot_peer, http, "contacts", _where(("lastmodifieddate", "GTE", "2026-11-30T11:00Z"))
+    )
+    assert [r["id"] for r in after.json()["results"]] == [late["id"]]
+
+    nine, ten, hundred = (
+        hubspot_peer.seed("deals", {"dealname": a, "dealstage": "closedwon", "amount": a})["id"]
+        for a in ("9", "10", "100")
+    )
+
+    async def deals(body: dict[str, object]) -> list[str]:
+        answer = await _search(hubspot_peer, http, "deals", body)
+        assert answer.status_code == 200, answer.text
+        return [r["id"] for r in answer.json()["results"]]
+
+    descending = [{"propertyName": "amount", "direction": "DESCENDING"}]
+    assert await deals({**_where(("amount", "GTE", "10")), "sorts": descending}) == [hundred, ten]
+    assert await deals(_where(("amount", "LT", 100))) == [nine, ten]
+    assert await deals(_where(("amount", "NEQ", 10))) == [nine, hundred]
+    assert await deals({"sorts": [{"propertyName": "amount", "direction": "ASCENDING"}]}) == [
+        nine,
+        ten,
+        hundred,
+    ]
+
+    unreadable = await _search(
+        hubspot_peer, http, "contacts", _where(("lastmodifieddate", "GTE", "soon"))
+    )
+    assert unreadable.status_code == 400
+    assert unreadable.json()["category"] == "VALIDATION_ERROR"
+
+
+async def test_the_peer_refuses_to_page_a_search_past_its_cap(
+    hubspot_peer: HubSpotPeer, http: httpx.AsyncClient
+) -> None:
+    hubspot_peer.seed("contacts", {"email": "only@example.com"})
+
+    within = await _search(hubspot_peer, http, "contacts", {"after": "9900", "limit": 100})
+    past = await _search(hubspot_peer, http, "contacts", {"after": "9950", "limit": 100})
+
+    assert (within.status_code, within.json()["results"]) == (200, [])
+    assert past.status_code == 400
+    body = past.json()
+    assert (body["status"], body["category"]) == ("error", "VALIDATION_ERROR")
+    assert {"message", "correlationId"} <= set(body)
+    # Search answers carry no rate-limit headers, refusals included.
+    assert not any(h.lower().startswith("x-hubspot-ratelimit") for h in past.headers)
+    assert not any(h.lower().startswith("x-hubspot-ratelimit") for h in within.headers)

@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -17,6 +17,7 @@ from connectors.crm import (
     ActivityDraft,
     ActivityQuery,
     CompanyDraft,
+    Contact,
     ContactDraft,
     ContactUpdate,
     DealDraft,
@@ -26,6 +27,7 @@ from connectors.crm import (
 from connectors.crm.zoho import EXTERNAL_ID, SPEC, ZohoConnector, ZohoSettings
 from connectors.http import (
     AuthFailed,
+    InvalidCursor,
     RateLimited,
     SchemaMismatch,
     Unsupported,
@@ -35,7 +37,7 @@ from connectors.http import (
     as_application_error,
     connector_client,
 )
-from connectors.ports import ListQuery
+from connectors.ports import ListQuery, SyncQuery
 from connectors.registry import ConnectorContext, Credentials, OAuth2Credentials, OAuthClient
 from tests.peers.zoho import CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, Fault, ZohoPeer
 
@@ -43,6 +45,7 @@ pytest_plugins = ["tests.peers.zoho"]
 
 ACCOUNTS_EU = "https://accounts.zoho.eu"
 API_EU = "https://www.zohoapis.eu"
+T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -108,6 +111,28 @@ def _bodies(peer: ZohoPeer, method: str, path: str) -> list[dict[str, object]]:
     return [json.loads(body) for _, p, _, body in peer.seen(method, path) if p == path]
 
 
+async def _synced(crm: ZohoConnector, query: SyncQuery, at_most: int = 20) -> list[list[Contact]]:
+    """Every page of a contact sync listing (a listing that does not end fails the test)."""
+    pages = []
+    for _ in range(at_most):
+        page = await crm.sync_contacts(query)
+        assert page.unreadable == []
+        pages.append(page.items)
+        if page.next_cursor is None:
+            return pages
+        query = SyncQuery(cursor=page.next_cursor)
+    raise AssertionError(f"the listing did not end within {at_most} pages")
+
+
+def _listings(peer: ZohoPeer, path: str) -> list[tuple[dict[str, list[str]], dict[str, str]]]:
+    """The query and headers of each listing of ``path`` the API received."""
+    return [
+        (parse_qs(urlsplit(target).query), headers)
+        for _, target, headers, _ in peer.seen("GET", path)
+        if urlsplit(target).path == path
+    ]
+
+
 async def test_lists_contacts_page_by_page(zoho_peer: ZohoPeer, crm: ZohoConnector) -> None:
     assert (await crm.list_contacts(ListQuery())).items == []  # Zoho's 204 for no records
     for n in range(7):
@@ -129,6 +154,111 @@ async def test_lists_contacts_page_by_page(zoho_peer: ZohoPeer, crm: ZohoConnect
     ]
     sent = zoho_peer.seen("GET", "/crm/v5/Contacts")
     assert all(h["authorization"].startswith("Zoho-oauthtoken 1000.") for _, _, h, _ in sent)
+
+
+async def test_syncs_contacts_modified_since_oldest_first(
+    zoho_peer: ZohoPeer, crm: ZohoConnector
+) -> None:
+    # Seeded out of order: the listing follows Modified_Time, not ids.
+    seeded = {
+        hour: zoho_peer.seed(
+            "Contacts",
+            {"Last_Name": f"H{hour}", "Email": f"h{hour}@example.com"},
+            at=T0 + timedelta(hours=hour),
+        )["id"]
+        for hour in (4, 1, 3, 0, 2)
+    }
+    # Modified now, so it comes last though it was the first made.
+    await crm.update_contact(seeded[0], ContactUpdate(job_title="Buyer"))
+    since = T0 + timedelta(hours=2)
+
+    pages = await _synced(crm, SyncQuery(limit=2, updated_since=since))
+
+    contacts = [c for page in pages for c in page]
+    assert [len(page) for page in pages] == [2, 2]
+    assert [c.email for c in contacts] == [
+        "h2@example.com",  # modified exactly at updated_since
+        "h3@example.com",
+        "h4@example.com",
+        "h0@example.com",
+    ]
+    assert [c.updated_at for c in contacts[:3]] == [since + timedelta(hours=n) for n in range(3)]
+    assert contacts[3].updated_at is not None
+    assert contacts[3].updated_at > datetime.now(UTC) - timedelta(minutes=1)
+    assert contacts[3].job_title == "Buyer"
+    # Every page asks for the oldest change first and names the moment, a second early:
+    # Zoho returns what was modified after it.
+    listings = _listings(zoho_peer, "/crm/v5/Contacts")
+    assert len(listings) == 2
+    for params, headers in listings:
+        assert (params["sort_by"], params["sort_order"]) == (["Modified_Time"], ["asc"])
+        assert headers["if-modified-since"] == "2026-11-30T10:59:59+00:00"
+    assert "page_token" not in listings[0][0]
+    assert "page_token" in listings[1][0]
+
+
+async def test_contact_sync_without_a_moment_lists_every_contact(
+    zoho_peer: ZohoPeer, crm: ZohoConnector
+) -> None:
+    for n in range(3):
+        zoho_peer.seed("Contacts", {"Last_Name": f"C{n}"}, at=T0 - timedelta(days=n))
+
+    [page] = await _synced(crm, SyncQuery())
+
+    assert [c.last_name for c in page] == ["C2", "C1", "C0"]
+    [(_, headers)] = _listings(zoho_peer, "/crm/v5/Contacts")
+    assert "if-modified-since" not in headers
+
+
+async def test_contact_sync_with_nothing_modified_is_empty(
+    zoho_peer: ZohoPeer, crm: ZohoConnector
+) -> None:
+    zoho_peer.seed("Contacts", {"Last_Name": "Unchanged"}, at=T0)
+
+    # Zoho answers 304 Not Modified.
+    page = await crm.sync_contacts(SyncQuery(updated_since=T0 + timedelta(seconds=1)))
+
+    assert (page.items, page.next_cursor, page.unreadable) == ([], None, [])
+    assert len(_listings(zoho_peer, "/crm/v5/Contacts")) == 1
+
+
+async def test_a_synced_contact_that_does_not_read_is_reported_and_skipped(
+    zoho_peer: ZohoPeer, crm: ZohoConnector
+) -> None:
+    zoho_peer.fail(
+        "/crm/v5/Contacts",
+        Fault(
+            200,
+            {
+                "data": [
+                    {"id": "1", "Last_Name": "Fine", "Modified_Time": "2026-11-30T10:00:00+01:00"},
+                    {"id": "2", "Last_Name": "Unplaced", "Modified_Time": None},
+                    {"id": "3", "Last_Name": "Odd", "Modified_Time": "last week"},
+                ],
+                "info": {"more_records": False},
+            },
+        ),
+    )
+
+    page = await crm.sync_contacts(SyncQuery(updated_since=T0))
+
+    assert [(c.id, c.updated_at) for c in page.items] == [("1", T0)]
+    assert [(u.source_id, u.reason) for u in page.unreadable] == [
+        ("2", "Modified_Time: datetime_type"),
+        ("3", "Modified_Time: datetime_from_date_parsing"),
+    ]
+
+
+async def test_a_contact_list_cursor_does_not_continue_a_sync(
+    zoho_peer: ZohoPeer, crm: ZohoConnector
+) -> None:
+    for n in range(2):
+        zoho_peer.seed("Contacts", {"Last_Name": f"C{n}"})
+    listed = await crm.list_contacts(ListQuery(limit=1))
+    assert listed.next_cursor is not None
+
+    with pytest.raises(InvalidCursor):
+        await crm.sync_contacts(SyncQuery(cursor=listed.next_cursor))
 
 
 async def test_creates_finds_and_updates_a_contact_of_an_account(
@@ -504,3 +634,41 @@ async def test_an_unknown_record_is_not_found(zoho_peer: ZohoPeer, crm: ZohoConn
     with pytest.raises(VendorNotFound):
         await crm.get_deal("../settings")  # never reaches the URL path
     assert not zoho_peer.seen("GET", "/crm/v5/settings")
+
+
+async def test_the_peer_sorts_and_narrows_listings_as_zoho_documents(
+    zoho_peer: ZohoPeer, http: httpx.AsyncClient
+) -> None:
+    """``sort_by`` / ``sort_order`` (``desc`` unless said), ``If-Modified-Since`` (modified
+    strictly after the moment; 304 when nothing was)."""
+    credentials = await _consent(zoho_peer, http)
+    auth = {"Authorization": f"Zoho-oauthtoken {credentials.access_token.get_secret_value()}"}
+    late, early = (
+        zoho_peer.seed("Contacts", {"Last_Name": name}, at=T0 + timedelta(hours=h))["id"]
+        for name, h in (("Late", 2), ("Early", 1))
+    )
+
+    async def listed(params: dict[str, str], **headers: str) -> httpx.Response:
+        return await http.get(
+            f"{zoho_peer.api_url}/crm/v5/Contacts",
+            params={"fields": "Last_Name", **params},
+            headers={**auth, **headers},
+        )
+
+    async def ids(params: dict[str, str], **headers: str) -> list[str]:
+        answer = await listed(params, **headers)
+        assert answer.status_code == 200, answer.text
+        return [record["id"] for record in answer.json()["data"]]
+
+    assert await ids({}) == [late, early]  # by id, as the peer lists without sort parameters
+    assert await ids({"sort_by": "Modified_Time", "sort_order": "asc"}) == [early, late]
+    assert await ids({"sort_by": "Modified_Time"}) == [late, early]  # desc by default
+    assert await ids({"sort_order": "desc"}) == [early, late]  # by id, descending
+    answer = await listed({"sort_by": "Last_Name"})
+    assert (answer.status_code, answer.json()["code"]) == (400, "INVALID_DATA")
+
+    # Modified after 10:00 in Berlin's winter time (09:00 UTC): both; after 10:00 UTC: the later.
+    assert await ids({}, **{"If-Modified-Since": "2026-11-30T10:00:00+01:00"}) == [late, early]
+    assert await ids({}, **{"If-Modified-Since": "2026-11-30T10:00:00+00:00"}) == [late]
+    unchanged = await listed({}, **{"If-Modified-Since": "2026-11-30T11:00:00+00:00"})
+    assert (unchanged.status_code, unchanged.content) == (304, b"")

@@ -18,10 +18,14 @@ What it follows, and where HubSpot documents it:
   /crm/v4/objects/{type}/{id}/associations/default/{toType}/{toId}`` links two records; a
   contact's primary company shows as ``associatedcompanyid``.
   https://developers.hubspot.com/docs/api/crm/associations/v4
-- **Search**: ``POST /crm/v3/objects/{type}/search`` with ``filterGroups`` (``EQ`` filters,
-  including the ``associations.{type}`` pseudo-property), ``sorts``, ``properties``, ``limit``
-  (at most 200), ``after``; answers ``total``, ``results`` and ``paging``. Search answers carry
-  no rate-limit headers. https://developers.hubspot.com/docs/api/crm/search
+- **Search**: ``POST /crm/v3/objects/{type}/search`` with ``filterGroups`` (OR of groups, AND
+  of a group's filters), ``sorts``, ``properties``, ``limit`` (at most 200), ``after``; answers
+  ``total``, ``results`` and ``paging``. Filters take the operators ``EQ``, ``NEQ``, ``GT``,
+  ``GTE``, ``LT`` and ``LTE``: date-time properties compare as instants, their values given in
+  epoch milliseconds or as ISO 8601 strings; number properties compare numerically; strings
+  case-insensitively. The ``associations.{type}`` pseudo-property takes ``EQ``. A query pages
+  through at most 10,000 results: an ``after`` whose page would reach past them is a 400.
+  Search answers carry no rate-limit headers. https://developers.hubspot.com/docs/api/crm/search
 - **Properties**: ``GET /crm/v3/properties/{type}/{name}`` (404 when missing) and ``POST
   /crm/v3/properties/{type}`` (``name``, ``label`` and an existing ``groupName`` required; 409
   when it exists); ``POST /crm/v3/properties/{type}/groups`` creates a group (409 when it
@@ -58,12 +62,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pytest
@@ -138,6 +144,22 @@ ASSOCIATION_TYPES: dict[str, dict[int, str]] = {
     "tasks": {204: "contacts", 192: "companies", 216: "deals"},
 }
 _SINGULAR = {"contact": "contacts", "company": "companies", "deal": "deals"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# How search compares property values: date-times as instants, numbers numerically, the rest
+# as case-insensitive strings.
+DATETIME_PROPERTIES = frozenset(
+    {"createdate", "lastmodifieddate", "hs_createdate", "hs_lastmodifieddate", "hs_timestamp",
+     "closedate"}
+)  # fmt: skip
+NUMBER_PROPERTIES = frozenset({"hs_object_id", "amount", "associatedcompanyid"})
+SEARCH_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "EQ": operator.eq,
+    "NEQ": operator.ne,
+    "GT": operator.gt,
+    "GTE": operator.ge,
+    "LT": operator.lt,
+    "LTE": operator.le,
+}
 PIPELINES: list[dict[str, Any]] = [
     {
         "id": "default",
@@ -214,6 +236,8 @@ class HubSpotPeer:
     daily_max: int = 1_000_000
     window: list[float] = field(default_factory=list)
     daily_used: int = 0
+    # The most results one search query pages through (HubSpot's is 10,000).
+    search_cap: int = 10_000
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1001))
@@ -233,9 +257,12 @@ class HubSpotPeer:
     def expire(self, access_token: str) -> None:
         self.access_tokens[access_token] = time.time() - 1
 
-    def seed(self, kind: str, properties: dict[str, str | None]) -> dict[str, Any]:
-        """Store a record as if it had been created in HubSpot; returns it."""
-        now = _now()
+    def seed(
+        self, kind: str, properties: dict[str, str | None], *, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Store a record as if it had been created in HubSpot (``at``, else now); returns
+        it."""
+        now = _stamp(at) if at is not None else _now()
         record_id = str(next(self._ids))
         stamps = {"hs_object_id": record_id, "createdate": now, "hs_createdate": now,
                   "lastmodifieddate": now, "hs_lastmodifieddate": now}  # fmt: skip
@@ -274,7 +301,41 @@ class HubSpotPeer:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _stamp(datetime.now(UTC))
+
+
+def _stamp(moment: datetime) -> str:
+    """A date-time property as HubSpot writes it: UTC, milliseconds, ``Z``."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _comparable(name: str, value: Any) -> Decimal | str | None:
+    """A property value as search compares it (None: no value). Raises ValueError for a
+    value the property's type cannot hold."""
+    if value is None or value == "":
+        return None
+    if name in DATETIME_PROPERTIES:
+        text = str(value)
+        if text.lstrip("-").isdigit():
+            return Decimal(text)  # epoch milliseconds
+        moment = datetime.fromisoformat(text)
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return Decimal((moment - _EPOCH) // timedelta(milliseconds=1))
+    if name in NUMBER_PROPERTIES:
+        try:
+            return Decimal(str(value))
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a number") from None
+    return str(value).lower()
+
+
+def _stored(record: dict[str, Any], name: str) -> Decimal | str | None:
+    """A record's property as search compares it; a stored value its type cannot hold (a
+    seeded ``amount`` of "lots") counts as no value."""
+    try:
+        return _comparable(name, record["properties"].get(name))
+    except ValueError:
+        return None
 
 
 def _error_body(category: str, message: str) -> dict[str, Any]:
@@ -297,8 +358,14 @@ def _rate_limit_body(policy: str) -> dict[str, Any]:
     }
 
 
-def _by_property(name: str) -> Callable[[dict[str, Any]], str]:
-    return lambda record: str(record["properties"].get(name) or "")
+def _by_property(name: str) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A sort key: records without a value first, the others by their compared value."""
+
+    def key(record: dict[str, Any]) -> tuple[Any, ...]:
+        value = _stored(record, name)
+        return (0,) if value is None else (1, value)
+
+    return key
 
 
 def build_app(peer: HubSpotPeer) -> Starlette:
@@ -547,21 +614,58 @@ def build_app(peer: HubSpotPeer) -> Starlette:
         limit = int(payload.get("limit", 10))
         if not 1 <= limit <= 200:
             return refuse(400, "VALIDATION_ERROR", "limit must be between 1 and 200")
+        try:
+            start = int(payload.get("after") or 0)
+        except ValueError:
+            return refuse(400, "VALIDATION_ERROR", "after must be an integer")
+        if start + limit > peer.search_cap:
+            return refuse(
+                400,
+                "VALIDATION_ERROR",
+                f"Search results are limited to {peer.search_cap} per query: "
+                f"after {start} with limit {limit} pages past them",
+            )
 
-        def matches(record: dict[str, Any], group: dict[str, Any]) -> bool:
+        # Each group as (property, operator, compared value) rules, read before any record.
+        groups: list[list[tuple[str, Callable[[Any, Any], bool], Any]]] = []
+        for group in payload.get("filterGroups") or [{}]:
+            rules = []
             for rule in group.get("filters", []):
-                if rule.get("operator") != "EQ":
-                    return False
-                name, value = str(rule["propertyName"]), str(rule["value"])
+                name, op = str(rule.get("propertyName")), str(rule.get("operator"))
+                compare = SEARCH_OPERATORS.get(op)
+                if compare is None or (name.startswith("associations.") and op != "EQ"):
+                    return refuse(
+                        400, "VALIDATION_ERROR", f"operator {op} on {name} is not supported here"
+                    )
+                try:
+                    wanted = (
+                        str(rule["value"])
+                        if name.startswith("associations.")
+                        else _comparable(name, rule.get("value"))
+                    )
+                except (KeyError, ValueError):
+                    return refuse(
+                        400, "VALIDATION_ERROR", f"invalid value {rule.get('value')!r} for {name}"
+                    )
+                rules.append((name, compare, wanted))
+            groups.append(rules)
+
+        def matches(record: dict[str, Any], rules: list[tuple[str, Any, Any]]) -> bool:
+            for name, compare, wanted in rules:
                 if name.startswith("associations."):
                     target_kind = _SINGULAR[name.split(".", 1)[1]]
-                    if (target_kind, value) not in record["associations"]:
+                    if (target_kind, wanted) not in record["associations"]:
                         return False
-                elif str(record["properties"].get(name) or "").lower() != value.lower():
+                    continue
+                value = _stored(record, name)
+                # No value is unequal to every value, and neither less nor greater.
+                if value is None or wanted is None:
+                    if compare is not operator.ne or value == wanted:
+                        return False
+                elif not compare(value, wanted):
                     return False
             return True
 
-        groups = payload.get("filterGroups") or [{}]
         found = [
             r
             for r in peer.records[kind].values()
@@ -573,9 +677,7 @@ def build_app(peer: HubSpotPeer) -> Starlette:
                 key=_by_property(str(rule["propertyName"])),
                 reverse=rule.get("direction") == "DESCENDING",
             )
-        results, following = page(
-            kind, found, limit, payload.get("after"), payload.get("properties"), []
-        )
+        results, following = page(kind, found, limit, str(start), payload.get("properties"), [])
         body: dict[str, Any] = {"total": len(found), "results": results}
         if following:
             body["paging"] = {"next": {"after": following}}

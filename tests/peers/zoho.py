@@ -19,12 +19,17 @@ What it follows, and where Zoho documents it:
 - **Records** (Contacts, Accounts, Deals, Notes): ``GET /crm/v5/{module}?fields=...`` (``fields``
   is required in v5) pages with ``per_page`` (at most 200) and ``page_token``; the answer's
   ``info`` carries ``per_page``, ``count``, ``more_records`` and ``next_page_token``. A module
-  with no records answers 204 with no body. ``POST /crm/v5/{module}`` (201) and
-  ``PUT /crm/v5/{module}/{id}`` take ``{"data": [record]}`` and answer per record ``{code,
-  details: {id, ...}, message, status}``; a missing mandatory field is ``MANDATORY_NOT_FOUND``
-  with its ``api_name``; an unknown id on update ``INVALID_DATA``.
+  with no records answers 204 with no body. ``sort_by`` (``id``, ``Created_Time`` or
+  ``Modified_Time``; ``id`` by default) and ``sort_order`` (``asc`` or ``desc``; ``desc`` by
+  default) order a listing; the docs leave a listing with neither open, and the peer lists it
+  by id, ascending. The ``If-Modified-Since`` header (ISO 8601 with an offset) keeps the records
+  modified after that moment; when none was, the answer is 304 with no body. An update moves a
+  record's ``Modified_Time``. ``POST /crm/v5/{module}`` (201) and ``PUT /crm/v5/{module}/{id}``
+  take ``{"data": [record]}`` and answer per record ``{code, details: {id, ...}, message,
+  status}``; a missing mandatory field is ``MANDATORY_NOT_FOUND`` with its ``api_name``; an
+  unknown id on update ``INVALID_DATA``.
   https://www.zoho.com/crm/developer/docs/api/v5/get-records.html, .../insert-records.html,
-  .../update-records.html
+  .../update-records.html, https://www.zoho.com/crm/developer/docs/api/v8/get-records.html
 - **Notes**: created in ``Notes`` with ``Parent_Id: {module: {api_name}, id}``; a record's notes
   are its related list ``GET /crm/v5/{module}/{id}/Notes?fields=``.
   https://www.zoho.com/crm/developer/docs/api/v5/create-notes.html, .../get-related-records.html
@@ -56,7 +61,7 @@ import itertools
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -99,6 +104,8 @@ STAGES = (
     ("Closed Won", 100, "Closed Won"),
     ("Closed Lost", 0, "Closed Lost"),
 )
+# The fields a listing can be sorted by.
+SORTABLE = ("id", "Created_Time", "Modified_Time")
 
 
 @dataclass
@@ -161,11 +168,14 @@ class ZohoPeer:
         for token in self.access_tokens:
             self.access_tokens[token] = time.time() - 1
 
-    def seed(self, module: str, record: dict[str, Any]) -> dict[str, Any]:
-        """Store a record as if it had been created in Zoho (fields it lacks are dropped)."""
+    def seed(
+        self, module: str, record: dict[str, Any], *, at: datetime | None = None
+    ) -> dict[str, Any]:
+        """Store a record as if it had been created in Zoho (``at``, else now; fields it
+        lacks are dropped)."""
         known = self.fields_of(module)
         stored = {k: v for k, v in record.items() if k in known}
-        stored |= {**self._stamp(), "id": str(next(self._ids))}
+        stored |= {**self._stamp(at), "id": str(next(self._ids))}
         self.records[module][stored["id"]] = stored
         return stored
 
@@ -176,8 +186,9 @@ class ZohoPeer:
         return [r for r in self.requests if r[0] == method and r[1].startswith(path_prefix)]
 
     @staticmethod
-    def _stamp() -> dict[str, Any]:
-        now = datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+    def _stamp(at: datetime | None = None) -> dict[str, Any]:
+        # Zoho writes times to the second, with the offset of the organisation's time zone.
+        now = (at or datetime.now(UTC)).astimezone().isoformat(timespec="seconds")
         return {"Created_Time": now, "Modified_Time": now}
 
     def _next_fault(self, path: str) -> Fault | None:
@@ -188,6 +199,12 @@ class ZohoPeer:
 
 
 _CRITERIA = re.compile(r"^\((\w+):equals:((?:\\.|[^\\()])*)\)$")
+
+
+def _sort_key(name: str) -> Callable[[dict[str, Any]], Any]:
+    if name == "id":
+        return lambda record: int(record["id"])
+    return lambda record: datetime.fromisoformat(record[name])
 
 
 def _unescape(value: str) -> str:
@@ -315,7 +332,13 @@ def build_api_app(peer: ZohoPeer) -> Starlette:
         return {"id": record["id"]} | {name: value(record, name) for name in fields}
 
     def paged(
-        module: str, records: list[dict[str, Any]], request: Request, fields: list[str]
+        module: str,
+        records: list[dict[str, Any]],
+        request: Request,
+        fields: list[str],
+        *,
+        sort_by: str = "id",
+        sort_order: str = "asc",
     ) -> Response:
         try:
             per_page = int(request.query_params.get("per_page", "200"))
@@ -330,6 +353,7 @@ def build_api_app(peer: ZohoPeer) -> Starlette:
                 return refuse(400, "INVALID_DATA", "invalid data", {"param": "page_token"})
             start = remembered[1]
         ordered = sorted(records, key=lambda r: int(r["id"]))
+        ordered.sort(key=_sort_key(sort_by), reverse=sort_order == "desc")
         chunk = ordered[start : start + per_page]
         if not chunk:
             return Response(status_code=204)
@@ -345,11 +369,11 @@ def build_api_app(peer: ZohoPeer) -> Starlette:
                     "per_page": per_page,
                     "next_page_token": next_token,
                     "count": len(chunk),
-                    "sort_by": "id",
+                    "sort_by": sort_by,
                     "page": start // per_page + 1,
                     "previous_page_token": None,
                     "page_token_expiry": None,
-                    "sort_order": "asc",
+                    "sort_order": sort_order,
                     "more_records": more,
                 },
             }
@@ -364,7 +388,33 @@ def build_api_app(peer: ZohoPeer) -> Starlette:
         fields = fields_of(request)
         if isinstance(fields, Response):
             return fields
-        return paged(module, list(peer.records[module].values()), request, fields)
+        sort_by = request.query_params.get("sort_by")
+        sort_order = request.query_params.get("sort_order")
+        if sort_by not in (None, *SORTABLE):
+            return refuse(400, "INVALID_DATA", "invalid data", {"param": "sort_by"})
+        if sort_order not in (None, "asc", "desc"):
+            return refuse(400, "INVALID_DATA", "invalid data", {"param": "sort_order"})
+        if sort_by is None and sort_order is None:
+            sort_by, sort_order = "id", "asc"
+        records = list(peer.records[module].values())
+        if (raw_since := request.headers.get("if-modified-since")) is not None:
+            try:
+                since = datetime.fromisoformat(raw_since)
+            except ValueError:
+                since = None
+            if since is None or since.tzinfo is None:
+                return refuse(400, "INVALID_DATA", "invalid data", {"header": "If-Modified-Since"})
+            records = [r for r in records if datetime.fromisoformat(r["Modified_Time"]) > since]
+            if not records:
+                return Response(status_code=304)
+        return paged(
+            module,
+            records,
+            request,
+            fields,
+            sort_by=sort_by or "id",
+            sort_order=sort_order or "desc",
+        )
 
     def missing_mandatory(module: str, record: dict[str, Any]) -> Response | None:
         for name in MANDATORY[module]:
