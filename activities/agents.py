@@ -8,7 +8,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -17,7 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.connections import open_row
 from connectors import registry
-from connectors.analytics import AnalyticsPort, DateRange, ReportRequest
+from connectors.analytics import AnalyticsPort, DateRange, ReportRequest, report_day
 from connectors.chat_models import ChatFunction, ModelTurn, OpenAIChatRunner, model_timeout
 from connectors.crm import ActivityDraft, ActivityQuery, CRMPort, RecordRef
 from connectors.http import ConnectorError, SchemaMismatch, as_application_error, connector_client
@@ -359,20 +359,10 @@ async def _daily_metric(analytics: AnalyticsPort, call: ToolCall) -> dict[str, A
         )
     )
     rows = [
-        {"date": _report_day(row.dimensions[0], index).isoformat(), "value": row.metrics[0]}
+        {"date": report_day(row.dimensions[0], index).isoformat(), "value": row.metrics[0]}
         for index, row in enumerate(report.rows)
     ]
     return {"metric": args.metric, "start": start.isoformat(), "end": end.isoformat(), "rows": rows}
-
-
-def _report_day(value: str, index: int) -> date:
-    """A day as the analytics vendor gives it (GA4: ``20261101``)."""
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        raise SchemaMismatch(
-            f"not a day: {value[:20]!r}", field=f"rows[{index}].dimensions[0]"
-        ) from None
 
 
 def _uuid(value: str) -> uuid.UUID:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 from temporalio import activity
 from temporalio.client import (
@@ -45,6 +46,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.connections import open_row, start_connection_check
+from connectors.analytics import AnalyticsPort, DateRange, ReportRequest, report_day
+from connectors.cms import CMSPort, SiteUserDraft, SiteUserUpdate
 from connectors.commerce import CommercePort, SyncPage, SyncQuery
 from connectors.crm import (
     ContactDraft,
@@ -59,6 +62,8 @@ from connectors.http import (
     ConnectorError,
     InvalidCursor,
     RateLimited,
+    SchemaMismatch,
+    Unreadable,
     VendorNotFound,
     VendorRejected,
     as_application_error,
@@ -74,6 +79,7 @@ from models.connection import Connection
 from models.email import EmailMessage
 from models.sync import (
     FAILURE_SAMPLE,
+    AnalyticsDay,
     MatchRule,
     PageCommit,
     PageOutcome,
@@ -131,6 +137,9 @@ class SyncPair:
     required_fields: frozenset[str] = frozenset()
     target_context: Callable[[Any], Awaitable[Any]] | None = None
     shape: Callable[[dict[str, Any], Any], dict[str, Any]] = _as_is
+    #: A target kept by BizOSaaS itself (``target_kind`` ``platform``): its port, built for
+    #: the profile, in place of a connection's.
+    store: Callable[[SessionFactory, SyncProfile], Any] | None = None
 
 
 async def _list_customers(port: Any, query: SyncQuery) -> SyncPage[Any]:
@@ -152,6 +161,27 @@ async def _create_contact(port: Any, record: dict[str, Any]) -> Any:
 async def _update_contact(port: Any, target_id: str, record: dict[str, Any]) -> Any:
     fields = {k: v for k, v in record.items() if k != "external_id"}
     return await cast(CRMPort, port).update_contact(target_id, ContactUpdate.model_validate(fields))
+
+
+async def _sync_contacts(port: Any, query: SyncQuery) -> SyncPage[Any]:
+    return await cast(CRMPort, port).sync_contacts(query)
+
+
+async def _find_user_by_external_id(port: Any, external_id: str) -> Any | None:
+    return await cast(CMSPort, port).find_user_by_external_id(external_id)
+
+
+async def _find_user_by_email(port: Any, email: str) -> Any | None:
+    return await cast(CMSPort, port).find_user_by_email(email)
+
+
+async def _create_user(port: Any, record: dict[str, Any]) -> Any:
+    return await cast(CMSPort, port).create_user(SiteUserDraft.model_validate(record))
+
+
+async def _update_user(port: Any, target_id: str, record: dict[str, Any]) -> Any:
+    fields = {k: v for k, v in record.items() if k != "external_id"}
+    return await cast(CMSPort, port).update_user(target_id, SiteUserUpdate.model_validate(fields))
 
 
 async def _list_orders(port: Any, query: SyncQuery) -> SyncPage[Any]:
@@ -227,6 +257,144 @@ def _deal_fields(values: dict[str, Any], pipeline: Pipeline | None) -> dict[str,
     return fields
 
 
+#: The daily numbers an analytics property gives (GA4's names), under the names BizOSaaS keeps
+#: them by (the ``daily_report -> daily_aggregate`` pair's default mapping).
+DAILY_METRICS = {
+    "users": "activeUsers",
+    "sessions": "sessions",
+    "page_views": "screenPageViews",
+    "events": "eventCount",
+    "bounce_rate": "bounceRate",
+    "average_session_seconds": "averageSessionDuration",
+    "revenue": "totalRevenue",
+}
+#: A first run reads this many days; every run reads again the days before its watermark
+#: that the vendor may still be completing (GA4 processes a day's data for up to 48 hours).
+FIRST_DAYS, LATE_DAYS, DAYS_PER_PAGE = 90, 2, 31
+
+
+class ReportDay(BaseModel):
+    """One day of an analytics report: its metrics by the vendor's names."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    updated_at: datetime
+
+
+class DayValues(BaseModel):
+    """A day's numbers as kept: none negative, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str
+    users: float | None = Field(default=None, ge=0)
+    sessions: float | None = Field(default=None, ge=0)
+    page_views: float | None = Field(default=None, ge=0)
+    events: float | None = Field(default=None, ge=0)
+    bounce_rate: float | None = Field(default=None, ge=0)
+    average_session_seconds: float | None = Field(default=None, ge=0)
+    revenue: float | None = Field(default=None, ge=0)
+
+
+async def _list_days(port: Any, query: SyncQuery) -> SyncPage[Any]:
+    """Complete days (up to yesterday, UTC) from the cursor's day, else from ``LATE_DAYS``
+    before the watermark, else the last ``FIRST_DAYS``; ``DAYS_PER_PAGE`` per page. Days
+    without data are not in the report (GA4 leaves them out)."""
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    if query.cursor is not None:
+        try:
+            start = date.fromisoformat(query.cursor)
+        except ValueError:
+            raise InvalidCursor("not a day cursor", vendor="analytics") from None
+    elif query.updated_since is not None:
+        start = query.updated_since.date() - timedelta(days=LATE_DAYS)
+    else:
+        start = yesterday - timedelta(days=FIRST_DAYS - 1)
+    if start > yesterday:
+        return SyncPage(items=[])
+    end = min(start + timedelta(days=DAYS_PER_PAGE - 1), yesterday)
+    report = await cast(AnalyticsPort, port).run_report(
+        ReportRequest(
+            date_range=DateRange(start=start, end=end),
+            dimensions=["date"],
+            metrics=sorted(set(DAILY_METRICS.values())),
+            limit=DAYS_PER_PAGE,
+        )
+    )
+    names = [header.name for header in report.metric_headers]
+    page: SyncPage[Any] = SyncPage(
+        items=[], next_cursor=(end + timedelta(days=1)).isoformat() if end < yesterday else None
+    )
+    for index, row in enumerate(report.rows):
+        try:
+            day = report_day(row.dimensions[0], index)
+        except SchemaMismatch as exc:
+            page.unreadable.append(Unreadable(source_id="", reason=f"{exc.field}: not a day"))
+            continue
+        values = dict(zip(names, row.metrics, strict=True))
+        page.items.append(
+            ReportDay(id=day.isoformat(), updated_at=datetime.combine(day, time(), UTC), **values)
+        )
+    return page
+
+
+@dataclass(frozen=True)
+class _StoredDay:
+    id: str
+
+
+class AnalyticsDays:
+    """The target of a ``daily_aggregate`` profile: the days kept for the source connection
+    (``analytics_days``), by the day (the source record's id, the marker's tail)."""
+
+    def __init__(self, sessions: SessionFactory, profile: SyncProfile) -> None:
+        self._sessions = sessions
+        self._tenant_id = profile.tenant_id
+        self._connection_id = profile.source_connection_id
+
+    async def find(self, marker: str) -> _StoredDay | None:
+        day = date.fromisoformat(marker.rsplit(":", 1)[1])
+        async with self._sessions() as session:
+            found = await session.scalar(self._day(day))
+        return _StoredDay(day.isoformat()) if found is not None else None
+
+    async def save(self, day_id: str, values: dict[str, Any]) -> _StoredDay:
+        day = date.fromisoformat(day_id)
+        metrics = {k: float(v) for k, v in values.items() if k != "external_id"}
+        async with transaction(self._sessions) as session:
+            row = await session.scalar(self._day(day))
+            if row is None:
+                session.add(
+                    AnalyticsDay(
+                        tenant_id=self._tenant_id,
+                        connection_id=self._connection_id,
+                        day=day,
+                        metrics=metrics,
+                    )
+                )
+            else:
+                row.metrics = {**row.metrics, **metrics}
+        return _StoredDay(day.isoformat())
+
+    def _day(self, day: date) -> Any:
+        return select(AnalyticsDay).where(
+            AnalyticsDay.connection_id == self._connection_id, AnalyticsDay.day == day
+        )
+
+
+async def _find_day(store: Any, marker: str) -> Any | None:
+    return await cast(AnalyticsDays, store).find(marker)
+
+
+async def _create_day(store: Any, record: dict[str, Any]) -> Any:
+    return await cast(AnalyticsDays, store).save(record["external_id"].rsplit(":", 1)[1], record)
+
+
+async def _update_day(store: Any, day_id: str, record: dict[str, Any]) -> Any:
+    return await cast(AnalyticsDays, store).save(day_id, record)
+
+
 PAIRS: dict[tuple[str, str], SyncPair] = {
     ("customers", "contacts"): SyncPair(
         source_kind="commerce",
@@ -268,6 +436,34 @@ PAIRS: dict[tuple[str, str], SyncPair] = {
         required_fields=frozenset({"name", "stage"}),
         target_context=_deal_pipeline,
         shape=_deal_fields,
+    ),
+    ("contacts", "users"): SyncPair(
+        source_kind="crm",
+        target_kind="cms",
+        source_fields=frozenset({"email", "first_name", "last_name"}),
+        target_fields=frozenset({"email", "first_name", "last_name"}),
+        default_mapping={"email": "email", "first_name": "first_name", "last_name": "last_name"},
+        list_page=_sync_contacts,
+        find_by_external_id=_find_user_by_external_id,
+        find_by_email=_find_user_by_email,
+        create=_create_user,
+        update=_update_user,
+        validate=SiteUserDraft.model_validate,
+        required_fields=frozenset({"email"}),
+    ),
+    ("daily_report", "daily_aggregate"): SyncPair(
+        source_kind="analytics",
+        target_kind="platform",
+        source_fields=frozenset(DAILY_METRICS.values()),
+        target_fields=frozenset(DAILY_METRICS),
+        default_mapping=DAILY_METRICS,
+        list_page=_list_days,
+        find_by_external_id=_find_day,
+        find_by_email=None,
+        create=_create_day,
+        update=_update_day,
+        validate=DayValues.model_validate,
+        store=AnalyticsDays,
     ),
 }
 
@@ -433,31 +629,78 @@ class SyncActivities:
             counts = counts.add(
                 _failure(unreadable.source_id, f"unreadable {unreadable.reason}", skipped=True)
             )
-        newest: datetime | None = None
+        stamps = [r.updated_at for r in page.items if getattr(r, "updated_at", None) is not None]
+        newest: datetime | None = max(stamps, default=None)
+        known = await self._mapped(profile.id, [str(record.id) for record in page.items])
         try:
-            async with self._open(target) as target_port:
+            async with self._open_target(pair, profile, target) as target_port:
                 context = None
                 if page.items and pair.target_context is not None:
                     load = pair.target_context
                     context = await self._patiently(lambda: load(target_port))
-                for index, record in enumerate(page.items):
-                    activity.heartbeat(request.page_cursor, index)
-                    updated_at = getattr(record, "updated_at", None)
-                    if updated_at is not None and (newest is None or updated_at > newest):
-                        newest = updated_at
-                    counts = counts.add(
-                        await self._patiently(
-                            partial(self._upsert, profile, pair, target_port, context, record)
-                        )
-                    )
+                upsert = partial(self._upsert, profile, pair, target_port, context)
+                for outcome in await self._together(request, page.items, known, upsert):
+                    counts = counts.add(outcome)
         except AuthFailed as exc:
             return PageOutcome(auth_failed_connection=target.id, auth_error=exc.message)
         except ConnectorError as exc:
             raise self._application_error(exc, target) from None
         return PageOutcome(counts=counts, next_cursor=page.next_cursor, max_updated_at=newest)
 
+    async def _together(
+        self,
+        request: PageRequest,
+        records: list[Any],
+        known: dict[str, str],
+        upsert: Callable[[Any, str | None], Awaitable[SyncCounts]],
+    ) -> list[SyncCounts]:
+        """Upsert a page's records ``Settings.sync_record_concurrency`` at a time (each vendor
+        call still takes its turn in the connection's rate limit), heartbeating the count done.
+        Records sharing an e-mail go one after the other, so a record matched by e-mail is
+        found, not created twice; the first failure cancels the rest and is raised."""
+        lanes = asyncio.Semaphore(self._settings.sync_record_concurrency)
+        turns: dict[str, asyncio.Lock] = {}
+        done = 0
+
+        async def one(record: Any) -> SyncCounts:
+            nonlocal done
+            source_id = str(record.id)
+            email = str(getattr(record, "email", None) or "").casefold()
+            async with turns.setdefault(email or f"id:{source_id}", asyncio.Lock()), lanes:
+                outcome = await self._patiently(partial(upsert, record, known.get(source_id)))
+            done += 1
+            activity.heartbeat(request.page_cursor, done)
+            return outcome
+
+        tasks = [asyncio.ensure_future(one(record)) for record in records]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def _mapped(self, profile_id: uuid.UUID, source_ids: list[str]) -> dict[str, str]:
+        """The target ids the mapping table knows for these source records."""
+        if not source_ids:
+            return {}
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(SyncMapping.source_id, SyncMapping.target_id).where(
+                    SyncMapping.profile_id == profile_id, SyncMapping.source_id.in_(source_ids)
+                )
+            )
+        return {row.source_id: row.target_id for row in rows}
+
     async def _upsert(
-        self, profile: SyncProfile, pair: SyncPair, port: Any, context: Any, record: Any
+        self,
+        profile: SyncProfile,
+        pair: SyncPair,
+        port: Any,
+        context: Any,
+        record: Any,
+        target_id: str | None,
     ) -> SyncCounts:
         source_id = str(record.id)
         mapped = {
@@ -476,12 +719,6 @@ class SyncActivities:
             return _failure(source_id, f"invalid {where}: {error['type']}", skipped=True)
         # Empty source fields do not clear what the target holds.
         values = {k: v for k, v in values.items() if v not in (None, "")}
-        async with self._sessions() as session:
-            target_id = await session.scalar(
-                select(SyncMapping.target_id).where(
-                    SyncMapping.profile_id == profile.id, SyncMapping.source_id == source_id
-                )
-            )
         try:
             if target_id is not None:
                 try:
@@ -659,6 +896,13 @@ class SyncActivities:
 
     def _open(self, row: Connection) -> Any:
         return open_row(self._settings, self._secrets, row, self._pacer)
+
+    def _open_target(
+        self, pair: SyncPair, profile: SyncProfile, row: Connection
+    ) -> AbstractAsyncContextManager[Any]:
+        if pair.store is not None:
+            return nullcontext(pair.store(self._sessions, profile))
+        return cast(AbstractAsyncContextManager[Any], self._open(row))
 
 
 async def _write_counts(

@@ -19,6 +19,7 @@ from api.ratelimit import RateLimits
 from api.routers import (
     agent_chats,
     agents,
+    analytics,
     approvals,
     audit,
     auth,
@@ -107,6 +108,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         agents,
         agent_chats,
         playbooks,
+        analytics,
     ):
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).

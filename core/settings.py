@@ -264,6 +264,9 @@ class Settings(BaseSettings):
     # Connector sync (activities/sync.py): a vendor's Retry-After up to this long is waited out
     # inside the page activity; a longer one makes the run sleep durably in its workflow.
     sync_inline_wait_seconds: float = Field(default=60, gt=0)
+    # Records of a page upserted at once (every vendor call still takes its turn in the
+    # connection's rate limit).
+    sync_record_concurrency: int = Field(default=8, ge=1, le=64)
     # This many runs of a profile failing in a row pause its Schedule and tell the tenant's
     # admins (once); a completed run, or a resume, starts the count again.
     sync_failed_runs_to_pause: int = Field(default=3, ge=1, le=100)

@@ -6,12 +6,21 @@ vendor ids: the records stay in the tenant's systems.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import JSON, ForeignKey, Index, Integer, Interval, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    Interval,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, Timestamped, str_enum
@@ -98,6 +107,27 @@ class SyncRun(Base):
     cursor_restarts: Mapped[int] = mapped_column(Integer, default=0)
     # At most FAILURE_SAMPLE entries of {"source_id", "reason"}: no personal data.
     failures: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+
+
+class AnalyticsDay(Timestamped, Base):
+    """One day of a tenant's analytics property, as numbers only (sessions, users, revenue...):
+    the one thing BizOSaaS keeps of a tenant's systems, for its dashboard. Written by a sync
+    profile from the analytics connection (``daily_report`` -> ``daily_aggregate``); ``metrics``
+    maps the profile's target names to the day's values."""
+
+    __tablename__ = "analytics_days"
+    __table_args__ = (
+        UniqueConstraint("connection_id", "day"),
+        Index("ix_analytics_days_tenant_day", "tenant_id", "day"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    day: Mapped[date] = mapped_column(Date())
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
 
 
 FAILURE_SAMPLE = 20

@@ -15,7 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, ScheduleOverlapPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.sync import PAIRS, create_schedule, delete_schedule, pause_schedule, schedule_id
+from activities.sync import (
+    PAIRS,
+    SyncPair,
+    create_schedule,
+    delete_schedule,
+    pause_schedule,
+    schedule_id,
+)
 from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
@@ -35,10 +42,11 @@ TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN))]
 
 class ProfileRequest(BaseModel):
     """A new sync profile. ``field_mapping`` maps target fields to source fields (the pair's
-    default when omitted)."""
+    default when omitted). ``target_connection_id`` is left out for a target BizOSaaS keeps
+    itself (``daily_aggregate``: the source connection's days)."""
 
     source_connection_id: uuid.UUID
-    target_connection_id: uuid.UUID
+    target_connection_id: uuid.UUID | None = None
     source_resource: str = Field(max_length=64)
     target_resource: str = Field(max_length=64)
     field_mapping: dict[str, str] | None = Field(default=None, max_length=50)
@@ -148,17 +156,17 @@ async def create_profile(
     not hold the resources or the mapping names fields they do not have. The profile's
     Schedule starts its first run after one interval (``trigger`` runs it now)."""
     source = await _live(session, body.source_connection_id, principal)
-    target = await _live(session, body.target_connection_id, principal)
     pair = PAIRS.get((body.source_resource, body.target_resource))
     if pair is None:
         known = ", ".join(f"{s} -> {t}" for s, t in PAIRS)
         raise Unprocessable(
             f"No sync from {body.source_resource} to {body.target_resource}: {known}."
         )
-    for row, kind, side in (
-        (source, pair.source_kind, "source"),
-        (target, pair.target_kind, "target"),
-    ):
+    target = await _target(session, body, pair, source, principal)
+    sides = [(source, pair.source_kind, "source")]
+    if pair.store is None:
+        sides.append((target, pair.target_kind, "target"))
+    for row, kind, side in sides:
         if registry.get_spec(row.connector_id).kind != kind:
             raise Unprocessable(
                 f"The {side} connection ({row.connector_id}) is not a {kind} system."
@@ -404,6 +412,33 @@ async def _trigger(
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
         raise Conflict("This profile has no schedule; resume it to create one.") from None
+
+
+async def _target(
+    session: AsyncSession,
+    body: ProfileRequest,
+    pair: SyncPair,
+    source: Connection,
+    principal: Principal,
+) -> Connection:
+    """The target connection: the one named, or for a target BizOSaaS keeps (which takes none)
+    the source's own."""
+    named = body.target_connection_id
+    if pair.store is not None and named in (None, source.id):
+        return source
+    if pair.store is not None or named is None:
+        problem = "must be left out" if pair.store is not None else "is required"
+        raise Unprocessable(
+            f"target_connection_id {problem} for {body.target_resource}.",
+            errors=[
+                {
+                    "loc": ["body", "target_connection_id"],
+                    "msg": problem,
+                    "type": "value_error",
+                }
+            ],
+        )
+    return await _live(session, named, principal)
 
 
 async def _live(

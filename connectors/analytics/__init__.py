@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from connectors.http import SchemaMismatch
 from connectors.ports import Connector
 
 MetricType = Literal["integer", "float", "currency", "seconds", "percent", "other"]
@@ -73,6 +74,16 @@ class Report(BaseModel):
     row_count: int = Field(description="rows in the whole report, across pages")
     totals: list[float] | None = None
     next_cursor: str | None = None
+
+
+def report_day(value: str, index: int) -> date:
+    """A row's day as the vendor gives it (GA4: ``20261101``); ``index`` is the row's."""
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise SchemaMismatch(
+            f"not a day: {value[:20]!r}", field=f"rows[{index}].dimensions[0]"
+        ) from None
 
 
 class AnalyticsPort(Connector, Protocol):

@@ -17,6 +17,7 @@ from pathlib import Path
 from subprocess import Popen
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
@@ -30,17 +31,26 @@ from core.settings import Settings
 from models.billing import UsageEvent, UsageMetric
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.email import OutboundEmail
-from models.sync import MatchRule, SyncMapping, SyncProfile, SyncRun, SyncRunState, SyncStatus
+from models.sync import (
+    MatchRule,
+    SyncCounts,
+    SyncMapping,
+    SyncProfile,
+    SyncRun,
+    SyncRunState,
+    SyncStatus,
+)
 from tests.factories import member
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, Fault, HubSpotPeer
 from tests.peers.woocommerce import CONSUMER_KEY, CONSUMER_SECRET, WooCommercePeer
 from tests.peers.woocommerce import Fault as ShopFault
+from tests.peers.wordpress import WordPressSite
 from tests.processes import worker_process
 from workers.main import build_worker
 from workflows.sync import SyncWorkflow
 
 pytestmark = pytest.mark.one_database
-pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot"]
+pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot", "tests.peers.wordpress"]
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -720,3 +730,99 @@ async def test_a_worker_killed_mid_run_resumes_without_duplicates(
     assert counts.failed == 0
     run = await _run_row(sessions, handle.first_execution_run_id or "")
     assert run.outcome == "completed"
+
+
+async def test_crm_contacts_become_site_users_and_changes_follow(
+    peered: Settings,
+    sessions: SessionFactory,
+    hubspot_peer: HubSpotPeer,
+    wordpress_site: WordPressSite,
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    admin = await member(sessions, peered)
+    crm_id, site_id = uuid.uuid4(), uuid.uuid4()
+    store = secret_store_from_settings(peered)
+    await store.put(connection_path(admin.tenant_id, crm_id), {"api_key": PRIVATE_APP_TOKEN})
+    await store.put(
+        connection_path(admin.tenant_id, site_id),
+        {
+            "username": wordpress_site.username,
+            "application_password": wordpress_site.application_password,
+        },
+    )
+    async with transaction(sessions) as session:
+        for connection_id, connector, auth, settings_ in (
+            (crm_id, "hubspot", "api_key", {}),
+            (site_id, "wordpress", "application_password", {"site_url": wordpress_site.url}),
+        ):
+            session.add(
+                Connection(
+                    id=connection_id,
+                    tenant_id=admin.tenant_id,
+                    connector_id=connector,
+                    auth_kind=auth,
+                    label=connector,
+                    settings=settings_,
+                    account={},
+                    status=ConnectionStatus.CONNECTED,
+                    health=ConnectionHealth.HEALTHY,
+                )
+            )
+    profile_id = await add_profile(
+        sessions, admin.tenant_id, crm_id, site_id, resources=("contacts", "users")
+    )
+    tag = uuid.uuid4().hex[:8]
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    people = [
+        hubspot_peer.seed(
+            "contacts",
+            {"email": f"reader{n}-{tag}@example.com", "firstname": f"R{n}", "lastname": "Doe"},
+            at=start + timedelta(seconds=n),
+        )
+        for n in range(5)
+    ]
+    nameless = hubspot_peer.seed(
+        "contacts", {"firstname": "No", "lastname": "Address"}, at=start + timedelta(seconds=5)
+    )
+    async with build_worker(temporal_env.client, sessions, peered):
+        first = await _run_profile(temporal_env.client, peered, profile_id)
+        assert (first.read, first.created, first.skipped) == (6, 5, 1)
+        assert first.failures[0].source_id == nameless["id"]
+        site = await _site_users(wordpress_site, tag)
+        assert sorted(u["email"] for u in site) == sorted(p["properties"]["email"] for p in people)
+        assert {u["first_name"] for u in site} == {f"R{n}" for n in range(5)}
+
+        # One contact changes at the CRM: the next run reads it alone and updates its user.
+        changed = people[2]
+        changed["properties"]["lastname"] = "Lovelace"
+        later = datetime.now(UTC) + timedelta(seconds=2)
+        stamp = later.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        changed["properties"]["lastmodifieddate"] = changed["updatedAt"] = stamp
+        second = await _run_profile(temporal_env.client, peered, profile_id)
+    # It reads the changed one (and the newest it read before, at its watermark: the nameless
+    # one, skipped again).
+    assert (second.read, second.created, second.updated, second.skipped) == (2, 0, 1, 1)
+    site = await _site_users(wordpress_site, tag)
+    assert len(site) == 5
+    updated = next(u for u in site if u["email"] == changed["properties"]["email"])
+    assert updated["last_name"] == "Lovelace"
+
+
+async def _run_profile(client: Client, settings: Settings, profile_id: uuid.UUID) -> SyncCounts:
+    return await client.execute_workflow(
+        SyncWorkflow.run,
+        SyncRunState(profile_id=profile_id),
+        id=f"sync:{profile_id}",
+        task_queue=settings.temporal_task_queue,
+    )
+
+
+async def _site_users(site: WordPressSite, tag: str) -> list[dict[str, str]]:
+    """The site's users whose address holds ``tag``, as its REST API shows them."""
+    async with httpx.AsyncClient(auth=(site.username, site.application_password)) as http:
+        answer = await http.get(
+            f"{site.url}/wp-json/wp/v2/users",
+            params={"context": "edit", "search": tag, "per_page": 100},
+        )
+    answer.raise_for_status()
+    return [u for u in answer.json() if tag in u["email"]]
