@@ -776,7 +776,10 @@ class HubSpotConnector:
             },
             associations,
         )
-        return await self.get_contact(created.id)
+        if associations:
+            # The answer to a create lists no associations: read the contact's company back.
+            return await self.get_contact(created.id)
+        return self._contact("$", created)
 
     async def update_contact(self, contact_id: str, update: ContactUpdate) -> Contact:
         changes = update.model_dump(exclude_unset=True)

@@ -60,13 +60,15 @@ import it before pytest loads it as a plugin).
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import operator
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -234,13 +236,16 @@ class HubSpotPeer:
     # The rolling ten-second window and the daily allowance.
     interval_max: int = 190
     daily_max: int = 1_000_000
-    window: list[float] = field(default_factory=list)
+    window: deque[float] = field(default_factory=deque)
     daily_used: int = 0
     # The most results one search query pages through (HubSpot's is 10,000).
     search_cap: int = 10_000
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1001))
+    # Type -> (property, lower-cased value) -> ids: kept by the records' properties as they
+    # change (through the API or a test's own hands), so equality searches need no scan.
+    _values: dict[str, dict[tuple[str, str], set[str]]] = field(default_factory=dict)
 
     def fail(self, path_prefix: str, *faults: Fault) -> None:
         """Answer the next requests whose path starts with ``path_prefix`` with ``faults``."""
@@ -268,7 +273,7 @@ class HubSpotPeer:
                   "lastmodifieddate": now, "hs_lastmodifieddate": now}  # fmt: skip
         record = {
             "id": record_id,
-            "properties": {**properties, **stamps},
+            "properties": _Properties(self._index_of(kind), record_id, {**properties, **stamps}),
             "createdAt": now,
             "updatedAt": now,
             "archived": False,
@@ -276,6 +281,15 @@ class HubSpotPeer:
         }
         self.records[kind][record_id] = record
         return record
+
+    def holding(self, kind: str, name: str, value: object) -> list[dict[str, Any]]:
+        """The records of ``kind`` whose string property ``name`` is ``value`` (ignoring
+        case), archived ones included: found through the index, not a scan."""
+        ids = self._index_of(kind).get((name, str(value).lower()), set())
+        return [self.records[kind][i] for i in sorted(ids, key=int) if i in self.records[kind]]
+
+    def _index_of(self, kind: str) -> dict[tuple[str, str], set[str]]:
+        return self._values.setdefault(kind, {})
 
     def associate(self, kind: str, record_id: str, other_kind: str, other_id: str) -> None:
         """Link two records both ways; a contact's first company becomes its primary one."""
@@ -298,6 +312,45 @@ class HubSpotPeer:
             if path.startswith(prefix) and queued:
                 return queued.pop(0)
         return None
+
+
+class _Properties(dict[str, Any]):
+    """A record's properties, keeping the peer's value index as they change."""
+
+    def __init__(
+        self, index: dict[tuple[str, str], set[str]], record_id: str, values: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self._index, self._id = index, record_id
+        self.update(values)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._forget(name)
+        super().__setitem__(name, value)
+        if value not in (None, ""):
+            self._index.setdefault((name, str(value).lower()), set()).add(self._id)
+
+    def __delitem__(self, name: str) -> None:
+        self._forget(name)
+        super().__delitem__(name)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for name, value in dict(*args, **kwargs).items():
+            self[name] = value
+
+    def setdefault(self, name: str, default: Any = None) -> Any:
+        if name not in self:
+            self[name] = default
+        return self[name]
+
+    def pop(self, name: str, *default: Any) -> Any:
+        self._forget(name)
+        return super().pop(name, *default)
+
+    def _forget(self, name: str) -> None:
+        old = self.get(name)
+        if old not in (None, ""):
+            self._index.get((name, str(old).lower()), set()).discard(self._id)
 
 
 def _now() -> str:
@@ -373,7 +426,8 @@ def build_app(peer: HubSpotPeer) -> Starlette:
 
     def limit_headers() -> dict[str, str]:
         secondly = max(1, peer.interval_max // 10)
-        last_second = sum(1 for t in peer.window if time.monotonic() - t < 1)
+        now = time.monotonic()
+        last_second = len(peer.window) - bisect.bisect_left(peer.window, now - 1)
         return {
             "X-HubSpot-RateLimit-Interval-Milliseconds": "10000",
             "X-HubSpot-RateLimit-Max": str(peer.interval_max),
@@ -419,7 +473,8 @@ def build_app(peer: HubSpotPeer) -> Starlette:
                 f"The OAuth token used to make this call expired {ago} second(s) ago.",
             )
         now = time.monotonic()
-        peer.window[:] = [t for t in peer.window if now - t < 10]
+        while peer.window and now - peer.window[0] >= 10:
+            peer.window.popleft()
         if peer.daily_used >= peer.daily_max:
             return JSONResponse(_rate_limit_body("DAILY"), 429, headers=limit_headers())
         if len(peer.window) >= peer.interval_max:
@@ -481,10 +536,8 @@ def build_app(peer: HubSpotPeer) -> Starlette:
             value = properties.get(name)
             if not value:
                 continue
-            for existing in peer.records[kind].values():
-                if existing["id"] != own_id and (
-                    str(existing["properties"].get(name) or "").lower() == str(value).lower()
-                ):
+            for existing in peer.holding(kind, name, value):
+                if existing["id"] != own_id:
                     noun = "Contact" if name == "email" else "A record"
                     return refuse(
                         409, "CONFLICT", f"{noun} already exists. Existing ID: {existing['id']}"
@@ -666,11 +719,22 @@ def build_app(peer: HubSpotPeer) -> Starlette:
                     return False
             return True
 
-        found = [
-            r
-            for r in peer.records[kind].values()
-            if not r["archived"] and any(matches(r, g) for g in groups)
-        ]
+        def candidates(rules: list[tuple[str, Any, Any]]) -> Iterable[dict[str, Any]]:
+            """The records a group can match: those an equality on a string property names
+            (through the index), else all."""
+            for name, compare, wanted in rules:
+                if compare is operator.eq and isinstance(wanted, str) and "." not in name:
+                    return peer.holding(kind, name, wanted)
+            return peer.records[kind].values()
+
+        found = list(
+            {
+                r["id"]: r
+                for rules in groups
+                for r in candidates(rules)
+                if not r["archived"] and matches(r, rules)
+            }.values()
+        )
         found.sort(key=lambda r: int(r["id"]))
         for rule in reversed(payload.get("sorts") or []):
             found.sort(
