@@ -298,6 +298,18 @@ class PriorityChange(BaseModel):
     by: uuid.UUID
 
 
+class TaskEdit(BaseModel):
+    """New values for some of a task's fields (None: unchanged; ``clear_due_at`` removes the
+    due date)."""
+
+    by: uuid.UUID
+    title: str | None = Field(default=None, min_length=1, max_length=300)
+    description: str | None = Field(default=None, max_length=20_000)
+    labels: list[str] | None = Field(default=None, max_length=20)
+    due_at: datetime | None = None
+    clear_due_at: bool = False
+
+
 class CommentCommand(BaseModel):
     comment_id: uuid.UUID
     body: str = Field(min_length=1, max_length=MAX_COMMENT_CHARS)

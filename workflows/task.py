@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         SlaPlanRequest,
         SlaUsage,
         StatusChange,
+        TaskEdit,
         TaskEvent,
         TaskEventName,
         TaskNotice,
@@ -245,6 +246,33 @@ class TaskWorkflow:
 
     @change_priority.validator
     def _check_priority(self, change: PriorityChange) -> None:
+        """Not once the task is closed."""
+        self._require_open()
+
+    @workflow.update
+    def edit(self, edit: TaskEdit) -> TaskState:
+        """Change the title, description, labels or due date; the timeline names the fields
+        changed (not their values)."""
+        given = {
+            "title": edit.title,
+            "description": edit.description,
+            "labels": edit.labels,
+            "due_at": None if edit.clear_due_at else edit.due_at,
+        }
+        changes = {
+            name: value
+            for name, value in given.items()
+            if (value is not None or (name == "due_at" and edit.clear_due_at))
+            and getattr(self._task.fields, name) != value
+        }
+        if changes:
+            self._task.fields = self._task.fields.model_copy(update=changes)
+            self._event("edited", edit.by, ", ".join(sorted(changes)))
+            self._dirty = True
+        return self._task
+
+    @edit.validator
+    def _check_edit(self, edit: TaskEdit) -> None:
         """Not once the task is closed."""
         self._require_open()
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, status
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import ColumnElement, Select, cast, func, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -64,6 +64,7 @@ from models.tasks import (
     SlaTarget,
     StatusChange,
     Task,
+    TaskEdit,
     TaskEvent,
     TaskFields,
     TaskStart,
@@ -141,10 +142,26 @@ class AgentAssignment(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
 
 
+#: Text compared in the database (labels, filters): one line, no control characters
+#: (PostgreSQL takes no NUL in text or JSON; one in a label would break the tenant's filtering).
+_TEXT = r"^[^\x00-\x1f\x7f]+$"
+Label = Annotated[str, Field(min_length=1, max_length=64, pattern=_TEXT)]
+
+
+def _not_past(value: datetime | None) -> datetime | None:
+    if value is not None:
+        if value.tzinfo is None:
+            raise ValueError("due_at needs a time zone")
+        if value <= datetime.now(UTC):
+            raise ValueError("due_at is in the past")
+    return value
+
+
 class TaskRequest(TaskFields):
     """A new task; ``assignee_id`` (a person) or ``agent`` assigns it directly, otherwise
     routing picks a member."""
 
+    labels: list[Label] = Field(default_factory=list, max_length=20)
     assignee_id: uuid.UUID | None = None
     agent: AgentAssignment | None = None
 
@@ -154,15 +171,7 @@ class TaskRequest(TaskFields):
             raise ValueError("assign a person or an agent, not both")
         return self
 
-    @field_validator("due_at")
-    @classmethod
-    def _future(cls, value: datetime | None) -> datetime | None:
-        if value is not None:
-            if value.tzinfo is None:
-                raise ValueError("due_at needs a time zone")
-            if value <= datetime.now(UTC):
-                raise ValueError("due_at is in the past")
-        return value
+    _future = field_validator("due_at")(_not_past)
 
 
 class TaskItem(BaseModel):
@@ -216,6 +225,26 @@ class AssignBody(BaseModel):
 
 class PriorityBody(BaseModel):
     priority: Priority
+
+
+class TaskEditBody(BaseModel):
+    """The fields to change; ``due_at: null`` removes the due date."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(default=None, min_length=1, max_length=300)
+    description: str | None = Field(default=None, max_length=20_000)
+    labels: list[Label] | None = Field(default=None, max_length=20)
+    due_at: datetime | None = None
+
+    _future = field_validator("due_at")(_not_past)
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> TaskEditBody:
+        for name in ("title", "description", "labels"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
 
 
 class CommentBody(BaseModel):
@@ -446,11 +475,6 @@ async def create_task(
     return state
 
 
-#: Filter text compared in the database: one line, no control characters (PostgreSQL takes
-#: no NUL in text or JSON).
-_TEXT = r"^[^\x00-\x1f\x7f]+$"
-
-
 @router.get("/tasks", summary="Your tenant's tasks (list and Kanban)")
 async def list_tasks(
     principal: CurrentPrincipal,
@@ -595,6 +619,23 @@ async def change_priority(
     """The SLA deadlines are recomputed from the time already used."""
     change = PriorityChange(priority=body.priority, by=principal.user_id)
     return await tasks.update(task_id, TaskWorkflow.change_priority, change)
+
+
+@router.patch("/tasks/{task_id}", summary="Edit a task's title, description, labels or due date")
+async def edit_task(
+    task_id: uuid.UUID, body: TaskEditBody, principal: Worker, tasks: TasksDep
+) -> TaskState:
+    """Only the fields given change; 422 for a due date in the past, 409 once the task is
+    closed. The timeline records which fields changed."""
+    edit = TaskEdit(
+        by=principal.user_id,
+        title=body.title,
+        description=body.description,
+        labels=body.labels,
+        due_at=body.due_at,
+        clear_due_at="due_at" in body.model_fields_set and body.due_at is None,
+    )
+    return await tasks.update(task_id, TaskWorkflow.edit, edit)
 
 
 @router.post(

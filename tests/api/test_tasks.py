@@ -286,6 +286,69 @@ async def test_illegal_moves_and_bad_input_are_refused(
     assert await listed(api, stranger, "") == []
 
 
+async def test_a_task_is_edited_field_by_field_until_it_closes(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    stranger = await member(sessions, settings)
+    project_id = await project(api, admin, admin)
+    state = await task(api, admin, project_id)
+    path = f"/api/v1/tasks/{state['task_id']}"
+    due = (datetime.now(UTC) + timedelta(days=3)).replace(microsecond=0)
+    edited = await api.patch(
+        path,
+        json={
+            "title": "Call the printer",
+            "labels": ["print", "urgent"],
+            "due_at": due.isoformat(),
+        },
+        headers=admin.headers,
+    )
+    assert edited.status_code == 200, edited.text
+    fields = edited.json()["fields"]
+    assert (fields["title"], fields["labels"]) == ("Call the printer", ["print", "urgent"])
+    assert datetime.fromisoformat(fields["due_at"]) == due
+    assert fields["description"] == state["fields"]["description"]
+    # The list (a projection of the workflow's record) follows; the label filter finds it.
+    for _ in range(100):
+        found = await listed(api, admin, "label=urgent")
+        if found:
+            break
+        await asyncio.sleep(0.05)
+    assert [t["title"] for t in found] == ["Call the printer"]
+
+    cleared = await api.patch(path, json={"due_at": None}, headers=admin.headers)
+    assert cleared.json()["fields"]["due_at"] is None
+    # Unchanged values change nothing and leave no event.
+    same = await api.patch(path, json={"title": "Call the printer"}, headers=admin.headers)
+    assert same.status_code == 200
+    timeline = (await api.get(f"{path}/timeline", headers=admin.headers)).json()
+    edits = [e for e in timeline if e["event"] == "edited"]
+    assert [e["detail"] for e in edits] == ["due_at, labels, title", "due_at"]
+
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    for body in (
+        {"title": None},
+        {"title": ""},
+        {"due_at": past},
+        {"labels": ["a\x00b"]},
+        {"labels": ["x" * 65]},
+        {"owner": "me"},
+    ):
+        refused = await api.patch(path, json=body, headers=admin.headers)
+        assert refused.status_code == 422, (body, refused.text)
+    nul = await api.post(
+        f"/api/v1/projects/{project_id}/tasks",
+        json={"title": "x", "labels": ["bad\x00label"]},
+        headers=admin.headers,
+    )
+    assert nul.status_code == 422
+    assert (await api.patch(path, json={"title": "x"}, headers=stranger.headers)).status_code == 404
+    await api.post(f"{path}/status", json={"status": "cancelled"}, headers=admin.headers)
+    closed = await api.patch(path, json={"title": "Too late"}, headers=admin.headers)
+    assert closed.status_code == 409
+
+
 async def test_the_inbox_of_each_role(
     api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
 ) -> None:
