@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from models.approval import ApprovalStatus, DeadlinePolicy
 from models.base import Base, Timestamped, str_enum
+from models.user import Role
 
 #: Bodies are carried by the workflow: keep them well inside a history event.
 MAX_BODY_CHARS = 200_000
@@ -27,6 +28,9 @@ IMAGE_TYPES = frozenset({"image/png", "image/jpeg"})
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 #: A category or tag name.
 Term = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+#: The roles that may decide a tenant's content reviews: its admins, or its members with the
+#: ``user`` role (never read-only members, agents or machines).
+ReviewerRole = Literal["tenant_admin", "user"]
 
 
 class ContentStatus(StrEnum):
@@ -139,10 +143,12 @@ class ImageCheck(BaseModel):
 
 
 class ReviewPolicy(BaseModel):
-    """The tenant's review setting, fixed into an item's workflow when it starts."""
+    """The tenant's review setting, fixed into an item's workflow when it starts: whether
+    items are reviewed, by which role (a :data:`ReviewerRole`), and the deadlines."""
 
     required: bool = False
     deadlines: DeadlinePolicy = DeadlinePolicy()
+    reviewer_role: Role = Role.TENANT_ADMIN
 
 
 class Submission(BaseModel):
@@ -160,7 +166,11 @@ class ReviewView(BaseModel):
 
 
 class PublishedPost(BaseModel):
-    """The item's post at the CMS, as last written and verified."""
+    """The item's post at the CMS, as last written and verified.
+
+    ``verified`` false: the post was written but did not read back as written (the item
+    failed with the reason); it exists at the CMS all the same, and the next publish writes
+    over it. ``revision``: the item's revision last verified in it (0: none yet)."""
 
     post_id: str
     url: str | None = None
@@ -171,6 +181,7 @@ class PublishedPost(BaseModel):
     media_key: str | None = None
     published_at: datetime | None = None
     revision: int = 0
+    verified: bool = True
 
 
 ContentEventName = Literal[
@@ -348,6 +359,10 @@ class ContentPolicy(Timestamped, Base):
     remind_after: Mapped[timedelta]
     escalate_after: Mapped[timedelta]
     expire_after: Mapped[timedelta]
+    # Who decides the reviews (a ReviewerRole).
+    reviewer_role: Mapped[Role] = mapped_column(
+        str_enum(Role), default=Role.TENANT_ADMIN, server_default=Role.TENANT_ADMIN.value
+    )
 
     def review_policy(self) -> ReviewPolicy:
         return ReviewPolicy(
@@ -357,4 +372,5 @@ class ContentPolicy(Timestamped, Base):
                 escalate_after=self.escalate_after,
                 expire_after=self.expire_after,
             ),
+            reviewer_role=self.reviewer_role,
         )

@@ -61,6 +61,7 @@ from models.content import (
     ImageUpload,
     PublishStart,
     Reschedule,
+    ReviewerRole,
     ReviewPolicy,
     Submission,
     UnpublishMode,
@@ -183,10 +184,16 @@ class ImageTicket(BaseModel):
 
 
 class PolicyView(BaseModel):
-    """Whether items are reviewed by a tenant admin before they are published, and the
-    review's deadlines (hours from the submit)."""
+    """Whether items are reviewed before they are published, which role decides the reviews
+    (``tenant_admin``, or ``user`` for members named as reviewers), and the review's deadlines
+    (hours from the submit)."""
 
     review_required: bool = False
+    reviewer_role: ReviewerRole = Field(
+        default="tenant_admin",
+        description="who decides reviews: tenant_admin, or user (read-only members, agents "
+        "and service accounts never review)",
+    )
     remind_after_hours: int = Field(default=24, ge=1, le=24 * 30)
     escalate_after_hours: int = Field(default=48, ge=1, le=24 * 60)
     expire_after_hours: int = Field(default=168, ge=1, le=24 * 90)
@@ -205,6 +212,7 @@ class PolicyView(BaseModel):
                 escalate_after=timedelta(hours=self.escalate_after_hours),
                 expire_after=timedelta(hours=self.expire_after_hours),
             ),
+            reviewer_role=Role(self.reviewer_role),
         )
 
 
@@ -230,6 +238,7 @@ async def put_policy(body: PolicyView, principal: TenantAdmin, session: SessionD
     row.remind_after = policy.deadlines.remind_after
     row.escalate_after = policy.deadlines.escalate_after
     row.expire_after = policy.deadlines.expire_after
+    row.reviewer_role = policy.reviewer_role
     await session.commit()
     return _policy_view(row)
 
@@ -239,6 +248,7 @@ def _policy_view(row: ContentPolicy | None) -> PolicyView:
         return PolicyView()
     return PolicyView(
         review_required=row.review_required,
+        reviewer_role="user" if row.reviewer_role is Role.USER else "tenant_admin",
         remind_after_hours=int(row.remind_after.total_seconds() // 3600),
         escalate_after_hours=int(row.escalate_after.total_seconds() // 3600),
         expire_after_hours=int(row.expire_after.total_seconds() // 3600),
@@ -367,8 +377,9 @@ async def submit_content(
     content_id: uuid.UUID, principal: Author, items: ItemsDep, body: PublishTime | None = None
 ) -> ContentView:
     """Publish now, or at ``publish_at`` (a time in the past is refused with 422: omit it to
-    publish now). When your tenant requires review, a tenant admin decides first
-    (``in_review``); changes requested or a rejection bring the item back to ``draft``."""
+    publish now). When your tenant requires review, its reviewer role (a tenant admin unless
+    the settings name ``user``) decides first (``in_review``); changes requested or a rejection
+    bring the item back to ``draft``."""
     publish_at = body.publish_at if body is not None else None
     submission = Submission(submitted_by=principal.user_id, publish_at=publish_at)
     return await items.update(content_id, PublishWorkflow.submit, submission)

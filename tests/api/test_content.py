@@ -1,6 +1,7 @@
 """Content publishing over HTTP on the dev server, against a real WordPress: publish now and at a
-time, review, reschedule and cancel, edits and unpublishing, the featured image, refused
-credentials and the reconnect, and bad input."""
+time, review (by tenant admins or a named reviewer role), reschedule and cancel, edits and
+unpublishing, the featured image, 5xx retried, refused credentials and the reconnect, and bad
+input."""
 
 from __future__ import annotations
 
@@ -262,6 +263,16 @@ async def test_publish_at_a_time_reschedule_and_cancel(
         headers=author.headers,
     )
     await until(api, author, content_id, "scheduled")
+    past = await api.post(
+        f"/api/v1/content/{content_id}/schedule",
+        json={"publish_at": (datetime.now(UTC) - timedelta(minutes=1)).isoformat()},
+        headers=author.headers,
+    )
+    assert past.status_code == 422, past.text
+    assert "past" in past.text
+    still = await api.get(f"/api/v1/content/{content_id}", headers=author.headers)
+    assert still.json()["status"] == "scheduled"
+    assert datetime.fromisoformat(still.json()["publish_at"]) == later
     soon = datetime.now(UTC) + timedelta(seconds=2)
     moved = await api.post(
         f"/api/v1/content/{content_id}/schedule",
@@ -297,8 +308,20 @@ async def test_review_request_changes_then_approve(
     item = await create(api, author, connection_id, body="<p>Draft one.</p>")
     content_id = item["content_id"]
 
+    # Cancelled while in review: the review is withdrawn and can no longer be decided.
     await api.post(f"/api/v1/content/{content_id}/submit", headers=author.headers)
-    first = await _pending_review(api, reviewer)
+    withdrawn = await _pending_review(api, reviewer)
+    cancelled = await api.post(f"/api/v1/content/{content_id}/cancel", headers=author.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    draft = await until(api, author, content_id, "draft")
+    assert draft["review"]["status"] == "withdrawn"
+    assert draft["events"][-1]["event"] == "review_withdrawn"
+    late = await _decide(api, reviewer, withdrawn, "approve")
+    assert late.status_code == 409, late.text
+    assert marked_posts(wordpress_site, content_id) == []
+
+    await api.post(f"/api/v1/content/{content_id}/submit", headers=author.headers)
+    first = await _pending_review(api, reviewer, after=withdrawn)
     # The reviewer sees the rendered preview.
     preview = await api.get(f"/api/v1/content/{content_id}", headers=reviewer.headers)
     assert preview.json()["html"] == "<p>Draft one.</p>"
@@ -317,8 +340,7 @@ async def test_review_request_changes_then_approve(
         f"/api/v1/content/{content_id}", json={"body": "<p>Draft two.</p>"}, headers=author.headers
     )
     await api.post(f"/api/v1/content/{content_id}/submit", headers=author.headers)
-    second = await _pending_review(api, reviewer)
-    assert second != first
+    second = await _pending_review(api, reviewer, after=first)
     approved = await api.post(
         f"/api/v1/approvals/{second}/decision",
         json={"decision": "approve"},
@@ -331,15 +353,136 @@ async def test_review_request_changes_then_approve(
     )
 
 
-async def _pending_review(api: httpx.AsyncClient, reviewer: Member) -> str:
+async def _pending_review(
+    api: httpx.AsyncClient, reviewer: Member, after: str | None = None
+) -> str:
+    """The pending content review in the tenant admin's queue (another than ``after``)."""
     async with asyncio.timeout(20):
         while True:
             queue = await api.get("/api/v1/approvals?kind=content_review", headers=reviewer.headers)
             assert queue.status_code == 200, queue.text
-            if queue.json()["items"]:
-                approval_id: str = queue.json()["items"][0]["approval_id"]
+            found = [i["approval_id"] for i in queue.json()["items"] if i["approval_id"] != after]
+            if found:
+                approval_id: str = found[0]
                 return approval_id
             await asyncio.sleep(0.1)
+
+
+async def _review_on_item(api: httpx.AsyncClient, who: Member, content_id: str) -> str:
+    """The item's pending review, once the item has started it."""
+    async with asyncio.timeout(20):
+        while True:
+            item = (await api.get(f"/api/v1/content/{content_id}", headers=who.headers)).json()
+            review = item["review"]
+            if item["status"] == "in_review" and review and review["status"] == "pending":
+                approval_id: str = review["approval_id"]
+                return approval_id
+            await asyncio.sleep(0.1)
+
+
+async def _decide(
+    api: httpx.AsyncClient, who: Member, approval_id: str, decision: str
+) -> httpx.Response:
+    """``who``'s decision once the approval is in the queue (its row follows the review's
+    start by an activity)."""
+    async with asyncio.timeout(20):
+        while True:
+            answer = await api.post(
+                f"/api/v1/approvals/{approval_id}/decision",
+                json={"decision": decision},
+                headers=who.headers,
+            )
+            if answer.status_code != 404:
+                return answer
+            await asyncio.sleep(0.1)
+
+
+async def test_a_named_reviewer_role_decides_the_review(
+    api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    content_settings: Settings,
+) -> None:
+    admin = await member(sessions, content_settings, mfa_enabled=True)
+    tenant_id = admin.tenant_id
+    reviewer = await member(
+        sessions, content_settings, Role.USER, tenant_id=tenant_id, mfa_enabled=True
+    )
+    reader = await member(
+        sessions, content_settings, Role.READONLY, tenant_id=tenant_id, mfa_enabled=True
+    )
+    author = await member(sessions, content_settings, Role.USER, tenant_id=tenant_id)
+    connection_id = await connect(api, admin, wordpress_site)
+    default = await api.get("/api/v1/content/settings", headers=author.headers)
+    assert default.json()["reviewer_role"] == "tenant_admin"
+    for role in ("readonly", "agent", "service_account", "super_admin", "editor"):
+        refused = await api.put(
+            "/api/v1/content/settings",
+            json={"review_required": True, "reviewer_role": role},
+            headers=admin.headers,
+        )
+        assert refused.status_code == 422, (role, refused.text)
+    policy = await api.put(
+        "/api/v1/content/settings",
+        json={"review_required": True, "reviewer_role": "user"},
+        headers=admin.headers,
+    )
+    assert policy.status_code == 200, policy.text
+    seen = await api.get("/api/v1/content/settings", headers=author.headers)
+    assert seen.json()["reviewer_role"] == "user"
+
+    content_id = (await create(api, author, connection_id))["content_id"]
+    await api.post(f"/api/v1/content/{content_id}/submit", headers=author.headers)
+    # A member reviewer finds the review on the item (the approvals queue lists for admins).
+    approval_id = await _review_on_item(api, reviewer, content_id)
+    # Only the named role decides: not a read-only member, nor (here) a tenant admin.
+    for other in (reader, admin):
+        refused = await _decide(api, other, approval_id, "approve")
+        assert refused.status_code == 403, (other.role, refused.text)
+    approved = await _decide(api, reviewer, approval_id, "approve")
+    assert approved.status_code == 200, approved.text
+    published = await until(api, author, content_id, "published")
+    assert published["review"]["status"] == "approved"
+    approved_event = next(e for e in published["events"] if e["event"] == "approved")
+    assert approved_event["by"] == str(reviewer.user_id)
+    assert len(marked_posts(wordpress_site, content_id)) == 1
+
+
+async def test_editing_a_published_item_is_reviewed_again_and_updates_the_same_post(
+    api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    content_settings: Settings,
+) -> None:
+    reviewer = await member(sessions, content_settings, mfa_enabled=True)
+    author = await member(sessions, content_settings, Role.USER, tenant_id=reviewer.tenant_id)
+    connection_id = await connect(api, reviewer, wordpress_site)
+    await api.put(
+        "/api/v1/content/settings", json={"review_required": True}, headers=reviewer.headers
+    )
+    content_id = (await create(api, author, connection_id, title="First title"))["content_id"]
+    await api.post(f"/api/v1/content/{content_id}/submit", headers=author.headers)
+    first = await _pending_review(api, reviewer)
+    assert (await _decide(api, reviewer, first, "approve")).status_code == 200
+    post_id = (await until(api, author, content_id, "published"))["post"]["post_id"]
+
+    edited = await api.patch(
+        f"/api/v1/content/{content_id}", json={"title": "Second title"}, headers=author.headers
+    )
+    assert (edited.json()["status"], edited.json()["live"]) == ("draft", True)
+    await api.post(f"/api/v1/content/{content_id}/submit", headers=author.headers)
+    in_review = await until(api, author, content_id, "in_review")
+    # Under review again, the live post still shows the approved revision.
+    assert in_review["live"] is True
+    assert wp_post(wordpress_site, post_id)["title"]["raw"] == "First title"
+    second = await _pending_review(api, reviewer, after=first)
+    assert (await _decide(api, reviewer, second, "approve")).status_code == 200
+    updated = await until(api, author, content_id, "published")
+    assert updated["post"]["post_id"] == post_id
+    assert updated["review"]["approval_id"] == second
+    assert wp_post(wordpress_site, post_id)["title"]["raw"] == "Second title"
+    assert [p["id"] for p in marked_posts(wordpress_site, content_id)] == [int(post_id)]
+    assert [e["event"] for e in updated["events"]][-3:] == ["submitted", "approved", "updated"]
 
 
 def png(width: int = 2, height: int = 2) -> bytes:
@@ -421,6 +564,95 @@ async def test_featured_image_is_uploaded_once_and_checked(
     assert wp_post(wordpress_site, again["post"]["post_id"])["featured_media"] == media["id"]
     found = wordpress_site.rest("GET", "wp/v2/media", params={"search": "media-"})
     assert len([m for m in found if m["id"] == media["id"]]) == 1
+
+
+async def test_an_image_over_the_limit_found_after_the_upload_is_refused(
+    api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    content_settings: Settings,
+    temporal_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+) -> None:
+    admin = await member(sessions, content_settings)
+    connection_id = await connect(api, admin, wordpress_site)
+    content_id = (await create(api, admin, connection_id))["content_id"]
+    image = png(64, 64)
+    ticket = await api.post(
+        f"/api/v1/content/{content_id}/featured-image",
+        json={"filename": "cover.png", "content_type": "image/png", "size": len(image)},
+        headers=admin.headers,
+    )
+    assert ticket.status_code == 201, ticket.text
+    upload = ticket.json()
+    put = await api.put(
+        httpx.URL(upload["upload_url"]).raw_path.decode(), content=image, headers=upload["headers"]
+    )
+    assert put.status_code == 200, put.text
+
+    # The limit is lowered (BIZ_CONTENT_IMAGE_MAX_BYTES) before the upload is completed: the
+    # bytes stored are what is checked, whatever was announced.
+    lowered = content_settings.model_copy(update={"content_image_max_bytes": len(image) - 1})
+    app = create_app(lowered, temporal_env.client, engine)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as strict:
+        completed = await strict.post(
+            f"/api/v1/content/{content_id}/featured-image/{upload['upload_id']}/complete",
+            headers=admin.headers,
+        )
+    assert completed.status_code == 422, completed.text
+    assert f"at most {len(image) - 1}" in completed.json()["detail"]
+    item = (await api.get(f"/api/v1/content/{content_id}", headers=admin.headers)).json()
+    assert item["fields"]["featured_image"] is None
+    assert item["pending_image"] is None
+    assert item["revision"] == 1
+    again = await api.post(
+        f"/api/v1/content/{content_id}/featured-image/{upload['upload_id']}/complete",
+        headers=admin.headers,
+    )
+    assert again.status_code == 404, again.text
+
+
+async def test_a_wordpress_5xx_on_the_create_is_retried_into_one_post(
+    api: httpx.AsyncClient,
+    wordpress_site: WordPressSite,
+    sessions: SessionFactory,
+    content_settings: Settings,
+    temporal_client: Client,
+) -> None:
+    admin = await member(sessions, content_settings)
+    connection_id = await connect(api, admin, wordpress_site)
+    content_id = (await create(api, admin, connection_id))["content_id"]
+    # Each attempt looks for the post by its marker, then creates it: the create answers
+    # 503 twice (a host's overloaded upstream), then gets through.
+    unavailable = {"code": "upstream_unavailable", "message": "Service Unavailable"}
+    try:
+        for _ in range(2):
+            wordpress_site.queue_fault()
+            wordpress_site.queue_fault(status=503, body=unavailable)
+        await api.post(f"/api/v1/content/{content_id}/submit", headers=admin.headers)
+        published = await until(api, admin, content_id, "published")
+    finally:
+        wordpress_site.clear_faults()
+    assert published["error"] is None
+    [post] = marked_posts(wordpress_site, content_id)
+    assert str(post["id"]) == published["post"]["post_id"]
+    assert post["status"] == "publish"
+    # One write, carried out by its third attempt (the policy's backoff in between).
+    history = await temporal_client.get_workflow_handle(f"publish:{content_id}").fetch_history()
+    scheduled = {
+        event.event_id: event.activity_task_scheduled_event_attributes.activity_type.name
+        for event in history.events
+        if event.HasField("activity_task_scheduled_event_attributes")
+    }
+    attempts = [
+        event.activity_task_started_event_attributes.attempt
+        for event in history.events
+        if event.HasField("activity_task_started_event_attributes")
+        and scheduled[event.activity_task_started_event_attributes.scheduled_event_id]
+        == "write_post"
+    ]
+    assert attempts == [3]
 
 
 async def test_refused_credentials_wait_for_the_reconnect(

@@ -1,6 +1,7 @@
 """PublishWorkflow: days of schedule, review and reconnect deadlines on the time-skipping server
-(the CMS calls replaced there by recording activities), and exactly one post at the real
-WordPress when the worker is killed right after its create call."""
+(the CMS calls replaced there by recording activities); at the real WordPress, exactly one post
+when the worker is killed right after its create call, and a post that does not read back as
+written (the item fails and keeps it)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from temporalio.worker import Worker
 
 from activities.approval import ApprovalActivities
 from activities.billing import BillingActivities
-from activities.publishing import PublishingActivities
+from activities.publishing import MISMATCH, PublishingActivities
 from connectors.mail import mailer_from_settings
 from connectors.secrets import connection_path, secret_store_from_settings
 from connectors.storage import storage_from_settings
@@ -66,6 +67,8 @@ class FakeCms:
     writes: list[PostWrite] = field(default_factory=list)
     unpublished: list[str] = field(default_factory=list)
     refuse: bool = False
+    # The post reads back with another title (a plugin on the site rewrote it).
+    rewritten: bool = False
 
     @activity.defn(name="write_post")
     async def write_post(self, write: PostWrite) -> PublishedPost:
@@ -80,6 +83,12 @@ class FakeCms:
 
     @activity.defn(name="verify_post")
     async def verify_post(self, write: PostWrite, post: PublishedPost) -> PublishedPost:
+        if self.rewritten:
+            raise ApplicationError(
+                "The published post does not match the item: the title differs.",
+                type=MISMATCH,
+                non_retryable=True,
+            )
         return post.model_copy(
             update={"published_at": activity.info().current_attempt_scheduled_time}
         )
@@ -151,6 +160,18 @@ async def cms_connection(sessions: SessionFactory, tenant_id: uuid.UUID, url: st
                 health=ConnectionHealth.HEALTHY,
             )
         )
+    return connection_id
+
+
+async def wordpress_connection(
+    sessions: SessionFactory, settings: Settings, site: WordPressSite, tenant_id: uuid.UUID
+) -> uuid.UUID:
+    """A connection of the tenant to the real WordPress, its credentials in the store."""
+    connection_id = await cms_connection(sessions, tenant_id, site.url)
+    await secret_store_from_settings(settings).put(
+        connection_path(tenant_id, connection_id),
+        {"username": site.username, "application_password": site.application_password},
+    )
     return connection_id
 
 
@@ -304,14 +325,7 @@ async def test_a_worker_killed_right_after_the_create_leaves_one_post(
 ) -> None:
     peered = settings.model_copy(update={"connector_allow_private_urls": True})
     admin = await member(sessions, peered)
-    connection_id = await cms_connection(sessions, admin.tenant_id, wordpress_site.url)
-    await secret_store_from_settings(peered).put(
-        connection_path(admin.tenant_id, connection_id),
-        {
-            "username": wordpress_site.username,
-            "application_password": wordpress_site.application_password,
-        },
-    )
+    connection_id = await wordpress_connection(sessions, peered, wordpress_site, admin.tenant_id)
     client = temporal_env.client
     address = client.service_client.config.target_host
     env = {"BIZ_CONNECTOR_ALLOW_PRIVATE_URLS": "true"}
@@ -341,6 +355,110 @@ async def test_a_worker_killed_right_after_the_create_leaves_one_post(
         wordpress_site.clear_faults()
     assert published.post is not None
     assert [str(p["id"]) for p in _marked(wordpress_site, marker)] == [published.post.post_id]
+
+
+async def test_a_post_that_does_not_read_back_as_written_fails_and_stays_recorded(
+    wordpress_site: WordPressSite,
+    temporal_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+) -> None:
+    peered = settings.model_copy(update={"connector_allow_private_urls": True})
+    admin = await member(sessions, peered)
+    connection_id = await wordpress_connection(sessions, peered, wordpress_site, admin.tenant_id)
+    publishing = PublishingActivities(
+        sessions, peered, secret_store_from_settings(peered), storage_from_settings(peered)
+    )
+    billing = BillingActivities(sessions, mailer_from_settings(peered, sessions), peered, None)
+    rewrites = ["Rewritten by a plugin"]
+
+    @activity.defn(name="write_post")
+    async def write_post(write: PostWrite) -> PublishedPost:
+        """The real write; the first time, a plugin on the site then rewrites the title."""
+        written = await publishing.write_post(write)
+        if rewrites:
+            change = {"title": rewrites.pop()}
+            await asyncio.to_thread(
+                wordpress_site.rest, "POST", f"wp/v2/posts/{written.post_id}", json=change
+            )
+        return written
+
+    client = temporal_env.client
+    async with Worker(
+        client,
+        task_queue=peered.temporal_task_queue,
+        workflows=[PublishWorkflow],
+        activities=[
+            write_post,
+            publishing.verify_post,
+            publishing.record_content,
+            billing.record_usage,
+        ],
+    ):
+        handle = await start_item(
+            client, peered, admin, connection_id, now=datetime.now().astimezone()
+        )
+        await handle.execute_update(PublishWorkflow.submit, Submission(submitted_by=admin.user_id))
+        failed = await item_status(handle, ContentStatus.FAILED)
+        assert failed.error == (
+            "Publishing failed: The published post does not match the item: the title differs."
+        )
+        # The post exists at the site all the same: the item shows it to whoever looks.
+        post = failed.post
+        assert post is not None
+        assert not post.verified
+        [live] = _marked(wordpress_site, post_marker(failed.content_id, 1))
+        assert (post.post_id, post.url) == (str(live["id"]), live["link"])
+        row = await listed(sessions, failed.content_id, ContentStatus.FAILED)
+        assert (row.post_id, row.url, row.error) == (post.post_id, post.url, failed.error)
+
+        # Submitted again: the same post is written over and this time reads back right.
+        await handle.execute_update(PublishWorkflow.submit, Submission(submitted_by=admin.user_id))
+        published = await item_status(handle, ContentStatus.PUBLISHED)
+        # Its first verified publish is the one counted (after the item shows as published).
+        async with asyncio.timeout(10):
+            while True:
+                usage = await _usage(sessions, admin.tenant_id)
+                if usage:
+                    break
+                await asyncio.sleep(0.1)
+    assert [u.quantity for u in usage] == [1]
+    assert published.post is not None
+    assert (published.post.post_id, published.post.verified) == (post.post_id, True)
+    assert wp_title(wordpress_site, post.post_id) == failed.fields.title
+    assert [e.event for e in published.events][-4:] == [
+        "submitted",
+        "failed",
+        "submitted",
+        "published",
+    ]
+
+
+async def listed(
+    sessions: SessionFactory, content_id: uuid.UUID, status: ContentStatus
+) -> ContentItem:
+    """The item's listing row once it shows ``status`` (an activity writes it after the
+    workflow's state changes)."""
+    async with asyncio.timeout(10):
+        while True:
+            async with sessions() as session:
+                row = await session.get(ContentItem, content_id)
+            if row is not None and row.status is status:
+                return row
+            await asyncio.sleep(0.1)
+
+
+async def _usage(sessions: SessionFactory, tenant_id: uuid.UUID) -> list[UsageEvent]:
+    async with sessions() as session:
+        return list(
+            await session.scalars(select(UsageEvent).where(UsageEvent.tenant_id == tenant_id))
+        )
+
+
+def wp_title(site: WordPressSite, post_id: str) -> str:
+    post = site.rest("GET", f"wp/v2/posts/{post_id}", params={"context": "edit"})
+    title: str = post["title"]["raw"]
+    return title
 
 
 def handle_content_id(handle: Item) -> uuid.UUID:
