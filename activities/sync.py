@@ -5,6 +5,13 @@ here, never carried by the workflow.
 A source/target pair is one :class:`SyncPair` entry in :data:`PAIRS`: how the source is listed,
 which fields it has, and how the target finds, creates and updates a record.
 
+Two-way profiles (a pair whose reverse is itself: CRM contacts to CRM contacts) read the target
+back to the source after the source to the target, each leg from its own position. The id
+mapping keeps both sides' vendor timestamps as of the last sync: a record not changed since
+(the echo of our own write included) is counted ``unchanged`` and not written; a record changed
+on both sides is a conflict, won by the later vendor timestamp (the source on a tie), its loser
+kept in the run's sample (:meth:`SyncActivities._upsert_both_ways`).
+
 Failure policy: a record the source cannot parse, or the target's rules refuse, is skipped and
 counted (its id and a reason, never its values); a cursor the source no longer accepts restarts
 the run's listing from its start (counted in ``cursor_restarts``); refused credentials pause the
@@ -78,15 +85,20 @@ from models.billing import UsageEvent, UsageMetric
 from models.connection import Connection
 from models.email import EmailMessage
 from models.sync import (
+    CONFLICT_SAMPLE,
     FAILURE_SAMPLE,
     AnalyticsDay,
     MatchRule,
     PageCommit,
     PageOutcome,
     PageRequest,
+    Side,
+    SyncConflict,
     SyncCounts,
+    SyncDirection,
     SyncFailure,
     SyncFinish,
+    SyncLeg,
     SyncMapping,
     SyncProfile,
     SyncRun,
@@ -140,6 +152,20 @@ class SyncPair:
     #: A target kept by BizOSaaS itself (``target_kind`` ``platform``): its port, built for
     #: the profile, in place of a connection's.
     store: Callable[[SessionFactory, SyncProfile], Any] | None = None
+    #: A record by its id (``VendorNotFound`` when gone): what a two-way profile reads of the
+    #: other side to tell a conflict.
+    get: Callable[[Any, str], Awaitable[Any]] | None = None
+
+    def mirrored(self, source_resource: str, target_resource: str) -> bool:
+        """Whether the pair is its own reverse (same resource and kind of system on both
+        sides, the same fields, each side readable by id): only such a pair syncs two ways."""
+        return (
+            source_resource == target_resource
+            and self.source_kind == self.target_kind
+            and self.source_fields == self.target_fields
+            and self.store is None
+            and self.get is not None
+        )
 
 
 async def _list_customers(port: Any, query: SyncQuery) -> SyncPage[Any]:
@@ -165,6 +191,10 @@ async def _update_contact(port: Any, target_id: str, record: dict[str, Any]) -> 
 
 async def _sync_contacts(port: Any, query: SyncQuery) -> SyncPage[Any]:
     return await cast(CRMPort, port).sync_contacts(query)
+
+
+async def _get_contact(port: Any, contact_id: str) -> Any:
+    return await cast(CRMPort, port).get_contact(contact_id)
 
 
 async def _find_user_by_external_id(port: Any, external_id: str) -> Any | None:
@@ -437,6 +467,26 @@ PAIRS: dict[tuple[str, str], SyncPair] = {
         target_context=_deal_pipeline,
         shape=_deal_fields,
     ),
+    # CRM to CRM (HubSpot and Zoho, say): its own reverse, so it may sync two ways.
+    ("contacts", "contacts"): SyncPair(
+        source_kind="crm",
+        target_kind="crm",
+        source_fields=frozenset({"email", "first_name", "last_name", "phone", "job_title"}),
+        target_fields=frozenset({"email", "first_name", "last_name", "phone", "job_title"}),
+        default_mapping={
+            "email": "email",
+            "first_name": "first_name",
+            "last_name": "last_name",
+            "phone": "phone",
+        },
+        list_page=_sync_contacts,
+        find_by_external_id=_find_contact_by_external_id,
+        find_by_email=_find_contact_by_email,
+        create=_create_contact,
+        update=_update_contact,
+        validate=ContactDraft.model_validate,
+        get=_get_contact,
+    ),
     ("contacts", "users"): SyncPair(
         source_kind="crm",
         target_kind="cms",
@@ -479,6 +529,33 @@ def workflow_id(profile_id: uuid.UUID) -> str:
 def external_id(profile: SyncProfile, source_id: str) -> str:
     """The marker a target record carries: the source connection and the source record's id."""
     return f"{profile.source_connection_id}:{source_id}"
+
+
+def back_external_id(profile: SyncProfile, target_id: str) -> str:
+    """The marker a source record made by a two-way profile's backward leg carries: the target
+    connection and the target record's id (``external_id`` of the profile turned around)."""
+    return f"{profile.target_connection_id}:{target_id}"
+
+
+@dataclass(frozen=True)
+class _Link:
+    """A mapping row as a two-way profile reads it: both ids, both versions."""
+
+    source_id: str
+    target_id: str
+    source_version: datetime | None
+    target_version: datetime | None
+
+    def id_of(self, side: Side) -> str:
+        return self.source_id if side == "source" else self.target_id
+
+    def version(self, side: Side) -> datetime | None:
+        return self.source_version if side == "source" else self.target_version
+
+
+def _sides(leg: SyncLeg) -> tuple[Side, Side]:
+    """The side a leg reads and the side it writes."""
+    return ("target", "source") if leg is SyncLeg.BACKWARD else ("source", "target")
 
 
 async def create_schedule(
@@ -556,9 +633,13 @@ class SyncActivities:
             profile = await session.get(SyncProfile, profile_id)
             if profile is None or profile.status is SyncStatus.PAUSED:
                 return SyncStart(active=False)
+            two_way = profile.direction is SyncDirection.TWO_WAY
             if profile.backfill_requested_at is not None:
                 profile.cursor = profile.backfill_since
                 profile.page_cursor = profile.pending_cursor = None
+                if two_way:  # both sides are read again
+                    profile.back_cursor = profile.backfill_since
+                    profile.back_page_cursor = profile.back_pending_cursor = None
                 profile.backfill_requested_at = profile.backfill_since = None
             known = await session.scalar(
                 select(SyncRun.id).where(SyncRun.workflow_run_id == workflow_run_id)
@@ -583,6 +664,10 @@ class SyncActivities:
                 updated_since=profile.cursor,
                 page_cursor=profile.page_cursor,
                 pending_cursor=profile.pending_cursor,
+                two_way=two_way,
+                back_updated_since=profile.back_cursor if two_way else None,
+                back_page_cursor=profile.back_page_cursor if two_way else None,
+                back_pending_cursor=profile.back_pending_cursor if two_way else None,
             )
 
     @activity.defn
@@ -592,7 +677,9 @@ class SyncActivities:
         create. Each record's mapping is kept as soon as it is written, so a retried page
         writes nothing twice. Records the source could not parse, or the target would refuse,
         are skipped and counted; a cursor the source refuses restarts the listing from the
-        run's watermark (counted)."""
+        run's watermark (counted). A two-way profile's backward leg reads the target and
+        writes the source the same way; both legs of a two-way profile skip records unchanged
+        since the last sync and settle conflicts (:meth:`_upsert_both_ways`)."""
         async with self._sessions() as session:
             profile = await session.get(SyncProfile, request.profile_id)
             if profile is None:
@@ -602,6 +689,10 @@ class SyncActivities:
         if source is None or target is None:
             raise ApplicationError("A connection of the profile is gone.", non_retryable=True)
         pair = PAIRS[(profile.source_resource, profile.target_resource)]
+        two_way = profile.direction is SyncDirection.TWO_WAY
+        if request.leg is SyncLeg.BACKWARD and not two_way:
+            raise ApplicationError("The sync profile is not two-way.", non_retryable=True)
+        reading, writing = (target, source) if request.leg is SyncLeg.BACKWARD else (source, target)
         query = SyncQuery(
             cursor=request.page_cursor,
             updated_since=request.updated_since,
@@ -609,7 +700,7 @@ class SyncActivities:
         )
         restarts = 0
         try:
-            async with self._open(source) as source_port:
+            async with self._open(reading) as source_port:
                 try:
                     page = await self._patiently(lambda: pair.list_page(source_port, query))
                 except InvalidCursor:
@@ -620,9 +711,9 @@ class SyncActivities:
                     fresh = query.model_copy(update={"cursor": None})
                     page = await self._patiently(lambda: pair.list_page(source_port, fresh))
         except AuthFailed as exc:
-            return PageOutcome(auth_failed_connection=source.id, auth_error=exc.message)
+            return PageOutcome(auth_failed_connection=reading.id, auth_error=exc.message)
         except ConnectorError as exc:
-            raise self._application_error(exc, source) from None
+            raise self._application_error(exc, reading) from None
         activity.heartbeat(request.page_cursor, 0)
         counts = SyncCounts(read=len(page.items) + len(page.unreadable), cursor_restarts=restarts)
         for unreadable in page.unreadable:
@@ -631,28 +722,39 @@ class SyncActivities:
             )
         stamps = [r.updated_at for r in page.items if getattr(r, "updated_at", None) is not None]
         newest: datetime | None = max(stamps, default=None)
-        known = await self._mapped(profile.id, [str(record.id) for record in page.items])
+        ids = [str(record.id) for record in page.items]
+        known: dict[str, Any] = (
+            await self._links(profile.id, ids, request.leg)
+            if two_way
+            else await self._mapped(profile.id, ids)
+        )
         try:
-            async with self._open_target(pair, profile, target) as target_port:
+            async with self._open_target(pair, profile, writing) as target_port:
                 context = None
                 if page.items and pair.target_context is not None:
                     load = pair.target_context
                     context = await self._patiently(lambda: load(target_port))
-                upsert = partial(self._upsert, profile, pair, target_port, context)
+                upsert = (
+                    partial(
+                        self._upsert_both_ways, profile, pair, request.leg, target_port, context
+                    )
+                    if two_way
+                    else partial(self._upsert, profile, pair, target_port, context)
+                )
                 for outcome in await self._together(request, page.items, known, upsert):
                     counts = counts.add(outcome)
         except AuthFailed as exc:
-            return PageOutcome(auth_failed_connection=target.id, auth_error=exc.message)
+            return PageOutcome(auth_failed_connection=writing.id, auth_error=exc.message)
         except ConnectorError as exc:
-            raise self._application_error(exc, target) from None
+            raise self._application_error(exc, writing) from None
         return PageOutcome(counts=counts, next_cursor=page.next_cursor, max_updated_at=newest)
 
     async def _together(
         self,
         request: PageRequest,
         records: list[Any],
-        known: dict[str, str],
-        upsert: Callable[[Any, str | None], Awaitable[SyncCounts]],
+        known: dict[str, Any],
+        upsert: Callable[[Any, Any], Awaitable[SyncCounts]],
     ) -> list[SyncCounts]:
         """Upsert a page's records ``Settings.sync_record_concurrency`` at a time (each vendor
         call still takes its turn in the connection's rate limit), heartbeating the count done.
@@ -708,17 +810,9 @@ class SyncActivities:
             for target, source in profile.field_mapping.items()
         }
         marker = external_id(profile, source_id)
-        try:
-            values = pair.shape(mapped, context)
-            pair.validate({**values, "external_id": marker})
-        except Unmappable as exc:
-            return _failure(source_id, str(exc), skipped=True)
-        except ValidationError as exc:
-            error = exc.errors(include_input=False, include_url=False)[0]
-            where = ".".join(str(part) for part in error["loc"])
-            return _failure(source_id, f"invalid {where}: {error['type']}", skipped=True)
-        # Empty source fields do not clear what the target holds.
-        values = {k: v for k, v in values.items() if v not in (None, "")}
+        values = _prepared(pair, mapped, context, source_id, marker)
+        if isinstance(values, SyncCounts):
+            return values
         try:
             if target_id is not None:
                 try:
@@ -745,6 +839,169 @@ class SyncActivities:
         await self._map(profile.id, source_id, created.id)
         return SyncCounts(created=1)
 
+    async def _upsert_both_ways(
+        self,
+        profile: SyncProfile,
+        pair: SyncPair,
+        leg: SyncLeg,
+        port: Any,
+        context: Any,
+        record: Any,
+        link: _Link | None,
+    ) -> SyncCounts:
+        """Upsert a record of a two-way profile at the other side (``port``), from either side.
+
+        A record whose vendor timestamp is not after its side's version in the mapping has not
+        changed since the last sync (or is the echo of our own write): ``unchanged``, nothing
+        written. Otherwise, when the other side's record changed too since the last sync, the
+        later timestamp wins (the profile's source on a tie): this side's wins by being
+        written there; the other side's by writing nothing here, this side's version being
+        settled in the mapping so that the other leg writes its record back without counting
+        the same conflict again. The loser goes in the run's sample. After each write the
+        mapping keeps both sides' timestamps, the written side's as the vendor answered it."""
+        here, there = _sides(leg)
+        record_id = str(record.id)
+        stamp: datetime | None = getattr(record, "updated_at", None)
+        if link is not None:
+            seen = link.version(here)
+            if stamp is not None and seen is not None and stamp <= seen:
+                return SyncCounts(unchanged=1)
+        # Target field -> source field; the backward leg reads it the other way round.
+        fields = (
+            profile.field_mapping
+            if leg is SyncLeg.FORWARD
+            else {source: target for target, source in profile.field_mapping.items()}
+        )
+        mapped = {name: getattr(record, other, None) for name, other in fields.items()}
+        marker = (
+            external_id(profile, record_id)
+            if leg is SyncLeg.FORWARD
+            else back_external_id(profile, record_id)
+        )
+        values = _prepared(pair, mapped, context, record_id, marker)
+        if isinstance(values, SyncCounts):
+            return values
+        assert pair.get is not None  # a mirrored pair's (checked when the profile was made)
+        try:
+            other_id = link.id_of(there) if link is not None else None
+            current = None
+            if other_id is not None:
+                try:
+                    current = await pair.get(port, other_id)
+                except VendorNotFound:
+                    other_id = None  # deleted there: found or made again below
+            if link is not None and other_id is not None and current is not None:
+                theirs: datetime | None = getattr(current, "updated_at", None)
+                known_theirs = link.version(there)
+                conflict = None
+                if (
+                    stamp is not None
+                    and theirs is not None
+                    and (known_theirs is None or theirs > known_theirs)
+                ):
+                    winner: Side = (
+                        here if stamp > theirs or (stamp == theirs and here == "source") else there
+                    )
+                    conflict = SyncConflict(
+                        side=there if winner == here else here,
+                        record_id=other_id if winner == here else record_id,
+                        source_updated_at=stamp if here == "source" else theirs,
+                        target_updated_at=theirs if here == "source" else stamp,
+                        winner=winner,
+                    )
+                    if winner == there:
+                        await self._link(profile.id, leg, record_id, other_id, stamp, known_theirs)
+                        return SyncCounts(conflicts=1, conflict_sample=[conflict])
+                written = await pair.update(port, other_id, values)
+                await self._link(profile.id, leg, record_id, other_id, stamp, _version(written))
+                if conflict is None:
+                    return SyncCounts(updated=1)
+                return SyncCounts(updated=1, conflicts=1, conflict_sample=[conflict])
+            found = await pair.find_by_external_id(port, marker)
+            if (
+                found is None
+                and pair.find_by_email is not None
+                and profile.match_rule is MatchRule.EXTERNAL_ID_THEN_EMAIL
+                and values.get("email")
+            ):
+                found = await pair.find_by_email(port, str(values["email"]))
+            if found is not None:
+                if await self._linked_elsewhere(profile.id, there, str(found.id), record_id):
+                    # Two records here match one there (Zoho allows contacts sharing an
+                    # e-mail): linking both would make either side's change overwrite the other.
+                    return _failure(
+                        record_id, "its match is linked to another record", skipped=True
+                    )
+                written = await pair.update(port, found.id, values)
+                await self._link(profile.id, leg, record_id, found.id, stamp, _version(written))
+                return SyncCounts(updated=1)
+            created = await pair.create(port, {**values, "external_id": marker})
+        except VendorRejected as exc:
+            return _failure(record_id, f"rejected by {exc.vendor}: {exc.code or exc.status}")
+        await self._link(profile.id, leg, record_id, created.id, stamp, _version(created))
+        return SyncCounts(created=1)
+
+    async def _links(self, profile_id: uuid.UUID, ids: list[str], leg: SyncLeg) -> dict[str, _Link]:
+        """The mapping rows of these records of the side ``leg`` reads (by source id, or by
+        target id for the backward leg)."""
+        if not ids:
+            return {}
+        here, _ = _sides(leg)
+        column = SyncMapping.source_id if here == "source" else SyncMapping.target_id
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(SyncMapping).where(SyncMapping.profile_id == profile_id, column.in_(ids))
+            )
+            links = [
+                _Link(row.source_id, row.target_id, row.source_version, row.target_version)
+                for row in rows
+            ]
+        return {link.id_of(here): link for link in links}
+
+    async def _linked_elsewhere(
+        self, profile_id: uuid.UUID, side: Side, record_id: str, other_id: str
+    ) -> bool:
+        """Whether ``record_id`` (of ``side``) is linked to another record than ``other_id``."""
+        mine, theirs = (
+            (SyncMapping.source_id, SyncMapping.target_id)
+            if side == "source"
+            else (SyncMapping.target_id, SyncMapping.source_id)
+        )
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(SyncMapping.id)
+                .where(SyncMapping.profile_id == profile_id, mine == record_id, theirs != other_id)
+                .limit(1)
+            )
+        return found is not None
+
+    async def _link(
+        self,
+        profile_id: uuid.UUID,
+        leg: SyncLeg,
+        here_id: str,
+        there_id: str,
+        here_version: datetime | None,
+        there_version: datetime | None,
+    ) -> None:
+        """Keep the link of a two-way profile's record (read by ``leg``) and its counterpart,
+        with both sides' versions: the row of the record read, created or pointed anew."""
+        forward = leg is SyncLeg.FORWARD
+        source_id, target_id = (here_id, there_id) if forward else (there_id, here_id)
+        source_version, target_version = (
+            (here_version, there_version) if forward else (there_version, here_version)
+        )
+        key = SyncMapping.source_id == source_id if forward else SyncMapping.target_id == target_id
+        async with transaction(self._sessions) as session:
+            mapping = await session.scalar(
+                select(SyncMapping).where(SyncMapping.profile_id == profile_id, key).limit(1)
+            )
+            if mapping is None:
+                mapping = SyncMapping(profile_id=profile_id)
+                session.add(mapping)
+            mapping.source_id, mapping.target_id = source_id, target_id
+            mapping.source_version, mapping.target_version = source_version, target_version
+
     async def _map(self, profile_id: uuid.UUID, source_id: str, target_id: str) -> None:
         # One page activity at a time per profile (the Schedule skips overlaps, the workflow id
         # is the profile's): nobody else writes this profile's mappings meanwhile.
@@ -769,8 +1026,18 @@ class SyncActivities:
             profile = await session.get(SyncProfile, commit.profile_id)
             if profile is None:
                 return
-            profile.page_cursor = commit.page_cursor
-            profile.pending_cursor = commit.pending_cursor
+            if commit.leg is SyncLeg.BACKWARD:
+                profile.back_page_cursor = commit.page_cursor
+                profile.back_pending_cursor = commit.pending_cursor
+            else:
+                profile.page_cursor = commit.page_cursor
+                profile.pending_cursor = commit.pending_cursor
+                if commit.leg_done and commit.page_cursor is None:
+                    # A two-way run read the source to its end: a run ending in the backward
+                    # leg does not read the source again from the old watermark.
+                    if profile.pending_cursor is not None:
+                        profile.cursor = profile.pending_cursor
+                    profile.pending_cursor = None
             await _write_counts(session, commit.workflow_run_id, commit.counts, None)
 
     @activity.defn
@@ -792,6 +1059,9 @@ class SyncActivities:
                 if profile.pending_cursor is not None:
                     profile.cursor = profile.pending_cursor
                 profile.page_cursor = profile.pending_cursor = None
+                if profile.back_pending_cursor is not None:
+                    profile.back_cursor = profile.back_pending_cursor
+                profile.back_page_cursor = profile.back_pending_cursor = None
                 profile.failed_runs = 0
             if profile is not None and outcome == "failed" and first_close:
                 profile.failed_runs += 1
@@ -929,6 +1199,10 @@ async def _write_counts(
     run.skipped, run.failed = counts.skipped, counts.failed
     run.cursor_restarts = counts.cursor_restarts
     run.failures = [f.model_dump() for f in counts.failures[:FAILURE_SAMPLE]]
+    run.unchanged, run.conflicts = counts.unchanged, counts.conflicts
+    run.conflict_sample = [
+        c.model_dump(mode="json") for c in counts.conflict_sample[:CONFLICT_SAMPLE]
+    ]
     if outcome is not None:
         run.outcome, run.finished_at = outcome, datetime.now(UTC)
 
@@ -944,6 +1218,30 @@ def daily_window_reopens(row: Connection, now: datetime) -> float:
     tomorrow = now.astimezone(zone).date() + timedelta(days=1)
     midnight = datetime.combine(tomorrow, time(), zone)
     return (midnight.astimezone(UTC) - now).total_seconds() + 60
+
+
+def _prepared(
+    pair: SyncPair, mapped: dict[str, Any], context: Any, record_id: str, marker: str
+) -> dict[str, Any] | SyncCounts:
+    """A record's mapped values as the side written takes them, or, when they do not make a
+    valid record there, the record skipped (the field and error type, never a value)."""
+    try:
+        values = pair.shape(mapped, context)
+        pair.validate({**values, "external_id": marker})
+    except Unmappable as exc:
+        return _failure(record_id, str(exc), skipped=True)
+    except ValidationError as exc:
+        error = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        return _failure(record_id, f"invalid {where}: {error['type']}", skipped=True)
+    # Empty fields do not clear what the other side holds.
+    return {k: v for k, v in values.items() if v not in (None, "")}
+
+
+def _version(written: Any) -> datetime | None:
+    """A written record's vendor timestamp, as the vendor answered the write."""
+    stamp: datetime | None = getattr(written, "updated_at", None)
+    return stamp
 
 
 def _failure(source_id: str, reason: str, *, skipped: bool = False) -> SyncCounts:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from sqlalchemy import (
@@ -38,6 +38,23 @@ class MatchRule(StrEnum):
 
     EXTERNAL_ID = "external_id"
     EXTERNAL_ID_THEN_EMAIL = "external_id_then_email"
+
+
+class SyncDirection(StrEnum):
+    """``one_way``: the source's changes go to the target. ``two_way``: each side's changes go
+    to the other (a pair whose reverse is itself, as CRM contacts to CRM contacts); when both
+    sides changed a record since the last sync, the later vendor timestamp wins."""
+
+    ONE_WAY = "one_way"
+    TWO_WAY = "two_way"
+
+
+class SyncLeg(StrEnum):
+    """Which way a run is reading: ``forward`` (source to target), then, for a two-way
+    profile, ``backward`` (target to source)."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
 
 
 class SyncProfile(Timestamped, Base):
@@ -72,11 +89,28 @@ class SyncProfile(Timestamped, Base):
     # way cannot overwrite it): read again from ``backfill_since`` (None: everything).
     backfill_requested_at: Mapped[datetime | None]
     backfill_since: Mapped[datetime | None]
+    direction: Mapped[SyncDirection] = mapped_column(
+        str_enum(SyncDirection), default=SyncDirection.ONE_WAY
+    )
+    # The backward leg's position (two-way profiles: target to source), as the three above are
+    # the forward leg's: its watermark, and within a run its next page and largest
+    # ``updated_at`` read so far.
+    back_cursor: Mapped[datetime | None]
+    back_page_cursor: Mapped[str | None] = mapped_column(String(2000))
+    back_pending_cursor: Mapped[datetime | None]
 
 
 class SyncMapping(Base):
+    """One pair of linked records. Two-way profiles keep each side's vendor timestamp as of the
+    last sync (``source_version``, ``target_version``): a record not changed since is not
+    written again (nor is the echo of our own write), and a record changed on both sides is a
+    conflict. The backward leg finds rows by ``target_id``."""
+
     __tablename__ = "sync_mappings"
-    __table_args__ = (UniqueConstraint("profile_id", "source_id"),)
+    __table_args__ = (
+        UniqueConstraint("profile_id", "source_id"),
+        Index("ix_sync_mappings_profile_target", "profile_id", "target_id"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     profile_id: Mapped[uuid.UUID] = mapped_column(
@@ -84,6 +118,8 @@ class SyncMapping(Base):
     )
     source_id: Mapped[str] = mapped_column(String(200))
     target_id: Mapped[str] = mapped_column(String(200))
+    source_version: Mapped[datetime | None]
+    target_version: Mapped[datetime | None]
 
 
 class SyncRun(Base):
@@ -107,6 +143,12 @@ class SyncRun(Base):
     cursor_restarts: Mapped[int] = mapped_column(Integer, default=0)
     # At most FAILURE_SAMPLE entries of {"source_id", "reason"}: no personal data.
     failures: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    # Two-way profiles: records read but not changed since the last sync (nothing written),
+    # and records changed on both sides, with at most CONFLICT_SAMPLE losers (SyncConflict:
+    # ids and timestamps only).
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    conflicts: Mapped[int] = mapped_column(Integer, default=0)
+    conflict_sample: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
 
 
 class AnalyticsDay(Timestamped, Base):
@@ -131,11 +173,26 @@ class AnalyticsDay(Timestamped, Base):
 
 
 FAILURE_SAMPLE = 20
+CONFLICT_SAMPLE = 20
+
+Side = Literal["source", "target"]
 
 
 class SyncFailure(BaseModel):
     source_id: str
     reason: str
+
+
+class SyncConflict(BaseModel):
+    """A record changed on both sides since the last sync, as kept in a run's sample: the
+    losing side and its record's id, both sides' vendor timestamps and the winning side. No
+    values: they may be personal data."""
+
+    side: Side
+    record_id: str
+    source_updated_at: datetime
+    target_updated_at: datetime
+    winner: Side
 
 
 class SyncCounts(BaseModel):
@@ -146,6 +203,9 @@ class SyncCounts(BaseModel):
     failed: int = 0
     cursor_restarts: int = 0
     failures: list[SyncFailure] = []
+    unchanged: int = 0
+    conflicts: int = 0
+    conflict_sample: list[SyncConflict] = []
 
     def add(self, other: SyncCounts) -> SyncCounts:
         return SyncCounts(
@@ -156,16 +216,24 @@ class SyncCounts(BaseModel):
             failed=self.failed + other.failed,
             cursor_restarts=self.cursor_restarts + other.cursor_restarts,
             failures=(self.failures + other.failures)[:FAILURE_SAMPLE],
+            unchanged=self.unchanged + other.unchanged,
+            conflicts=self.conflicts + other.conflicts,
+            conflict_sample=(self.conflict_sample + other.conflict_sample)[:CONFLICT_SAMPLE],
         )
 
 
 class SyncStart(BaseModel):
-    """Where a run begins: the committed watermark, or an interrupted run's page."""
+    """Where a run begins: the committed watermark, or an interrupted run's page; for a
+    two-way profile (``two_way``) the backward leg's too."""
 
     active: bool
     updated_since: datetime | None = None
     page_cursor: str | None = None
     pending_cursor: datetime | None = None
+    two_way: bool = False
+    back_updated_since: datetime | None = None
+    back_page_cursor: str | None = None
+    back_pending_cursor: datetime | None = None
 
 
 class PageRequest(BaseModel):
@@ -173,6 +241,7 @@ class PageRequest(BaseModel):
     updated_since: datetime | None = None
     page_cursor: str | None = None
     page_size: int = 100
+    leg: SyncLeg = SyncLeg.FORWARD
 
 
 class PageOutcome(BaseModel):
@@ -194,11 +263,16 @@ class SyncFinish(BaseModel):
 
 
 class PageCommit(BaseModel):
+    """The run's position after a page, kept as the leg's. ``leg_done``: the forward leg of a
+    two-way run read its last page, and its watermark moves on before the backward leg."""
+
     profile_id: uuid.UUID
     workflow_run_id: str
     counts: SyncCounts
     page_cursor: str | None
     pending_cursor: datetime | None
+    leg: SyncLeg = SyncLeg.FORWARD
+    leg_done: bool = False
 
 
 class SyncRunState(BaseModel):
@@ -215,3 +289,10 @@ class SyncRunState(BaseModel):
     page_size: int = 100
     # Pages per workflow run before it continues as new (keeps each history short).
     pages_per_run: int = 20
+    # Two-way profiles: the leg being read (the position fields above are that leg's), and
+    # where the backward leg starts once the forward leg is done.
+    two_way: bool = False
+    leg: SyncLeg = SyncLeg.FORWARD
+    back_updated_since: datetime | None = None
+    back_page_cursor: str | None = None
+    back_pending_cursor: datetime | None = None

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         PageRequest,
         SyncCounts,
         SyncFinish,
+        SyncLeg,
         SyncRunState,
         SyncStart,
     )
@@ -43,8 +44,9 @@ class SyncWorkflow:
     end the run, pause the profile's Schedule and start the connection's check. A page that
     fails for good fails the run; when that makes too many failed runs in a row, the profile's
     Schedule is paused and its admins told first. After ``pages_per_run`` pages the run
-    continues as new. ``BizStatus``: ``running``, then ``completed``, ``paused``,
-    ``auth_failed`` or ``failed``.
+    continues as new. A two-way profile's run then reads the target back to the source the
+    same way (the backward leg, from its own position) before it completes. ``BizStatus``:
+    ``running``, then ``completed``, ``paused``, ``auth_failed`` or ``failed``.
     """
 
     def __init__(self) -> None:
@@ -70,14 +72,14 @@ class SyncWorkflow:
             state.updated_since = start.updated_since
             state.page_cursor = start.page_cursor
             state.pending_cursor = start.pending_cursor
+            state.two_way = start.two_way
+            state.back_updated_since = start.back_updated_since
+            state.back_page_cursor = start.back_page_cursor
+            state.back_pending_cursor = start.back_pending_cursor
         self._publish("running")
         pages_this_run = 0
         while True:
-            workflow.set_current_details(
-                f"page {state.pages + 1}: read {state.counts.read}, created "
-                f"{state.counts.created}, updated {state.counts.updated}, skipped "
-                f"{state.counts.skipped}, failed {state.counts.failed}"
-            )
+            workflow.set_current_details(f"page {state.pages + 1}{_leg(state)}: {_tally(state)}")
             page = await self._page(state)
             if page is None:
                 continue  # slept for the vendor's limit: the same page again
@@ -99,6 +101,7 @@ class SyncWorkflow:
             state.page_cursor = page.next_cursor
             state.pages += 1
             pages_this_run += 1
+            turning = state.two_way and state.leg is SyncLeg.FORWARD and state.page_cursor is None
             await workflow.execute_activity(
                 "commit_sync_page",
                 PageCommit(
@@ -107,25 +110,31 @@ class SyncWorkflow:
                     counts=state.counts,
                     page_cursor=state.page_cursor,
                     pending_cursor=state.pending_cursor,
+                    leg=state.leg,
+                    leg_done=turning,
                 ),
                 start_to_close_timeout=_STORE_TIMEOUT,
-                summary=f"commit page {state.pages}",
+                summary=f"commit page {state.pages}{_leg(state)}",
             )
-            if state.page_cursor is None:
+            if turning:
+                # The source is read to its end: now the target back to the source.
+                state.leg = SyncLeg.BACKWARD
+                state.updated_since = state.back_updated_since
+                state.page_cursor = state.back_page_cursor
+                state.pending_cursor = state.back_pending_cursor
+            elif state.page_cursor is None:
                 break
             if pages_this_run >= state.pages_per_run:
                 workflow.continue_as_new(state)
         await self._finish(state, "completed")
         self._publish("completed")
-        workflow.set_current_details(
-            f"completed: read {state.counts.read}, created {state.counts.created}, updated "
-            f"{state.counts.updated}, skipped {state.counts.skipped}, failed {state.counts.failed}"
-        )
+        workflow.set_current_details(f"completed: {_tally(state)}")
         return state.counts
 
     @workflow.query
     def progress(self) -> SyncCounts:
-        """The run's counts so far."""
+        """The run's counts so far (``unchanged`` and ``conflicts`` too, for a two-way
+        profile)."""
         return self._state.counts if self._state is not None else SyncCounts()
 
     async def _page(self, state: SyncRunState) -> PageOutcome | None:
@@ -139,6 +148,7 @@ class SyncWorkflow:
                     updated_since=state.updated_since,
                     page_cursor=state.page_cursor,
                     page_size=state.page_size,
+                    leg=state.leg,
                 ),
                 result_type=PageOutcome,
                 start_to_close_timeout=timedelta(minutes=10),
@@ -147,7 +157,7 @@ class SyncWorkflow:
                 retry_policy=RetryPolicy(
                     maximum_interval=timedelta(minutes=1), maximum_attempts=20
                 ),
-                summary=f"sync page {state.pages + 1}",
+                summary=f"sync page {state.pages + 1}{_leg(state)}",
             )
         except ActivityError as err:
             cause = err.cause
@@ -186,3 +196,21 @@ class SyncWorkflow:
 
     def _publish(self, status: str) -> None:
         workflow.upsert_search_attributes([BIZ_STATUS.value_set(status)])
+
+
+def _leg(state: SyncRunState) -> str:
+    """How a two-way run's page reads in its details and summaries: which way it goes."""
+    if not state.two_way:
+        return ""
+    return " (target to source)" if state.leg is SyncLeg.BACKWARD else " (source to target)"
+
+
+def _tally(state: SyncRunState) -> str:
+    counts = state.counts
+    tally = (
+        f"read {counts.read}, created {counts.created}, updated {counts.updated}, skipped "
+        f"{counts.skipped}, failed {counts.failed}"
+    )
+    if state.two_way:
+        tally += f", unchanged {counts.unchanged}, conflicts {counts.conflicts}"
+    return tally

@@ -33,7 +33,7 @@ from core.errors import Conflict, Unprocessable
 from core.security import Principal
 from core.settings import Settings
 from models.connection import Connection, ConnectionStatus
-from models.sync import MatchRule, SyncProfile, SyncRun, SyncStatus
+from models.sync import MatchRule, SyncDirection, SyncProfile, SyncRun, SyncStatus
 from models.user import Role
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], dependencies=[read_only_guard])
@@ -43,7 +43,10 @@ TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN))]
 class ProfileRequest(BaseModel):
     """A new sync profile. ``field_mapping`` maps target fields to source fields (the pair's
     default when omitted). ``target_connection_id`` is left out for a target BizOSaaS keeps
-    itself (``daily_aggregate``: the source connection's days)."""
+    itself (``daily_aggregate``: the source connection's days). ``direction``: ``one_way``
+    (source to target), or ``two_way`` for a pair that is its own reverse (``contacts`` to
+    ``contacts``): each side's changes go to the other, the later vendor timestamp winning
+    when both changed a record."""
 
     source_connection_id: uuid.UUID
     target_connection_id: uuid.UUID | None = None
@@ -52,6 +55,7 @@ class ProfileRequest(BaseModel):
     field_mapping: dict[str, str] | None = Field(default=None, max_length=50)
     match_rule: MatchRule = MatchRule.EXTERNAL_ID_THEN_EMAIL
     interval_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
+    direction: SyncDirection = SyncDirection.ONE_WAY
 
 
 class BackfillRequest(BaseModel):
@@ -64,7 +68,10 @@ class BackfillRequest(BaseModel):
 
 class RunView(BaseModel):
     """A run's statistics. ``cursor_restarts``: times the source refused the run's cursor and
-    the run read its window again from the start."""
+    the run read its window again from the start. Two-way profiles: ``unchanged`` records were
+    read but not changed since the last sync (nothing written); ``conflicts`` changed on both
+    sides, and ``conflict_sample`` names up to 20 losers: the losing ``side`` and its
+    ``record_id``, both sides' vendor timestamps and the ``winner`` (no values)."""
 
     run_id: uuid.UUID
     started_at: datetime
@@ -77,6 +84,9 @@ class RunView(BaseModel):
     failed: int
     cursor_restarts: int
     failures: list[dict[str, str]]
+    unchanged: int
+    conflicts: int
+    conflict_sample: list[dict[str, str]]
 
     @classmethod
     def of(cls, row: SyncRun) -> RunView:
@@ -92,6 +102,9 @@ class RunView(BaseModel):
             failed=row.failed,
             cursor_restarts=row.cursor_restarts,
             failures=row.failures,
+            unchanged=row.unchanged,
+            conflicts=row.conflicts,
+            conflict_sample=row.conflict_sample,
         )
 
 
@@ -106,6 +119,7 @@ class ProfileView(BaseModel):
     target_resource: str
     field_mapping: dict[str, Any]
     match_rule: MatchRule
+    direction: SyncDirection
     interval_minutes: int
     status: SyncStatus
     cursor: datetime | None
@@ -124,6 +138,7 @@ class ProfileView(BaseModel):
             target_resource=row.target_resource,
             field_mapping=row.field_mapping,
             match_rule=row.match_rule,
+            direction=row.direction,
             interval_minutes=int(row.interval.total_seconds() // 60),
             status=row.status,
             cursor=row.cursor,
@@ -153,8 +168,10 @@ async def create_profile(
     settings: SettingsDep,
 ) -> ProfileView:
     """Both connections must be your tenant's (404 otherwise); 422 when their connectors do
-    not hold the resources or the mapping names fields they do not have. The profile's
-    Schedule starts its first run after one interval (``trigger`` runs it now)."""
+    not hold the resources, the mapping names fields they do not have, or ``two_way`` is asked
+    of a pair that is not its own reverse (or with a mapping that does not read both ways).
+    The profile's Schedule starts its first run after one interval (``trigger`` runs it
+    now)."""
     source = await _live(session, body.source_connection_id, principal)
     pair = PAIRS.get((body.source_resource, body.target_resource))
     if pair is None:
@@ -180,6 +197,7 @@ async def create_profile(
     ]
     if errors or not mapping:
         raise Unprocessable("The field mapping names unknown fields.", errors=errors)
+    _check_direction(body, pair, source, target, mapping)
     profile = SyncProfile(
         id=uuid.uuid4(),
         tenant_id=principal.tenant_id,
@@ -189,6 +207,7 @@ async def create_profile(
         target_resource=body.target_resource,
         field_mapping=mapping,
         match_rule=body.match_rule,
+        direction=body.direction,
         interval=timedelta(minutes=body.interval_minutes),
         status=SyncStatus.ACTIVE,
         failed_runs=0,
@@ -439,6 +458,56 @@ async def _target(
             ],
         )
     return await _live(session, named, principal)
+
+
+def _check_direction(
+    body: ProfileRequest,
+    pair: SyncPair,
+    source: Connection,
+    target: Connection,
+    mapping: dict[str, str],
+) -> None:
+    """422 for a two-way profile of a pair that is not its own reverse, or whose mapping does
+    not read back (two target fields from one source field); and for a pair of one resource
+    between a connection and itself, whose records would be copied onto themselves."""
+    reverse = pair.source_kind == pair.target_kind and body.source_resource == body.target_resource
+    if reverse and source.id == target.id:
+        raise Unprocessable(
+            f"A sync of {body.source_resource} needs two different connections.",
+            errors=[
+                {
+                    "loc": ["body", "target_connection_id"],
+                    "msg": "must differ from source_connection_id",
+                    "type": "value_error",
+                }
+            ],
+        )
+    if body.direction is not SyncDirection.TWO_WAY:
+        return
+    if not pair.mirrored(body.source_resource, body.target_resource):
+        known = ", ".join(f"{s} -> {t}" for (s, t), p in PAIRS.items() if p.mirrored(s, t))
+        raise Unprocessable(
+            f"{body.source_resource} to {body.target_resource} syncs one way only; "
+            f"two ways: {known}.",
+            errors=[
+                {
+                    "loc": ["body", "direction"],
+                    "msg": "two_way needs a pair that is its own reverse",
+                    "type": "value_error",
+                }
+            ],
+        )
+    if len(set(mapping.values())) != len(mapping):
+        raise Unprocessable(
+            "A two-way mapping reads each source field for one target field only.",
+            errors=[
+                {
+                    "loc": ["body", "field_mapping"],
+                    "msg": "two target fields read the same source field",
+                    "type": "value_error",
+                }
+            ],
+        )
 
 
 async def _live(

@@ -1,6 +1,6 @@
 """Sync profiles over HTTP: created, triggered and backfilled through their Temporal Schedule
 against the WooCommerce and HubSpot peers, paused, resumed and deleted; other tenants
-refused."""
+refused; a two-way profile between the HubSpot and Zoho peers and its conflicts."""
 
 from __future__ import annotations
 
@@ -26,10 +26,18 @@ from models.user import Role
 from tests.factories import Member, member
 from tests.peers.hubspot import HubSpotPeer
 from tests.peers.woocommerce import WooCommercePeer
-from tests.workflows.test_sync import T0, connect_pair
+from tests.peers.zoho import ZohoPeer
+from tests.workflows.test_sync import (
+    T0,
+    _hubspot_edit,
+    _zoho_edit,
+    connect_crms,
+    connect_pair,
+    with_zoho,
+)
 from workers.main import build_worker
 
-pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot"]
+pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot", "tests.peers.zoho"]
 
 
 @pytest.fixture
@@ -152,6 +160,11 @@ async def test_profiles_are_validated_and_other_tenants_refused(
     assert (await _profile(api, admin, crm, shop)).status_code == 422
     unknown_pair = await _profile(api, admin, shop, crm, target_resource="deals")
     assert unknown_pair.status_code == 422
+    # Customers to contacts is not its own reverse: one way only.
+    two_way = await _profile(api, admin, shop, crm, direction="two_way")
+    assert two_way.status_code == 422
+    assert two_way.json()["errors"][0]["loc"] == ["body", "direction"]
+    assert (await _profile(api, admin, shop, crm, direction="both")).status_code == 422
     # Orders to deals: a deal needs a stage, so a mapping without one is refused.
     stageless = await _profile(
         api,
@@ -180,6 +193,7 @@ async def test_profiles_are_validated_and_other_tenants_refused(
 
     created = await _profile(api, admin, shop, crm)
     assert created.status_code == 201, created.text
+    assert created.json()["direction"] == "one_way"
     path = f"/api/v1/sync/profiles/{created.json()['profile_id']}"
     assert (await api.get(path, headers=reader.headers)).status_code == 200
     assert (await api.post(f"{path}/pause", headers=reader.headers)).status_code == 403
@@ -267,3 +281,89 @@ async def test_a_backfill_reads_the_source_again_and_runs_now(
     # A paused profile is not backfilled.
     await api.post(f"{path}/pause", headers=admin.headers)
     assert (await api.post(f"{path}/backfill", headers=admin.headers)).status_code == 409
+
+
+@pytest.fixture
+def crm_settings(peered: Settings, zoho_peer: ZohoPeer) -> Settings:
+    return with_zoho(peered, zoho_peer)
+
+
+@pytest.fixture
+async def crm_api(
+    crm_settings: Settings,
+    temporal_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    sessions: SessionFactory,
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with build_worker(temporal_env.client, sessions, crm_settings):
+        app = create_app(crm_settings, temporal_env.client, engine)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            yield client
+
+
+async def test_a_two_way_profile_shows_its_direction_and_its_runs_conflicts(
+    crm_api: httpx.AsyncClient,
+    crm_settings: Settings,
+    sessions: SessionFactory,
+    hubspot_peer: HubSpotPeer,
+    zoho_peer: ZohoPeer,
+) -> None:
+    api, admin = crm_api, await member(sessions, crm_settings)
+    hubspot, zoho = await connect_crms(sessions, crm_settings, admin.tenant_id, zoho_peer)
+    contacts = {"source_resource": "contacts", "target_resource": "contacts"}
+    # Contacts to contacts within one CRM would copy each contact onto itself.
+    itself = await _profile(api, admin, hubspot, hubspot, **contacts)
+    assert itself.status_code == 422
+    assert itself.json()["errors"][0]["loc"] == ["body", "target_connection_id"]
+    # A two-way mapping must read back: two target fields from one source field do not.
+    doubled = await _profile(
+        api,
+        admin,
+        hubspot,
+        zoho,
+        **contacts,
+        direction="two_way",
+        field_mapping={"email": "email", "last_name": "email"},
+    )
+    assert doubled.status_code == 422
+    assert doubled.json()["errors"][0]["loc"] == ["body", "field_mapping"]
+
+    created = await _profile(
+        api, admin, hubspot, zoho, **contacts, direction="two_way", interval_minutes=1440
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["direction"] == "two_way"
+    path = f"/api/v1/sync/profiles/{created.json()['profile_id']}"
+    assert (await api.get(path, headers=admin.headers)).json()["direction"] == "two_way"
+
+    contact = hubspot_peer.seed(
+        "contacts",
+        {"email": "ada@example.com", "firstname": "Ada", "lastname": "Byron"},
+        at=datetime.now(UTC) - timedelta(minutes=10),
+    )
+    assert (await api.post(f"{path}/trigger", headers=admin.headers)).status_code == 202
+    (first,) = await _runs(api, admin, path, 1)
+    # Created at Zoho, then read back from Zoho as our own write: unchanged.
+    assert (first["read"], first["created"], first["unchanged"], first["conflicts"]) == (2, 1, 1, 0)
+    assert first["conflict_sample"] == []
+    (copy,) = zoho_peer.records["Contacts"].values()
+
+    # Both sides change the contact; Zoho's change is the later one.
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+    _hubspot_edit(contact, soon, lastname="Lovelace")
+    _zoho_edit(copy, soon + timedelta(minutes=1), Last_Name="King")
+    assert (await api.post(f"{path}/trigger", headers=admin.headers)).status_code == 202
+    second, _ = await _runs(api, admin, path, 2)
+    assert (second["conflicts"], second["updated"], second["outcome"]) == (1, 1, "completed")
+    (loser,) = second["conflict_sample"]
+    assert (loser["side"], loser["record_id"], loser["winner"]) == (
+        "source",
+        contact["id"],
+        "target",
+    )
+    assert datetime.fromisoformat(loser["source_updated_at"]) == soon
+    assert datetime.fromisoformat(loser["target_updated_at"]) == soon + timedelta(minutes=1)
+    assert contact["properties"]["lastname"] == copy["Last_Name"] == "King"
+    view = (await api.get(path, headers=admin.headers)).json()
+    assert view["last_run"]["conflicts"] == 1

@@ -81,7 +81,7 @@ from models.onboarding import (
     Submission,
 )
 from models.password_reset import LinkPurpose, PasswordResetInput, ResetStatus
-from models.sync import SyncRunState
+from models.sync import SyncDirection, SyncRunState
 from models.tasks import (
     AcceptCommand,
     BusinessCalendar,
@@ -105,6 +105,7 @@ from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
 from tests.peers.woocommerce import Fault as ShopFault
 from tests.peers.woocommerce import WooCommercePeer
 from tests.peers.wordpress import WordPressSite
+from tests.peers.zoho import ZohoPeer
 from tests.peers_stripe import (
     LocalStripe,
     MeterRecorder,
@@ -134,7 +135,14 @@ from tests.workflows.test_publish import (
     start_item,
 )
 from tests.workflows.test_sync import T0 as SYNC_T0
-from tests.workflows.test_sync import add_profile, connect_pair
+from tests.workflows.test_sync import (
+    _hubspot_edit,
+    _zoho_edit,
+    add_profile,
+    connect_crms,
+    connect_pair,
+    with_zoho,
+)
 from tests.workflows.test_task import _project as task_project
 from tests.workflows.test_task import _start as start_task
 from tests.workflows.test_task import _state as task_state
@@ -157,6 +165,7 @@ pytest_plugins = [
     "tests.peers.hubspot",
     "tests.peers.woocommerce",
     "tests.peers.chat_model",
+    "tests.peers.zoho",
 ]
 
 RECORDING = os.environ.get("BIZ_RECORD_HISTORIES") == "1"
@@ -977,6 +986,62 @@ async def test_connector_sync_failed_runs(
                 await record(client, name, handle.id)
 
 
+async def test_connector_sync_two_way(
+    temporal_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+    hubspot_peer: HubSpotPeer,
+    zoho_peer: ZohoPeer,
+) -> None:
+    """HubSpot contacts and Zoho contacts synced two ways: a first run makes each side's
+    contact at the other; then both sides change the HubSpot one and the run that follows
+    (the one recorded: both legs, a conflict won by Zoho's later change) settles it."""
+    peered = with_zoho(
+        settings.model_copy(
+            update={
+                "connector_allow_private_urls": True,
+                "connector_vendor_origins": {HUBSPOT_API: hubspot_peer.url},
+            }
+        ),
+        zoho_peer,
+    )
+    admin = await member(sessions, peered)
+    hubspot, zoho = await connect_crms(sessions, peered, admin.tenant_id, zoho_peer)
+    profile_id = await add_profile(
+        sessions,
+        admin.tenant_id,
+        hubspot,
+        zoho,
+        resources=("contacts", "contacts"),
+        direction=SyncDirection.TWO_WAY,
+    )
+    earlier = datetime.now(UTC) - timedelta(minutes=10)
+    contact = hubspot_peer.seed(
+        "contacts", {"email": "ada@example.com", "lastname": "Byron"}, at=earlier
+    )
+    zoho_peer.seed("Contacts", {"Email": "alan@example.com", "Last_Name": "Turing"}, at=earlier)
+    client = temporal_env.client
+    async with build_worker(client, sessions, peered):
+        workflow = f"sync:{profile_id}"
+        queue = peered.temporal_task_queue
+        first = await client.execute_workflow(
+            SyncWorkflow.run, SyncRunState(profile_id=profile_id), id=workflow, task_queue=queue
+        )
+        assert first.created == 2
+        copy = next(
+            r for r in zoho_peer.records["Contacts"].values() if r["Email"] == "ada@example.com"
+        )
+        soon = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+        _hubspot_edit(contact, soon, lastname="Lovelace")
+        _zoho_edit(copy, soon + timedelta(minutes=1), Last_Name="King")
+        handle = await client.start_workflow(
+            SyncWorkflow.run, SyncRunState(profile_id=profile_id), id=workflow, task_queue=queue
+        )
+        counts = await handle.result()
+        assert (counts.conflicts, counts.updated) == (1, 1)
+        await record(client, "sync-two-way-conflict", handle.id)
+
+
 async def test_publishing(
     time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
 ) -> None:
@@ -1045,6 +1110,27 @@ async def test_publishing(
         )
         await record(client, "publish-continued-as-new", long.id, long.first_execution_run_id)
         await finish(client, described.id)
+
+
+async def test_publishing_a_post_that_does_not_verify(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A post written but read back otherwise: the item fails and keeps the post (the
+    ``keep-unverified-post`` patch), then the next submit writes over it and publishes."""
+    client, cms = time_skipping_env.client, FakeCms(rewritten=True)
+    admin = await member(sessions, settings)
+    connection_id = await cms_connection(sessions, admin.tenant_id, "https://x.example.com")
+    by = admin.user_id
+    async with fake_cms_worker(client, sessions, settings, cms):
+        now = await time_skipping_env.get_current_time()
+        item = await start_item(client, settings, admin, connection_id, now=now)
+        await item.execute_update(PublishWorkflow.submit, ContentSubmission(submitted_by=by))
+        await item_status(item, ContentStatus.FAILED)
+        cms.rewritten = False
+        await item.execute_update(PublishWorkflow.submit, ContentSubmission(submitted_by=by))
+        await item_status(item, ContentStatus.PUBLISHED)
+        await record(client, "publish-unverified-then-published", item.id)
+        await finish(client, item.id)
 
 
 async def _review_of(item: Any, after: uuid.UUID | None = None) -> uuid.UUID:

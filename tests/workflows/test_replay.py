@@ -83,6 +83,7 @@ EXPECTED = {
     "sync-auth-failed",
     "sync-failed",  # a failed run that does not yet halt the profile
     "sync-halted",
+    "sync-two-way-conflict",  # both legs of a two-way run, a conflict won by the target
     "publish-draft-edited",
     "publish-changes-requested",
     "publish-scheduled",

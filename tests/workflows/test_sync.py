@@ -1,6 +1,7 @@
 """SyncWorkflow on the dev server: shop customers and orders at the WooCommerce peer become
 contacts and deals at the HubSpot peer, page by page, crash-safe and without duplicates; bad
-records, refused cursors and failing runs are met by the failure policy."""
+records, refused cursors and failing runs are met by the failure policy. HubSpot and Zoho
+contacts sync two ways: nothing echoed back, conflicts won by the later change."""
 
 from __future__ import annotations
 
@@ -15,42 +16,55 @@ from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
 from pathlib import Path
 from subprocess import Popen
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.sync import PAIRS, create_schedule, daily_window_reopens, schedule_id
 from connectors.crm.hubspot import API_BASE, EXTERNAL_ID
+from connectors.crm.zoho import EXTERNAL_ID as ZOHO_EXTERNAL_ID
+from connectors.registry import OAuth2Credentials, dump_credentials
 from connectors.secrets import connection_path, secret_store_from_settings
 from core.db import SessionFactory, transaction
-from core.settings import Settings
+from core.settings import OAuthClientConfig, Settings
 from models.billing import UsageEvent, UsageMetric
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.email import OutboundEmail
 from models.sync import (
     MatchRule,
     SyncCounts,
+    SyncDirection,
     SyncMapping,
     SyncProfile,
     SyncRun,
     SyncRunState,
     SyncStatus,
 )
-from tests.factories import member
+from tests.factories import hubspot_connection, member
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, Fault, HubSpotPeer
 from tests.peers.woocommerce import CONSUMER_KEY, CONSUMER_SECRET, WooCommercePeer
 from tests.peers.woocommerce import Fault as ShopFault
 from tests.peers.wordpress import WordPressSite
+from tests.peers.zoho import CLIENT_ID as ZOHO_CLIENT_ID
+from tests.peers.zoho import CLIENT_SECRET as ZOHO_CLIENT_SECRET
+from tests.peers.zoho import ZohoPeer
 from tests.processes import worker_process
 from workers.main import build_worker
 from workflows.sync import SyncWorkflow
 
 pytestmark = pytest.mark.one_database
-pytest_plugins = ["tests.peers.woocommerce", "tests.peers.hubspot", "tests.peers.wordpress"]
+pytest_plugins = [
+    "tests.peers.woocommerce",
+    "tests.peers.hubspot",
+    "tests.peers.wordpress",
+    "tests.peers.zoho",
+]
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -127,9 +141,11 @@ async def add_profile(
     crm_id: uuid.UUID,
     *,
     resources: tuple[str, str] = ("customers", "contacts"),
+    direction: SyncDirection = SyncDirection.ONE_WAY,
 ) -> uuid.UUID:
     """An active profile between the two connections: customers to contacts unless
-    ``resources`` names another pair (with that pair's default mapping)."""
+    ``resources`` names another pair (with that pair's default mapping), one way unless
+    ``direction`` says two."""
     profile_id = uuid.uuid4()
     mapping = (
         CONTACT_MAPPING
@@ -147,6 +163,7 @@ async def add_profile(
                 target_resource=resources[1],
                 field_mapping=mapping,
                 match_rule=MatchRule.EXTERNAL_ID_THEN_EMAIL,
+                direction=direction,
                 interval=timedelta(hours=1),
                 status=SyncStatus.ACTIVE,
                 failed_runs=0,
@@ -826,3 +843,315 @@ async def _site_users(site: WordPressSite, tag: str) -> list[dict[str, str]]:
         )
     answer.raise_for_status()
     return [u for u in answer.json() if tag in u["email"]]
+
+
+# --- Two-way: HubSpot contacts <-> Zoho contacts -------------------------------------------
+
+ZOHO_ACCOUNTS = "https://accounts.zoho.eu"
+ZOHO_API = "https://www.zohoapis.eu"
+
+
+def with_zoho(settings: Settings, zoho: ZohoPeer) -> Settings:
+    """``settings`` with Zoho's EU data centre at the Zoho peer, and our OAuth app there."""
+    origins = {
+        **settings.connector_vendor_origins,
+        ZOHO_ACCOUNTS: zoho.accounts_url,
+        ZOHO_API: zoho.api_url,
+    }
+    client = OAuthClientConfig(
+        client_id=ZOHO_CLIENT_ID, client_secret=SecretStr(ZOHO_CLIENT_SECRET)
+    )
+    return settings.model_copy(
+        update={"connector_vendor_origins": origins, "oauth_clients": {"zoho_crm": client}}
+    )
+
+
+@pytest.fixture
+def crm_peered(peered: Settings, zoho_peer: ZohoPeer) -> Settings:
+    return with_zoho(peered, zoho_peer)
+
+
+async def connect_crms(
+    sessions: SessionFactory, settings: Settings, tenant_id: uuid.UUID, zoho: ZohoPeer
+) -> tuple[uuid.UUID, uuid.UUID]:
+    """A HubSpot and a Zoho CRM connection of the tenant (Zoho's tokens as a consent leaves
+    them)."""
+    hubspot_id, zoho_id = await hubspot_connection(sessions, settings, tenant_id), uuid.uuid4()
+    access = f"1000.{uuid.uuid4().hex}"
+    zoho.access_tokens[access] = time.time() + 3600
+    credentials = OAuth2Credentials(
+        access_token=SecretStr(access),
+        refresh_token=SecretStr(zoho.grant()),
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+        extra={"api_domain": zoho.api_domain},
+    )
+    await secret_store_from_settings(settings).put(
+        connection_path(tenant_id, zoho_id), dump_credentials(credentials)
+    )
+    async with transaction(sessions) as session:
+        session.add(
+            Connection(
+                id=zoho_id,
+                tenant_id=tenant_id,
+                connector_id="zoho_crm",
+                auth_kind="oauth2_authorization_code",
+                label="zoho",
+                settings={"accounts_server": ZOHO_ACCOUNTS},
+                account={},
+                status=ConnectionStatus.CONNECTED,
+                health=ConnectionHealth.HEALTHY,
+            )
+        )
+    return hubspot_id, zoho_id
+
+
+@dataclass
+class CrmPair:
+    settings: Settings
+    hubspot_id: uuid.UUID
+    zoho_id: uuid.UUID
+    profile_id: uuid.UUID
+
+
+@pytest.fixture
+async def crm_pair(
+    crm_peered: Settings,
+    sessions: SessionFactory,
+    zoho_peer: ZohoPeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_env: WorkflowEnvironment,
+) -> AsyncIterator[CrmPair]:
+    """A two-way profile from HubSpot contacts (the source) to Zoho contacts, and a worker."""
+    admin = await member(sessions, crm_peered)
+    hubspot_id, zoho_id = await connect_crms(sessions, crm_peered, admin.tenant_id, zoho_peer)
+    profile_id = await add_profile(
+        sessions,
+        admin.tenant_id,
+        hubspot_id,
+        zoho_id,
+        resources=("contacts", "contacts"),
+        direction=SyncDirection.TWO_WAY,
+    )
+    hubspot_peer.interval_max = 10_000
+    async with build_worker(temporal_env.client, sessions, crm_peered):
+        yield CrmPair(crm_peered, hubspot_id, zoho_id, profile_id)
+
+
+async def _two_way_run(client: Client, sessions: SessionFactory, pair: CrmPair) -> SyncRun:
+    handle = await client.start_workflow(
+        SyncWorkflow.run,
+        SyncRunState(profile_id=pair.profile_id),
+        id=f"sync:{pair.profile_id}",
+        task_queue=pair.settings.temporal_task_queue,
+    )
+    counts = await handle.result()
+    row = await _run_row(sessions, handle.first_execution_run_id or "")
+    # The query and the statistics agree.
+    assert (row.unchanged, row.conflicts) == (counts.unchanged, counts.conflicts)
+    return row
+
+
+def _seed_both(hubspot: HubSpotPeer, zoho: ZohoPeer, count: int) -> None:
+    """``count`` contacts on each side, changed ten minutes ago."""
+    start = datetime.now(UTC) - timedelta(minutes=10)
+    for n in range(count):
+        at = start + timedelta(seconds=n)
+        hubspot.seed(
+            "contacts",
+            {"email": f"hub{n}@example.com", "firstname": f"H{n}", "lastname": f"Hubbard{n}"},
+            at=at,
+        )
+        zoho.seed(
+            "Contacts",
+            {"Email": f"zed{n}@example.com", "First_Name": f"Z{n}", "Last_Name": f"Zedd{n}"},
+            at=at,
+        )
+
+
+def _hubspot_edit(record: dict[str, Any], at: datetime | None = None, **changes: str) -> None:
+    """A change made at HubSpot (at ``at``, else now), as HubSpot stamps it."""
+    stamp = (at or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    record["properties"].update(changes)
+    record["properties"]["lastmodifieddate"] = record["properties"]["hs_lastmodifieddate"] = stamp
+    record["updatedAt"] = stamp
+
+
+def _zoho_edit(record: dict[str, Any], at: datetime | None = None, **changes: str) -> None:
+    """A change made at Zoho (at ``at``, else now), as Zoho stamps it: to the second."""
+    record.update(changes)
+    record["Modified_Time"] = (at or datetime.now(UTC)).astimezone().isoformat(timespec="seconds")
+
+
+def _by_email(records: dict[str, dict[str, Any]], field: str = "email") -> dict[str, Any]:
+    found = {}
+    for record in records.values():
+        values = record.get("properties", record)
+        found[values[field]] = record
+    return found
+
+
+async def test_contacts_sync_two_ways_without_echoes(
+    crm_pair: CrmPair,
+    hubspot_peer: HubSpotPeer,
+    zoho_peer: ZohoPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _seed_both(hubspot_peer, zoho_peer, 2)
+    hubspot_seeded = dict(hubspot_peer.records["contacts"])
+    zoho_seeded = dict(zoho_peer.records["Contacts"])
+
+    # Each side's contacts appear on the other with the marker of where they came from; the
+    # backward leg reads the forward leg's writes back as unchanged (our own echo).
+    first = await _two_way_run(temporal_client, sessions, crm_pair)
+    assert (first.read, first.created, first.updated, first.unchanged, first.conflicts) == (
+        6,
+        4,
+        0,
+        2,
+        0,
+    )
+    assert (first.skipped, first.failed, first.outcome) == (0, 0, "completed")
+    zoho = _by_email(zoho_peer.records["Contacts"], "Email")
+    hubspot = _by_email(hubspot_peer.records["contacts"])
+    assert len(zoho) == len(hubspot) == 4
+    for record in hubspot_seeded.values():
+        copy = zoho[record["properties"]["email"]]
+        assert copy[ZOHO_EXTERNAL_ID] == f"{crm_pair.hubspot_id}:{record['id']}"
+        assert copy["Last_Name"] == record["properties"]["lastname"]
+    for record in zoho_seeded.values():
+        copy = hubspot[record["Email"]]["properties"]
+        assert copy[EXTERNAL_ID] == f"{crm_pair.zoho_id}:{record['id']}"
+        assert copy["firstname"] == record["First_Name"]
+
+    # Nothing changed: both legs read and write nothing.
+    writes = len(hubspot_peer.seen("PATCH", "/crm/v3/objects/contacts")) + len(
+        zoho_peer.seen("PUT", "/crm/v5/Contacts")
+    )
+    second = await _two_way_run(temporal_client, sessions, crm_pair)
+    assert (second.created, second.updated, second.conflicts, second.outcome) == (
+        0,
+        0,
+        0,
+        "completed",
+    )
+    assert second.unchanged == second.read > 0
+    assert writes == len(hubspot_peer.seen("PATCH", "/crm/v3/objects/contacts")) + len(
+        zoho_peer.seen("PUT", "/crm/v5/Contacts")
+    )
+
+    # A change on either side flows to the other.
+    zoho_native = next(iter(zoho_seeded.values()))
+    _zoho_edit(zoho_native, Last_Name="Lovelace")
+    hubspot_native = next(iter(hubspot_seeded.values()))
+    _hubspot_edit(hubspot_native, firstname="Grace")
+    third = await _two_way_run(temporal_client, sessions, crm_pair)
+    assert (third.created, third.updated, third.conflicts, third.failed) == (0, 2, 0, 0)
+    hubspot = _by_email(hubspot_peer.records["contacts"])
+    assert hubspot[zoho_native["Email"]]["properties"]["lastname"] == "Lovelace"
+    zoho = _by_email(zoho_peer.records["Contacts"], "Email")
+    assert zoho[hubspot_native["properties"]["email"]]["First_Name"] == "Grace"
+    # And only once.
+    fourth = await _two_way_run(temporal_client, sessions, crm_pair)
+    assert (fourth.created, fourth.updated, fourth.conflicts) == (0, 0, 0)
+    async with sessions() as session:
+        versions = list(
+            await session.execute(
+                select(SyncMapping.source_version, SyncMapping.target_version).where(
+                    SyncMapping.profile_id == crm_pair.profile_id
+                )
+            )
+        )
+    assert len(versions) == 4
+    assert all(source is not None and target is not None for source, target in versions)
+
+
+async def test_a_record_changed_on_both_sides_goes_to_the_later_change(
+    crm_pair: CrmPair,
+    hubspot_peer: HubSpotPeer,
+    zoho_peer: ZohoPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _seed_both(hubspot_peer, zoho_peer, 3)
+    await _two_way_run(temporal_client, sessions, crm_pair)
+    zoho = _by_email(zoho_peer.records["Contacts"], "Email")
+    hubspot = _by_email(hubspot_peer.records["contacts"])
+    pairs = [(hubspot[f"hub{n}@example.com"], zoho[f"hub{n}@example.com"]) for n in range(3)]
+    # Both sides change each pair after the sync (the stamps ahead of the clock, so that no
+    # two moments fall in the same second, Zoho's precision).
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
+    (h0, z0), (h1, z1), (h2, z2) = pairs
+    _hubspot_edit(h0, soon, lastname="Earlier")  # Zoho's change is later: Zoho wins
+    _zoho_edit(z0, soon + timedelta(minutes=1), Last_Name="Later")
+    _hubspot_edit(h1, soon + timedelta(minutes=2), lastname="Later")  # HubSpot's is later
+    _zoho_edit(z1, soon, Last_Name="Earlier")
+    _hubspot_edit(h2, soon + timedelta(minutes=3), lastname="Tied")  # a tie: the source wins
+    _zoho_edit(z2, soon + timedelta(minutes=3), Last_Name="Tie lost")
+
+    run = await _two_way_run(temporal_client, sessions, crm_pair)
+    # Each conflict counted once, its winner written once (the forward leg writes HubSpot's
+    # winners to Zoho, the backward leg Zoho's winner to HubSpot).
+    assert (run.conflicts, run.updated, run.created, run.failed) == (3, 3, 0, 0)
+    assert h0["properties"]["lastname"] == z0["Last_Name"] == "Later"
+    assert h1["properties"]["lastname"] == z1["Last_Name"] == "Later"
+    assert h2["properties"]["lastname"] == z2["Last_Name"] == "Tied"
+    # The losers, by ids and timestamps only.
+    losers = sorted((dict(c) for c in run.conflict_sample), key=lambda c: c["source_updated_at"])
+    moments = [
+        {
+            "source_updated_at": datetime.fromisoformat(c.pop("source_updated_at")),
+            "target_updated_at": datetime.fromisoformat(c.pop("target_updated_at")),
+        }
+        for c in losers
+    ]
+    assert losers == [
+        {"side": "source", "record_id": h0["id"], "winner": "target"},
+        {"side": "target", "record_id": z1["id"], "winner": "source"},
+        {"side": "target", "record_id": z2["id"], "winner": "source"},
+    ]
+    assert moments == [
+        {"source_updated_at": soon, "target_updated_at": soon + timedelta(minutes=1)},
+        {"source_updated_at": soon + timedelta(minutes=2), "target_updated_at": soon},
+        {
+            "source_updated_at": soon + timedelta(minutes=3),
+            "target_updated_at": soon + timedelta(minutes=3),
+        },
+    ]
+    sample = json.dumps(run.conflict_sample)
+    for personal in ("example.com", "Later", "Earlier", "Tie", "Hubbard", "H0"):
+        assert personal not in sample
+
+    # Settled: the next run writes nothing and finds no conflict.
+    settled = await _two_way_run(temporal_client, sessions, crm_pair)
+    assert (settled.created, settled.updated, settled.conflicts) == (0, 0, 0)
+
+
+async def test_a_two_way_run_pages_both_legs_across_continue_as_new(
+    crm_pair: CrmPair,
+    hubspot_peer: HubSpotPeer,
+    zoho_peer: ZohoPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    _seed_both(hubspot_peer, zoho_peer, 3)
+    # Pages of two, two per workflow run: the forward leg's last page turns the run around
+    # and it continues as new in the backward leg.
+    handle = await temporal_client.start_workflow(
+        SyncWorkflow.run,
+        SyncRunState(profile_id=crm_pair.profile_id, page_size=2, pages_per_run=2),
+        id=f"sync:{crm_pair.profile_id}",
+        task_queue=crm_pair.settings.temporal_task_queue,
+    )
+    counts = await handle.result()
+    latest = await temporal_client.get_workflow_handle(handle.id).describe()
+    assert latest.run_id != handle.first_execution_run_id
+    assert (counts.read, counts.created, counts.unchanged, counts.failed) == (9, 6, 3, 0)
+    assert len(hubspot_peer.records["contacts"]) == len(zoho_peer.records["Contacts"]) == 6
+    profile = await _profile_row(sessions, crm_pair.profile_id)
+    assert profile.cursor is not None
+    assert profile.back_cursor is not None
+    assert (profile.page_cursor, profile.pending_cursor) == (None, None)
+    assert (profile.back_page_cursor, profile.back_pending_cursor) == (None, None)
+    run = await _run_row(sessions, handle.first_execution_run_id or "")
+    assert (run.outcome, run.created, run.unchanged) == ("completed", 6, 3)
