@@ -672,6 +672,9 @@ class PublishWorkflow:
     def _approval_request(self, approval_id: uuid.UUID) -> ApprovalRequest:
         item = self._item
         facts = {"content_id": str(item.content_id), "revision": str(item.revision)}
+        if self._actor is not None:
+            # Who submitted it: among peers (reviewer role ``user``) they may not decide it.
+            facts["submitted_by"] = str(self._actor)
         if item.publish_at is not None:
             facts["publish_at"] = item.publish_at.isoformat()
         return ApprovalRequest(

@@ -55,10 +55,10 @@ async def inbox(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> InboxPage:
     """Approvals you can decide (tenant onboarding for platform staff, content reviews for
-    tenant admins), tasks waiting for your acceptance and tasks assigned to you, and for
-    tenant admins the tasks nobody holds (escalated) and the agents' results waiting in
-    ``review``; each with its deadline (the acceptance window, else the earliest SLA or due
-    date) and a link to act."""
+    the tenant's reviewer role, never your own submissions among peers), tasks waiting for
+    your acceptance and tasks assigned to you, and for tenant admins the tasks nobody holds
+    (escalated) and the agents' results waiting in ``review``; each with its deadline (the
+    acceptance window, else the earliest SLA or due date) and a link to act."""
     after = decode_cursor(cursor) if cursor is not None else None
     app = settings.public_app_url.rstrip("/")
     items = [
@@ -88,11 +88,16 @@ async def _approvals(
     limit: int,
     app: str,
 ) -> list[InboxItem]:
-    if principal.role not in (Role.SUPER_ADMIN, Role.TENANT_ADMIN):
+    # Members decide only the content reviews of tenants whose reviewer role is ``user``.
+    if principal.role not in (Role.SUPER_ADMIN, Role.TENANT_ADMIN, Role.USER):
         return []
     query = scoped(select(Approval), Approval, principal).where(
         Approval.status == ApprovalStatus.PENDING, Approval.decider_role == principal.role
     )
+    if principal.role is Role.USER:
+        # Four eyes among peers: not the reviews of items the caller submitted.
+        submitter = Approval.facts["submitted_by"].as_string()
+        query = query.where(or_(submitter.is_(None), submitter != str(principal.user_id)))
     if after is not None:
         query = query.where(Approval.due_at >= after[0])
     rows = await session.scalars(query.order_by(Approval.due_at, Approval.id).limit(limit + 1))
@@ -102,10 +107,18 @@ async def _approvals(
             id=row.id,
             title=row.subject,
             deadline=row.due_at,
-            link=f"{app}/approvals/{row.id}",
+            link=_approval_link(app, row),
         )
         for row in rows
     ]
+
+
+def _approval_link(app: str, row: Approval) -> str:
+    """Where to act: a content review on its item (the rendered preview), else the approval."""
+    content_id = row.facts.get("content_id")
+    if row.kind is ApprovalKind.CONTENT_REVIEW and content_id:
+        return f"{app}/content/{content_id}"
+    return f"{app}/approvals/{row.id}"
 
 
 async def _tasks(

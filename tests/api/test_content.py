@@ -397,6 +397,18 @@ async def _decide(
             await asyncio.sleep(0.1)
 
 
+async def _inbox(api: httpx.AsyncClient, who: Member) -> list[dict[str, Any]]:
+    """``who``'s inbox once it holds something (the approvals row follows a review's start)."""
+    for _ in range(400):
+        items: list[dict[str, Any]] = (await api.get("/api/v1/inbox", headers=who.headers)).json()[
+            "items"
+        ]
+        if items:
+            return items
+        await asyncio.sleep(0.05)
+    pytest.fail(f"nothing reached the inbox of {who.role}")
+
+
 async def test_a_named_reviewer_role_decides_the_review(
     api: httpx.AsyncClient,
     wordpress_site: WordPressSite,
@@ -411,7 +423,9 @@ async def test_a_named_reviewer_role_decides_the_review(
     reader = await member(
         sessions, content_settings, Role.READONLY, tenant_id=tenant_id, mfa_enabled=True
     )
-    author = await member(sessions, content_settings, Role.USER, tenant_id=tenant_id)
+    author = await member(
+        sessions, content_settings, Role.USER, tenant_id=tenant_id, mfa_enabled=True
+    )
     connection_id = await connect(api, admin, wordpress_site)
     default = await api.get("/api/v1/content/settings", headers=author.headers)
     assert default.json()["reviewer_role"] == "tenant_admin"
@@ -433,12 +447,19 @@ async def test_a_named_reviewer_role_decides_the_review(
 
     content_id = (await create(api, author, connection_id))["content_id"]
     await api.post(f"/api/v1/content/{content_id}/submit", headers=author.headers)
-    # A member reviewer finds the review on the item (the approvals queue lists for admins).
+    # A member reviewer finds the review on the item and in their inbox, linked to the item
+    # (the approvals queue lists for admins); its author does not: four eyes among peers.
     approval_id = await _review_on_item(api, reviewer, content_id)
-    # Only the named role decides: not a read-only member, nor (here) a tenant admin.
-    for other in (reader, admin):
+    inbox = await _inbox(api, reviewer)
+    assert [(i["kind"], i["id"]) for i in inbox] == [("content_review", approval_id)]
+    assert inbox[0]["link"].endswith(f"/content/{content_id}")
+    assert (await api.get("/api/v1/inbox", headers=author.headers)).json()["items"] == []
+    # Only the named role decides: not a read-only member, nor (here) a tenant admin, nor
+    # the member who submitted it.
+    for other in (reader, admin, author):
         refused = await _decide(api, other, approval_id, "approve")
         assert refused.status_code == 403, (other.role, refused.text)
+    assert "another reviewer" in refused.json()["detail"]
     approved = await _decide(api, reviewer, approval_id, "approve")
     assert approved.status_code == 200, approved.text
     published = await until(api, author, content_id, "published")
