@@ -28,7 +28,14 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from connectors.billing import BillingDeclined, BillingGateway, BillingRejected, GatewayOpener
+from connectors.billing import (
+    DISPUTE_OPENED,
+    BillingDeclined,
+    BillingGateway,
+    BillingRejected,
+    GatewayOpener,
+    with_charge,
+)
 from connectors.mail import Mailer
 from core import audit, search
 from core.db import SessionFactory, transaction
@@ -37,6 +44,9 @@ from core.settings import Settings
 from models.audit import AuditEntry
 from models.billing import (
     GAUGES,
+    AdjustmentKind,
+    AdjustmentRecord,
+    AdjustmentSnapshot,
     BillingEvent,
     BillingFailure,
     BillingInput,
@@ -51,6 +61,7 @@ from models.billing import (
     DefaultPaymentMethod,
     Dunning,
     Invoice,
+    InvoiceAdjustment,
     InvoiceRecord,
     InvoiceSnapshot,
     NoticeKind,
@@ -98,6 +109,17 @@ _TENANT_STATUS = {
 }
 # The order of an invoice's states: at the same event time, a later state wins.
 _INVOICE_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
+# Likewise for disputes and credit notes: a closed dispute, a voided credit note win a tie.
+_ADJUSTMENT_RANK = {"won": 1, "lost": 1, "warning_closed": 1, "void": 1}
+# The audit action of each recorded Stripe event.
+_ADJUSTMENT_ACTIONS = {
+    "charge.refunded": "billing.refund_recorded",
+    DISPUTE_OPENED: "billing.dispute_opened",
+    "charge.dispute.updated": "billing.dispute_updated",
+    "charge.dispute.closed": "billing.dispute_closed",
+    "credit_note.created": "billing.credit_note_issued",
+    "credit_note.voided": "billing.credit_note_voided",
+}
 # The audit actions of an operator's suspension (a rebuilt run finds the last one).
 OPERATOR_SUSPENDED = "billing.operator_suspended"
 OPERATOR_UNSUSPENDED = "billing.operator_unsuspended"
@@ -204,6 +226,27 @@ async def _tenant_admins(session: AsyncSession, tenant_id: uuid.UUID) -> list[tu
         .order_by(Membership.created_at, User.email)
     )
     return [(email, name) for email, name in rows]
+
+
+async def _platform_operators(session: AsyncSession) -> list[tuple[str, str]]:
+    """(e-mail, full name) of the platform's active operators (``super_admin``)."""
+    rows = await session.execute(
+        select(User.email, User.full_name)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.role == Role.SUPER_ADMIN, User.is_active)
+        .order_by(User.email)
+    )
+    return [(email, name) for email, name in rows]
+
+
+def _adjustment_order(
+    kind: AdjustmentKind, as_of: int, amount: int, status: str | None
+) -> tuple[int, int]:
+    """What orders two states of one adjustment: the event time, then (in the same second) the
+    larger refunded total, or the closed dispute and the voided credit note."""
+    if kind is AdjustmentKind.REFUND:
+        return as_of, amount  # a charge's refunded total only grows
+    return as_of, _ADJUSTMENT_RANK.get(status or "", 0)
 
 
 async def _subscription_row(session: AsyncSession, tenant_id: uuid.UUID) -> Subscription:
@@ -608,6 +651,104 @@ class BillingActivities:
             row.stripe_created, row.as_of = invoice.created, invoice.as_of
 
     @activity.defn
+    async def record_invoice_adjustment(self, record: AdjustmentRecord) -> AdjustmentSnapshot:
+        """Record a refund, dispute or credit note on the invoices projection (one row per
+        Stripe object; an older state never overwrites a newer one, and a refund holds the
+        charge's refunded total as Stripe counts it, so a repeat adds nothing), audited once
+        under the record's key. The invoice of a charge that does not name it is looked up in
+        Stripe. Returns the adjustment as recorded."""
+        adjustment = record.adjustment
+        charge_id = adjustment.charge_id
+        if adjustment.invoice_id is None and charge_id is not None:
+            async with self._sessions() as session:
+                known = await session.scalar(
+                    select(InvoiceAdjustment.stripe_invoice_id).where(
+                        InvoiceAdjustment.kind == adjustment.kind,
+                        InvoiceAdjustment.stripe_id == adjustment.stripe_id,
+                    )
+                )
+            if known is not None:
+                adjustment = adjustment.model_copy(update={"invoice_id": known})
+            elif self._open_gateway is not None:
+                async with self._stripe() as gateway:
+                    charge = await gateway.fetch_charge(charge_id)
+                if charge is not None:
+                    adjustment = with_charge(adjustment, charge)
+        async with transaction(self._sessions) as session:
+            row = await session.scalar(
+                select(InvoiceAdjustment)
+                .where(
+                    InvoiceAdjustment.kind == adjustment.kind,
+                    InvoiceAdjustment.stripe_id == adjustment.stripe_id,
+                )
+                .with_for_update()
+            )
+            if row is None:
+                row = InvoiceAdjustment(
+                    tenant_id=record.tenant_id,
+                    kind=adjustment.kind,
+                    stripe_id=adjustment.stripe_id,
+                )
+                session.add(row)
+            elif row.tenant_id != record.tenant_id:
+                raise ApplicationError(
+                    f"{adjustment.kind.value} {adjustment.stripe_id} is recorded for another "
+                    "tenant",
+                    non_retryable=True,
+                )
+            elif _adjustment_order(row.kind, row.as_of, row.amount, row.status) > (
+                _adjustment_order(
+                    adjustment.kind, adjustment.as_of, adjustment.amount, adjustment.status
+                )
+            ):
+                # A newer state is recorded already.
+                return adjustment.model_copy(update={"invoice_id": row.stripe_invoice_id})
+            row.stripe_invoice_id = adjustment.invoice_id or row.stripe_invoice_id
+            row.stripe_charge_id = adjustment.charge_id or row.stripe_charge_id
+            row.amount, row.currency = adjustment.amount, adjustment.currency
+            row.reason, row.status = adjustment.reason, adjustment.status
+            row.as_of = adjustment.as_of
+            await audit.append(
+                session,
+                _ADJUSTMENT_ACTIONS.get(record.event_type, f"billing.{adjustment.kind.value}"),
+                tenant_id=record.tenant_id,
+                data={
+                    "kind": adjustment.kind.value,
+                    "stripe_id": adjustment.stripe_id,
+                    "charge": adjustment.charge_id or "",
+                    "invoice": row.stripe_invoice_id or "",
+                    "amount": str(adjustment.amount),
+                    "currency": adjustment.currency,
+                    "reason": adjustment.reason or "",
+                    "status": adjustment.status or "",
+                },
+                idempotency_key=bounded_key(record.idempotency_key),
+            )
+        return adjustment.model_copy(update={"invoice_id": row.stripe_invoice_id})
+
+    @activity.defn
+    async def send_operator_notice(self, notice: BillingNotice) -> int:
+        """Alert the platform's operators (every active ``super_admin``) to a tenant's billing
+        event, a dispute say: an e-mail to each, once per operator under the notice's key, and
+        a warning log line. Returns how many operators were written to."""
+        async with self._sessions() as session:
+            tenant = await session.get(Tenant, notice.tenant_id)
+            operators = await _platform_operators(session)
+        name = tenant.name if tenant is not None else "(tenant gone)"
+        subject, body = _operator_text(notice, name)
+        log.warning("billing alert for tenant %s: %s", notice.tenant_id, subject)
+        for address, full_name in operators:
+            await self._mailer.send(
+                EmailMessage(
+                    idempotency_key=bounded_key(f"{notice.idempotency_key}:{address}"),
+                    to=address,
+                    subject=subject,
+                    body=f"Hello {full_name},\n\n{body}\n",
+                )
+            )
+        return len(operators)
+
+    @activity.defn
     async def send_billing_notice(self, notice: BillingNotice) -> int:
         """E-mail the tenant's admins, once per admin under the notice's key. Returns how
         many admins were written to."""
@@ -807,6 +948,37 @@ class BillingActivities:
                 raise
 
 
+def _money(amount: int, currency: str) -> str:
+    return f"{amount / 100:.2f} {currency.upper()}"
+
+
+def _dispute_facts(dispute: AdjustmentSnapshot | None) -> tuple[str, str, str]:
+    """(amount, invoice, reason) of a dispute, as an e-mail names them."""
+    if dispute is None:
+        return "a payment", "the invoice", "not given"
+    return (
+        _money(dispute.amount, dispute.currency),
+        f"invoice {dispute.invoice_id}"
+        if dispute.invoice_id
+        else f"the payment {dispute.charge_id or dispute.stripe_id}",
+        (dispute.reason or "not given").replace("_", " "),
+    )
+
+
+def _operator_text(notice: BillingNotice, tenant: str) -> tuple[str, str]:
+    """Subject and body of an operator's alert (a dispute)."""
+    dispute = notice.adjustment
+    amount, invoice, reason = _dispute_facts(dispute)
+    dispute_id = dispute.stripe_id if dispute else "unknown"
+    return (
+        f"Dispute opened: {tenant}, {amount}",
+        f"A payment of tenant {tenant} ({notice.tenant_id}) was disputed: {amount} for "
+        f"{invoice}, reason: {reason}, status: {dispute.status if dispute else 'unknown'}. "
+        f"Answer it in Stripe before its evidence deadline: "
+        f"https://dashboard.stripe.com/disputes/{dispute_id}",
+    )
+
+
 def _notice_text(notice: BillingNotice, tenant: str, link: str) -> tuple[str, str]:
     """Subject and body of a billing e-mail."""
     deadline = notice.deadline.strftime("%d %B %Y") if notice.deadline else "soon"
@@ -817,6 +989,7 @@ def _notice_text(notice: BillingNotice, tenant: str, link: str) -> tuple[str, st
         if invoice
         else "the amount due"
     )
+    disputed, disputed_invoice, disputed_reason = _dispute_facts(notice.adjustment)
     texts = {
         NoticeKind.PAYMENT_FAILED: (
             f"Payment failed for {tenant}",
@@ -857,6 +1030,13 @@ def _notice_text(notice: BillingNotice, tenant: str, link: str) -> tuple[str, st
             f"{tenant}'s trial ends on {deadline}",
             f"{tenant}'s free trial ends on {deadline}. Add a payment method at {link} to keep "
             "the account active.",
+        ),
+        NoticeKind.DISPUTED: (
+            f"A payment of {tenant} was disputed",
+            f"Your card issuer disputed a payment for {tenant}'s subscription: "
+            f"{disputed} for {disputed_invoice} (reason: {disputed_reason}). If you did not mean "
+            f"to dispute it, please ask your bank to withdraw the dispute; your invoices are at "
+            f"{link}.",
         ),
     }
     return texts[notice.kind]

@@ -1,5 +1,6 @@
-"""Billing: the plan catalogue as Stripe knows it, the subscriptions and invoices projections,
-the Stripe webhook inbox, metered usage, and the types that cross the billing workflow."""
+"""Billing: the plan catalogue as Stripe knows it, the subscriptions and invoices projections
+(with the refunds, disputes and credit notes on invoices), the Stripe webhook inbox, metered
+usage, and the types that cross the billing workflow."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, Timestamped, new_id, str_enum, utcnow
@@ -39,6 +40,15 @@ class UsageMetric(StrEnum):
 
 # Gauges are measurements (the latest counts); the other metrics are counters (summed).
 GAUGES = frozenset({UsageMetric.STORAGE_BYTES})
+
+
+class AdjustmentKind(StrEnum):
+    """What changed an invoice after it was paid (or issued)."""
+
+    # A charge's refunds: the amount is Stripe's ``amount_refunded`` of the charge, cumulative.
+    REFUND = "refund"
+    DISPUTE = "dispute"  # a chargeback the cardholder's bank opened
+    CREDIT_NOTE = "credit_note"
 
 
 # --- Tables -------------------------------------------------------------------------------
@@ -101,6 +111,36 @@ class Invoice(Timestamped, Base):
     period_end: Mapped[datetime | None]
     hosted_invoice_url: Mapped[str | None] = mapped_column(String(1000))
     stripe_created: Mapped[datetime]
+    # The Stripe event time of the state held, so that an older event never overwrites it.
+    as_of: Mapped[int] = mapped_column(BigInteger)
+
+
+class InvoiceAdjustment(Timestamped, Base):
+    """Refunds, disputes and credit notes on the invoices projection, one row per Stripe object
+    (a refund row per charge), from ``charge.refunded``, ``charge.dispute.*`` and
+    ``credit_note.*`` events; a row keeps its newest state. Rows join their invoice by its
+    Stripe id (an adjustment may arrive before the invoice's own events)."""
+
+    __tablename__ = "invoice_adjustments"
+    __table_args__ = (
+        UniqueConstraint("kind", "stripe_id"),
+        Index("ix_invoice_adjustments_tenant_invoice", "tenant_id", "stripe_invoice_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    kind: Mapped[AdjustmentKind] = mapped_column(str_enum(AdjustmentKind))
+    # The charge (a refund), the dispute or the credit note.
+    stripe_id: Mapped[str] = mapped_column(String(255))
+    # ``None`` when Stripe knows no invoice for it (a charge outside billing).
+    stripe_invoice_id: Mapped[str | None] = mapped_column(String(100))
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255))
+    # Refund: the charge's refunded total so far; dispute: the disputed amount; credit note:
+    # its total. In the currency's smallest unit.
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    reason: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str | None] = mapped_column(String(32))
     # The Stripe event time of the state held, so that an older event never overwrites it.
     as_of: Mapped[int] = mapped_column(BigInteger)
 
@@ -245,6 +285,39 @@ class PaymentMethodSnapshot(BaseModel):
     is_default: bool = False
 
 
+class ChargeSnapshot(BaseModel):
+    """A Stripe charge as billing needs it: whose it is, what it paid, what was refunded."""
+
+    charge_id: str
+    customer_id: str | None = None
+    # Found through the charge's PaymentIntent when the charge does not name it (API versions
+    # from 2025-03-31 on).
+    invoice_id: str | None = None
+    payment_intent_id: str | None = None
+    amount: int
+    amount_refunded: int
+    refunded: bool
+    currency: str
+
+
+class AdjustmentSnapshot(BaseModel):
+    """A refund (a charge's refunded total), a dispute or a credit note, as the invoices
+    projection records it; ``as_of`` orders its states (the event's time)."""
+
+    kind: AdjustmentKind
+    # The charge of a refund, the dispute, the credit note. (Lengths: the projection's columns.)
+    stripe_id: str = Field(max_length=255)
+    customer_id: str | None = Field(default=None, max_length=100)
+    invoice_id: str | None = Field(default=None, max_length=100)
+    charge_id: str | None = Field(default=None, max_length=255)
+    tenant_id: uuid.UUID | None = None
+    amount: int = Field(ge=0)
+    currency: str = Field(min_length=3, max_length=3)
+    reason: str | None = Field(default=None, max_length=100)
+    status: str | None = Field(default=None, max_length=32)
+    as_of: int
+
+
 class BillingEvent(BaseModel):
     """A verified Stripe event, reduced to what the billing workflow acts on."""
 
@@ -255,11 +328,13 @@ class BillingEvent(BaseModel):
     subscription: SubscriptionSnapshot | None = None
     invoice: InvoiceSnapshot | None = None
     setup_intent: SetupIntentSnapshot | None = None
+    # A refund, dispute or credit note.
+    adjustment: AdjustmentSnapshot | None = None
 
     @property
     def tenant_id(self) -> uuid.UUID | None:
         """The tenant named in the object's metadata, when the object carries it."""
-        for snapshot in (self.subscription, self.invoice, self.setup_intent):
+        for snapshot in (self.subscription, self.invoice, self.setup_intent, self.adjustment):
             if snapshot is not None and snapshot.tenant_id is not None:
                 return snapshot.tenant_id
         return None
@@ -547,6 +622,17 @@ class InvoiceRecord(BaseModel):
     invoice: InvoiceSnapshot
 
 
+class AdjustmentRecord(BaseModel):
+    """Record a refund, dispute or credit note on the tenant's invoices (audited once under
+    ``idempotency_key``)."""
+
+    tenant_id: uuid.UUID
+    adjustment: AdjustmentSnapshot
+    # The Stripe event it came with (``charge.dispute.created``, say): named in the audit row.
+    event_type: str
+    idempotency_key: str
+
+
 class BillingFailure(BaseModel):
     """Something the billing workflow could not do and went on without: recorded (audit) and
     alerted (an error log line), never a reason for the workflow to stop."""
@@ -574,6 +660,8 @@ class NoticeKind(StrEnum):
     TRIAL_ENDING = "trial_ending"
     PAYMENT_FAILED = "payment_failed"
     RECEIPT = "receipt"
+    # A payment was disputed: the tenant's admins, and the platform's operators, are told.
+    DISPUTED = "disputed"
 
 
 class BillingNotice(BaseModel):
@@ -586,6 +674,8 @@ class BillingNotice(BaseModel):
     deadline: datetime | None = None
     # The invoice a payment notice is about (failure or receipt).
     invoice: InvoiceSnapshot | None = None
+    # The dispute a ``disputed`` notice is about.
+    adjustment: AdjustmentSnapshot | None = None
 
 
 class UsageRecord(BaseModel):

@@ -293,3 +293,97 @@ async def meter_recorder() -> AsyncIterator[MeterRecorder]:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     yield MeterRecorder(url=f"http://127.0.0.1:{port}", received=received)
     await runner.cleanup()
+
+
+# --- Refunds, disputes, credit notes: localstripe refunds; Stripe's shapes for the rest ------
+
+
+async def paid_charge(sdk: stripe.StripeClient, subscription_id: str) -> tuple[str, dict[str, Any]]:
+    """The subscription's first invoice (paid when it was created) and the charge that paid
+    it: ``(invoice_id, charge)``."""
+    subscription = (await sdk.v1.subscriptions.retrieve_async(subscription_id)).to_dict()
+    latest = subscription["latest_invoice"]
+    invoice_id = str(latest["id"] if isinstance(latest, dict) else latest)
+    invoice = (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+    assert invoice["status"] == "paid", invoice["status"]
+    # localstripe names the charge on the invoice (Stripe before API version 2025-03-31 too).
+    charge = invoice["charge"]
+    charge_id = charge["id"] if isinstance(charge, dict) else str(charge)
+    return invoice_id, (await sdk.v1.charges.retrieve_async(charge_id)).to_dict()
+
+
+async def refund(sdk: stripe.StripeClient, charge_id: str, amount: int) -> dict[str, Any]:
+    """Refund ``amount`` of the charge in localstripe; returns the charge as it is after."""
+    await sdk.v1.refunds.create_async(params={"charge": charge_id, "amount": amount})
+    return (await sdk.v1.charges.retrieve_async(charge_id)).to_dict()
+
+
+def dispute(
+    charge: dict[str, Any], *, status: str = "needs_response", reason: str = "fraudulent"
+) -> dict[str, Any]:
+    """A dispute of the whole charge in Stripe's published shape
+    (https://docs.stripe.com/api/disputes/object; localstripe has no disputes)."""
+    now = int(time.time())
+    return {
+        "id": f"dp_{charge['id'][3:]}",
+        "object": "dispute",
+        "amount": charge["amount"],
+        "balance_transactions": [],
+        "charge": charge["id"],
+        "created": now,
+        "currency": charge["currency"],
+        "evidence": {},
+        "evidence_details": {
+            "due_by": now + 7 * 86_400,
+            "has_evidence": False,
+            "past_due": False,
+            "submission_count": 0,
+        },
+        "is_charge_refundable": False,
+        "livemode": False,
+        "metadata": {},
+        "payment_intent": charge.get("payment_intent"),
+        "reason": reason,
+        "status": status,
+    }
+
+
+def credit_note(
+    invoice_id: str, customer_id: str, amount: int, *, reason: str = "order_change"
+) -> dict[str, Any]:
+    """A credit note on the invoice in Stripe's published shape
+    (https://docs.stripe.com/api/credit_notes/object; localstripe has no credit notes)."""
+    now = int(time.time())
+    return {
+        "id": f"cn_{uuid.uuid4().hex[:14]}",
+        "object": "credit_note",
+        "amount": amount,
+        "amount_shipping": 0,
+        "created": now,
+        "currency": "usd",
+        "customer": customer_id,
+        "customer_balance_transaction": None,
+        "discount_amount": 0,
+        "discount_amounts": [],
+        "effective_at": now,
+        "invoice": invoice_id,
+        "lines": {"object": "list", "data": [], "has_more": False, "url": "/v1/credit_notes"},
+        "livemode": False,
+        "memo": None,
+        "metadata": {},
+        "number": f"CN-{now}",
+        "out_of_band_amount": None,
+        "pdf": "https://pay.stripe.com/credit_notes/test/pdf",
+        "post_payment_amount": amount,
+        "pre_payment_amount": 0,
+        "reason": reason,
+        "refunds": [],
+        "shipping_cost": None,
+        "status": "issued",
+        "subtotal": amount,
+        "subtotal_excluding_tax": amount,
+        "total": amount,
+        "total_excluding_tax": amount,
+        "type": "post_payment",
+        "voided_at": None,
+    }

@@ -22,9 +22,12 @@ with workflow.unsafe.imports_passed_through():
         PROCESS,
         BillingActivities,
     )
+    from connectors.billing import DISPUTE_OPENED
     from core.plans import Excess
     from core.search import BIZ_PROCESS, BIZ_STATUS, TENANT_ID
     from models.billing import (
+        AdjustmentRecord,
+        AdjustmentSnapshot,
         BillingEvent,
         BillingFailure,
         BillingInput,
@@ -88,6 +91,10 @@ FOLLOW_STRIPE = "billing-follow-stripe"
 # The patch behind which operators extend trials and suspend or unsuspend tenants (commands
 # only these updates issue; histories recorded before them never invoked them).
 OPERATIONS = "billing-operations"
+# The patch behind which refunds, disputes and credit notes are recorded on the invoices
+# projection and a dispute alerts the tenant's admins and the operators (commands only these
+# Stripe events issue; histories recorded before them never received one).
+ADJUSTMENTS = "billing-invoice-adjustments"
 # Stripe statuses of a subscription with a payment outstanding, and of one that is over.
 _UNPAID = frozenset({"past_due", "unpaid"})
 _ENDED = frozenset({"canceled", "incomplete_expired"})
@@ -120,7 +127,10 @@ class BillingWorkflow:
       Stripe (prorated; cancel at period end or resume);
     - **collect_payment_method** (validated update) opens a SetupIntent for the browser; its
       ``setup_intent.succeeded`` event makes the card the customer's default and, while
-      payment is overdue, retries the open invoices (their payment reactivates the tenant).
+      payment is overdue, retries the open invoices (their payment reactivates the tenant);
+    - refunds, disputes and credit notes (Stripe events) are recorded on the invoices
+      projection; a dispute opened is e-mailed to the tenant's admins and the platform's
+      operators, once. They change no access.
 
     Every transition writes the subscriptions projection, the tenant's status, ``BizStatus`` and
     an audit row. The workflow continues as new before its history grows large, carrying its
@@ -888,6 +898,8 @@ class BillingWorkflow:
             await self._on_invoice(event, event.invoice)
         elif event.setup_intent is not None:
             await self._on_card_saved(event, event.setup_intent)
+        elif event.adjustment is not None:
+            await self._on_adjustment(event, event.adjustment)
 
     async def _on_subscription(self, event: BillingEvent, snapshot: SubscriptionSnapshot) -> None:
         current = self._state.subscription
@@ -1088,6 +1100,27 @@ class BillingWorkflow:
             if invoice.settled:
                 await self._settle(invoice, event.event_id)
 
+    async def _on_adjustment(self, event: BillingEvent, adjustment: AdjustmentSnapshot) -> None:
+        """A refund, dispute or credit note: recorded on the invoices projection (newest state
+        wins; a refund is the charge's refunded total, never added up). A dispute opened is
+        e-mailed to the tenant's admins and alerted to the operators, once per dispute."""
+        workflow.patched(ADJUSTMENTS)
+        recorded = await self._activity(
+            BillingActivities.record_invoice_adjustment,
+            AdjustmentRecord(
+                tenant_id=self._tenant_id,
+                adjustment=adjustment,
+                event_type=event.type,
+                idempotency_key=f"{workflow.info().workflow_id}:{event.event_id}:{event.type}",
+            ),
+            summary=f"record the {adjustment.kind.value} on the invoice",
+        )
+        if event.type != DISPUTE_OPENED:
+            return
+        cause = f"dispute:{adjustment.stripe_id}"
+        await self._notify(NoticeKind.DISPUTED, cause, adjustment=recorded)
+        await self._alert_operators(NoticeKind.DISPUTED, cause, recorded)
+
     # --- Dunning, suspension, cancellation ------------------------------------------------
 
     async def _start_dunning(self, cause: str, invoice: InvoiceSnapshot | None = None) -> None:
@@ -1266,6 +1299,7 @@ class BillingWorkflow:
         day: int | None = None,
         deadline: datetime | None = None,
         invoice: InvoiceSnapshot | None = None,
+        adjustment: AdjustmentSnapshot | None = None,
     ) -> None:
         # Bounded, and a failure is recorded and skipped: a mail server that is down must not
         # hold the lock (and with it every timer and update) for ever.
@@ -1279,6 +1313,7 @@ class BillingWorkflow:
                     day=day,
                     deadline=deadline,
                     invoice=invoice,
+                    adjustment=adjustment,
                 ),
                 limit=timedelta(minutes=2),
                 deadline=self._policy.notice_deadline,
@@ -1287,6 +1322,30 @@ class BillingWorkflow:
         except ActivityError as exc:
             _reraise_cancellation(exc)
             await self._record_failure("notice", f"{kind.value} {cause}", _error_text(exc))
+
+    async def _alert_operators(
+        self, kind: NoticeKind, cause: str, adjustment: AdjustmentSnapshot
+    ) -> None:
+        """E-mail the platform's operators, once each; bounded, and a failure is recorded and
+        skipped like a notice to the admins."""
+        try:
+            await self._activity(
+                BillingActivities.send_operator_notice,
+                BillingNotice(
+                    tenant_id=self._tenant_id,
+                    kind=kind,
+                    idempotency_key=f"{workflow.info().workflow_id}:{cause}:{kind.value}:operators",
+                    adjustment=adjustment,
+                ),
+                limit=timedelta(minutes=2),
+                deadline=self._policy.notice_deadline,
+                summary=f"alert the operators: {kind.value}",
+            )
+        except ActivityError as exc:
+            _reraise_cancellation(exc)
+            await self._record_failure(
+                "notice", f"{kind.value} {cause} (operators)", _error_text(exc)
+            )
 
     async def _activity(
         self,

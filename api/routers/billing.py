@@ -35,7 +35,14 @@ from activities.billing import (
 from api import workflow_calls
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
 from api.pagination import decode_cursor, encode_cursor
-from connectors.billing import BillingRejected, BillingUnavailable, handles, parse_event
+from connectors.billing import (
+    BillingRejected,
+    BillingUnavailable,
+    handles,
+    needs_charge,
+    parse_event,
+    with_charge,
+)
 from connectors.billing.stripe_gateway import gateway_from_settings
 from core import metrics
 from core.errors import Conflict, NotFound, Problem, ServiceUnavailable, Unprocessable
@@ -44,10 +51,12 @@ from core.security import Principal
 from core.settings import Settings
 from models.base import utcnow
 from models.billing import (
+    AdjustmentKind,
     BillingEvent,
     BillingStatus,
     BillingView,
     Invoice,
+    InvoiceAdjustment,
     OperatorRequest,
     OperatorSuspension,
     PaymentMethodCollection,
@@ -118,8 +127,9 @@ async def stripe_webhook(
 ) -> WebhookReceipt:
     """Verify the signature on the raw body, keep the event once in the inbox, and hand it to
     the tenant's billing workflow (signal-with-start). A repeated event is accepted and changes
-    nothing; an event type billing does not act on is recorded and ignored. Stripe is not
-    called here."""
+    nothing; an event type billing does not act on is recorded and ignored. Stripe is called
+    only for a new dispute, which names neither customer nor tenant: its charge says whose it
+    is (503 while Stripe cannot answer; Stripe sends the event again)."""
     if settings.stripe_webhook_secret is None:
         raise WebhooksDisabled("Set BIZ_STRIPE_WEBHOOK_SECRET to receive Stripe events.")
     payload = _verified_payload(
@@ -139,6 +149,8 @@ async def stripe_webhook(
         # Stripe stamps events when they happen; one from the future is not Stripe's.
         metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
         raise WebhookRejected("The event is dated in the future.")
+    if needs_charge(event) and await session.get(StripeEvent, event.event_id) is None:
+        event = await _with_charge_owner(settings, event)
     row, duplicate = await _store(session, event, payload)
     if row.status is StripeEventStatus.RECEIVED and row.tenant_id is not None:
         await deliver_event(client, settings, row.tenant_id, event)
@@ -169,6 +181,28 @@ def _verified_payload(
         metrics.STRIPE_WEBHOOKS.labels("rejected").inc()
         raise WebhookRejected("The body is not a Stripe event.")
     return payload
+
+
+async def _with_charge_owner(settings: Settings, event: BillingEvent) -> BillingEvent:
+    """The event with the customer (and invoice) of its charge, read from Stripe; as it was
+    when Stripe does not know the charge or billing has no Stripe key (it is then unmatched)."""
+    adjustment = event.adjustment
+    opener = gateway_from_settings(settings)
+    if adjustment is None or adjustment.charge_id is None or opener is None:
+        return event
+    try:
+        async with opener() as gateway:
+            charge = await gateway.fetch_charge(adjustment.charge_id)
+    except BillingUnavailable as exc:
+        raise ServiceUnavailable(str(exc), headers={"Retry-After": "60"}) from None
+    except BillingRejected as exc:
+        log.warning("Stripe event %s: its charge could not be read: %s", event.event_id, exc)
+        return event
+    if charge is None:
+        return event
+    return event.model_copy(
+        update={"adjustment": with_charge(adjustment, charge), "customer_id": charge.customer_id}
+    )
 
 
 async def _owner(session: AsyncSession, event: BillingEvent) -> uuid.UUID | None:
@@ -248,6 +282,25 @@ async def get_subscription(principal: CurrentPrincipal, session: SessionDep) -> 
     )
 
 
+class DisputeItem(BaseModel):
+    dispute_id: str
+    charge_id: str | None
+    amount: int
+    currency: str
+    reason: str | None
+    # Stripe's: ``warning_needs_response``, ``needs_response``, ``under_review``, ``won``,
+    # ``lost``...
+    status: str | None
+
+
+class CreditNoteItem(BaseModel):
+    credit_note_id: str
+    amount: int
+    currency: str
+    reason: str | None
+    status: str | None
+
+
 class InvoiceItem(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -256,11 +309,16 @@ class InvoiceItem(BaseModel):
     status: str
     amount_due: int
     amount_paid: int
+    # Refunded so far, over the invoice's charges (Stripe's totals; never added up twice).
+    amount_refunded: int = 0
     currency: str
     period_start: datetime | None
     period_end: datetime | None
     hosted_invoice_url: str | None
     created_at: datetime
+    # The latest dispute of a payment of the invoice, if any.
+    dispute: DisputeItem | None = None
+    credit_notes: list[CreditNoteItem] = Field(default_factory=list)
 
 
 class InvoicePage(BaseModel):
@@ -275,7 +333,9 @@ async def list_invoices(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> InvoicePage:
-    """From the invoices projection (Stripe's ``invoice.*`` events), keyset-paginated."""
+    """From the invoices projection (Stripe's ``invoice.*`` events), keyset-paginated, each
+    with its refunded amount, dispute and credit notes (``charge.refunded``,
+    ``charge.dispute.*``, ``credit_note.*``)."""
     query = (
         select(Invoice)
         .where(Invoice.tenant_id == principal.tenant_id)
@@ -287,7 +347,10 @@ async def list_invoices(
             tuple_(Invoice.stripe_created, Invoice.id) < tuple_(*decode_cursor(cursor))
         )
     rows = (await session.scalars(query)).all()
-    items = [_invoice_item(row) for row in rows[:limit]]
+    adjustments = await _adjustments(
+        session, principal.tenant_id, [row.stripe_invoice_id for row in rows[:limit]]
+    )
+    items = [_invoice_item(row, adjustments.get(row.stripe_invoice_id, [])) for row in rows[:limit]]
     return InvoicePage(
         items=items,
         next_cursor=encode_cursor(rows[limit - 1].stripe_created, rows[limit - 1].id)
@@ -296,18 +359,64 @@ async def list_invoices(
     )
 
 
-def _invoice_item(row: Invoice) -> InvoiceItem:
+async def _adjustments(
+    session: AsyncSession, tenant_id: uuid.UUID, invoice_ids: list[str]
+) -> dict[str, list[InvoiceAdjustment]]:
+    """The refunds, disputes and credit notes of the tenant's invoices, by invoice, oldest
+    first."""
+    if not invoice_ids:
+        return {}
+    rows = await session.scalars(
+        select(InvoiceAdjustment)
+        .where(
+            InvoiceAdjustment.tenant_id == tenant_id,
+            InvoiceAdjustment.stripe_invoice_id.in_(invoice_ids),
+        )
+        .order_by(InvoiceAdjustment.as_of, InvoiceAdjustment.created_at)
+    )
+    found: dict[str, list[InvoiceAdjustment]] = {}
+    for row in rows:
+        assert row.stripe_invoice_id is not None
+        found.setdefault(row.stripe_invoice_id, []).append(row)
+    return found
+
+
+def _invoice_item(row: Invoice, adjustments: list[InvoiceAdjustment]) -> InvoiceItem:
+    disputes = [a for a in adjustments if a.kind is AdjustmentKind.DISPUTE]
+    dispute = disputes[-1] if disputes else None
     return InvoiceItem(
         invoice_id=row.stripe_invoice_id,
         number=row.number,
         status=row.status,
         amount_due=row.amount_due,
         amount_paid=row.amount_paid,
+        amount_refunded=sum(a.amount for a in adjustments if a.kind is AdjustmentKind.REFUND),
         currency=row.currency,
         period_start=row.period_start,
         period_end=row.period_end,
         hosted_invoice_url=row.hosted_invoice_url,
         created_at=row.stripe_created,
+        dispute=DisputeItem(
+            dispute_id=dispute.stripe_id,
+            charge_id=dispute.stripe_charge_id,
+            amount=dispute.amount,
+            currency=dispute.currency,
+            reason=dispute.reason,
+            status=dispute.status,
+        )
+        if dispute is not None
+        else None,
+        credit_notes=[
+            CreditNoteItem(
+                credit_note_id=a.stripe_id,
+                amount=a.amount,
+                currency=a.currency,
+                reason=a.reason,
+                status=a.status,
+            )
+            for a in adjustments
+            if a.kind is AdjustmentKind.CREDIT_NOTE
+        ],
     )
 
 

@@ -20,7 +20,10 @@ from typing import Any, Protocol
 
 from core.plans import PlanSpec
 from models.billing import (
+    AdjustmentKind,
+    AdjustmentSnapshot,
     BillingEvent,
+    ChargeSnapshot,
     InvoiceSnapshot,
     PaymentMethodSnapshot,
     SetupIntentSnapshot,
@@ -55,6 +58,12 @@ INVOICE_EVENTS = frozenset(
     }
 )
 SETUP_INTENT_EVENTS = frozenset({"setup_intent.succeeded"})
+# Refunds, disputes and credit notes, recorded on the invoices projection.
+REFUND_EVENTS = frozenset({"charge.refunded"})
+DISPUTE_OPENED = "charge.dispute.created"
+DISPUTE_EVENTS = frozenset({DISPUTE_OPENED, "charge.dispute.updated", "charge.dispute.closed"})
+CREDIT_NOTE_EVENTS = frozenset({"credit_note.created", "credit_note.voided"})
+ADJUSTMENT_EVENTS = REFUND_EVENTS | DISPUTE_EVENTS | CREDIT_NOTE_EVENTS
 # A subscription that ended (or never started) stays ended: it is never reused.
 ENDED_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
@@ -110,6 +119,11 @@ class BillingGateway(Protocol):
     async def fetch_subscription(self, subscription_id: str) -> SubscriptionSnapshot | None: ...
 
     async def fetch_invoice(self, invoice_id: str) -> InvoiceSnapshot | None: ...
+
+    async def fetch_charge(self, charge_id: str) -> ChargeSnapshot | None:
+        """The charge (``None`` when the provider does not know it) with the invoice it paid,
+        looked up through its payment when the charge itself does not name it."""
+        ...
 
     async def update_subscription(
         self,
@@ -201,6 +215,32 @@ def _id(value: Any) -> str:
     return found
 
 
+def _optional_id(value: Any) -> str | None:
+    return _id(value) if value else None
+
+
+def _amount(value: Any) -> int:
+    """An amount in the currency's smallest unit, as Stripe sends it (a non-negative integer)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise MalformedEvent(f"not an amount: {value!r:.40}")
+    return value
+
+
+def _currency(value: Any) -> str:
+    if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
+        raise MalformedEvent(f"not a currency: {value!r:.40}")
+    return value.lower()
+
+
+def _label(value: Any, length: int) -> str | None:
+    """A short code (a reason, a status) that fits its column; ``None`` when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > length:
+        raise MalformedEvent(f"not a Stripe code: {value!r:.40}")
+    return value
+
+
 def _object(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise MalformedEvent("data.object is not an object")
@@ -283,6 +323,92 @@ def setup_intent_snapshot(obj: Mapping[str, Any]) -> SetupIntentSnapshot:
     )
 
 
+def charge_snapshot(obj: Mapping[str, Any]) -> ChargeSnapshot:
+    """A Stripe charge (any API version, or localstripe's) as billing sees it."""
+    return ChargeSnapshot(
+        charge_id=_id(obj["id"]),
+        customer_id=_optional_id(obj.get("customer")),
+        # Charges name their invoice before API version 2025-03-31 only.
+        invoice_id=_optional_id(obj.get("invoice")),
+        payment_intent_id=_optional_id(obj.get("payment_intent")),
+        amount=_amount(obj["amount"]),
+        amount_refunded=_amount(obj["amount_refunded"]),
+        refunded=bool(obj.get("refunded")),
+        currency=_currency(obj["currency"]),
+    )
+
+
+def refund_snapshot(obj: Mapping[str, Any], as_of: int) -> AdjustmentSnapshot:
+    """A refunded charge: its refunded total (Stripe's ``amount_refunded``, cumulative)."""
+    charge = charge_snapshot(obj)
+    if charge.amount_refunded > charge.amount:
+        raise MalformedEvent("a charge refunded beyond its amount")
+    refunds = (obj.get("refunds") or {}).get("data") or []
+    latest = refunds[0] if refunds and isinstance(refunds[0], Mapping) else {}
+    return AdjustmentSnapshot(
+        kind=AdjustmentKind.REFUND,
+        stripe_id=charge.charge_id,
+        customer_id=charge.customer_id,
+        invoice_id=charge.invoice_id,
+        charge_id=charge.charge_id,
+        tenant_id=tenant_of(obj.get("metadata")),
+        amount=charge.amount_refunded,
+        currency=charge.currency,
+        reason=_label(latest.get("reason"), 100),
+        status="refunded" if charge.refunded else "partially_refunded",
+        as_of=as_of,
+    )
+
+
+def dispute_snapshot(obj: Mapping[str, Any], as_of: int) -> AdjustmentSnapshot:
+    """A Stripe dispute. It names its charge, not its customer nor its invoice: those come
+    from the charge (expanded here, or fetched)."""
+    charge = obj["charge"]
+    expanded = (
+        charge_snapshot(charge) if isinstance(charge, Mapping) and "amount" in charge else None
+    )
+    return AdjustmentSnapshot(
+        kind=AdjustmentKind.DISPUTE,
+        stripe_id=_id(obj["id"]),
+        customer_id=expanded.customer_id if expanded else None,
+        invoice_id=expanded.invoice_id if expanded else None,
+        charge_id=_id(charge),
+        tenant_id=tenant_of(obj.get("metadata")),
+        amount=_amount(obj["amount"]),
+        currency=_currency(obj["currency"]),
+        reason=_label(obj["reason"], 100),
+        status=_label(obj["status"], 32),
+        as_of=as_of,
+    )
+
+
+def credit_note_snapshot(obj: Mapping[str, Any], as_of: int) -> AdjustmentSnapshot:
+    """A Stripe credit note: its total (``amount`` when no total is sent) against its invoice."""
+    total = obj.get("total")
+    return AdjustmentSnapshot(
+        kind=AdjustmentKind.CREDIT_NOTE,
+        stripe_id=_id(obj["id"]),
+        customer_id=_id(obj["customer"]),
+        invoice_id=_id(obj["invoice"]),
+        tenant_id=tenant_of(obj.get("metadata")),
+        amount=_amount(obj["amount"] if total is None else total),
+        currency=_currency(obj["currency"]),
+        reason=_label(obj.get("reason"), 100),
+        status=_label(obj.get("status"), 32),
+        as_of=as_of,
+    )
+
+
+def with_charge(adjustment: AdjustmentSnapshot, charge: ChargeSnapshot) -> AdjustmentSnapshot:
+    """The adjustment with the customer and invoice its charge names (a dispute names neither)."""
+    return adjustment.model_copy(
+        update={
+            "customer_id": adjustment.customer_id or charge.customer_id,
+            "invoice_id": adjustment.invoice_id or charge.invoice_id,
+        }
+    )
+
+
 def default_payment_method(customer: Mapping[str, Any]) -> str | None:
     """The id of a Stripe customer's default payment method for invoices, if any."""
     found = (customer.get("invoice_settings") or {}).get("default_payment_method")
@@ -326,14 +452,20 @@ def _parse_event(payload: Mapping[str, Any]) -> BillingEvent:
     data = payload.get("data")
     if not isinstance(data, Mapping):
         raise MalformedEvent("data is not an object")
-    subscription = invoice = setup_intent = None
+    subscription = invoice = setup_intent = adjustment = None
     if event_type in SUBSCRIPTION_EVENTS:
         subscription = subscription_snapshot(_object(data.get("object")), created)
     elif event_type in INVOICE_EVENTS:
         invoice = invoice_snapshot(_object(data.get("object")), created)
     elif event_type in SETUP_INTENT_EVENTS:
         setup_intent = setup_intent_snapshot(_object(data.get("object")))
-    customer = subscription or invoice or setup_intent
+    elif event_type in REFUND_EVENTS:
+        adjustment = refund_snapshot(_object(data.get("object")), created)
+    elif event_type in DISPUTE_EVENTS:
+        adjustment = dispute_snapshot(_object(data.get("object")), created)
+    elif event_type in CREDIT_NOTE_EVENTS:
+        adjustment = credit_note_snapshot(_object(data.get("object")), created)
+    customer = subscription or invoice or setup_intent or adjustment
     return BillingEvent(
         event_id=event_id,
         type=event_type,
@@ -342,6 +474,7 @@ def _parse_event(payload: Mapping[str, Any]) -> BillingEvent:
         subscription=subscription,
         invoice=invoice,
         setup_intent=setup_intent,
+        adjustment=adjustment,
     )
 
 
@@ -351,6 +484,19 @@ def handles(event: BillingEvent) -> bool:
         event.type in SUBSCRIPTION_EVENTS
         or event.type in INVOICE_EVENTS
         or event.type in SETUP_INTENT_EVENTS
+        or event.type in ADJUSTMENT_EVENTS
+    )
+
+
+def needs_charge(event: BillingEvent) -> bool:
+    """Whether the event names no customer and no tenant until its charge is fetched (a
+    dispute names only its charge)."""
+    adjustment = event.adjustment
+    return (
+        adjustment is not None
+        and adjustment.charge_id is not None
+        and adjustment.customer_id is None
+        and adjustment.tenant_id is None
     )
 
 

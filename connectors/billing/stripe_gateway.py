@@ -21,6 +21,7 @@ from connectors.billing import (
     BillingRejected,
     BillingUnavailable,
     GatewayOpener,
+    charge_snapshot,
     default_payment_method,
     invoice_snapshot,
     payment_method_snapshot,
@@ -29,7 +30,12 @@ from connectors.billing import (
 )
 from core.plans import PlanSpec
 from core.settings import Settings
-from models.billing import InvoiceSnapshot, PaymentMethodSnapshot, SubscriptionSnapshot
+from models.billing import (
+    ChargeSnapshot,
+    InvoiceSnapshot,
+    PaymentMethodSnapshot,
+    SubscriptionSnapshot,
+)
 
 # Error codes Stripe sends (with 429, or 400 on older API versions) for a request that may
 # succeed when repeated later: https://docs.stripe.com/error-codes, /rate-limits.
@@ -66,6 +72,12 @@ async def _classified() -> AsyncIterator[None]:
 
 def _missing(exc: stripe.StripeError) -> bool:
     return isinstance(exc, stripe.InvalidRequestError) and exc.http_status == 404
+
+
+def _not_found(exc: BillingRejected) -> bool:
+    """Stripe answered 404 (an unknown object, or an API this Stripe-compatible server lacks)."""
+    cause = exc.__cause__
+    return isinstance(cause, stripe.StripeError) and cause.http_status == 404
 
 
 def _now() -> int:
@@ -179,6 +191,45 @@ class StripeGateway:
                 return None
             raise
         return invoice_snapshot(found.to_dict(), _now())
+
+    async def fetch_charge(self, charge_id: str) -> ChargeSnapshot | None:
+        try:
+            async with _classified():
+                found = await self._client.v1.charges.retrieve_async(charge_id)
+        except BillingRejected as exc:
+            if _not_found(exc):
+                return None
+            raise
+        charge = charge_snapshot(found.to_dict())
+        if charge.invoice_id is None and charge.payment_intent_id is not None:
+            invoice_id = await self._invoice_paid_by(charge.payment_intent_id)
+            charge = charge.model_copy(update={"invoice_id": invoice_id})
+        return charge
+
+    async def _invoice_paid_by(self, payment_intent_id: str) -> str | None:
+        """The invoice a PaymentIntent paid: named on the PaymentIntent before API version
+        2025-03-31 (and by localstripe), listed as an invoice payment since."""
+        async with _classified():
+            intent = await self._client.v1.payment_intents.retrieve_async(payment_intent_id)
+        invoice = intent.to_dict().get("invoice")
+        if invoice:
+            return str(invoice["id"] if isinstance(invoice, Mapping) else invoice)
+        try:
+            async with _classified():
+                payments = await self._client.v1.invoice_payments.list_async(
+                    params={
+                        "payment": {"type": "payment_intent", "payment_intent": payment_intent_id},
+                        "limit": 1,
+                    }
+                )
+        except BillingRejected as exc:
+            if _not_found(exc):  # a Stripe-compatible server without invoice payments
+                return None
+            raise
+        for payment in payments.data:
+            paid = payment.invoice
+            return paid if isinstance(paid, str) else str(paid.id)
+        return None
 
     async def update_subscription(
         self,

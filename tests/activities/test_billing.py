@@ -16,7 +16,11 @@ from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.audit import AuditEntry
 from models.billing import (
+    AdjustmentKind,
+    AdjustmentRecord,
+    AdjustmentSnapshot,
     BillingNotice,
+    InvoiceAdjustment,
     InvoiceSnapshot,
     NoticeKind,
     OpenInvoicesPayment,
@@ -26,7 +30,7 @@ from models.billing import (
     UsageReport,
 )
 from models.email import OutboundEmail
-from models.user import User
+from models.user import Role, User
 from tests.factories import member
 from tests.peers.stripe_front import StripeFront
 from tests.peers_stripe import LocalStripe, card_holder, unpaid_invoice, use_card
@@ -165,3 +169,142 @@ async def test_a_usage_report_stripe_refuses_is_recorded_once_not_resent(
     assert stripe_front.meter_events == []
     # The meters it reports to were found or created before the first report.
     assert sorted(stripe_front.meters) == sorted(METER_EVENTS.values())
+
+
+def _refund(amount: int, as_of: int) -> AdjustmentSnapshot:
+    return AdjustmentSnapshot(
+        kind=AdjustmentKind.REFUND,
+        stripe_id="ch_adjusted",
+        charge_id="ch_adjusted",
+        invoice_id="in_adjusted",
+        amount=amount,
+        currency="usd",
+        status="refunded" if amount == 2900 else "partially_refunded",
+        as_of=as_of,
+    )
+
+
+async def test_an_adjustment_keeps_its_newest_state_and_refunds_are_never_added_up(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    billing = _activities(sessions, settings)
+    env = ActivityEnvironment()
+    suffix = uuid.uuid4().hex[:8]
+
+    async def record(adjustment: AdjustmentSnapshot, event: str, key: str) -> AdjustmentSnapshot:
+        stripe_id = f"{adjustment.stripe_id}_{suffix}"
+        unique = adjustment.model_copy(update={"stripe_id": stripe_id})
+        return await env.run(
+            billing.record_invoice_adjustment,
+            AdjustmentRecord(
+                tenant_id=admin.tenant_id,
+                adjustment=unique,
+                event_type=event,
+                idempotency_key=f"{suffix}:{key}",
+            ),
+        )
+
+    async def held(kind: AdjustmentKind) -> tuple[int, str | None]:
+        async with sessions() as session:
+            row = await session.scalar(
+                select(InvoiceAdjustment).where(
+                    InvoiceAdjustment.tenant_id == admin.tenant_id, InvoiceAdjustment.kind == kind
+                )
+            )
+        assert row is not None
+        return row.amount, row.status
+
+    t = 1_800_000_000
+    await record(_refund(1000, t), "charge.refunded", "evt-1")
+    await record(_refund(1000, t), "charge.refunded", "evt-1")  # a retry of the activity
+    assert await held(AdjustmentKind.REFUND) == (1000, "partially_refunded")
+    await record(_refund(2900, t + 5), "charge.refunded", "evt-2")
+    # An older event late, and a smaller total in the same second: Stripe's newest total stays.
+    await record(_refund(1000, t), "charge.refunded", "evt-3")
+    await record(_refund(2000, t + 5), "charge.refunded", "evt-4")
+    assert await held(AdjustmentKind.REFUND) == (2900, "refunded")
+
+    disputed = AdjustmentSnapshot(
+        kind=AdjustmentKind.DISPUTE,
+        stripe_id="dp_adjusted",
+        charge_id="ch_adjusted",
+        invoice_id="in_adjusted",
+        amount=2900,
+        currency="usd",
+        reason="fraudulent",
+        status="needs_response",
+        as_of=t,
+    )
+    recorded = await record(disputed, "charge.dispute.created", "evt-5")
+    assert recorded.invoice_id == "in_adjusted"
+    closed, updated = "charge.dispute.closed", "charge.dispute.updated"
+    await record(disputed.model_copy(update={"status": "lost", "as_of": t + 9}), closed, "evt-6")
+    await record(
+        disputed.model_copy(update={"status": "under_review", "as_of": t + 3}), updated, "evt-7"
+    )
+    assert await held(AdjustmentKind.DISPUTE) == (2900, "lost")
+    # The same second: a closed dispute is the later state.
+    await record(
+        disputed.model_copy(update={"status": "under_review", "as_of": t + 9}), updated, "evt-8"
+    )
+    assert await held(AdjustmentKind.DISPUTE) == (2900, "lost")
+
+    async with sessions() as session:
+        actions = list(
+            await session.scalars(
+                select(AuditEntry.action)
+                .where(
+                    AuditEntry.tenant_id == admin.tenant_id,
+                    AuditEntry.idempotency_key.startswith(suffix),
+                )
+                .order_by(AuditEntry.seq)
+            )
+        )
+    # One audit row per state recorded; stale states and retries add none.
+    assert actions == [
+        "billing.refund_recorded",
+        "billing.refund_recorded",
+        "billing.dispute_opened",
+        "billing.dispute_closed",
+    ]
+
+
+async def test_a_dispute_alerts_every_operator_once(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    operators = [await member(sessions, settings, Role.SUPER_ADMIN) for _ in range(2)]
+    billing = _activities(sessions, settings)
+    notice = BillingNotice(
+        tenant_id=admin.tenant_id,
+        kind=NoticeKind.DISPUTED,
+        idempotency_key=f"billing:{admin.tenant_id}:dispute:dp_1:disputed:operators",
+        adjustment=AdjustmentSnapshot(
+            kind=AdjustmentKind.DISPUTE,
+            stripe_id="dp_1",
+            charge_id="ch_1",
+            invoice_id="in_1",
+            amount=2900,
+            currency="usd",
+            reason="fraudulent",
+            status="needs_response",
+            as_of=1,
+        ),
+    )
+    for _ in range(2):  # a retry sends nothing more
+        assert await ActivityEnvironment().run(billing.send_operator_notice, notice) >= 2
+    async with sessions() as session:
+        mails = (
+            await session.scalars(
+                select(OutboundEmail).where(
+                    OutboundEmail.recipient.in_([o.email for o in [*operators, admin]])
+                )
+            )
+        ).all()
+    assert sorted(mail.recipient for mail in mails) == sorted(o.email for o in operators)
+    assert {mail.tenant_id for mail in mails} == {None}  # the platform's mail, not the tenant's
+    assert "29.00 USD" in mails[0].subject
+    assert "in_1" in mails[0].body
+    assert "fraudulent" in mails[0].body
+    assert "https://dashboard.stripe.com/disputes/dp_1" in mails[0].body

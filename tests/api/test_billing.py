@@ -228,7 +228,7 @@ async def test_unknown_types_and_strangers_are_recorded_and_ignored(
     api: httpx.AsyncClient, sessions: SessionFactory
 ) -> None:
     now = int(time.time())
-    unknown = stripe_event("charge.dispute.created", {"id": "dp_1"}, now)
+    unknown = stripe_event("charge.captured", {"id": "ch_1"}, now)
     stranger = stripe_event(
         "invoice.payment_failed",
         {"id": "in_1", "customer": f"cus_{uuid.uuid4().hex[:12]}", "status": "open"},
@@ -243,7 +243,7 @@ async def test_unknown_types_and_strangers_are_recorded_and_ignored(
     assert (await _post(api, unknown)).json()["duplicate"] is True
     rows = await _inbox(sessions, [unknown["id"], stranger["id"]])
     assert {(row.type, row.status, row.tenant_id) for row in rows} == {
-        ("charge.dispute.created", StripeEventStatus.IGNORED, None),
+        ("charge.captured", StripeEventStatus.IGNORED, None),
         ("invoice.payment_failed", StripeEventStatus.UNMATCHED, None),
     }
 

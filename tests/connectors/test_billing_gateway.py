@@ -203,7 +203,7 @@ def test_current_api_shapes_are_read() -> None:
     assert paid.invoice.customer_id == "cus_1"
     assert paid.invoice.settled
 
-    other = parse_event(stripe_event("charge.refunded", {"id": "ch_1"}, created=1767300002))
+    other = parse_event(stripe_event("charge.captured", {"id": "ch_1"}, created=1767300002))
     assert (other.subscription, other.invoice, other.tenant_id) == (None, None, None)
 
 

@@ -183,7 +183,7 @@ async def test_api_metrics_carry_business_and_sdk_metrics(
             )
 
     # Stripe webhooks by outcome: one ignored event, one with a bad signature.
-    event = stripe_event("charge.dispute.created", {"id": "dp_1"}, int(time.time()))
+    event = stripe_event("charge.captured", {"id": "ch_1"}, int(time.time()))
     body, headers = signed(event)
     webhook = "/api/v1/billing/webhooks/stripe"
     assert (await stack.api.post(webhook, content=body, headers=headers)).status_code == 200

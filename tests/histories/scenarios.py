@@ -111,6 +111,10 @@ from tests.peers_stripe import (
     MeterRecorder,
     card_holder,
     confirm_card_setup,
+    credit_note,
+    dispute,
+    paid_charge,
+    refund,
     stripe_event,
     unpaid_invoice,
 )
@@ -124,6 +128,7 @@ from tests.workflows.test_billing import (
     _provision,
     _reminders,
     _status,
+    _subjects,
 )
 from tests.workflows.test_onboarding import WIZARD, _approval_row, _state_until, _submitted
 from tests.workflows.test_password_reset import _confirmation, _emailed_token, _start
@@ -1221,6 +1226,56 @@ async def test_billing_payment_method_removed(
     )
     assert removed.status_code == 204, removed.text
     await record(client, "billing-payment-method-removed", handle.id)
+    await finish(client, handle.id)
+
+
+async def _audited(sessions: SessionFactory, tenant_id: uuid.UUID, action: str) -> bool:
+    async with sessions() as session:
+        found = await session.scalar(
+            select(AuditEntry.id).where(
+                AuditEntry.tenant_id == tenant_id, AuditEntry.action == action
+            )
+        )
+    return found is not None
+
+
+@pytest.mark.usefixtures("billing_worker")
+async def test_billing_refund_dispute_and_credit_note(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    """A partial refund, a dispute (its admins and the operators e-mailed) and a credit note,
+    recorded on the paid first invoice."""
+    client = time_skipping_env.client
+    admin = await member(sessions, billing_settings)
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    async with localstripe.sdk() as sdk:
+        customer = await card_holder(sdk, admin.tenant_id, admin.email)
+    handle = await _provision(client, billing_settings, admin.tenant_id)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+    async with localstripe.sdk() as sdk:
+        invoice_id, charge = await paid_charge(
+            sdk, await _subscription_id(sessions, admin.tenant_id)
+        )
+        refunded = await refund(sdk, charge["id"], 1000)
+    await _post(ts_api, "charge.refunded", refunded)
+    await _eventually(lambda: _audited(sessions, admin.tenant_id, "billing.refund_recorded"), bool)
+    await record(client, "billing-refunded", handle.id)
+
+    await _post(ts_api, "charge.dispute.created", dispute(charge))
+    await _eventually(
+        lambda: _subjects(sessions, operator), lambda found: any("Dispute" in s for s in found)
+    )
+    await record(client, "billing-disputed", handle.id)
+
+    await _post(ts_api, "credit_note.created", credit_note(invoice_id, customer, 500))
+    await _eventually(
+        lambda: _audited(sessions, admin.tenant_id, "billing.credit_note_issued"), bool
+    )
+    await record(client, "billing-credit-noted", handle.id)
     await finish(client, handle.id)
 
 

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import httpx
@@ -50,7 +51,11 @@ from tests.peers_stripe import (
     LocalStripe,
     card_holder,
     confirm_card_setup,
+    credit_note,
+    dispute,
+    paid_charge,
     pay,
+    refund,
     signed,
     stripe_event,
     unpaid_invoice,
@@ -1156,3 +1161,107 @@ async def test_an_operator_suspension_holds_whatever_stripe_says_until_lifted(
         ("billing.operator_unsuspended", operator.user_id, "cleared"),
     ]
     assert rows[1].data["suspended_for"] == reason["reason"]
+
+
+# --- Refunds, disputes and credit notes on the invoices ------------------------------------
+
+
+async def _deliver(api: httpx.AsyncClient, payload: dict[str, Any]) -> Any:
+    """Post this very event (a redelivery repeats its id) signed as Stripe signs it."""
+    body, headers = signed(payload)
+    response = await api.post("/api/v1/billing/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "delivered", response.text
+    return response.json()
+
+
+async def _invoice_view(api: httpx.AsyncClient, someone: Member, invoice_id: str) -> Any:
+    listed = await api.get("/api/v1/billing/invoices", headers=someone.headers)
+    assert listed.status_code == 200, listed.text
+    return next((item for item in listed.json()["items"] if item["invoice_id"] == invoice_id), None)
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_refunds_disputes_and_credit_notes_are_recorded_on_the_invoice_once(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    admin, customer, subscription, handle = await _active_tenant(
+        time_skipping_env.client, sessions, billing_settings, localstripe, left_running
+    )
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    async with localstripe.sdk() as sdk:
+        invoice_id, charge = await paid_charge(sdk, subscription)
+        invoice = (await sdk.v1.invoices.retrieve_async(invoice_id)).to_dict()
+        partly = await refund(sdk, charge["id"], 1000)
+        fully = await refund(sdk, charge["id"], charge["amount"] - 1000)
+    assert (partly["amount_refunded"], fully["refunded"]) == (1000, True)
+    await _deliver(ts_api, stripe_event("invoice.paid", invoice, int(time.time())))
+    view = partial(_invoice_view, ts_api, admin, invoice_id)
+    t = int(time.time())
+
+    # A partial refund, delivered twice by Stripe and signalled again: recorded once.
+    first_refund = stripe_event("charge.refunded", partly, t + 1)
+    await _deliver(ts_api, first_refund)
+    assert (await _deliver(ts_api, first_refund))["duplicate"] is True
+    await handle.signal(BillingWorkflow.stripe_event, parse_event(first_refund))
+    await _eventually(view, lambda item: item is not None and item["amount_refunded"] == 1000)
+    # The rest refunded: Stripe's total for the charge, never the two events added up; an
+    # older state arriving late changes nothing.
+    await _deliver(ts_api, stripe_event("charge.refunded", fully, t + 2))
+    await _eventually(view, lambda item: item["amount_refunded"] == charge["amount"])
+    await _deliver(ts_api, stripe_event("charge.refunded", partly, t + 1))
+
+    # A dispute names only its charge: the webhook reads the charge's customer from Stripe.
+    opened = stripe_event("charge.dispute.created", dispute(charge), t + 3)
+    await _deliver(ts_api, opened)
+    await _deliver(ts_api, opened)
+    await _deliver(
+        ts_api,
+        stripe_event("charge.dispute.updated", dispute(charge, status="under_review"), t + 4),
+    )
+    await _deliver(
+        ts_api, stripe_event("credit_note.created", credit_note(invoice_id, customer, 500), t + 5)
+    )
+    item = await _eventually(
+        view,
+        lambda item: (
+            bool(item["credit_notes"]) and (item["dispute"] or {}).get("status") == "under_review"
+        ),
+    )
+    assert item["amount_refunded"] == charge["amount"]
+    assert item["dispute"] == {
+        "dispute_id": f"dp_{charge['id'][3:]}",
+        "charge_id": charge["id"],
+        "amount": charge["amount"],
+        "currency": "usd",
+        "reason": "fraudulent",
+        "status": "under_review",
+    }
+    assert [(n["amount"], n["reason"], n["status"]) for n in item["credit_notes"]] == [
+        (500, "order_change", "issued")
+    ]
+
+    # The tenant's admins and the platform's operators hear of the dispute, once.
+    admin_mail = await _eventually(
+        lambda: _subjects(sessions, admin), lambda found: any("disputed" in s for s in found)
+    )
+    operator_mail = await _eventually(
+        lambda: _subjects(sessions, operator), lambda found: any("Dispute" in s for s in found)
+    )
+    assert sum("disputed" in s for s in admin_mail) == 1
+    assert sum("Dispute opened" in s for s in operator_mail) == 1
+    actions = await _actions(sessions, admin.tenant_id)
+    assert [a for a in actions if "refund" in a or "dispute" in a or "credit" in a] == [
+        "billing.refund_recorded",
+        "billing.refund_recorded",
+        "billing.dispute_opened",
+        "billing.dispute_updated",
+        "billing.credit_note_issued",
+    ]
+    # Nothing of it changes the tenant's access.
+    assert (await handle.query(BillingWorkflow.view)).status is BillingStatus.ACTIVE

@@ -59,6 +59,9 @@ EXPECTED = {
     "billing-operator-suspended",
     "billing-operator-unsuspended",
     "billing-payment-method-removed",
+    "billing-refunded",  # a partial refund of a paid invoice, recorded once
+    "billing-disputed",  # a dispute opened: admins and operators told
+    "billing-credit-noted",
     "password-reset-pending",
     "password-reset-done",
     "password-reset-expired",
