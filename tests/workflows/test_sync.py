@@ -1155,3 +1155,32 @@ async def test_a_two_way_run_pages_both_legs_across_continue_as_new(
     assert (profile.back_page_cursor, profile.back_pending_cursor) == (None, None)
     run = await _run_row(sessions, handle.first_execution_run_id or "")
     assert (run.outcome, run.created, run.unchanged) == ("completed", 6, 3)
+
+
+@pytest.mark.slow
+async def test_three_thousand_customers_reach_the_crm_once(
+    setup: Setup,
+    woocommerce_peer: WooCommercePeer,
+    hubspot_peer: HubSpotPeer,
+    temporal_client: Client,
+    sessions: SessionFactory,
+) -> None:
+    """A few thousand records across two connectors, in pages of 100 over continue-as-new;
+    the second run finds nothing new to write."""
+    hubspot_peer.interval_max = 100_000
+    _customers(woocommerce_peer, 3000)
+    run_id = await _sync(temporal_client, setup, page_size=100, pages_per_run=10)
+    row = await _run_row(sessions, run_id)
+    assert (row.outcome, row.read, row.created, row.failed) == ("completed", 3000, 3000, 0)
+    contacts = _contacts(hubspot_peer)
+    assert len(contacts) == 3000
+    assert len({c[EXTERNAL_ID] for c in contacts}) == len({c["email"] for c in contacts}) == 3000
+    async with sessions() as session:
+        mapped = await session.scalar(
+            select(func.count()).where(SyncMapping.profile_id == setup.profile_id)
+        )
+    assert mapped == 3000
+    again = await _run_row(sessions, await _sync(temporal_client, setup))
+    # Only the newest customer, at the watermark, is read again.
+    assert (again.read, again.created, again.updated) == (1, 0, 1)
+    assert len(hubspot_peer.records["contacts"]) == 3000
