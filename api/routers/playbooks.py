@@ -83,6 +83,13 @@ class RunRequest(BaseModel):
     document_yaml: str | None = Field(default=None, max_length=_MAX_YAML)
     input: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _one_source(self) -> RunRequest:
+        sources = (self.playbook_id, self.document, self.document_yaml)
+        if sum(source is not None for source in sources) != 1:
+            raise ValueError("give one of playbook_id, document or document_yaml")
+        return self
+
 
 class PlaybookList(BaseModel):
     items: list[PlaybookDocument]
@@ -171,15 +178,12 @@ async def start_run(
 
 
 def _document(body: RunRequest) -> PlaybookDocument:
+    """The shipped playbook or the document given (the request holds exactly one)."""
     if body.playbook_id is not None:
-        if body.document is not None or body.document_yaml is not None:
-            raise Unprocessable("Give a playbook_id or a document, not both.")
         found = PLAYBOOKS.get(body.playbook_id)
         if found is None:
             raise NotFound(f"No playbook {body.playbook_id}.")
         return found
-    if body.document is None and body.document_yaml is None:
-        raise Unprocessable("Give a playbook_id or a document.")
     return DocumentRequest(document=body.document, document_yaml=body.document_yaml).parsed()
 
 

@@ -183,6 +183,14 @@ async def test_documents_are_checked_naming_the_step(
     assert "step a: when: give exactly one of" in refused.json()["detail"]
     unknown = await api.post(RUNS, json={"playbook_id": "nope"}, headers=admin.headers)
     assert unknown.status_code == 404, unknown.text
+    # One source of the playbook, no more, no fewer (two used to fail inside the route: 500).
+    for sources in (
+        {},
+        {"document": bad, "document_yaml": yaml_doc},
+        {"playbook_id": "new-lead-follow-up", "document": bad},
+    ):
+        ambiguous = await api.post(RUNS, json=sources, headers=admin.headers)
+        assert ambiguous.status_code == 422, (sources, ambiguous.text)
     lacking = await api.post(
         RUNS,
         json={"playbook_id": "new-lead-follow-up", "input": {"contact_id": "1", "x": 2}},
