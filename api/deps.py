@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from temporalio.client import Client
 
 from connectors.storage import ObjectStorage
@@ -100,23 +101,28 @@ async def check_json_body(request: Request) -> None:
         raise RequestValidationError(errors)
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies that only read app state are coroutines: FastAPI runs a plain ``def``
+# dependency in its thread pool, a thread hand-off (and back) per dependency per request.
+
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_sessions(request: Request) -> SessionFactory:
+async def get_sessions(request: Request) -> SessionFactory:
     sessions: SessionFactory = request.app.state.sessions
     return sessions
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; routes that write commit at their boundary."""
-    async with get_sessions(request)() as session:
+    sessions: SessionFactory = request.app.state.sessions
+    async with sessions() as session:
         yield session
 
 
-def get_temporal(request: Request) -> Client:
+async def get_temporal(request: Request) -> Client:
     client: Client = request.app.state.temporal
     return client
 
@@ -126,7 +132,7 @@ SessionDep = Annotated[AsyncSession, Depends(get_session)]
 TemporalDep = Annotated[Client, Depends(get_temporal)]
 
 
-def get_storage(request: Request) -> ObjectStorage:
+async def get_storage(request: Request) -> ObjectStorage:
     storage: ObjectStorage = request.app.state.storage
     return storage
 
@@ -134,6 +140,19 @@ def get_storage(request: Request) -> ObjectStorage:
 StorageDep = Annotated[ObjectStorage, Depends(get_storage)]
 
 bearer = HTTPBearer(auto_error=False)
+_local_signing_keys: dict[Path, str] = {}
+
+
+def signing_key(settings: Settings) -> str:
+    """The key access tokens are verified with: ``BIZ_JWT_SECRET``, else the local secret
+    store's, read once per data directory (it never changes there; reading its file on every
+    request would block the event loop)."""
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.get_secret_value()
+    key = _local_signing_keys.get(settings.data_dir)
+    if key is None:
+        key = _local_signing_keys[settings.data_dir] = settings.jwt_signing_key()
+    return key
 
 
 async def current_principal(
@@ -149,16 +168,21 @@ async def current_principal(
     if credentials is None:
         raise Unauthorized("A bearer access token is required.")
     try:
-        principal = read_access_token(credentials.credentials, settings.jwt_signing_key())
+        principal = read_access_token(credentials.credentials, signing_key(settings))
     except InvalidToken as exc:
         raise Unauthorized(str(exc)) from None
-    found = await live_session_and_role(session, principal.session_id)
-    if found is None or (found[0].user_id, found[0].tenant_id) != (
+    # Read on a connection of its own, back in the pool at once: the request's session takes
+    # one only when the route uses it, so no connection sits idle through a workflow call.
+    bind = session.bind
+    found = await live_session_and_role(
+        bind if isinstance(bind, AsyncEngine) else session, principal.session_id
+    )
+    if found is None or (found.user_id, found.tenant_id) != (
         principal.user_id,
         principal.tenant_id,
     ):
         raise Unauthorized("The session has ended; sign in again.")
-    if found[1] != principal.role:
+    if found.role != principal.role:
         # A role change takes effect at once: the client refreshes to get the new role.
         raise Unauthorized("Your access has changed; refresh the token or sign in again.")
     log_context.tenant_id.set(str(principal.tenant_id))

@@ -11,9 +11,10 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from sqlalchemy import and_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from core import audit
 from core.passwords import hash_password
@@ -184,30 +185,51 @@ async def live_session(session: AsyncSession, session_id: uuid.UUID) -> AuthSess
     return auth
 
 
+class LiveSession(NamedTuple):
+    """What every request checks of its session: whose it is, and the member's current role."""
+
+    user_id: uuid.UUID
+    tenant_id: uuid.UUID
+    role: Role | None  # None: no longer a member of the tenant
+
+
+_sessions, _members = AuthSession.__table__.c, Membership.__table__.c
+# Built once: every authenticated request runs it, and building a statement (and its cache
+# key) costs more than running this one. Plain table columns: no ORM objects to load.
+_SESSION_AND_ROLE = (
+    select(
+        _sessions.user_id,
+        _sessions.tenant_id,
+        _sessions.revoked_at,
+        _sessions.expires_at,
+        _members.role,
+    )
+    .select_from(AuthSession.__table__)
+    .outerjoin(
+        Membership.__table__,
+        and_(_members.user_id == _sessions.user_id, _members.tenant_id == _sessions.tenant_id),
+    )
+    .where(_sessions.id == bindparam("session_id"))
+)
+
+
 async def live_session_and_role(
-    session: AsyncSession, session_id: uuid.UUID
-) -> tuple[AuthSession, Role | None] | None:
-    """The live session and its member's current role (``None``: no longer a member), in one
-    round trip: every request checks both."""
-    row = (
-        await session.execute(
-            select(AuthSession, Membership.role)
-            .outerjoin(
-                Membership,
-                and_(
-                    Membership.user_id == AuthSession.user_id,
-                    Membership.tenant_id == AuthSession.tenant_id,
-                ),
-            )
-            .where(AuthSession.id == session_id)
-        )
-    ).first()
-    if row is None:
+    db: AsyncEngine | AsyncSession, session_id: uuid.UUID
+) -> LiveSession | None:
+    """The live session's user and tenant and its member's current role, in one round trip
+    (``None`` when the session is unknown, revoked or expired): every request checks both.
+
+    Given the engine, it reads on a connection of its own that goes back to the pool at once.
+    """
+    parameters = {"session_id": session_id}
+    if isinstance(db, AsyncEngine):
+        async with db.connect() as connection:
+            row = (await connection.execute(_SESSION_AND_ROLE, parameters)).first()
+    else:
+        row = (await db.execute(_SESSION_AND_ROLE, parameters)).first()
+    if row is None or row.revoked_at is not None or row.expires_at <= utcnow():
         return None
-    auth, role = row
-    if auth.revoked_at is not None or auth.expires_at <= utcnow():
-        return None
-    return auth, role
+    return LiveSession(row.user_id, row.tenant_id, row.role)
 
 
 def slugify(name: str) -> str:

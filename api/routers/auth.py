@@ -128,7 +128,7 @@ def request_actor(request: Request, principal: CurrentPrincipal | None = None) -
     )
 
 
-def rate_limits(request: Request) -> RateLimits:
+async def rate_limits(request: Request) -> RateLimits:
     limits: RateLimits = request.app.state.rate_limits
     return limits
 

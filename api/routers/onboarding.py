@@ -218,7 +218,7 @@ class Wizard:
         return state
 
 
-def wizard(
+async def wizard(
     principal: CurrentPrincipal, client: TemporalDep, settings: SettingsDep, key: IdempotencyKey
 ) -> Wizard:
     return Wizard(client, settings, principal, key)
