@@ -141,7 +141,14 @@ async def test_unaccepted_assignments_move_on_then_escalate(
     people = [await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id) for _ in "abc"]
     project_id = await _project(sessions, admin, *people)
     now = await time_skipping_env.get_current_time()
-    policy = TaskPolicy(calendar=CALENDAR, accept_within=timedelta(hours=4), max_attempts=3)
+    # SLA clocks a week long: twelve hours of windows never reach them, whatever the time of day.
+    week = SlaTarget(response_minutes=5 * 8 * 60, resolution_minutes=10 * 8 * 60)
+    policy = TaskPolicy(
+        calendar=CALENDAR,
+        sla={Priority.NORMAL: week},
+        accept_within=timedelta(hours=4),
+        max_attempts=3,
+    )
     handle = await _start(client, settings, admin, project_id, now, policy)
 
     asked = []
