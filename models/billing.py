@@ -156,6 +156,7 @@ class StripeEvent(Base):
     """The webhook inbox: every verified Stripe event, once (the event id is the key)."""
 
     __tablename__ = "stripe_events"
+    __table_args__ = (Index("ix_stripe_events_status_created", "status", "stripe_created"),)
 
     id: Mapped[str] = mapped_column(String(255), primary_key=True)
     type: Mapped[str] = mapped_column(String(100))

@@ -15,7 +15,7 @@ import stripe
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi import Path as FastApiPath
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import select, tuple_
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -35,6 +35,7 @@ from activities.billing import (
 from api import workflow_calls
 from api.deps import CurrentPrincipal, SessionDep, SettingsDep, TemporalDep, require_role
 from api.pagination import decode_cursor, encode_cursor
+from api.routers.auth import request_actor
 from connectors.billing import (
     BillingRejected,
     BillingUnavailable,
@@ -44,7 +45,7 @@ from connectors.billing import (
     with_charge,
 )
 from connectors.billing.stripe_gateway import gateway_from_settings
-from core import metrics
+from core import audit, metrics
 from core.errors import Conflict, NotFound, Problem, ServiceUnavailable, Unprocessable
 from core.plans import PlanSpec, usage_since
 from core.security import Principal
@@ -793,6 +794,66 @@ async def replay_parked_events(
     call = _Call(client, settings, principal, key, tenant_id=tenant_id)
     request = OperatorRequest(requested_by=principal.user_id)
     return await _update(call, "replay_parked", BillingWorkflow.replay_parked_events, request)
+
+
+#: Unmatched events looked at per replay, oldest first.
+REPLAY_BATCH = 500
+
+
+class UnmatchedReplay(BaseModel):
+    delivered: list[str] = Field(description="Ids of the events delivered, oldest first")
+    unmatched: int = Field(description="Events looked at that still match no tenant")
+
+
+@router.post("/events/unmatched/replay", summary="Deliver unmatched events whose tenant is known")
+async def replay_unmatched_events(
+    request: Request,
+    principal: Operator,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> UnmatchedReplay:
+    """Match the inbox's unmatched Stripe events again (the oldest 500), as the webhook does:
+    an event whose tenant is known now (its customer recorded, its tenant created since) goes
+    to that tenant's billing workflow and is audited there as ``billing.event_replayed``.
+    Safe to repeat: an event is delivered once (the workflow also ignores one it applied)."""
+    rows = await session.scalars(
+        select(StripeEvent)
+        .where(StripeEvent.status == StripeEventStatus.UNMATCHED)
+        .order_by(StripeEvent.stripe_created, StripeEvent.id)
+        .limit(REPLAY_BATCH)
+    )
+    report = UnmatchedReplay(delivered=[], unmatched=0)
+    for row in rows.all():
+        event = parse_event(row.payload)
+        if needs_charge(event):
+            event = await _with_charge_owner(settings, event)
+        tenant_id = await _owner(session, event)
+        if tenant_id is None:
+            report.unmatched += 1
+            continue
+        await deliver_event(client, settings, tenant_id, event)
+        if await _claim(session, row.id, tenant_id):
+            await audit.append(
+                session,
+                "billing.event_replayed",
+                tenant_id=tenant_id,
+                actor=request_actor(request, principal),
+                data={"event_id": row.id, "type": row.type},
+            )
+            report.delivered.append(row.id)
+        await session.commit()
+    return report
+
+
+async def _claim(session: AsyncSession, event_id: str, tenant_id: uuid.UUID) -> bool:
+    """Mark an unmatched event delivered to ``tenant_id``; false when a concurrent replay did."""
+    result = await session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.id == event_id, StripeEvent.status == StripeEventStatus.UNMATCHED)
+        .values(tenant_id=tenant_id, status=StripeEventStatus.DELIVERED, delivered_at=utcnow())
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 # Stripe refuses a trial end more than two years ahead.

@@ -248,19 +248,16 @@ async def test_unknown_types_and_strangers_are_recorded_and_ignored(
     }
 
 
-async def test_an_event_for_a_tenant_without_a_billing_workflow_starts_it(
-    api: httpx.AsyncClient, temporal_client: Client, sessions: SessionFactory, settings: Settings
-) -> None:
-    admin = await member(sessions, settings)
-    now = int(time.time())
-    subscription = {
+def _trialing(tenant_id: uuid.UUID, now: int) -> dict[str, Any]:
+    """A new trialing subscription on the business plan, as Stripe shows it."""
+    return {
         "id": f"sub_{uuid.uuid4().hex[:14]}",
         "object": "subscription",
         "customer": f"cus_{uuid.uuid4().hex[:14]}",
         "status": "trialing",
         "trial_end": now + 14 * 86_400,
         "cancel_at_period_end": False,
-        "metadata": {"tenant_id": str(admin.tenant_id)},
+        "metadata": {"tenant_id": str(tenant_id)},
         "items": {
             "object": "list",
             "data": [
@@ -273,6 +270,14 @@ async def test_an_event_for_a_tenant_without_a_billing_workflow_starts_it(
             ],
         },
     }
+
+
+async def test_an_event_for_a_tenant_without_a_billing_workflow_starts_it(
+    api: httpx.AsyncClient, temporal_client: Client, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    now = int(time.time())
+    subscription = _trialing(admin.tenant_id, now)
     response = await _post(api, stripe_event("customer.subscription.created", subscription, now))
     assert response.json()["status"] == "delivered"
     row = await _billed(sessions, admin.tenant_id, BillingStatus.TRIALING)
@@ -281,6 +286,46 @@ async def test_an_event_for_a_tenant_without_a_billing_workflow_starts_it(
         BillingWorkflow.run, workflow_id(admin.tenant_id)
     )
     assert (await handle.query(BillingWorkflow.view)).plan is PlanId.BUSINESS
+
+
+async def test_unmatched_events_are_delivered_once_their_tenant_is_known(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    replay = "/api/v1/billing/events/unmatched/replay"
+    staff = await member(sessions, settings, Role.SUPER_ADMIN)
+    now = int(time.time())
+    # Stripe's event about a tenant whose row is not committed yet, and one about a stranger.
+    tenant_id = uuid.uuid4()
+    early = stripe_event("customer.subscription.created", _trialing(tenant_id, now), now)
+    stranger = stripe_event(
+        "invoice.payment_failed",
+        {"id": "in_2", "customer": f"cus_{uuid.uuid4().hex[:12]}", "status": "open"},
+        now,
+    )
+    for event in (early, stranger):
+        assert (await _post(api, event)).json()["status"] == "unmatched"
+    async with transaction(sessions) as session:
+        session.add(Tenant(id=tenant_id, name="Late Ltd", slug=f"late-{tenant_id.hex[:8]}"))
+    admin = await member(sessions, settings, tenant_id=tenant_id)
+    assert (await api.post(replay, headers=admin.headers)).status_code == 403
+
+    response = await api.post(replay, headers=staff.headers)
+    assert response.status_code == 200, response.text
+    assert early["id"] in response.json()["delivered"]
+    assert stranger["id"] not in response.json()["delivered"]
+    assert response.json()["unmatched"] >= 1
+    row = await _billed(sessions, tenant_id, BillingStatus.TRIALING)
+    assert row.plan is PlanId.BUSINESS
+    rows = {row.id: row for row in await _inbox(sessions, [early["id"], stranger["id"]])}
+    assert (rows[early["id"]].status, rows[early["id"]].tenant_id) == (
+        StripeEventStatus.DELIVERED,
+        tenant_id,
+    )
+    assert rows[stranger["id"]].status is StripeEventStatus.UNMATCHED
+    # Again: nothing more is delivered.
+    again = await api.post(replay, headers=staff.headers)
+    assert early["id"] not in again.json()["delivered"]
+    assert (await _actions(sessions, tenant_id)).count("billing.event_replayed") == 1
 
 
 async def test_every_event_three_times_shuffled_has_one_effect_each(
