@@ -540,6 +540,37 @@ class BillingWorkflow:
             self._check_suspension(request, suspend=False)
 
     @workflow.update
+    async def retry_provisioning(self, request: OperatorRequest) -> BillingView:
+        """An operator provisions again a tenant whose provisioning failed (Stripe refused a
+        request since put right, or could not be reached): the plan it asked for, under this
+        update's key (audited). A new failure shows in the view as before."""
+        async with self._lock:
+            if self._is_repeat():
+                return self.view()
+            self._check_provisioning_failed()
+            plan = self._state.pending_plan
+            assert plan is not None
+            await self._record(
+                self._state.status,
+                "billing.provisioning_retried",
+                cause=_update_id(),
+                actor_id=request.requested_by,
+                data={"plan": plan.value},
+            )
+            await self._provision(
+                ProvisionRequest(
+                    tenant_id=self._tenant_id, plan=plan, idempotency_key=f"retry:{_update_id()}"
+                )
+            )
+            self._handled("")
+            return self.view()
+
+    @retry_provisioning.validator
+    def _validate_retry_provisioning(self, request: OperatorRequest) -> None:
+        if not self._is_repeat():
+            self._check_provisioning_failed()
+
+    @workflow.update
     async def set_policy(self, policy: BillingPolicy) -> BillingView:
         """Apply new policy (trial, grace, reminders, retention) to this running tenant; it is
         carried across continue-as-new. A dunning already running keeps its start: the new
@@ -619,6 +650,20 @@ class BillingWorkflow:
             raise ApplicationError(
                 "No operator suspension to lift (a suspension for non-payment ends when the "
                 "invoice is paid).",
+                type=BILLING_STATE,
+            )
+
+    def _check_provisioning_failed(self) -> None:
+        state = self._state
+        subscription = state.subscription
+        if (
+            state.status is not BillingStatus.PROVISIONING
+            or state.pending_plan is None
+            or (subscription is not None and subscription.stripe_status not in _ENDED)
+        ):
+            raise ApplicationError(
+                "The tenant's provisioning has not failed: nothing to provision again (a first "
+                "payment that did not go through is paid with a card instead).",
                 type=BILLING_STATE,
             )
 

@@ -796,6 +796,25 @@ async def replay_parked_events(
     return await _update(call, "replay_parked", BillingWorkflow.replay_parked_events, request)
 
 
+@router.post(
+    "/tenants/{tenant_id}/provisioning/retry", summary="Provision a tenant's billing again"
+)
+async def retry_provisioning(
+    tenant_id: uuid.UUID,
+    principal: Operator,
+    client: TemporalDep,
+    settings: SettingsDep,
+    key: workflow_calls.IdempotencyKey,
+) -> BillingView:
+    """Create the customer and subscription again for a tenant whose provisioning failed, on
+    the plan it asked for (audited as ``billing.provisioning_retried``); the view shows the
+    outcome (``provision_failure`` again if Stripe still refuses). 409 when its provisioning
+    has not failed."""
+    call = _Call(client, settings, principal, key, tenant_id=tenant_id)
+    request = OperatorRequest(requested_by=principal.user_id)
+    return await _update(call, "retry_provisioning", BillingWorkflow.retry_provisioning, request)
+
+
 #: Unmatched events looked at per replay, oldest first.
 REPLAY_BATCH = 500
 
@@ -970,6 +989,10 @@ async def _execute(call: _Call, name: str, update: Any, change: BaseModel) -> An
         raise
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
+            if call.tenant_id is not None:  # an operator's call on another tenant
+                raise Conflict(
+                    "No billing runs for this tenant: it ended or never started."
+                ) from None
             raise Conflict("Billing for your tenant has ended; subscribe again.") from None
         raise
 

@@ -50,6 +50,7 @@ from models.billing import (
     BillingInput,
     BillingPolicy,
     BillingStatus,
+    OperatorRequest,
     ProvisionRequest,
     Subscription,
     UsageMetric,
@@ -102,6 +103,7 @@ from tests.factories import Member, hubspot_connection, member
 from tests.histories import HISTORIES, load, replay_converter
 from tests.peers.chat_model import ChatModelPeer
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
+from tests.peers.stripe_front import Fault, StripeFront
 from tests.peers.woocommerce import Fault as ShopFault
 from tests.peers.woocommerce import WooCommercePeer
 from tests.peers.wordpress import WordPressSite
@@ -166,6 +168,7 @@ from workflows.task import TaskWorkflow
 
 pytest_plugins = [
     "tests.peers_stripe",
+    "tests.peers.stripe_front",
     "tests.peers.wordpress",
     "tests.peers.hubspot",
     "tests.peers.woocommerce",
@@ -235,21 +238,26 @@ def billing_settings(settings: Settings, localstripe: LocalStripe) -> Settings:
 async def billing_worker(
     time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, billing_settings: Settings
 ) -> AsyncIterator[Worker]:
-    """As in the billing tests: Stripe is localstripe; the time-skipping server has no Schedules,
-    so the two Schedule activities are stood in for (same activity names)."""
+    """As in the billing tests: Stripe is localstripe."""
+    async with _billing_worker(time_skipping_env.client, sessions, billing_settings) as worker:
+        yield worker
+
+
+def _billing_worker(client: Client, sessions: SessionFactory, settings: Settings) -> Worker:
+    """The production worker, save that the time-skipping server has no Schedules: the two
+    Schedule activities are stood in for (same activity names)."""
     schedules = ScheduleLog()
     activities = [
         fn
-        for fn in registry.activities(sessions, billing_settings)
+        for fn in registry.activities(sessions, settings)
         if fn.__name__ not in _SCHEDULE_ACTIVITIES
     ]
-    async with Worker(
-        time_skipping_env.client,
-        task_queue=billing_settings.temporal_task_queue,
+    return Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
         workflows=registry.WORKFLOWS,
         activities=[*activities, schedules.ensure, schedules.remove],
-    ) as worker:
-        yield worker
+    )
 
 
 @pytest.fixture
@@ -1201,6 +1209,34 @@ async def test_billing_operator_trial_and_suspension(
     assert lifted.status_code == 200, lifted.text
     await record(client, "billing-operator-unsuspended", handle.id)
     await finish(client, handle.id)
+
+
+async def test_billing_provisioning_retried(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    stripe_front: StripeFront,
+) -> None:
+    """A provisioning Stripe refused (a request error), provisioned again by an operator."""
+    client = time_skipping_env.client
+    settings = stripe_front.settings(billing_settings).model_copy(update={"billing_trial_days": 14})
+    admin = await member(sessions, settings)
+    operator = await member(sessions, settings, Role.SUPER_ADMIN)
+    stripe_front.fail("/v1/subscriptions", Fault(400, "invalid_request_error"))
+    async with _billing_worker(client, sessions, settings):
+        handle = await _provision(client, settings, admin.tenant_id)
+        await _eventually(
+            lambda: handle.query(BillingWorkflow.view),
+            lambda view: view.provision_failure is not None,
+        )
+        await handle.execute_update(
+            BillingWorkflow.retry_provisioning,
+            OperatorRequest(requested_by=operator.user_id),
+            id="retry-provisioning-1",
+        )
+        await _status(handle, sessions, admin.tenant_id, BillingStatus.TRIALING)
+        await record(client, "billing-provisioning-retried", handle.id)
+        await finish(client, handle.id)
 
 
 @pytest.mark.usefixtures("billing_worker")

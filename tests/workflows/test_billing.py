@@ -897,6 +897,47 @@ async def test_a_first_subscription_that_fails_goes_through_once_a_card_is_saved
     assert row.stripe_subscription_id is not None
 
 
+@pytest.mark.usefixtures("ts_worker")
+async def test_an_operator_retries_a_provisioning_stripe_refused(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    stripe_front: StripeFront,
+    left_running: list[str],
+) -> None:
+    admin = await member(sessions, billing_settings)
+    left_running.append(workflow_id(admin.tenant_id))
+    with_trial = billing_settings.model_copy(update={"billing_trial_days": 14})
+    # A request error Stripe will not take back on its own (say, a price not set up yet).
+    stripe_front.fail("/v1/subscriptions", Fault(400, "invalid_request_error"))
+    handle = await _provision(time_skipping_env.client, with_trial, admin.tenant_id)
+    await _eventually(
+        lambda: handle.query(BillingWorkflow.view),
+        lambda view: view.provision_failure is not None,
+    )
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    url = f"/api/v1/billing/tenants/{admin.tenant_id}/provisioning/retry"
+    assert (await ts_api.post(url, headers=admin.headers)).status_code == 403
+
+    retried = await ts_api.post(url, headers=operator.headers)
+    assert retried.status_code == 200, retried.text
+    assert (retried.json()["status"], retried.json()["provision_failure"]) == ("trialing", None)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.TRIALING)
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioning_failed",
+        "billing.provisioning_retried",
+        "billing.provisioned",
+    ]
+    # Provisioned: nothing to retry; a tenant without billing neither.
+    again = await ts_api.post(url, headers=operator.headers)
+    assert again.status_code == 409, again.text
+    stranger = f"/api/v1/billing/tenants/{uuid.uuid4()}/provisioning/retry"
+    unknown = await ts_api.post(stranger, headers=operator.headers)
+    assert unknown.status_code == 409
+    assert "ended or never started" in unknown.json()["detail"]
+
+
 def test_grace_and_reminders_accept_durations() -> None:
     parsed = Settings(_env_file=None, billing_grace="PT10M", billing_reminders=["PT2M", 300])
     assert (parsed.billing_grace, parsed.billing_reminders) == (
