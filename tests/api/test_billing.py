@@ -10,10 +10,10 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -73,11 +73,11 @@ from tests.peers_stripe import (
     stripe_event,
     unpaid_invoice,
 )
+from tests.polling import eventually
 from workflows.billing import BillingWorkflow
 
 pytest_plugins = ["tests.peers_stripe"]
 
-T = TypeVar("T")
 WEBHOOK = "/api/v1/billing/webhooks/stripe"
 
 
@@ -85,15 +85,6 @@ WEBHOOK = "/api/v1/billing/webhooks/stripe"
 def settings(settings: Settings, localstripe: LocalStripe) -> Settings:
     """The test settings, billing through localstripe, without a trial."""
     return localstripe.settings(settings).model_copy(update={"billing_trial_days": 0})
-
-
-async def _eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool]) -> T:
-    for _ in range(300):
-        value = await probe()
-        if check(value):
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"still {value!r}")
 
 
 async def _projection(sessions: SessionFactory, tenant_id: uuid.UUID) -> Subscription | None:
@@ -104,7 +95,7 @@ async def _projection(sessions: SessionFactory, tenant_id: uuid.UUID) -> Subscri
 async def _billed(
     sessions: SessionFactory, tenant_id: uuid.UUID, status: BillingStatus
 ) -> Subscription:
-    row = await _eventually(
+    row = await eventually(
         lambda: _projection(sessions, tenant_id),
         lambda row: row is not None and row.status is status,
     )
@@ -361,14 +352,14 @@ async def test_every_event_three_times_shuffled_has_one_effect_each(
     assert duplicates == 2 * len(events)
 
     ids = [event["id"] for event in events]
-    rows = await _eventually(
+    rows = await eventually(
         lambda: _inbox(sessions, ids),
         lambda rows: (
             len(rows) == len(events) and all(r.status is StripeEventStatus.DELIVERED for r in rows)
         ),
     )
     assert {r.tenant_id for r in rows} == {admin.tenant_id}
-    (invoice,) = await _eventually(
+    (invoice,) = await eventually(
         lambda: _invoices(sessions, admin.tenant_id),
         lambda found: [i.status for i in found] == ["paid"],
     )
@@ -406,7 +397,7 @@ async def served_api(
         )
     )
     serving = asyncio.create_task(server.serve())
-    await _eventually(lambda: asyncio.sleep(0.02, server.started), bool)
+    await eventually(lambda: asyncio.sleep(0.02, server.started), bool)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     await serving
@@ -431,7 +422,7 @@ async def test_localstripe_delivers_signed_events_that_reach_the_workflow(
             )
             return list(found)
 
-    rows = await _eventually(
+    rows = await eventually(
         delivered,
         lambda rows: (
             {"customer.subscription.created", "invoice.payment_succeeded"} <= {r.type for r in rows}
@@ -439,7 +430,7 @@ async def test_localstripe_delivers_signed_events_that_reach_the_workflow(
         ),
     )
     assert {r.tenant_id for r in rows} == {admin.tenant_id}
-    await _eventually(
+    await eventually(
         lambda: _invoices(sessions, admin.tenant_id),
         lambda found: [i.status for i in found] == ["paid"],
     )
@@ -456,7 +447,7 @@ async def test_localstripe_delivers_signed_events_that_reach_the_workflow(
     assert isinstance(described.schedule.action, ScheduleActionStartWorkflow)
     assert described.schedule.action.workflow == "UsageReportWorkflow"
     await schedule.trigger()
-    described = await _eventually(schedule.describe, lambda found: bool(found.info.recent_actions))
+    described = await eventually(schedule.describe, lambda found: bool(found.info.recent_actions))
     started = described.info.recent_actions[0].action
     assert isinstance(started, ScheduleActionExecutionStartWorkflow)
     assert await temporal_client.get_workflow_handle(started.workflow_id).result() == 0
@@ -859,7 +850,7 @@ async def test_a_card_added_through_a_setup_intent_pays_the_overdue_invoice(
     assert holder.invoice_settings is not None
     assert holder.invoice_settings.default_payment_method == card
     assert invoice.status == "paid"
-    (projected,) = await _eventually(
+    (projected,) = await eventually(
         lambda: _invoices(sessions, admin.tenant_id),
         lambda found: [i.status for i in found] == ["paid"],
     )

@@ -120,11 +120,11 @@ from tests.peers_stripe import (
     stripe_event,
     unpaid_invoice,
 )
+from tests.polling import eventually
 from tests.workflows.test_audit_verification import _admin_with_history, _verify
 from tests.workflows.test_billing import (
     _SCHEDULE_ACTIVITIES,
     ScheduleLog,
-    _eventually,
     _post,
     _projection,
     _provision,
@@ -212,7 +212,7 @@ def _decision(verdict: Verdict, by: Member, reason: str | None = None) -> Decisi
 async def _approval_events(client: Client, approval_workflow: str, count: int) -> None:
     """Wait until the approval's own history shows ``count`` events (requested, reminded...)."""
     handle = client.get_workflow_handle_for(ApprovalWorkflow.run, approval_workflow)
-    await _eventually(
+    await eventually(
         lambda: handle.query(ApprovalWorkflow.record), lambda found: len(found.history) == count
     )
 
@@ -409,7 +409,7 @@ async def test_onboarding_cancelled_while_pending_approval(
         await handle.result()
     await _approval_row(sessions, admin.tenant_id, ApprovalStatus.WITHDRAWN)
     approval_run = client.get_workflow_handle(row.workflow_id)
-    await _eventually(
+    await eventually(
         approval_run.describe, lambda found: found.status == WorkflowExecutionStatus.CANCELED
     )
     await record(client, "onboarding-cancelled-pending-approval", handle.id)
@@ -575,12 +575,12 @@ async def test_billing_continued_as_new(
         event = stripe_event("customer.subscription.updated", renewal, created=base + n)
         await handle.signal(BillingWorkflow.stripe_event, parse_event(event))
     final_end = datetime.fromtimestamp(period_end + 14 * 86_400, UTC)
-    latest = await _eventually(
+    latest = await eventually(
         lambda: client.get_workflow_handle(handle.id).describe(),
         lambda found: found.run_id != first_run and found.status == WorkflowExecutionStatus.RUNNING,
     )
     current = client.get_workflow_handle_for(BillingWorkflow.run, handle.id, run_id=latest.run_id)
-    await _eventually(
+    await eventually(
         lambda: current.query(BillingWorkflow.view),
         lambda view: view.current_period_end == final_end,
     )
@@ -687,7 +687,7 @@ async def _sent(sessions: SessionFactory, link_id: str) -> None:
             )
         return int(found or 0)
 
-    await _eventually(probe, lambda count: count == 1)
+    await eventually(probe, lambda count: count == 1)
 
 
 @pytest.mark.usefixtures("ts_worker")
@@ -1118,7 +1118,7 @@ async def test_publishing(
             await long.execute_update(
                 PublishWorkflow.edit, EditCommand(changes={"excerpt": f"e{n}"}, by=by)
             )
-        described = await _eventually(
+        described = await eventually(
             lambda: long.describe(), lambda found: found.run_id != long.first_execution_run_id
         )
         await record(client, "publish-continued-as-new", long.id, long.first_execution_run_id)
@@ -1147,7 +1147,7 @@ async def test_publishing_a_post_that_does_not_verify(
 
 
 async def _review_of(item: Any, after: uuid.UUID | None = None) -> uuid.UUID:
-    state = await _eventually(
+    state = await eventually(
         lambda: item.query(PublishWorkflow.state),
         lambda found: (
             found.review is not None
@@ -1162,7 +1162,7 @@ async def _review_of(item: Any, after: uuid.UUID | None = None) -> uuid.UUID:
 async def _decide(client: Client, approval_id: uuid.UUID, decision: Decision) -> None:
     """Decide the review once its workflow is up (the item shows it a moment before)."""
     handle = client.get_workflow_handle_for(ApprovalWorkflow.run, f"approval:{approval_id}")
-    await _eventually(lambda: _pending_record(handle), lambda started: started)
+    await eventually(lambda: _pending_record(handle), lambda started: started)
     await handle.execute_update(ApprovalWorkflow.decide, decision)
 
 
@@ -1225,7 +1225,7 @@ async def test_billing_provisioning_retried(
     stripe_front.fail("/v1/subscriptions", Fault(400, "invalid_request_error"))
     async with _billing_worker(client, sessions, settings):
         handle = await _provision(client, settings, admin.tenant_id)
-        await _eventually(
+        await eventually(
             lambda: handle.query(BillingWorkflow.view),
             lambda view: view.provision_failure is not None,
         )
@@ -1298,17 +1298,17 @@ async def test_billing_refund_dispute_and_credit_note(
         )
         refunded = await refund(sdk, charge["id"], 1000)
     await _post(ts_api, "charge.refunded", refunded)
-    await _eventually(lambda: _audited(sessions, admin.tenant_id, "billing.refund_recorded"), bool)
+    await eventually(lambda: _audited(sessions, admin.tenant_id, "billing.refund_recorded"), bool)
     await record(client, "billing-refunded", handle.id)
 
     await _post(ts_api, "charge.dispute.created", dispute(charge))
-    await _eventually(
+    await eventually(
         lambda: _subjects(sessions, operator), lambda found: any("Dispute" in s for s in found)
     )
     await record(client, "billing-disputed", handle.id)
 
     await _post(ts_api, "credit_note.created", credit_note(invoice_id, customer, 500))
-    await _eventually(
+    await eventually(
         lambda: _audited(sessions, admin.tenant_id, "billing.credit_note_issued"), bool
     )
     await record(client, "billing-credit-noted", handle.id)
@@ -1411,7 +1411,7 @@ async def test_agent_runs(
         )
 
     async def review_of(handle: Any) -> uuid.UUID:
-        state: AgentRunState = await _eventually(
+        state: AgentRunState = await eventually(
             lambda: handle.query(AgentRunWorkflow.state),
             lambda found: found.status is AgentRunStatus.AWAITING_REVIEW,
         )
@@ -1689,7 +1689,7 @@ async def test_playbooks(
         )
 
     async def review_of(handle: Any) -> uuid.UUID:
-        found = await _eventually(
+        found = await eventually(
             lambda: _approval_of(client, handle.id), lambda approval_id: approval_id is not None
         )
         assert found is not None

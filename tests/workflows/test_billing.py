@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -60,12 +60,12 @@ from tests.peers_stripe import (
     stripe_event,
     unpaid_invoice,
 )
+from tests.polling import eventually
 from workers import registry
 from workflows.billing import BillingWorkflow
 
 pytest_plugins = ["tests.peers_stripe", "tests.peers.stripe_front"]
 
-T = TypeVar("T")
 DAY = 86_400
 Billing = WorkflowHandle[BillingWorkflow, BillingStatus]
 # The time-skipping server has no Schedules: these two activities are stood in for.
@@ -148,24 +148,15 @@ async def ts_api(
         yield client
 
 
-async def _eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], bool]) -> T:
-    for _ in range(200):
-        value = await probe()
-        if check(value):
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"still {value!r}")
-
-
 async def _status(
     handle: Billing, sessions: SessionFactory, tenant_id: uuid.UUID, status: BillingStatus
 ) -> BillingView:
     """The workflow's view once it and the projection both show ``status``."""
-    await _eventually(
+    await eventually(
         lambda: _projection(sessions, tenant_id),
         lambda row: row is not None and row.status is status,
     )
-    return await _eventually(
+    return await eventually(
         lambda: handle.query(BillingWorkflow.view), lambda view: view.status is status
     )
 
@@ -236,7 +227,7 @@ async def _suspension_cause(sessions: SessionFactory, someone: Member) -> str | 
 
 
 async def _reminders(sessions: SessionFactory, someone: Member, count: int) -> list[str]:
-    return await _eventually(
+    return await eventually(
         lambda: _subjects(sessions, someone),
         lambda subjects: sum("overdue" in s for s in subjects) == count,
     )
@@ -302,7 +293,7 @@ async def test_dunning_suspends_and_payment_reactivates(
     assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
     assert not await _is_suspended_for_writes(sessions, admin)
 
-    subjects = await _eventually(
+    subjects = await eventually(
         lambda: _subjects(sessions, admin), lambda found: any("fully active" in s for s in found)
     )
     assert sum("overdue" in s for s in subjects) == 3
@@ -340,7 +331,7 @@ async def test_trial_then_cancellation_keeps_data_until_retention_ends(
     async with localstripe.sdk() as sdk:
         subscription = await sdk.v1.subscriptions.retrieve_async(row.stripe_subscription_id)
         await _post(ts_api, "customer.subscription.trial_will_end", subscription.to_dict())
-        await _eventually(
+        await eventually(
             lambda: _subjects(sessions, admin), lambda found: any("trial ends" in s for s in found)
         )
         ended = await sdk.v1.subscriptions.cancel_async(row.stripe_subscription_id)
@@ -348,7 +339,7 @@ async def test_trial_then_cancellation_keeps_data_until_retention_ends(
     view = await _status(handle, sessions, admin.tenant_id, BillingStatus.CANCELLED)
     assert view.retention_ends_at is not None
     assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.CANCELLED
-    await _eventually(lambda: asyncio.sleep(0, schedules.calls), lambda calls: len(calls) == 2)
+    await eventually(lambda: asyncio.sleep(0, schedules.calls), lambda calls: len(calls) == 2)
     assert schedules.calls[-1] == ("remove", admin.tenant_id)
     # The update's validator refuses a card for a cancelled subscription: nothing is written.
     refused = await ts_api.post("/api/v1/billing/payment-method", headers=admin.headers)
@@ -417,13 +408,13 @@ async def test_continues_as_new_with_its_state(
     for event in events:
         await handle.signal(BillingWorkflow.stripe_event, event)
     final_end = datetime.fromtimestamp(period_end + 14 * DAY, UTC)
-    row = await _eventually(
+    row = await eventually(
         lambda: _projection(sessions, admin.tenant_id),
         lambda row: row is not None and row.current_period_end == final_end,
     )
     assert row is not None
     assert row.cancel_at_period_end is True
-    latest = await _eventually(
+    latest = await eventually(
         lambda: client.get_workflow_handle(handle.id).describe(),
         lambda found: found.run_id != first_run and found.status == WorkflowExecutionStatus.RUNNING,
     )
@@ -482,7 +473,7 @@ async def test_a_suspended_tenant_adds_a_card_and_is_active_again(
     assert await _tenant_status(sessions, admin.tenant_id) is TenantStatus.ACTIVE
     async with localstripe.sdk() as sdk:
         assert (await sdk.v1.invoices.retrieve_async(invoice_id)).status == "paid"
-    await _eventually(
+    await eventually(
         lambda: _subjects(sessions, admin), lambda found: any("fully active" in s for s in found)
     )
     assert (await _actions(sessions, admin.tenant_id))[-4:] == [
@@ -517,7 +508,7 @@ async def left_running(time_skipping_env: WorkflowEnvironment) -> AsyncIterator[
         # An activity still running when the worker stops stays "started" on the test server
         # and holds its clock: let the workflow settle first.
         with contextlib.suppress(AssertionError, RPCError):
-            await _eventually(
+            await eventually(
                 handle.describe, lambda found: not found.raw_description.pending_activities
             )
         with contextlib.suppress(RPCError):
@@ -569,7 +560,7 @@ async def test_an_event_that_fails_is_recorded_parked_and_retried_and_the_workfl
     first_run = (await handle.describe()).run_id
     stripe_front.fail(f"/v1/invoices/{invoice['id']}", Fault(400, "invalid_request_error"))
     await _post(ts_api, "invoice.payment_failed", invoice)
-    view = await _eventually(
+    view = await eventually(
         lambda: handle.query(BillingWorkflow.view), lambda view: bool(view.parked_events)
     )
     assert view.status is BillingStatus.ACTIVE
@@ -656,7 +647,7 @@ async def test_resubscribing_clears_retention_and_the_old_date_passes_quietly(
     assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
     renewing = again.to_dict() | {"cancel_at_period_end": True}
     await _post(ts_api, "customer.subscription.updated", renewing, later=5)
-    await _eventually(
+    await eventually(
         lambda: _projection(sessions, admin.tenant_id),
         lambda row: row is not None and row.cancel_at_period_end,
     )
@@ -720,7 +711,7 @@ async def test_a_mail_server_down_does_not_hold_up_dunning(
     await time_skipping_env.sleep(timedelta(days=8))
     # ... and the grace period still ends on time; each failed notice is on record.
     await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
-    rows = await _eventually(
+    rows = await eventually(
         lambda: _audit_rows(sessions, admin.tenant_id),
         lambda rows: sum(row.action == "billing.notice_failed" for row in rows) >= 5,
     )
@@ -749,7 +740,7 @@ async def test_a_cancelled_workflow_removes_its_usage_schedule(
     )
     assert schedules.calls == [("ensure", admin.tenant_id)]
     await handle.cancel()
-    await _eventually(
+    await eventually(
         lambda: handle.describe(),
         lambda found: found.status == WorkflowExecutionStatus.CANCELED,
     )
@@ -784,7 +775,7 @@ async def test_updates_alone_continue_as_new_and_their_ids_outlive_the_run(
     for n in range(8):
         change = RenewalChange(cancel=n % 2 == 0)
         await latest.execute_update(BillingWorkflow.set_renewal, change, id=f"renewal-{n}")
-    described = await _eventually(
+    described = await eventually(
         lambda: latest.describe(),
         lambda found: found.run_id != first_run and found.status == WorkflowExecutionStatus.RUNNING,
     )
@@ -822,7 +813,7 @@ async def test_a_late_past_due_after_payment_does_not_reopen_dunning_and_mails_g
     await _post(ts_api, "invoice.payment_failed", invoice)
     await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
     # The customer hears of the failure the day it happens.
-    await _eventually(
+    await eventually(
         lambda: _subjects(sessions, admin), lambda found: any("Payment failed" in s for s in found)
     )
     async with localstripe.sdk() as sdk:
@@ -830,14 +821,14 @@ async def test_a_late_past_due_after_payment_does_not_reopen_dunning_and_mails_g
     await _post(ts_api, "invoice.payment_succeeded", paid)
     await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
     await _post(ts_api, "invoice.paid", paid)  # the same payment's other event: one receipt
-    subjects = await _eventually(
+    subjects = await eventually(
         lambda: _subjects(sessions, admin), lambda found: any("Receipt" in s for s in found)
     )
 
     # Stripe's subscription.updated(past_due) of before the payment arrives late: Stripe is
     # asked, says active, and nothing reopens.
     await _post(ts_api, "customer.subscription.updated", past_due, later=3)
-    await _eventually(
+    await eventually(
         lambda: _audit_rows(sessions, admin.tenant_id),
         lambda rows: len(rows) >= 3,
     )
@@ -871,13 +862,13 @@ async def test_a_first_subscription_that_fails_goes_through_once_a_card_is_saved
     left_running.append(workflow_id(admin.tenant_id))
     # No card, no trial: Stripe cannot charge the first invoice.
     handle = await _provision(time_skipping_env.client, billing_settings, admin.tenant_id)
-    view = await _eventually(
+    view = await eventually(
         lambda: handle.query(BillingWorkflow.view),
         lambda view: view.provision_failure is not None,
     )
     assert view.status is BillingStatus.PROVISIONING
     # Visible to the operator (audit) and to the tenant (the projection says provisioning).
-    await _eventually(
+    await eventually(
         lambda: _actions(sessions, admin.tenant_id),
         lambda actions: "billing.provisioning_failed" in actions,
     )
@@ -912,7 +903,7 @@ async def test_an_operator_retries_a_provisioning_stripe_refused(
     # A request error Stripe will not take back on its own (say, a price not set up yet).
     stripe_front.fail("/v1/subscriptions", Fault(400, "invalid_request_error"))
     handle = await _provision(time_skipping_env.client, with_trial, admin.tenant_id)
-    await _eventually(
+    await eventually(
         lambda: handle.query(BillingWorkflow.view),
         lambda view: view.provision_failure is not None,
     )
@@ -1041,7 +1032,7 @@ async def test_an_operator_replays_parked_events_at_once(
     # Stripe refuses the re-read once (a request error: parked, not retried at once).
     stripe_front.fail(f"/v1/invoices/{invoice['id']}", Fault(400, "invalid_request_error"))
     await _post(ts_api, "invoice.payment_failed", invoice)
-    await _eventually(
+    await eventually(
         lambda: handle.query(BillingWorkflow.view), lambda view: bool(view.parked_events)
     )
     # An operator does not wait for the hourly retry.
@@ -1173,7 +1164,7 @@ async def test_an_operator_suspension_holds_whatever_stripe_says_until_lifted(
         current = (await sdk.v1.subscriptions.retrieve_async(subscription)).to_dict()
     await _post(ts_api, "customer.subscription.updated", current, later=2)
     fresh = client.get_workflow_handle_for(BillingWorkflow.run, workflow_id(admin.tenant_id))
-    view = await _eventually(
+    view = await eventually(
         lambda: fresh.query(BillingWorkflow.view),
         lambda found: found.status is BillingStatus.ACTIVE,
     )
@@ -1250,11 +1241,11 @@ async def test_refunds_disputes_and_credit_notes_are_recorded_on_the_invoice_onc
     await _deliver(ts_api, first_refund)
     assert (await _deliver(ts_api, first_refund))["duplicate"] is True
     await handle.signal(BillingWorkflow.stripe_event, parse_event(first_refund))
-    await _eventually(view, lambda item: item is not None and item["amount_refunded"] == 1000)
+    await eventually(view, lambda item: item is not None and item["amount_refunded"] == 1000)
     # The rest refunded: Stripe's total for the charge, never the two events added up; an
     # older state arriving late changes nothing.
     await _deliver(ts_api, stripe_event("charge.refunded", fully, t + 2))
-    await _eventually(view, lambda item: item["amount_refunded"] == charge["amount"])
+    await eventually(view, lambda item: item["amount_refunded"] == charge["amount"])
     await _deliver(ts_api, stripe_event("charge.refunded", partly, t + 1))
 
     # A dispute names only its charge: the webhook reads the charge's customer from Stripe.
@@ -1268,7 +1259,7 @@ async def test_refunds_disputes_and_credit_notes_are_recorded_on_the_invoice_onc
     await _deliver(
         ts_api, stripe_event("credit_note.created", credit_note(invoice_id, customer, 500), t + 5)
     )
-    item = await _eventually(
+    item = await eventually(
         view,
         lambda item: (
             bool(item["credit_notes"]) and (item["dispute"] or {}).get("status") == "under_review"
@@ -1288,10 +1279,10 @@ async def test_refunds_disputes_and_credit_notes_are_recorded_on_the_invoice_onc
     ]
 
     # The tenant's admins and the platform's operators hear of the dispute, once.
-    admin_mail = await _eventually(
+    admin_mail = await eventually(
         lambda: _subjects(sessions, admin), lambda found: any("disputed" in s for s in found)
     )
-    operator_mail = await _eventually(
+    operator_mail = await eventually(
         lambda: _subjects(sessions, operator), lambda found: any("Dispute" in s for s in found)
     )
     assert sum("disputed" in s for s in admin_mail) == 1
