@@ -188,6 +188,15 @@ def wordpress_site() -> Iterator[WordPressSite]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _no_faults_left_over(request: pytest.FixtureRequest) -> None:
+    """A test that uses the site starts with no fault queued by an earlier one (the order of
+    tests differs from run to run when they are spread over processes)."""
+    if "wordpress_site" in request.fixturenames:
+        site: WordPressSite = request.getfixturevalue("wordpress_site")
+        site.clear_faults()
+
+
 def _start_mariadb(work: Path, socket_path: Path) -> subprocess.Popen[bytes]:
     data = work / "db"
     user = _os_user()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -45,23 +45,30 @@ class Figures:
         )
 
 
-_REPORTED: list[Figures] = []
+_FIGURES = "security figures"
+_REPORTED: list[str] = []
 
 
 @pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Figures:
-    """A test's figures; printed in the terminal summary (with or without ``-s``)."""
+def figures(request: pytest.FixtureRequest) -> Iterator[Figures]:
+    """A test's figures; printed in the terminal summary (with or without ``-s``, and from
+    every test process: they travel in the test's report)."""
     found = Figures(request.node.nodeid.split("::", 1)[-1])
-    _REPORTED.append(found)
-    return found
+    yield found
+    request.node.user_properties.append((_FIGURES, found.line()))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _REPORTED.extend(str(line) for name, line in report.user_properties if name == _FIGURES)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _REPORTED:
         return
     terminalreporter.section("security suites: figures")
-    for found in _REPORTED:
-        terminalreporter.write_line(found.line())
+    for line in _REPORTED:
+        terminalreporter.write_line(line)
 
 
 @dataclass
