@@ -167,13 +167,17 @@ async def revoke_session(
     )
 
 
-async def revoke_all_sessions(session: AsyncSession, user_id: uuid.UUID, reason: str) -> int:
-    """Revoke every live session of a user; returns how many were revoked."""
-    result = await session.execute(
-        update(AuthSession)
-        .where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
-        .values(revoked_at=utcnow(), revoked_reason=reason)
+async def revoke_all_sessions(
+    session: AsyncSession, user_id: uuid.UUID, reason: str, tenant_id: uuid.UUID | None = None
+) -> int:
+    """Revoke every live session of a user (in ``tenant_id`` only, when given); returns how
+    many were revoked."""
+    query = update(AuthSession).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)
     )
+    if tenant_id is not None:
+        query = query.where(AuthSession.tenant_id == tenant_id)
+    result = await session.execute(query.values(revoked_at=utcnow(), revoked_reason=reason))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

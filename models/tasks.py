@@ -161,6 +161,7 @@ TaskEventName = Literal[
     "assigned",
     "accepted",
     "declined",
+    "released",
     "acceptance_expired",
     "escalated",
     "status_changed",
@@ -291,6 +292,13 @@ class AssignCommand(BaseModel):
 class AcceptCommand(BaseModel):
     by: uuid.UUID
     accept: bool = True
+
+
+class ReleaseCommand(BaseModel):
+    """A person no longer in the tenant lets go of the task (their membership was removed)."""
+
+    user_id: uuid.UUID
+    by: uuid.UUID
 
 
 class PriorityChange(BaseModel):

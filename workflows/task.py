@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         NoticeKind,
         PriorityChange,
         Recipients,
+        ReleaseCommand,
         RouteAnswer,
         RouteRequest,
         SlaClock,
@@ -218,6 +219,16 @@ class TaskWorkflow:
             raise ApplicationError("Only the task's assignee can answer.", type=NOT_ASSIGNEE)
         if self._task.accepted:
             raise ApplicationError("The task is accepted already.", type=TASK_CLOSED)
+
+    @workflow.signal
+    def release(self, command: ReleaseCommand) -> None:
+        """Someone removed from the tenant lets go of the task: the next eligible person is
+        tried (or it escalates). Nothing happens when they do not hold it, or it is closed."""
+        if self._task.status in TERMINAL or not self._is_assignee(command.user_id):
+            return
+        self._event("released", command.by, f"{command.user_id} left the tenant")
+        self._skip_assignee()
+        self._dirty = True
 
     @workflow.update
     async def change_priority(self, change: PriorityChange) -> TaskState:

@@ -10,7 +10,9 @@ from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from temporalio.client import Client
 
+from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import SessionDep, SettingsDep, TemporalDep, require_role
 from api.routers.auth import request_actor
@@ -18,12 +20,16 @@ from api.routers.password_reset import start_password_link
 from api.tenancy import scoped
 from core import audit
 from core.errors import Conflict, Forbidden, NotFound
-from core.identity import normalize_email
+from core.identity import normalize_email, revoke_all_sessions
 from core.plans import ensure_room_for_user
 from core.security import Principal
+from core.settings import Settings
 from models.password_reset import LinkPurpose, PasswordResetInput
+from models.tasks import TERMINAL, ReleaseCommand, Task
 from models.tenant import Tenant
 from models.user import Membership, Role, User
+from workflows.task import TaskWorkflow
+from workflows.task import workflow_id as task_workflow_id
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"], dependencies=[read_only_guard])
 TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.SUPER_ADMIN))]
@@ -132,13 +138,11 @@ async def change_role(
     """Tenant admins manage their own tenant; ``super_admin`` is granted only from the CLI."""
     if body.role not in _GRANTABLE:
         raise Forbidden("The super_admin role is granted with `bizosaas users create-admin`.")
-    query = scoped(select(Membership).where(Membership.user_id == user_id), Membership, principal)
-    membership = await session.scalar(query)
-    user = await session.get(User, user_id) if membership else None
-    if membership is None or user is None:
+    await session.get(Tenant, principal.tenant_id, with_for_update=True)
+    membership = await _member(session, principal, user_id)
+    user = await session.get(User, user_id)
+    if user is None:
         raise NotFound(f"No user {user_id} in your tenant.")
-    if membership.role == Role.SUPER_ADMIN:
-        raise Forbidden("Platform administrators are managed from the command line.")
     if membership.role == Role.TENANT_ADMIN and body.role != Role.TENANT_ADMIN:
         await _keep_one_admin(session, membership.tenant_id)
     previous, membership.role = membership.role, body.role
@@ -151,6 +155,72 @@ async def change_role(
     )
     await session.commit()
     return _item(user, membership)
+
+
+@router.delete("/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a member")
+async def remove_member(
+    user_id: uuid.UUID,
+    principal: TenantAdmin,
+    request: Request,
+    session: SessionDep,
+    client: TemporalDep,
+    settings: SettingsDep,
+) -> None:
+    """Take a member out of the caller's tenant: their sessions there end at once, the open
+    tasks they hold go to the next eligible person (or escalate), and their seat is free.
+    The account stays (audit entries name it; other tenants may have it). 409 for the last
+    tenant_admin; platform administrators are managed from the command line (403)."""
+    await session.get(Tenant, principal.tenant_id, with_for_update=True)
+    membership = await _member(session, principal, user_id)
+    if membership.role == Role.TENANT_ADMIN:
+        await _keep_one_admin(session, membership.tenant_id)
+    await session.delete(membership)
+    await revoke_all_sessions(session, user_id, "membership_removed", membership.tenant_id)
+    await audit.append(
+        session,
+        "user.removed",
+        tenant_id=membership.tenant_id,
+        actor=request_actor(request, principal),
+        data={"user_id": str(user_id), "role": membership.role.value},
+    )
+    # Before the commit: a release that reached a task is harmless should the commit fail
+    # (the task is routed again); a member gone whose tasks still wait on them is not.
+    await _release_tasks(session, client, settings, membership.tenant_id, user_id, principal)
+    await session.commit()
+
+
+async def _member(session: SessionDep, principal: Principal, user_id: uuid.UUID) -> Membership:
+    """The caller's tenant's membership of ``user_id`` (404), never a platform admin's (403)."""
+    query = scoped(select(Membership).where(Membership.user_id == user_id), Membership, principal)
+    membership = await session.scalar(query)
+    if membership is None:
+        raise NotFound(f"No user {user_id} in your tenant.")
+    if membership.role == Role.SUPER_ADMIN:
+        raise Forbidden("Platform administrators are managed from the command line.")
+    return membership
+
+
+async def _release_tasks(
+    session: SessionDep,
+    client: Client,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    principal: Principal,
+) -> None:
+    """Tell each open task the member holds to let go of them."""
+    task_ids = await session.scalars(
+        select(Task.id).where(
+            Task.tenant_id == tenant_id,
+            Task.assignee_id == user_id,
+            Task.status.not_in(TERMINAL),
+        )
+    )
+    release = ReleaseCommand(user_id=user_id, by=principal.user_id)
+    async with workflow_calls.deadline(settings):
+        for task_id in task_ids.all():
+            handle = client.get_workflow_handle_for(TaskWorkflow.run, task_workflow_id(task_id))
+            await handle.signal(TaskWorkflow.release, release)
 
 
 async def _keep_one_admin(session: SessionDep, tenant_id: uuid.UUID) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 import httpx
 from sqlalchemy import select
 
@@ -10,7 +13,9 @@ from core.settings import Settings
 from models.audit import AuditEntry
 from models.tenant import TenantStatus
 from models.user import Role
-from tests.factories import member
+from tests.api.test_tasks import listed, project, task
+from tests.factories import Member, member
+from tests.polling import eventually
 
 
 async def test_admin_changes_a_role_in_its_tenant(
@@ -85,3 +90,59 @@ async def test_a_role_change_takes_effect_at_once(
     fresh = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
     assert (await api.get("/api/v1/auth/me", headers=fresh)).json()["role"] == "user"
     assert (await api.get("/api/v1/users", headers=fresh)).status_code == 403
+
+
+async def test_a_removed_member_is_out_at_once_and_their_tasks_move_on(
+    api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings, Role.TENANT_ADMIN)
+    leaving = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    staying = await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    stranger = await member(sessions, settings, Role.TENANT_ADMIN)
+    project_id = await project(api, admin, leaving, staying)
+    task_id = (await task(api, admin, project_id))["task_id"]  # routed to the first, leaving
+    await eventually(
+        lambda: listed(api, admin, f"assignee_id={leaving.user_id}"), lambda items: bool(items)
+    )
+    accepted = await api.post(f"/api/v1/tasks/{task_id}/accept", headers=leaving.headers)
+    assert accepted.status_code == 200, accepted.text
+
+    def delete(user: Member, by: Member) -> Awaitable[httpx.Response]:
+        return api.delete(f"/api/v1/users/{user.user_id}", headers=by.headers)
+
+    assert (await delete(staying, leaving)).status_code == 403
+    assert (await delete(stranger, admin)).status_code == 404
+    assert (await delete(admin, admin)).status_code == 409  # the last tenant_admin
+    removed = await delete(leaving, admin)
+    assert removed.status_code == 204, removed.text
+    assert (await delete(leaving, admin)).status_code == 404
+
+    # Out at once: the access token and the refresh token no longer work here.
+    assert (await api.get("/api/v1/tasks", headers=leaving.headers)).status_code == 401
+    refresh = {"refresh_token": leaving.refresh_token}
+    assert (await api.post("/api/v1/auth/refresh", json=refresh)).status_code == 401
+    listed_users = (await api.get("/api/v1/users", headers=admin.headers)).json()
+    assert {u["email"] for u in listed_users} == {admin.email, staying.email}
+    # The task they held goes to the next eligible person.
+    state = await eventually(
+        lambda: _task_state(api, admin, task_id),
+        lambda state: state["assignee"] is not None,
+    )
+    assert state["assignee"]["id"] == str(staying.user_id)
+    released = [e for e in state["events"] if e["event"] == "released"]
+    assert [e["by"] for e in released] == [str(admin.user_id)]
+    async with sessions() as session:
+        entry = await session.scalar(
+            select(AuditEntry).where(
+                AuditEntry.tenant_id == admin.tenant_id, AuditEntry.action == "user.removed"
+            )
+        )
+    assert entry is not None
+    assert entry.data == {"user_id": str(leaving.user_id), "role": "user"}
+
+
+async def _task_state(api: httpx.AsyncClient, who: Member, task_id: str) -> dict[str, Any]:
+    got = await api.get(f"/api/v1/tasks/{task_id}", headers=who.headers)
+    assert got.status_code == 200, got.text
+    state: dict[str, Any] = got.json()
+    return state

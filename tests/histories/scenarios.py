@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
@@ -90,6 +90,7 @@ from models.tasks import (
     Priority,
     PriorityChange,
     Project,
+    ReleaseCommand,
     SlaTarget,
     StatusChange,
     TaskFields,
@@ -1357,6 +1358,29 @@ async def test_tasks(
         await task_state(unwanted, lambda s: s.escalated)
         await record(client, "task-escalated", unwanted.id)
         await finish(client, unwanted.id)
+
+
+async def test_task_released(
+    time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A task its accepted assignee lets go of (removed from the tenant): routed on."""
+    client = time_skipping_env.client
+    admin = await member(sessions, settings)
+    people = [await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id) for _ in "ab"]
+    project_id = await task_project(sessions, admin, *people)
+    leaving = people[0].user_id
+    async with build_worker(client, sessions, settings):
+        now = await time_skipping_env.get_current_time()
+        task = await start_task(client, settings, admin, project_id, now, TaskPolicy(), people[0])
+        await task.execute_update(TaskWorkflow.accept, AcceptCommand(by=leaving))
+        async with transaction(sessions) as session:
+            await session.execute(delete(Membership).where(Membership.user_id == leaving))
+        await task.signal(TaskWorkflow.release, ReleaseCommand(user_id=leaving, by=admin.user_id))
+        await task_state(
+            task, lambda s: s.assignee is not None and s.assignee.id == people[1].user_id
+        )
+        await record(client, "task-released", task.id)
+        await finish(client, task.id)
 
 
 # --- Agent runs (appended) -----------------------------------------------------------------
