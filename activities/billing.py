@@ -39,7 +39,7 @@ from connectors.billing import (
 from connectors.mail import Mailer
 from core import audit, search
 from core.db import SessionFactory, transaction
-from core.plans import Excess, excesses, measured_usage, plan_of
+from core.plans import Excess, excesses, measured_usage, plan_of, reserve_plan
 from core.settings import Settings
 from models.audit import AuditEntry
 from models.billing import (
@@ -409,10 +409,16 @@ class BillingActivities:
 
     @activity.defn
     async def plan_excesses(self, change: PlanFit) -> list[Excess]:
-        """What the tenant uses beyond the target plan's limits (empty when it fits)."""
+        """What the tenant uses beyond the target plan's limits (empty when it fits). When it
+        fits, the tenant is held to the stricter plan until the change is recorded: the check
+        and the reservation take the tenant's row, as invitations do, so none slips between."""
         plan = plan_of(self._settings.billing_plans, change.plan)
-        async with self._sessions() as session:
-            return excesses(plan, await measured_usage(session, change.tenant_id))
+        async with transaction(self._sessions) as session:
+            await session.get(Tenant, change.tenant_id, with_for_update=True)
+            found = excesses(plan, await measured_usage(session, change.tenant_id))
+            if not found:
+                await reserve_plan(session, change.tenant_id, change.plan)
+            return found
 
     # --- Payment methods ------------------------------------------------------------------
 
@@ -511,6 +517,8 @@ class BillingActivities:
                 tenant.status = tenant_status
             if row.plan is not None:
                 tenant.plan = row.plan.value
+                if tenant.plan_reserved == tenant.plan:  # the change is made: no more holding
+                    tenant.plan_reserved = tenant.plan_reserved_until = None
             if change.action is not None:
                 await audit.append(
                     session,

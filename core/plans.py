@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Problem
+from models.base import utcnow
 from models.billing import GAUGES, UsageEvent, UsageMetric
 from models.connection import Connection, ConnectionStatus
 from models.onboarding import PlanId
@@ -147,10 +148,11 @@ async def latest_storage(session: AsyncSession, tenant_id: uuid.UUID) -> int:
 
 
 async def measured_usage(session: AsyncSession, tenant_id: uuid.UUID) -> dict[Resource, int]:
-    """What the tenant uses of the limited resources that are measured today (connectors and
-    AI credits have no measurement yet, so no limit on them is checked)."""
+    """What the tenant uses of the limited resources that are measured today (AI credits have
+    no measurement yet, so no limit on them is checked)."""
     return {
         Resource.USERS: await member_count(session, tenant_id),
+        Resource.CONNECTORS: await connection_count(session, tenant_id),
         Resource.STORAGE_BYTES: await latest_storage(session, tenant_id),
     }
 
@@ -208,6 +210,43 @@ async def ensure_room_for_connection(
 
 
 _NOUNS = {Resource.USERS: "users", Resource.CONNECTORS: "connections"}
+#: How long a plan change holds the tenant to the stricter of its plans: the change's own
+#: bound (a minute to Stripe, retries included) with room to record it.
+PLAN_RESERVATION = timedelta(minutes=5)
+
+
+async def reserve_plan(session: AsyncSession, tenant_id: uuid.UUID, plan: PlanId) -> None:
+    """Hold the tenant (its row locked by the caller) to the stricter of its plan and
+    ``plan`` while a change to ``plan`` is under way; recording the change ends it."""
+    await session.execute(
+        update(Tenant)
+        .where(Tenant.id == tenant_id)
+        .values(plan_reserved=plan.value, plan_reserved_until=utcnow() + PLAN_RESERVATION)
+    )
+
+
+async def _governing_plan(
+    session: AsyncSession, plans: Iterable[PlanSpec], tenant_id: uuid.UUID, resource: Resource
+) -> PlanSpec | None:
+    """The plan whose limit on ``resource`` holds now: the tenant's, or the one a change under
+    way moves it to when that is stricter (``None``: no plan yet, not limited)."""
+    row = (
+        await session.execute(
+            select(Tenant.plan, Tenant.plan_reserved, Tenant.plan_reserved_until).where(
+                Tenant.id == tenant_id
+            )
+        )
+    ).first()
+    if row is None or row.plan is None:
+        return None
+    plan = plan_of(plans, PlanId(row.plan))
+    if row.plan_reserved is None or row.plan_reserved_until is None:
+        return plan
+    if row.plan_reserved_until <= utcnow():
+        return plan
+    reserved = plan_of(plans, PlanId(row.plan_reserved))
+    ours, theirs = plan.limit(resource), reserved.limit(resource)
+    return reserved if theirs is not None and (ours is None or theirs < ours) else plan
 
 
 async def _ensure_room(
@@ -218,10 +257,9 @@ async def _ensure_room(
     used: int,
     advice: str,
 ) -> None:
-    plan_id = await session.scalar(select(Tenant.plan).where(Tenant.id == tenant_id))
-    if plan_id is None:
+    plan = await _governing_plan(session, plans, tenant_id, resource)
+    if plan is None:
         return
-    plan = plan_of(plans, PlanId(plan_id))
     limit = plan.limit(resource)
     if limit is not None and used + 1 > limit:
         noun = _NOUNS[resource]

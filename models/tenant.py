@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import String
@@ -30,3 +31,7 @@ class Tenant(Timestamped, Base):
         str_enum(TenantStatus), default=TenantStatus.ONBOARDING
     )
     plan: Mapped[str | None] = mapped_column(String(32))
+    # A plan change under way: until then, limits are the stricter of both plans' (so an
+    # invitation racing a downgrade cannot take the tenant above the plan it moves to).
+    plan_reserved: Mapped[str | None] = mapped_column(String(32))
+    plan_reserved_until: Mapped[datetime | None]

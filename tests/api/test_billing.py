@@ -476,7 +476,7 @@ async def test_plan_change_refuses_a_downgrade_below_usage(
     async with sessions() as session:
         tenant = await session.get(Tenant, admin.tenant_id)
     assert tenant is not None
-    assert tenant.plan == "professional"
+    assert (tenant.plan, tenant.plan_reserved) == ("professional", None)  # recorded: not held
 
     same = await api.put(plan, json={"plan_id": "professional"}, headers=admin.headers)
     assert same.status_code == 409

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 import pytest
 from pydantic import ValidationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.billing import BillingActivities
+from connectors.mail import mailer_from_settings
 from core.db import SessionFactory, transaction
 from core.plans import GIB, PlanLimitReached, Resource, ensure_room_for_user, plan_of
 from core.settings import Settings
+from models.base import utcnow
+from models.billing import PlanFit
 from models.onboarding import PlanId
 from models.tenant import Tenant
 from models.user import Role
@@ -66,3 +74,47 @@ async def test_a_member_beyond_the_plan_is_refused(
             await ensure_room_for_user(session, settings.billing_plans, admin.tenant_id)
     assert refused.value.extra == {"limit": "users", "allowed": 3, "used": 3}
     assert "Starter plan allows 3 users" in refused.value.detail
+
+
+async def test_a_plan_change_under_way_holds_invitations_to_the_stricter_plan(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    for _ in range(2):  # three members: what the starter plan allows
+        await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+    await _on_plan(sessions, admin.tenant_id, PlanId.PROFESSIONAL)
+    billing = BillingActivities(sessions, mailer_from_settings(settings, sessions), settings, None)
+    env = ActivityEnvironment()
+
+    # The downgrade's check passes and holds the tenant to the starter plan until recorded:
+    # an invitation racing it is refused, though the tenant is on the professional plan still.
+    fits = PlanFit(tenant_id=admin.tenant_id, plan=PlanId.STARTER)
+    assert await env.run(billing.plan_excesses, fits) == []
+    async with sessions() as session:
+        with pytest.raises(PlanLimitReached) as refused:
+            await ensure_room_for_user(session, settings.billing_plans, admin.tenant_id)
+    assert "Starter plan allows 3 users" in refused.value.detail
+    # An upgrade under way loosens nothing: the tenant keeps its own plan's limit meanwhile.
+    await _on_plan(sessions, admin.tenant_id, PlanId.STARTER)
+    up = PlanFit(tenant_id=admin.tenant_id, plan=PlanId.PROFESSIONAL)
+    assert await env.run(billing.plan_excesses, up) == []
+    async with sessions() as session:
+        with pytest.raises(PlanLimitReached):
+            await ensure_room_for_user(session, settings.billing_plans, admin.tenant_id)
+    # A change that never got recorded (Stripe refused it) holds no longer than its bound.
+    await _on_plan(sessions, admin.tenant_id, PlanId.PROFESSIONAL)
+    assert await env.run(billing.plan_excesses, fits) == []
+    async with transaction(sessions) as session:
+        tenant = await session.get(Tenant, admin.tenant_id)
+        assert tenant is not None
+        assert tenant.plan_reserved == PlanId.STARTER.value
+        tenant.plan_reserved_until = utcnow() - timedelta(seconds=1)
+    async with sessions() as session:
+        await ensure_room_for_user(session, settings.billing_plans, admin.tenant_id)
+
+
+async def _on_plan(sessions: SessionFactory, tenant_id: uuid.UUID, plan: PlanId) -> None:
+    async with transaction(sessions) as session:
+        tenant = await session.get(Tenant, tenant_id)
+        assert tenant is not None
+        tenant.plan = plan.value
