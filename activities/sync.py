@@ -674,10 +674,11 @@ class SyncActivities:
     async def sync_page(self, request: PageRequest) -> PageOutcome:
         """Read one page of the source and upsert each record at the target: the mapping table
         first, then the target's external-id marker (and e-mail, by the match rule), then a
-        create. Each record's mapping is kept as soon as it is written, so a retried page
-        writes nothing twice. Records the source could not parse, or the target would refuse,
-        are skipped and counted; a cursor the source refuses restarts the listing from the
-        run's watermark (counted). A two-way profile's backward leg reads the target and
+        create. The page's mappings are kept in one write as it ends (also when it fails); a
+        retried page finds what it wrote by the target's marker, so it writes nothing twice.
+        Records the source could not parse, or the target would refuse, are skipped and
+        counted; a cursor the source refuses restarts the listing from the run's watermark
+        (counted). A two-way profile's backward leg reads the target and
         writes the source the same way; both legs of a two-way profile skip records unchanged
         since the last sync and settle conflicts (:meth:`_upsert_both_ways`)."""
         async with self._sessions() as session:
@@ -734,14 +735,19 @@ class SyncActivities:
                 if page.items and pair.target_context is not None:
                     load = pair.target_context
                     context = await self._patiently(lambda: load(target_port))
+                kept: dict[str, str] = {}
                 upsert = (
                     partial(
                         self._upsert_both_ways, profile, pair, request.leg, target_port, context
                     )
                     if two_way
-                    else partial(self._upsert, profile, pair, target_port, context)
+                    else partial(self._upsert, profile, pair, target_port, context, kept)
                 )
-                for outcome in await self._together(request, page.items, known, upsert):
+                try:
+                    outcomes = await self._together(request, page.items, known, upsert)
+                finally:
+                    await self._keep_mappings(profile.id, kept)
+                for outcome in outcomes:
                     counts = counts.add(outcome)
         except AuthFailed as exc:
             return PageOutcome(auth_failed_connection=writing.id, auth_error=exc.message)
@@ -801,6 +807,7 @@ class SyncActivities:
         pair: SyncPair,
         port: Any,
         context: Any,
+        kept: dict[str, str],
         record: Any,
         target_id: str | None,
     ) -> SyncCounts:
@@ -830,13 +837,13 @@ class SyncActivities:
                 found = await pair.find_by_email(port, str(values["email"]))
             if found is not None:
                 await pair.update(port, found.id, values)
-                await self._map(profile.id, source_id, found.id)
+                kept[source_id] = found.id
                 return SyncCounts(updated=1)
             created = await pair.create(port, {**values, "external_id": marker})
         except VendorRejected as exc:
             # The vendor's code, never its message: that can quote the record's values.
             return _failure(source_id, f"rejected by {exc.vendor}: {exc.code or exc.status}")
-        await self._map(profile.id, source_id, created.id)
+        kept[source_id] = created.id
         return SyncCounts(created=1)
 
     async def _upsert_both_ways(
@@ -1002,21 +1009,28 @@ class SyncActivities:
             mapping.source_id, mapping.target_id = source_id, target_id
             mapping.source_version, mapping.target_version = source_version, target_version
 
-    async def _map(self, profile_id: uuid.UUID, source_id: str, target_id: str) -> None:
+    async def _keep_mappings(self, profile_id: uuid.UUID, kept: dict[str, str]) -> None:
+        """Keep a page's new mappings (source id to target id) in one write, also when the
+        page failed part way. Should the activity die before it, the retried page finds what
+        it wrote by the target's external-id marker: found, not written twice."""
+        if not kept:
+            return
         # One page activity at a time per profile (the Schedule skips overlaps, the workflow id
         # is the profile's): nobody else writes this profile's mappings meanwhile.
         async with transaction(self._sessions) as session:
-            mapping = await session.scalar(
+            rows = await session.scalars(
                 select(SyncMapping).where(
-                    SyncMapping.profile_id == profile_id, SyncMapping.source_id == source_id
+                    SyncMapping.profile_id == profile_id, SyncMapping.source_id.in_(kept)
                 )
             )
-            if mapping is None:
-                session.add(
-                    SyncMapping(profile_id=profile_id, source_id=source_id, target_id=target_id)
-                )
-            else:
-                mapping.target_id = target_id
+            existing = {row.source_id: row for row in rows}
+            for source_id, target_id in kept.items():
+                if source_id in existing:
+                    existing[source_id].target_id = target_id
+                else:
+                    session.add(
+                        SyncMapping(profile_id=profile_id, source_id=source_id, target_id=target_id)
+                    )
 
     @activity.defn
     async def commit_sync_page(self, commit: PageCommit) -> None:

@@ -18,6 +18,7 @@ pacing keeps a connection under its limit, the connectors' error handling copes 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections import defaultdict, deque
@@ -49,9 +50,10 @@ class DatabasePacer:
     shares the limit). ``sessions`` opens the session it writes with; ``clock`` and ``sleep``
     are the wall clock and ``asyncio.sleep``.
 
-    A busy process reserves up to ``block`` slots in one write (a tenth of the limit at most)
-    and hands them out in order: the database is written once per block, not per call. A
-    slot unused for a whole window is dropped (its share of the limit is not spent late, in a
+    A busy process reserves ``block`` slots in one write, or ``span`` seconds' worth where
+    that is more (a tenth of the limit at most), and hands them out in order: the database is
+    written once per block, not per call. A
+    slot left unused past its time is dropped (its share of the limit is not spent late, in a
     burst). Keep one pacer per process: the slots it holds are its own."""
 
     def __init__(
@@ -61,14 +63,17 @@ class DatabasePacer:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         block: int = 64,
+        span: float = 0.05,
     ) -> None:
         self._session = sessions
         self._clock = clock
         self._sleep = sleep
         self._block = block
-        # Per connection: the reserved slots' times (from which each may go) and when reserved.
+        # At least ``span`` seconds of slots per block: under a very high limit, 64 slots last
+        # under a millisecond, and a process below the limit would write for nearly every call.
+        self._span = span
+        # Per connection: the reserved slots' times (from which each may go).
         self._held: dict[uuid.UUID, deque[float]] = defaultdict(deque)
-        self._reserved_at: dict[uuid.UUID, float] = {}
         self._locks: dict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     @classmethod
@@ -80,7 +85,7 @@ class DatabasePacer:
         async def borrowed() -> AsyncIterator[AsyncSession]:
             yield session
 
-        return cls(borrowed, block=1)
+        return cls(borrowed, block=1, span=0)
 
     async def wait(
         self, connection_id: uuid.UUID, limit: RateLimit, max_wait: float | None = None
@@ -100,17 +105,19 @@ class DatabasePacer:
         async with self._locks[connection_id]:
             now = self._clock()
             held = self._held[connection_id]
-            if held and self._reserved_at[connection_id] < now - limit.per_seconds:
-                held.clear()  # unused for a whole window
+            # Slots gone by unused: that time has passed, and spent now they would add a burst
+            # to the vendor's window (its 429s cost far more than the slots).
+            while held and held[0] < now:
+                held.popleft()
             if not held:
                 held.extend(await self._slots(connection_id, limit, now))
-                self._reserved_at[connection_id] = now
             return max(0.0, held.popleft() - now)
 
     async def _slots(self, connection_id: uuid.UUID, limit: RateLimit, now: float) -> list[float]:
         """Reserve a block of slots: the times from which each may go."""
         spacing = limit.per_seconds / limit.requests
-        count = max(1, min(self._block, limit.requests // 10))
+        wanted = max(self._block, math.ceil(self._span / spacing))
+        count = max(1, min(wanted, limit.requests // 10))
         arrival = await self._advance(connection_id, now, spacing * count)
         first = arrival - count * spacing  # max(TAT, now) before this reservation
         return [first + index * spacing for index in range(count)]

@@ -67,3 +67,36 @@ async def test_a_busy_process_reserves_slots_in_blocks(
     assert await other.reserve(connection_id, fast) == pytest.approx(1.10)
     now[0] += 5  # a held slot unused for a whole window is dropped, not spent in a burst
     assert await busy.reserve(connection_id, fast) == pytest.approx(0, abs=1e-6)
+
+
+async def test_slots_gone_by_unused_are_not_spent_in_a_burst(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    connection_id = await hubspot_connection(sessions, settings, admin.tenant_id)
+    now = [3_000_000.0]
+    pacer = DatabasePacer(sessions, clock=lambda: now[0])
+    fast = RateLimit(requests=100, per_seconds=1)  # blocks of ten slots, 10 ms apart
+
+    assert await pacer.reserve(connection_id, fast) == 0
+    now[0] += 0.05  # a pause (a page ends, the next starts): five slots went by unused
+    delays = [await pacer.reserve(connection_id, fast) for _ in range(3)]
+    # One goes at once; the rest keep the spacing, as if the pause had not been reserved.
+    assert delays == pytest.approx([0, 0.01, 0.02], abs=1e-6)
+
+
+async def test_under_a_very_high_limit_a_block_lasts_a_while(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    connection_id = await hubspot_connection(sessions, settings, admin.tenant_id)
+    now = [4_000_000.0]
+    busy = DatabasePacer(sessions, clock=lambda: now[0])
+    other = DatabasePacer(sessions, clock=lambda: now[0])
+    high = RateLimit(requests=100_000, per_seconds=1)  # 64 slots would last 0.64 ms
+
+    assert await busy.reserve(connection_id, high) == 0
+    now[0] += 0.001
+    assert await busy.reserve(connection_id, high) == 0  # from the block it holds: no write
+    # The block covers 50 ms of the limit: another process's calls come after it.
+    assert await other.reserve(connection_id, high) == pytest.approx(0.049, abs=1e-6)
