@@ -25,7 +25,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -155,6 +155,9 @@ class SyncPair:
     #: A record by its id (``VendorNotFound`` when gone): what a two-way profile reads of the
     #: other side to tell a conflict.
     get: Callable[[Any, str], Awaitable[Any]] | None = None
+    #: The target's records whose external id or e-mail is one of these: a page's records
+    #: looked up at once (without it, each record is looked up on its own).
+    find_many: Callable[[Any, list[str], list[str]], Awaitable[list[Any]]] | None = None
 
     def mirrored(self, source_resource: str, target_resource: str) -> bool:
         """Whether the pair is its own reverse (same resource and kind of system on both
@@ -187,6 +190,10 @@ async def _create_contact(port: Any, record: dict[str, Any]) -> Any:
 async def _update_contact(port: Any, target_id: str, record: dict[str, Any]) -> Any:
     fields = {k: v for k, v in record.items() if k != "external_id"}
     return await cast(CRMPort, port).update_contact(target_id, ContactUpdate.model_validate(fields))
+
+
+async def _find_contacts(port: Any, external_ids: list[str], emails: list[str]) -> list[Any]:
+    return await cast(CRMPort, port).find_contacts(external_ids, emails)
 
 
 async def _sync_contacts(port: Any, query: SyncQuery) -> SyncPage[Any]:
@@ -443,6 +450,7 @@ PAIRS: dict[tuple[str, str], SyncPair] = {
         create=_create_contact,
         update=_update_contact,
         validate=ContactDraft.model_validate,
+        find_many=_find_contacts,
     ),
     ("orders", "deals"): SyncPair(
         source_kind="commerce",
@@ -485,6 +493,7 @@ PAIRS: dict[tuple[str, str], SyncPair] = {
         create=_create_contact,
         update=_update_contact,
         validate=ContactDraft.model_validate,
+        find_many=_find_contacts,
         get=_get_contact,
     ),
     ("contacts", "users"): SyncPair(
@@ -551,6 +560,17 @@ class _Link:
 
     def version(self, side: Side) -> datetime | None:
         return self.source_version if side == "source" else self.target_version
+
+
+@dataclass
+class _Targets:
+    """A one-way page's dealings with the target: what its lookup found, by marker and by
+    e-mail (casefolded), the markers it asked about, and the mappings to keep."""
+
+    asked: set[str] = field(default_factory=set)
+    by_marker: dict[str, Any] = field(default_factory=dict)
+    by_email: dict[str, Any] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
 
 
 def _sides(leg: SyncLeg) -> tuple[Side, Side]:
@@ -735,18 +755,20 @@ class SyncActivities:
                 if page.items and pair.target_context is not None:
                     load = pair.target_context
                     context = await self._patiently(lambda: load(target_port))
-                kept: dict[str, str] = {}
+                targets = _Targets()
+                if not two_way:
+                    await self._look_up(profile, pair, target_port, page.items, known, targets)
                 upsert = (
                     partial(
                         self._upsert_both_ways, profile, pair, request.leg, target_port, context
                     )
                     if two_way
-                    else partial(self._upsert, profile, pair, target_port, context, kept)
+                    else partial(self._upsert, profile, pair, target_port, context, targets)
                 )
                 try:
                     outcomes = await self._together(request, page.items, known, upsert)
                 finally:
-                    await self._keep_mappings(profile.id, kept)
+                    await self._keep_mappings(profile.id, targets.kept)
                 for outcome in outcomes:
                     counts = counts.add(outcome)
         except AuthFailed as exc:
@@ -807,7 +829,7 @@ class SyncActivities:
         pair: SyncPair,
         port: Any,
         context: Any,
-        kept: dict[str, str],
+        targets: _Targets,
         record: Any,
         target_id: str | None,
     ) -> SyncCounts:
@@ -827,24 +849,63 @@ class SyncActivities:
                     return SyncCounts(updated=1)
                 except VendorNotFound:
                     target_id = None  # deleted at the target: found or made again below
-            found = await pair.find_by_external_id(port, marker)
-            if (
-                found is None
-                and pair.find_by_email is not None
-                and profile.match_rule is MatchRule.EXTERNAL_ID_THEN_EMAIL
-                and values.get("email")
-            ):
-                found = await pair.find_by_email(port, str(values["email"]))
+            email = str(values.get("email") or "") if _by_email(profile, pair) else ""
+            found = await self._find(pair, port, targets, marker, email)
             if found is not None:
                 await pair.update(port, found.id, values)
-                kept[source_id] = found.id
+                targets.kept[source_id] = found.id
                 return SyncCounts(updated=1)
             created = await pair.create(port, {**values, "external_id": marker})
         except VendorRejected as exc:
             # The vendor's code, never its message: that can quote the record's values.
             return _failure(source_id, f"rejected by {exc.vendor}: {exc.code or exc.status}")
-        kept[source_id] = created.id
+        targets.kept[source_id] = created.id
+        if email:  # a later record of the page with this address finds it (they take turns)
+            targets.by_email[email.casefold()] = created
         return SyncCounts(created=1)
+
+    @staticmethod
+    async def _find(
+        pair: SyncPair, port: Any, targets: _Targets, marker: str, email: str
+    ) -> Any | None:
+        """The target record carrying ``marker``, else the one with ``email`` (when given):
+        from the page's lookup when it asked, else from the target."""
+        if marker in targets.asked:
+            found = targets.by_marker.get(marker)
+            if found is None and email:
+                found = targets.by_email.get(email.casefold())
+            return found
+        found = await pair.find_by_external_id(port, marker)
+        if found is None and email and pair.find_by_email is not None:
+            found = await pair.find_by_email(port, email)
+        return found
+
+    async def _look_up(
+        self,
+        profile: SyncProfile,
+        pair: SyncPair,
+        port: Any,
+        records: list[Any],
+        known: dict[str, Any],
+        targets: _Targets,
+    ) -> None:
+        """Look the page's records the mapping table does not know up at the target at once
+        (by marker, and by e-mail as the match rule asks), when the pair can."""
+        find_many = pair.find_many
+        fresh = [record for record in records if str(record.id) not in known]
+        if find_many is None or not fresh:
+            return
+        markers = [external_id(profile, str(record.id)) for record in fresh]
+        field_name = profile.field_mapping.get("email") if _by_email(profile, pair) else None
+        addresses = (getattr(record, field_name, None) for record in fresh) if field_name else ()
+        emails = sorted({str(address) for address in addresses if address})
+        found = await self._patiently(lambda: find_many(port, markers, emails))
+        targets.asked.update(markers)
+        for item in found:
+            if item.external_id:
+                targets.by_marker.setdefault(item.external_id, item)
+            if item.email:
+                targets.by_email.setdefault(str(item.email).casefold(), item)
 
     async def _upsert_both_ways(
         self,
@@ -924,14 +985,8 @@ class SyncActivities:
                 if conflict is None:
                     return SyncCounts(updated=1)
                 return SyncCounts(updated=1, conflicts=1, conflict_sample=[conflict])
-            found = await pair.find_by_external_id(port, marker)
-            if (
-                found is None
-                and pair.find_by_email is not None
-                and profile.match_rule is MatchRule.EXTERNAL_ID_THEN_EMAIL
-                and values.get("email")
-            ):
-                found = await pair.find_by_email(port, str(values["email"]))
+            email = str(values.get("email") or "") if _by_email(profile, pair) else ""
+            found = await self._find(pair, port, _Targets(), marker, email)
             if found is not None:
                 if await self._linked_elsewhere(profile.id, there, str(found.id), record_id):
                     # Two records here match one there (Zoho allows contacts sharing an
@@ -1232,6 +1287,11 @@ def daily_window_reopens(row: Connection, now: datetime) -> float:
     tomorrow = now.astimezone(zone).date() + timedelta(days=1)
     midnight = datetime.combine(tomorrow, time(), zone)
     return (midnight.astimezone(UTC) - now).total_seconds() + 60
+
+
+def _by_email(profile: SyncProfile, pair: SyncPair) -> bool:
+    """Whether a record without a marked target record is matched by its e-mail."""
+    return pair.find_by_email is not None and profile.match_rule is MatchRule.EXTERNAL_ID_THEN_EMAIL
 
 
 def _prepared(

@@ -5,8 +5,10 @@ HubSpot peer, through ``SyncWorkflow`` run by a ``bizosaas worker`` process.
 in ``make bench``: a full run takes minutes). It starts its own dev server, a SQLite database
 and the two peers, then measures in one run:
 
-- **baseline**: the same reads and writes through the same ports, in one loop, with neither
-  Temporal nor the database (what the vendors and the connectors cost by themselves);
+- **baseline**: the same reads and writes through the same ports (a page's records looked up
+  at once, then each created), one record at a time in a plain loop, with neither Temporal nor
+  the database (what the vendors and the connectors cost by themselves; the sync writes
+  ``BIZ_SYNC_RECORD_CONCURRENCY`` records at once, so it may pass the baseline);
 - **sync**: the profile's run, no rate limit at the CRM;
 - **sync under a limit**: the CRM peer allows ``limit`` requests a second (its rolling
   ten-second window, answered with HubSpot's 429s past it) and the connection is configured
@@ -32,6 +34,10 @@ from subprocess import Popen
 from typing import cast
 
 from pydantic import SecretStr
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from connectors.access import open_connection
@@ -53,6 +59,7 @@ from tests.peers.hubspot import HubSpotPeer
 from tests.peers.hubspot import build_app as hubspot_app
 from tests.peers.woocommerce import WooCommercePeer
 from tests.peers.woocommerce import build_app as woocommerce_app
+from tests.polling import eventually
 from tests.processes import worker_process
 from tests.workflows.test_sync import T0, add_profile, connect_pair
 from workflows.sync import SyncWorkflow
@@ -91,13 +98,14 @@ async def _baseline(
         query = SyncQuery(limit=PAGE)
         while True:
             page = await shop.list_customers(query)
-            for customer in page.items:
-                marker = f"{shop_id}:{customer.id}"  # as activities.sync.external_id
-                # What the sync's upsert asks on an empty CRM: the marker, the e-mail, a create.
-                found = await crm.find_contact_by_external_id(marker)
-                if found is None and customer.email:
-                    found = await crm.find_contact_by_email(customer.email)
-                if found is None:
+            # What the sync asks of an empty CRM: the page's markers and e-mails looked up at
+            # once, then a create for each record found by neither.
+            markers = {f"{shop_id}:{c.id}": c for c in page.items}  # activities.sync.external_id
+            emails = sorted({str(c.email) for c in page.items if c.email})
+            found = await crm.find_contacts(list(markers), emails)
+            known = {c.external_id for c in found} | {str(c.email).casefold() for c in found}
+            for marker, customer in markers.items():
+                if marker not in known and str(customer.email).casefold() not in known:
                     await crm.create_contact(
                         ContactDraft(
                             email=customer.email,
@@ -155,6 +163,21 @@ def _worker(
     )
 
 
+async def _polling(client: Client, task_queue: str) -> None:
+    """Once a worker polls ``task_queue`` for activities: a run's clock starts with the
+    worker up, not with its start-up (imports, connecting)."""
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(name=task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+    )
+    await eventually(
+        lambda: client.workflow_service.describe_task_queue(request),
+        lambda described: bool(described.pollers),
+        seconds=60,
+    )
+
+
 def _peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -207,6 +230,7 @@ async def main(records: int = 10_000, limit: int = 100) -> None:
 
             address = env.client.service_client.config.target_host
             worker = _worker(settings, address, crm_url, work / "worker.log", None)
+            await _polling(env.client, settings.temporal_task_queue)
             crm = fresh_crm(None)
             started = time.perf_counter()
             created = await _sync(env, settings, sessions, admin.tenant_id, shop_url)
@@ -217,6 +241,7 @@ async def main(records: int = 10_000, limit: int = 100) -> None:
             worker.kill()
             worker.wait()
             worker = _worker(settings, address, crm_url, work / "worker-limited.log", limit)
+            await _polling(env.client, settings.temporal_task_queue)
             crm = fresh_crm(limit)
             started = time.perf_counter()
             created_limited = await _sync(env, settings, sessions, admin.tenant_id, shop_url)

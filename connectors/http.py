@@ -43,6 +43,7 @@ another one). Only ``BIZ_CONNECTOR_ALLOW_PRIVATE_URLS`` (tests and local develop
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import json
 import math
@@ -615,6 +616,13 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
         )
 
 
+@functools.cache
+def _public_cas() -> ssl.SSLContext:
+    """certifi's public CAs as a TLS context, built once per process: building one reads the
+    whole bundle (about 28 ms), and a context serves any number of clients and connections."""
+    return httpx.create_ssl_context(trust_env=False)
+
+
 def connector_client(
     *,
     allow_private: bool,
@@ -632,7 +640,7 @@ def connector_client(
     :func:`blocked_reason` except in tests of the guard itself. ``ssl_context`` replaces the
     default trust store (certifi's public CAs), for a private CA."""
     limits = limits or httpx.Limits(max_connections=20, max_keepalive_connections=10)
-    context = ssl_context or httpx.create_ssl_context(trust_env=False)
+    context = ssl_context or _public_cas()
     transport: httpx.AsyncBaseTransport = (
         httpx.AsyncHTTPTransport(verify=context, trust_env=False, limits=limits)
         if allow_private

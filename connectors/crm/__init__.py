@@ -12,6 +12,7 @@ keeps the largest ``updated_at`` it saw as the next run's ``updated_since``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal, Protocol
@@ -208,6 +209,13 @@ class CRMPort(Connector, Protocol):
     async def find_contact_by_email(self, email: str) -> Contact | None: ...
 
     async def find_contact_by_external_id(self, external_id: str) -> Contact | None: ...
+
+    async def find_contacts(
+        self, external_ids: Sequence[str], emails: Sequence[str]
+    ) -> list[Contact]:
+        """The contacts whose external id or e-mail (ignoring case) is one of these, in as
+        few requests as the vendor allows (a sync looks a whole page up at once)."""
+        ...
 
     async def list_companies(self, query: ListQuery) -> Page[Company]: ...
 

@@ -119,6 +119,8 @@ REFRESH_MARGIN = 120.0
 SEARCH_RESULT_CAP = 10_000
 # The largest page the search endpoint serves.
 SEARCH_PAGE_MAX = 200
+# Values one ``IN`` filter is given at most.
+_IN_VALUES = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _CONTACT_PROPERTIES = (
@@ -806,6 +808,45 @@ class HubSpotConnector:
     async def find_contact_by_external_id(self, external_id: str) -> Contact | None:
         found = await self._find_external("contacts", external_id, _CONTACT_PROPERTIES)
         return self._contact(*found) if found else None
+
+    async def find_contacts(
+        self, external_ids: Sequence[str], emails: Sequence[str]
+    ) -> list[Contact]:
+        """One search per hundred values: a filter group each for the external ids and the
+        e-mails (ORed), their values in lower case as ``IN`` asks, paged with ``after``."""
+        ids = list(external_ids) if await self._has_external_id("contacts") else []
+        addresses = [email.lower() for email in emails]
+        found: list[Contact] = []
+        for start in range(0, max(len(ids), len(addresses)), _IN_VALUES):
+            groups = [
+                {"filters": [{"propertyName": name, "operator": "IN", "values": chunk}]}
+                for name, chunk in (
+                    (EXTERNAL_ID, ids[start : start + _IN_VALUES]),
+                    ("email", addresses[start : start + _IN_VALUES]),
+                )
+                if chunk
+            ]
+            found += await self._search_contacts(groups)
+        return found
+
+    async def _search_contacts(self, groups: list[dict[str, Any]]) -> list[Contact]:
+        """Every contact the filter groups match, page after page."""
+        found: list[Contact] = []
+        after: str | None = None
+        while True:
+            body: dict[str, Any] = {
+                "filterGroups": groups,
+                "properties": list(_CONTACT_PROPERTIES),
+                "limit": SEARCH_PAGE_MAX,
+            }
+            if after is not None:
+                body["after"] = after
+            data = await self._call("POST", "/crm/v3/objects/contacts/search", body=body)
+            page = _validate(_ObjectPage, data, "$")
+            found += [self._contact(f"$.results[{n}]", item) for n, item in enumerate(page.results)]
+            if page.paging is None or page.paging.next is None:
+                return found
+            after = page.paging.next.after
 
     # -- companies
 

@@ -716,6 +716,19 @@ class ZohoConnector:
         found = await self._find_external("Contacts", external_id, _CONTACT_FIELDS)
         return self._contact(*found) if found else None
 
+    async def find_contacts(
+        self, external_ids: Sequence[str], emails: Sequence[str]
+    ) -> list[Contact]:
+        """One search per value (each is a criteria search of its own here)."""
+        found: dict[str, Contact] = {}
+        for external_id in external_ids:
+            if (contact := await self.find_contact_by_external_id(external_id)) is not None:
+                found[contact.id] = contact
+        for email in emails:
+            if (contact := await self.find_contact_by_email(email)) is not None:
+                found[contact.id] = contact
+        return list(found.values())
+
     # -- companies (Zoho's accounts)
 
     def _company(self, where: str, data: Mapping[str, Any]) -> Company:

@@ -406,6 +406,31 @@ async def test_external_ids_make_creates_findable_and_unique(
     assert again.id == company.id
 
 
+async def test_a_page_of_contacts_is_looked_up_in_one_search_per_hundred(
+    hubspot_peer: HubSpotPeer, crm: CRMPort
+) -> None:
+    # No external-id property yet: only the e-mails are asked.
+    plain = await crm.create_contact(ContactDraft(email="Plain@Example.com"))
+    assert [c.id for c in await crm.find_contacts(["shop:1"], ["plain@example.COM"])] == [plain.id]
+    assert "IN" in json.dumps(_contact_searches(hubspot_peer)[-1])
+
+    marked = [
+        await crm.create_contact(ContactDraft(email=f"m{n}@example.com", external_id=f"shop:{n}"))
+        for n in range(150)
+    ]
+    before = len(_contact_searches(hubspot_peer))
+    markers = [f"shop:{n}" for n in range(0, 300, 2)]  # 150 asked, 75 of them made
+    found = await crm.find_contacts(markers, ["plain@example.com", "nobody@example.com"])
+    assert sorted(c.id for c in found) == sorted(
+        [plain.id] + [c.id for n, c in enumerate(marked) if n % 2 == 0]
+    )
+    searches = _contact_searches(hubspot_peer)[before:]
+    assert len(searches) == 2  # a hundred values a filter at most
+    first = searches[0]["filterGroups"]
+    assert [len(group["filters"][0]["values"]) for group in first] == [100, 2]
+    assert await crm.find_contacts([], []) == []
+
+
 async def test_deals_move_through_pipeline_stages(hubspot_peer: HubSpotPeer, crm: CRMPort) -> None:
     pipelines = await crm.list_pipelines()
     assert [p.id for p in pipelines] == ["default"]

@@ -23,7 +23,8 @@ What it follows, and where HubSpot documents it:
   ``total``, ``results`` and ``paging``. Filters take the operators ``EQ``, ``NEQ``, ``GT``,
   ``GTE``, ``LT`` and ``LTE``: date-time properties compare as instants, their values given in
   epoch milliseconds or as ISO 8601 strings; number properties compare numerically; strings
-  case-insensitively. The ``associations.{type}`` pseudo-property takes ``EQ``. A query pages
+  case-insensitively. ``IN`` takes ``values`` (a list, here at most 100; HubSpot asks string
+  values in lower case). The ``associations.{type}`` pseudo-property takes ``EQ``. A query pages
   through at most 10,000 results: an ``after`` whose page would reach past them is a 400.
   Search answers carry no rate-limit headers. https://developers.hubspot.com/docs/api/crm/search
 - **Properties**: ``GET /crm/v3/properties/{type}/{name}`` (404 when missing) and ``POST
@@ -155,6 +156,7 @@ DATETIME_PROPERTIES = frozenset(
 )  # fmt: skip
 NUMBER_PROPERTIES = frozenset({"hs_object_id", "amount", "associatedcompanyid"})
 SEARCH_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "IN": lambda value, wanted: value in wanted,
     "EQ": operator.eq,
     "NEQ": operator.ne,
     "GT": operator.gt,
@@ -360,6 +362,19 @@ def _now() -> str:
 def _stamp(moment: datetime) -> str:
     """A date-time property as HubSpot writes it: UTC, milliseconds, ``Z``."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _wanted(name: str, op: str, rule: dict[str, Any]) -> Any:
+    """What a search rule compares with: its ``value``, or for ``IN`` the set of its
+    ``values``. Raises KeyError or ValueError for a rule that holds none of it."""
+    if name.startswith("associations."):
+        return str(rule["value"])
+    if op != "IN":
+        return _comparable(name, rule.get("value"))
+    values = rule["values"]
+    if not isinstance(values, list) or not 0 < len(values) <= 100:
+        raise ValueError("IN takes a list of 1 to 100 values")
+    return frozenset(_comparable(name, value) for value in values) - {None}
 
 
 def _comparable(name: str, value: Any) -> Decimal | str | None:
@@ -691,15 +706,10 @@ def build_app(peer: HubSpotPeer) -> Starlette:
                         400, "VALIDATION_ERROR", f"operator {op} on {name} is not supported here"
                     )
                 try:
-                    wanted = (
-                        str(rule["value"])
-                        if name.startswith("associations.")
-                        else _comparable(name, rule.get("value"))
-                    )
+                    wanted = _wanted(name, op, rule)
                 except (KeyError, ValueError):
-                    return refuse(
-                        400, "VALIDATION_ERROR", f"invalid value {rule.get('value')!r} for {name}"
-                    )
+                    shown = rule.get("values" if op == "IN" else "value")
+                    return refuse(400, "VALIDATION_ERROR", f"invalid value {shown!r} for {name}")
                 rules.append((name, compare, wanted))
             groups.append(rules)
 
@@ -723,8 +733,12 @@ def build_app(peer: HubSpotPeer) -> Starlette:
             """The records a group can match: those an equality on a string property names
             (through the index), else all."""
             for name, compare, wanted in rules:
-                if compare is operator.eq and isinstance(wanted, str) and "." not in name:
+                if "." in name:
+                    continue
+                if compare is operator.eq and isinstance(wanted, str):
                     return peer.holding(kind, name, wanted)
+                if compare is SEARCH_OPERATORS["IN"] and all(isinstance(v, str) for v in wanted):
+                    return [r for value in wanted for r in peer.holding(kind, name, value)]
             return peer.records[kind].values()
 
         found = list(
