@@ -37,9 +37,10 @@ from connectors.billing import (
     with_charge,
 )
 from connectors.mail import Mailer
+from connectors.storage import ObjectStorage
 from core import audit, search
 from core.db import SessionFactory, transaction
-from core.plans import Excess, excesses, measured_usage, plan_of, reserve_plan
+from core.plans import Excess, excesses, latest_storage, measured_usage, plan_of, reserve_plan
 from core.settings import Settings
 from models.audit import AuditEntry
 from models.billing import (
@@ -1048,3 +1049,21 @@ def _notice_text(notice: BillingNotice, tenant: str, link: str) -> tuple[str, st
         ),
     }
     return texts[notice.kind]
+
+
+class StorageMetering:
+    """The tenant's stored bytes, measured where they are kept (object storage)."""
+
+    def __init__(self, sessions: SessionFactory, storage: ObjectStorage) -> None:
+        self._sessions = sessions
+        self._storage = storage
+
+    @activity.defn
+    async def measure_storage(self, tenant_id: uuid.UUID) -> int | None:
+        """The bytes the tenant keeps (documents, images, attachments: everything under
+        ``tenants/{id}/``); ``None`` when it keeps none and never did (nothing to record)."""
+        used = await self._storage.used_bytes(f"tenants/{tenant_id}/")
+        if used:
+            return used
+        async with self._sessions() as session:
+            return 0 if await latest_storage(session, tenant_id) else None

@@ -103,6 +103,15 @@ class S3Storage:
         self._s3.delete_object(Bucket=self._bucket, Key=key)
         return self._stat(sealed_key)
 
+    async def used_bytes(self, prefix: str) -> int:
+        return await asyncio.to_thread(self._used_bytes, prefix)
+
+    def _used_bytes(self, prefix: str) -> int:
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self._bucket, Prefix=prefix
+        )
+        return sum(int(item["Size"]) for page in pages for item in page.get("Contents", []))
+
 
 def _missing(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}

@@ -91,6 +91,10 @@ class ObjectStorage(Protocol):
         that were checked: a later PUT to the old URL cannot reach them."""
         ...
 
+    async def used_bytes(self, prefix: str) -> int:
+        """The bytes stored under the keys beginning with ``prefix`` (a folder: ends in /)."""
+        ...
+
 
 class InvalidObjectUrl(ValueError):
     """A local-store URL that is forged, expired, or meant for another operation."""
@@ -165,6 +169,18 @@ class LocalStorage:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)  # atomic: a concurrent upload lands beside it, unread
         return self._stat(sealed_key)
+
+    async def used_bytes(self, prefix: str) -> int:
+        return await asyncio.to_thread(self._used_bytes, prefix)
+
+    def _used_bytes(self, prefix: str) -> int:
+        folder = self.path_of(prefix.rstrip("/"))
+        # Uploads under way (hidden ``.part`` files) are not stored yet.
+        return sum(
+            path.stat().st_size
+            for path in folder.rglob("*")
+            if path.is_file() and not path.name.startswith(".")
+        )
 
     async def write(self, grant: ObjectGrant, chunks: AsyncIterator[bytes]) -> int:
         """Store an upload, refusing it once it exceeds the grant's size; returns its size."""

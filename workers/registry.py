@@ -8,7 +8,7 @@ from typing import Any
 from activities.agents import AgentActivities
 from activities.approval import ApprovalActivities
 from activities.audit import AuditActivities
-from activities.billing import BillingActivities
+from activities.billing import BillingActivities, StorageMetering
 from activities.connections import ConnectionActivities
 from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
@@ -118,6 +118,7 @@ def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Cal
         billing.report_usage,
         billing.ensure_usage_schedule,
         billing.remove_usage_schedule,
+        StorageMetering(sessions, storage_from_settings(settings)).measure_storage,
     ]
 
 

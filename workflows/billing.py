@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         OPERATOR_UNSUSPENDED,
         PROCESS,
         BillingActivities,
+        StorageMetering,
     )
     from connectors.billing import DISPUTE_OPENED
     from core.plans import Excess
@@ -64,6 +65,8 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionSnapshot,
         SubscriptionUpdate,
         TrialExtension,
+        UsageMetric,
+        UsageRecord,
         reminder_offsets,
     )
     from models.onboarding import PlanId
@@ -91,6 +94,8 @@ FOLLOW_STRIPE = "billing-follow-stripe"
 # The patch behind which operators extend trials and suspend or unsuspend tenants (commands
 # only these updates issue; histories recorded before them never invoked them).
 OPERATIONS = "billing-operations"
+# The usage report measures the tenant's storage first.
+MEASURE_STORAGE = "usage-measure-storage"
 # The patch behind which refunds, disputes and credit notes are recorded on the invoices
 # projection and a dispute alerts the tenant's admins and the operators (commands only these
 # Stripe events issue; histories recorded before them never received one).
@@ -1477,10 +1482,37 @@ class UsageReportWorkflow:
 
     @workflow.run
     async def run(self, tenant_id: uuid.UUID) -> int:
-        """Aggregate unreported usage and send it; returns how many reports were sent."""
+        """Measure the tenant's storage, then aggregate unreported usage and send it; returns
+        how many reports were sent."""
+        if workflow.patched(MEASURE_STORAGE):
+            await self._measure_storage(tenant_id)
         return await workflow.execute_activity_method(
             BillingActivities.report_usage,
             tenant_id,
             start_to_close_timeout=timedelta(minutes=5),
             heartbeat_timeout=timedelta(minutes=1),
+        )
+
+    @staticmethod
+    async def _measure_storage(tenant_id: uuid.UUID) -> None:
+        """Record the bytes the tenant stores as the storage gauge, once per run."""
+        used = await workflow.execute_activity_method(
+            StorageMetering.measure_storage,
+            tenant_id,
+            start_to_close_timeout=timedelta(minutes=2),
+            summary="measure the tenant's stored bytes",
+        )
+        if used is None:
+            return  # nothing stored, ever
+        await workflow.execute_activity_method(
+            BillingActivities.record_usage,
+            UsageRecord(
+                tenant_id=tenant_id,
+                metric=UsageMetric.STORAGE_BYTES,
+                quantity=used,
+                occurred_at=workflow.now(),
+                idempotency_key=f"storage:{workflow.info().workflow_id}",
+            ),
+            start_to_close_timeout=timedelta(seconds=30),
+            summary="record the stored bytes as usage",
         )

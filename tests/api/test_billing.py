@@ -40,6 +40,7 @@ from api.app import create_app
 from api.billing_guard import WritableTenant, read_only_guard
 from connectors.billing.stripe_gateway import stripe_gateway
 from connectors.mail import mailer_from_settings
+from connectors.storage import LocalStorage, storage_from_settings
 from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.audit import AuditEntry
@@ -74,7 +75,8 @@ from tests.peers_stripe import (
     unpaid_invoice,
 )
 from tests.polling import eventually
-from workflows.billing import BillingWorkflow
+from workers.main import build_worker
+from workflows.billing import BillingWorkflow, UsageReportWorkflow
 
 pytest_plugins = ["tests.peers_stripe"]
 
@@ -983,3 +985,62 @@ async def test_saved_cards_are_listed_and_removed_but_not_the_default_or_another
     actions = await _actions(sessions, admin.tenant_id)
     assert actions.count("billing.payment_method_removed") == 1
     assert await _actions(sessions, stranger.tenant_id) == []
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+async def test_the_usage_report_measures_what_a_tenant_stores(
+    where: str,
+    request: pytest.FixtureRequest,
+    temporal_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    settings: Settings,
+) -> None:
+    if where == "s3":
+        settings = request.getfixturevalue("s3_settings")
+    admin = await member(sessions, settings)
+    neighbour = await member(sessions, settings)
+    idle = await member(sessions, settings)
+    await _store(settings, f"tenants/{admin.tenant_id}/onboarding/{uuid.uuid4()}", 100)
+    await _store(settings, f"tenants/{admin.tenant_id}/tasks/{uuid.uuid4()}/a", 50)
+    await _store(settings, f"tenants/{neighbour.tenant_id}/onboarding/{uuid.uuid4()}", 999)
+    if where == "local":  # an upload under way is not stored yet
+        folder = LocalStorage(settings).path_of(f"tenants/{admin.tenant_id}/tasks")
+        (folder / f".upload.{uuid.uuid4().hex}.part").write_bytes(b"x" * 70)
+
+    async def report(who: Member) -> None:
+        await temporal_env.client.execute_workflow(
+            UsageReportWorkflow.run,
+            who.tenant_id,
+            id=f"usage-{uuid.uuid4()}",
+            task_queue=settings.temporal_task_queue,
+        )
+
+    async with build_worker(temporal_env.client, sessions, settings):
+        await report(admin)
+        await report(idle)  # nothing stored, ever: nothing recorded
+        await _store(settings, f"tenants/{admin.tenant_id}/content/{uuid.uuid4()}", 25)
+        await report(admin)
+    async with sessions() as session:
+        gauges = await session.execute(
+            select(UsageEvent.tenant_id, UsageEvent.quantity)
+            .where(
+                UsageEvent.tenant_id.in_([admin.tenant_id, idle.tenant_id]),
+                UsageEvent.metric == UsageMetric.STORAGE_BYTES,
+            )
+            .order_by(UsageEvent.occurred_at)
+        )
+    assert [tuple(row) for row in gauges] == [(admin.tenant_id, 150), (admin.tenant_id, 175)]
+
+
+async def _store(settings: Settings, key: str, size: int) -> None:
+    """An object of ``size`` bytes under ``key``, put where the settings keep objects."""
+    storage = storage_from_settings(settings)
+    if isinstance(storage, LocalStorage):
+        path = storage.path_of(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+        return
+    target = await storage.upload_target(key, "application/octet-stream", size)
+    async with httpx.AsyncClient() as http:
+        response = await http.put(target.url, content=b"x" * size, headers=target.headers)
+    response.raise_for_status()

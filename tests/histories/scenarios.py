@@ -40,6 +40,7 @@ from api.routers.password_reset import start_password_link
 from connectors.billing import parse_event
 from connectors.crm.hubspot import API_BASE as HUBSPOT_API
 from connectors.secrets import connection_path, secret_store_from_settings, staged_path
+from connectors.storage import LocalStorage
 from core.db import SessionFactory, transaction
 from core.identity import membership_of
 from core.settings import Settings
@@ -642,6 +643,32 @@ async def test_usage_report(
     assert sent == 2
     assert len(meter_recorder.received) == 2
     await record(client, "usage-report-sent", usage_schedule_id(admin.tenant_id))
+
+
+async def test_usage_report_measuring_storage(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    meter_worker: Settings,
+    meter_recorder: MeterRecorder,
+) -> None:
+    """A usage report that measures the tenant's stored bytes first, then sends them."""
+    client = time_skipping_env.client
+    admin = await member(sessions, meter_worker)
+    async with transaction(sessions) as session:
+        session.add(Subscription(tenant_id=admin.tenant_id, stripe_customer_id="cus_replaytest02"))
+    stored = LocalStorage(meter_worker).path_of(f"tenants/{admin.tenant_id}/onboarding/doc")
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(b"x" * 64)
+    workflow_id = f"usage-measured:{admin.tenant_id}"
+    sent = await client.execute_workflow(
+        UsageReportWorkflow.run,
+        admin.tenant_id,
+        id=workflow_id,
+        task_queue=meter_worker.temporal_task_queue,
+    )
+    assert sent == 1
+    assert len(meter_recorder.received) == 1
+    await record(client, "usage-report-measured", workflow_id)
 
 
 # --- Password reset, audit verification ----------------------------------------------------
