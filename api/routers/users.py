@@ -95,8 +95,7 @@ async def invite_user(
     to choose a password (valid ``BIZ_INVITATION_DAYS``)."""
     if body.role not in _GRANTABLE:
         raise Forbidden("The super_admin role is granted with `bizosaas users create-admin`.")
-    # Holding the tenant row keeps concurrent invitations from overrunning the limit together.
-    await session.get(Tenant, principal.tenant_id, with_for_update=True)
+    await _take_turn(session, principal.tenant_id)
     await ensure_room_for_user(session, settings.billing_plans, principal.tenant_id)
     user = User(
         email=normalize_email(str(body.email)), full_name=body.full_name, password_hash=None
@@ -138,8 +137,8 @@ async def change_role(
     """Tenant admins manage their own tenant; ``super_admin`` is granted only from the CLI."""
     if body.role not in _GRANTABLE:
         raise Forbidden("The super_admin role is granted with `bizosaas users create-admin`.")
-    await session.get(Tenant, principal.tenant_id, with_for_update=True)
     membership = await _member(session, principal, user_id)
+    await _take_turn(session, membership.tenant_id)
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound(f"No user {user_id} in your tenant.")
@@ -170,8 +169,8 @@ async def remove_member(
     tasks they hold go to the next eligible person (or escalate), and their seat is free.
     The account stays (audit entries name it; other tenants may have it). 409 for the last
     tenant_admin; platform administrators are managed from the command line (403)."""
-    await session.get(Tenant, principal.tenant_id, with_for_update=True)
     membership = await _member(session, principal, user_id)
+    await _take_turn(session, membership.tenant_id)
     if membership.role == Role.TENANT_ADMIN:
         await _keep_one_admin(session, membership.tenant_id)
     await session.delete(membership)
@@ -187,6 +186,13 @@ async def remove_member(
     # (the task is routed again); a member gone whose tasks still wait on them is not.
     await _release_tasks(session, client, settings, membership.tenant_id, user_id, principal)
     await session.commit()
+
+
+async def _take_turn(session: SessionDep, tenant_id: uuid.UUID) -> None:
+    """Hold the tenant's row until the commit: its invitations, role changes and removals
+    take turns, so none reads a count another is about to change (the plan's user limit,
+    the last tenant_admin)."""
+    await session.get(Tenant, tenant_id, with_for_update=True)
 
 
 async def _member(session: SessionDep, principal: Principal, user_id: uuid.UUID) -> Membership:
