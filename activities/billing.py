@@ -63,6 +63,7 @@ from models.billing import (
     Dunning,
     Invoice,
     InvoiceAdjustment,
+    InvoicePreview,
     InvoiceRecord,
     InvoiceSnapshot,
     NoticeKind,
@@ -73,6 +74,7 @@ from models.billing import (
     PaymentMethodSetup,
     PaymentMethodSnapshot,
     PlanFit,
+    PreviewRequest,
     ProvisionRequest,
     SetupIntentRequest,
     Subscription,
@@ -406,6 +408,16 @@ class BillingActivities:
                 price_id=price_id,
                 cancel_at_period_end=update.cancel_at_period_end,
                 trial_end=update.trial_end,
+                prorate=update.prorate,
+            )
+
+    @activity.defn
+    async def preview_plan_change(self, request: PreviewRequest) -> InvoicePreview:
+        """What Stripe would bill for the change (nothing changes)."""
+        price_id = await self.ensure_plan_price(request.plan)
+        async with self._stripe() as gateway:
+            return await gateway.preview_plan_change(
+                request.subscription, request.plan, price_id, prorate=request.prorate
             )
 
     @activity.defn
@@ -418,7 +430,7 @@ class BillingActivities:
             await session.get(Tenant, change.tenant_id, with_for_update=True)
             found = excesses(plan, await measured_usage(session, change.tenant_id))
             if not found:
-                await reserve_plan(session, change.tenant_id, change.plan)
+                await reserve_plan(session, change.tenant_id, change.plan, change.hold_until)
             return found
 
     # --- Payment methods ------------------------------------------------------------------
@@ -516,9 +528,12 @@ class BillingActivities:
                 tenant_status = TenantStatus.SUSPENDED  # an operator's suspension holds
             if tenant_status is not None and tenant.status in _BILLED_TENANT:
                 tenant.status = tenant_status
+            scheduled = change.scheduled_plan
+            row.scheduled_plan = scheduled.plan if scheduled else None
+            row.scheduled_plan_at = scheduled.at if scheduled else None
             if row.plan is not None:
                 tenant.plan = row.plan.value
-                if tenant.plan_reserved == tenant.plan:  # the change is made: no more holding
+                if tenant.plan_reserved == tenant.plan or change.release_hold:
                     tenant.plan_reserved = tenant.plan_reserved_until = None
             if change.action is not None:
                 await audit.append(

@@ -215,13 +215,16 @@ _NOUNS = {Resource.USERS: "users", Resource.CONNECTORS: "connections"}
 PLAN_RESERVATION = timedelta(minutes=5)
 
 
-async def reserve_plan(session: AsyncSession, tenant_id: uuid.UUID, plan: PlanId) -> None:
+async def reserve_plan(
+    session: AsyncSession, tenant_id: uuid.UUID, plan: PlanId, until: datetime | None = None
+) -> None:
     """Hold the tenant (its row locked by the caller) to the stricter of its plan and
-    ``plan`` while a change to ``plan`` is under way; recording the change ends it."""
+    ``plan`` while a change to ``plan`` is under way (or, for a change at the period's end,
+    ``until`` it is made); recording the change ends it."""
     await session.execute(
         update(Tenant)
         .where(Tenant.id == tenant_id)
-        .values(plan_reserved=plan.value, plan_reserved_until=utcnow() + PLAN_RESERVATION)
+        .values(plan_reserved=plan.value, plan_reserved_until=until or utcnow() + PLAN_RESERVATION)
     )
 
 

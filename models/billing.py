@@ -90,6 +90,9 @@ class Subscription(Timestamped, Base):
     trial_end: Mapped[datetime | None]
     grace_ends_at: Mapped[datetime | None]
     retention_ends_at: Mapped[datetime | None]
+    # A plan change waiting for the period's end, and when it is applied.
+    scheduled_plan: Mapped[PlanId | None] = mapped_column(str_enum(PlanId))
+    scheduled_plan_at: Mapped[datetime | None]
 
 
 class Invoice(Timestamped, Base):
@@ -380,6 +383,9 @@ class BillingPolicy(BaseModel):
     # A run that holds no customer and receives nothing for this long ends (a fresh start
     # rebuilds it from the projection).
     idle_end: timedelta = timedelta(days=30)
+    # A change at the period's end is made this long before the period ends, so that the
+    # renewal bills the new plan.
+    plan_change_lead: timedelta = timedelta(hours=1)
 
 
 def reminder_offsets(policy: BillingPolicy) -> list[tuple[int, timedelta, str]]:
@@ -419,6 +425,15 @@ class OperatorHold(BaseModel):
     by: uuid.UUID | None = None
 
 
+class ScheduledPlan(BaseModel):
+    """A plan change that takes effect at the end of the period (a downgrade, by default)."""
+
+    plan: PlanId
+    # When it is applied: shortly before the period ends, so that the renewal bills it.
+    at: datetime
+    requested_by: uuid.UUID | None = None
+
+
 class BillingState(BaseModel):
     """Everything the workflow knows; carried across continue-as-new."""
 
@@ -447,6 +462,8 @@ class BillingState(BaseModel):
     handled_updates: dict[str, str] = Field(default_factory=dict)
     # An operator's suspension in force (billing goes on underneath it).
     hold: OperatorHold | None = None
+    # A plan change waiting for the period's end.
+    scheduled_plan: ScheduledPlan | None = None
     # Messages received but not yet handled when the run continued as new.
     pending: list[BillingEvent] = Field(default_factory=list)
     pending_provisions: list[ProvisionRequest] = Field(default_factory=list)
@@ -459,8 +476,36 @@ class BillingInput(BaseModel):
 
 
 class PlanChange(BaseModel):
+    """Move to ``plan`` now (prorated), or at the end of the period (``at_period_end``): the
+    renewal then bills the new plan and nothing is prorated."""
+
     plan: PlanId
     requested_by: uuid.UUID | None = None
+    at_period_end: bool = False
+
+
+class PlanPreview(BaseModel):
+    """What Stripe would bill for a change to ``plan`` (nothing changes)."""
+
+    plan: PlanId
+    at_period_end: bool = False
+
+
+class InvoiceLine(BaseModel):
+    description: str | None
+    amount: int
+    proration: bool
+
+
+class InvoicePreview(BaseModel):
+    """The invoice a plan change would bring: due now (prorated) or at the period's end."""
+
+    plan: PlanId
+    currency: str
+    amount_due: int
+    # When Stripe would bill it: now for a prorated change, else the period's end.
+    billed_at: datetime | None
+    lines: list[InvoiceLine]
 
 
 class RenewalChange(BaseModel):
@@ -489,6 +534,9 @@ class BillingView(BaseModel):
     provision_failure: str | None = None
     # Why an operator suspended the tenant (``None``: no operator suspension).
     suspended_by_operator: str | None = None
+    # A plan change waiting for the period's end, and when it is applied.
+    scheduled_plan: PlanId | None = None
+    scheduled_plan_at: datetime | None = None
 
 
 # --- Activity inputs ----------------------------------------------------------------------
@@ -515,6 +563,8 @@ class SubscriptionUpdate(BaseModel):
     cancel_at_period_end: bool | None = None
     trial_end: datetime | None = None
     idempotency_key: str
+    # Whether Stripe prorates a plan change (a change at the period's end is not prorated).
+    prorate: bool = True
 
 
 class BillingTransition(BaseModel):
@@ -535,6 +585,10 @@ class BillingTransition(BaseModel):
     data: dict[str, str] = Field(default_factory=dict)
     # An operator's suspension holds: the tenant stays read-only whatever ``status`` grants.
     held: bool = False
+    # The plan change waiting for the period's end (projected); ``release_hold`` ends the
+    # tenant's hold to its plan (a scheduled change withdrawn).
+    scheduled_plan: ScheduledPlan | None = None
+    release_hold: bool = False
 
 
 class PaymentMethodRequest(BaseModel):
@@ -616,6 +670,16 @@ class PlanFit(BaseModel):
 
     tenant_id: uuid.UUID
     plan: PlanId
+    # Hold the tenant to the plan until then (a change at the period's end), not briefly.
+    hold_until: datetime | None = None
+
+
+class PreviewRequest(BaseModel):
+    """Ask Stripe what moving ``subscription`` to ``plan`` would bill."""
+
+    subscription: SubscriptionSnapshot
+    plan: PlanId
+    prorate: bool
 
 
 class InvoiceRecord(BaseModel):

@@ -101,6 +101,7 @@ def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Cal
         billing.fetch_subscription,
         billing.fetch_invoice,
         billing.update_subscription,
+        billing.preview_plan_change,
         billing.plan_excesses,
         billing.create_setup_intent,
         billing.set_default_payment_method,

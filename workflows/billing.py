@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         CustomerRequest,
         DefaultPaymentMethod,
         Dunning,
+        InvoicePreview,
         InvoiceRecord,
         InvoiceSnapshot,
         NoticeKind,
@@ -57,8 +58,11 @@ with workflow.unsafe.imports_passed_through():
         PaymentMethodRequest,
         PlanChange,
         PlanFit,
+        PlanPreview,
+        PreviewRequest,
         ProvisionRequest,
         RenewalChange,
+        ScheduledPlan,
         SetupIntentRequest,
         SetupIntentSnapshot,
         SubscriptionRequest,
@@ -100,6 +104,12 @@ MEASURE_STORAGE = "usage-measure-storage"
 # projection and a dispute alerts the tenant's admins and the operators (commands only these
 # Stripe events issue; histories recorded before them never received one).
 ADJUSTMENTS = "billing-invoice-adjustments"
+# A change at the period's end holds the tenant to the new plan's limits until it is made
+# (recording it ends the hold), with room for a late timer or a failed first try.
+_SCHEDULED_HOLD = timedelta(days=1)
+# The patch behind which the loop wakes when an update moves the next timer (a change
+# scheduled for the period's end, a new policy's grace): it waited for the earlier one.
+REARM = "billing-rearm-timers"
 # Stripe statuses of a subscription with a payment outstanding, and of one that is over.
 _UNPAID = frozenset({"past_due", "unpaid"})
 _ENDED = frozenset({"canceled", "incomplete_expired"})
@@ -161,6 +171,9 @@ class BillingWorkflow:
         # Whether this run has the LIFELINE commands (see ``_patched``).
         self._lifeline: bool | None = None
         self._follows_stripe: bool | None = None
+        # Whether the loop wakes for a timer an update moved (REARM), and the one it waits for.
+        self._rearms = False
+        self._armed: datetime | None = None
         # After a failed timer action, timers wait until then.
         self._hold_until: datetime | None = None
         # When this run last had work (an idle run without a customer ends).
@@ -172,6 +185,7 @@ class BillingWorkflow:
         """Apply requests, events and timers until the cancelled tenant's retention ends (or,
         holding no customer, until it has been idle long enough)."""
         self._follows()
+        self._rearms = workflow.patched(REARM)
         if self._patched():
             self._idle_since = workflow.now()
             if start.state is None:
@@ -275,7 +289,7 @@ class BillingWorkflow:
     @workflow.query
     def view(self) -> BillingView:
         """The tenant's billing state: status, plan, period, renewal, grace and retention."""
-        subscription = self._state.subscription
+        subscription, scheduled = self._state.subscription, self._state.scheduled_plan
         return BillingView(
             tenant_id=self._tenant_id,
             status=self._state.status,
@@ -290,6 +304,8 @@ class BillingWorkflow:
             parked_events=[parked.event.event_id for parked in self._state.parked],
             provision_failure=self._state.provision_failure,
             suspended_by_operator=self._state.hold.reason if self._state.hold else None,
+            scheduled_plan=scheduled.plan if scheduled else None,
+            scheduled_plan_at=scheduled.at if scheduled else None,
         )
 
     @workflow.update
@@ -301,9 +317,17 @@ class BillingWorkflow:
             if self._is_repeat():
                 return self.view()
             self._check_plan_change(change)
+            if change.plan == self._state.plan:
+                await self._withdraw_scheduled_plan(change)
+                return self.view()
+            at = self._scheduled_plan_at() if change.at_period_end else None
             excess = await self._activity(
                 BillingActivities.plan_excesses,
-                PlanFit(tenant_id=self._tenant_id, plan=change.plan),
+                PlanFit(
+                    tenant_id=self._tenant_id,
+                    plan=change.plan,
+                    hold_until=at + _SCHEDULED_HOLD if at is not None else None,
+                ),
             )
             if excess:
                 raise ApplicationError(
@@ -312,8 +336,12 @@ class BillingWorkflow:
                     [item.model_dump(mode="json") for item in excess],
                     type=PLAN_LIMIT_EXCEEDED,
                 )
+            if at is not None:
+                await self._schedule_plan(change, at)
+                return self.view()
             previous = self._state.plan
             snapshot = await self._update_subscription(plan=change.plan)
+            self._state.scheduled_plan = None  # a change made now replaces a scheduled one
             self._adopt(snapshot)
             await self._record(
                 self._state.status,
@@ -332,6 +360,65 @@ class BillingWorkflow:
     def _validate_plan_change(self, change: PlanChange) -> None:
         if not self._is_repeat():
             self._check_plan_change(change)
+
+    async def _schedule_plan(self, change: PlanChange, at: datetime) -> None:
+        """Keep the change for the period's end (the tenant is held to the new plan's limits
+        meanwhile): the timer applies it then."""
+        self._state.scheduled_plan = ScheduledPlan(
+            plan=change.plan, at=at, requested_by=change.requested_by
+        )
+        await self._record(
+            self._state.status,
+            "billing.plan_change_scheduled",
+            cause=_update_id(),
+            actor_id=change.requested_by,
+            data={"plan": change.plan.value, "at": at.isoformat()},
+        )
+        self._handled("")
+
+    async def _withdraw_scheduled_plan(self, change: PlanChange) -> None:
+        """A change back to the current plan withdraws the one scheduled (and its hold)."""
+        scheduled = self._state.scheduled_plan
+        assert scheduled is not None  # the check refuses the current plan otherwise
+        self._state.scheduled_plan = None
+        await self._record(
+            self._state.status,
+            "billing.plan_change_withdrawn",
+            cause=_update_id(),
+            actor_id=change.requested_by,
+            data={"plan": scheduled.plan.value},
+            release_hold=True,
+        )
+        self._handled("")
+
+    def _scheduled_plan_at(self) -> datetime:
+        """When a change at the period's end is applied: a little before the period ends, so
+        that the renewal bills the new plan (at once when the period is nearly over)."""
+        subscription = self._state.subscription
+        assert subscription is not None
+        assert subscription.current_period_end is not None
+        return max(subscription.current_period_end - self._policy.plan_change_lead, workflow.now())
+
+    @workflow.update
+    async def preview_plan_change(self, preview: PlanPreview) -> InvoicePreview:
+        """What Stripe would bill for a change to ``preview.plan``, prorated now or at the
+        period's end; nothing changes."""
+        change = PlanChange(plan=preview.plan, at_period_end=preview.at_period_end)
+        self._check_plan_change(change)
+        assert self._state.subscription is not None
+        return await self._activity(
+            BillingActivities.preview_plan_change,
+            PreviewRequest(
+                subscription=self._state.subscription,
+                plan=preview.plan,
+                prorate=not preview.at_period_end,
+            ),
+            summary=f"preview a change to the {preview.plan.value} plan",
+        )
+
+    @preview_plan_change.validator
+    def _validate_preview(self, preview: PlanPreview) -> None:
+        self._check_plan_change(PlanChange(plan=preview.plan, at_period_end=preview.at_period_end))
 
     @workflow.update
     async def set_renewal(self, change: RenewalChange) -> BillingView:
@@ -689,10 +776,17 @@ class BillingWorkflow:
                 f"(it is {self._state.status.value}).",
                 type=BILLING_STATE,
             )
-        if change.plan == self._state.plan:
+        scheduled = self._state.scheduled_plan
+        if change.plan == self._state.plan and scheduled is None:
             raise ApplicationError(
                 f"The tenant is on the {change.plan.value} plan already.", type=SAME_PLAN
             )
+        if change.at_period_end and scheduled is not None and scheduled.plan == change.plan:
+            raise ApplicationError(
+                f"A change to the {change.plan.value} plan is scheduled already.", type=SAME_PLAN
+            )
+        if change.at_period_end and self._state.subscription.current_period_end is None:
+            raise ApplicationError("The subscription has no period to end.", type=BILLING_STATE)
 
     def _check_renewal(self, change: RenewalChange) -> None:
         subscription = self._state.subscription
@@ -718,6 +812,7 @@ class BillingWorkflow:
     async def _wait_for_work(self) -> None:
         deadlines = self._deadlines()
         deadline, label = min(deadlines) if deadlines else (None, "")
+        self._armed = deadline
         timeout = (deadline - workflow.now()) if deadline is not None else None
         if timeout is not None and timeout <= timedelta(0):
             return
@@ -732,10 +827,17 @@ class BillingWorkflow:
             )
 
     def _has_work(self) -> bool:
-        # A history grown large by updates alone also wakes the loop, to continue as new.
-        return bool(self._inbox or self._provisions) or (
-            bool(self._lifeline) and self._history_is_large()
+        # A history grown large by updates alone also wakes the loop, to continue as new, and
+        # so does an update that moved the next timer.
+        return (
+            bool(self._inbox or self._provisions)
+            or (bool(self._lifeline) and self._history_is_large())
+            or (self._rearms and self._next_deadline() != self._armed)
         )
+
+    def _next_deadline(self) -> datetime | None:
+        deadlines = self._deadlines()
+        return min(deadlines)[0] if deadlines else None
 
     async def _handle_work(self) -> None:
         if self._lifeline:
@@ -1221,6 +1323,10 @@ class BillingWorkflow:
             state.status is BillingStatus.CANCELLED or not self._lifeline
         ):
             deadlines.append((state.retention_ends_at, "data retention ends"))
+        if state.scheduled_plan is not None:
+            deadlines.append(
+                (state.scheduled_plan.at, f"plan change to {state.scheduled_plan.plan.value}")
+            )
         if self._lifeline:
             if self._hold_until is not None:
                 # Timer actions failed a moment ago: not before the backoff is over.
@@ -1258,6 +1364,57 @@ class BillingWorkflow:
             cause = f"dunning:{dunning.since.isoformat()}"
             await self._record(BillingStatus.SUSPENDED, "billing.suspended", cause=cause)
             await self._notify(NoticeKind.SUSPENDED, cause)
+        scheduled = self._state.scheduled_plan
+        if scheduled is not None and scheduled.at <= now:
+            await self._apply_scheduled_plan(scheduled)
+
+    async def _apply_scheduled_plan(self, scheduled: ScheduledPlan) -> None:
+        """The period is ending: move to the scheduled plan without proration (the renewal
+        bills it), unless billing ended meanwhile or the tenant no longer fits the plan."""
+        state = self._state
+        cause = f"scheduled-plan:{scheduled.at.isoformat()}"
+        previous = state.plan
+        if state.subscription is None or state.status is BillingStatus.CANCELLED:
+            state.scheduled_plan = None
+            await self._record(
+                state.status,
+                "billing.plan_change_dropped",
+                cause=cause,
+                data={"plan": scheduled.plan.value, "reason": "billing ended"},
+                release_hold=True,
+            )
+            return
+        if scheduled.plan != previous:
+            excess = await self._activity(
+                BillingActivities.plan_excesses,
+                PlanFit(tenant_id=self._tenant_id, plan=scheduled.plan),
+            )
+            if excess:
+                state.scheduled_plan = None
+                reason = "uses more than it allows: " + ", ".join(map(_describe, excess))
+                await self._record(
+                    state.status,
+                    "billing.plan_change_dropped",
+                    cause=cause,
+                    data={"plan": scheduled.plan.value, "reason": reason},
+                    release_hold=True,
+                )
+                return
+            self._adopt(
+                await self._update_subscription(plan=scheduled.plan, prorate=False, key=cause)
+            )
+        state.scheduled_plan = None
+        await self._record(
+            state.status,
+            "billing.plan_changed",
+            cause=cause,
+            actor_id=scheduled.requested_by,
+            data={
+                "plan": scheduled.plan.value,
+                "previous_plan": previous.value if previous else "",
+                "at_period_end": "true",
+            },
+        )
 
     def _retention_over(self) -> bool:
         """The cancelled tenant's data retention is over and no message waits."""
@@ -1285,7 +1442,11 @@ class BillingWorkflow:
         plan: PlanId | None = None,
         cancel_at_period_end: bool | None = None,
         trial_end: datetime | None = None,
+        prorate: bool = True,
+        key: str | None = None,
     ) -> SubscriptionSnapshot:
+        """Change the subscription at Stripe, under the update's id (or ``key``, off an
+        update)."""
         assert self._state.subscription is not None
         return await self._activity(
             BillingActivities.update_subscription,
@@ -1294,7 +1455,8 @@ class BillingWorkflow:
                 plan=plan,
                 cancel_at_period_end=cancel_at_period_end,
                 trial_end=trial_end,
-                idempotency_key=f"{workflow.info().workflow_id}:{_update_id()}",
+                idempotency_key=f"{workflow.info().workflow_id}:{key or _update_id()}",
+                prorate=prorate,
             ),
         )
 
@@ -1310,6 +1472,7 @@ class BillingWorkflow:
         cause: str,
         actor_id: uuid.UUID | None = None,
         data: dict[str, str] | None = None,
+        release_hold: bool = False,
     ) -> None:
         # The state moves only once the write succeeded: a failed write is tried again whole.
         state = self._state
@@ -1335,6 +1498,8 @@ class BillingWorkflow:
                 retention_ends_at=retention,
                 data=data or {},
                 held=state.hold is not None,
+                scheduled_plan=state.scheduled_plan,
+                release_hold=release_hold,
             ),
             summary=f"{previous.value} → {status.value}: {action or 'projection refresh'}",
         )

@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import stripe
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -47,7 +47,7 @@ from connectors.billing import (
 from connectors.billing.stripe_gateway import gateway_from_settings
 from core import audit, metrics
 from core.errors import Conflict, NotFound, Problem, ServiceUnavailable, Unprocessable
-from core.plans import PlanSpec, usage_since
+from core.plans import PlanSpec, plan_of, usage_since
 from core.security import Principal
 from core.settings import Settings
 from models.base import utcnow
@@ -58,6 +58,7 @@ from models.billing import (
     BillingView,
     Invoice,
     InvoiceAdjustment,
+    InvoicePreview,
     OperatorRequest,
     OperatorSuspension,
     PaymentMethodCollection,
@@ -65,6 +66,7 @@ from models.billing import (
     PaymentMethodRequest,
     PaymentMethodSetup,
     PlanChange,
+    PlanPreview,
     ProvisionRequest,
     RenewalChange,
     StripeEvent,
@@ -265,6 +267,8 @@ class SubscriptionView(BaseModel):
     trial_end: datetime | None
     grace_ends_at: datetime | None
     retention_ends_at: datetime | None
+    scheduled_plan: PlanId | None
+    scheduled_plan_at: datetime | None
 
 
 @router.get("/subscription", summary="The caller's tenant subscription")
@@ -280,6 +284,8 @@ async def get_subscription(principal: CurrentPrincipal, session: SessionDep) -> 
         trial_end=row.trial_end,
         grace_ends_at=row.grace_ends_at,
         retention_ends_at=row.retention_ends_at,
+        scheduled_plan=row.scheduled_plan,
+        scheduled_plan_at=row.scheduled_plan_at,
     )
 
 
@@ -561,6 +567,17 @@ class PlanBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan_id: PlanId
+    # ``now`` (prorated) or ``period_end`` (the renewal bills the new plan); by default a
+    # cheaper plan takes effect at the period's end, any other at once.
+    effective: Literal["now", "period_end"] | None = None
+
+    def at_period_end(self, settings: Settings, current: PlanId | None) -> bool:
+        if self.effective is not None:
+            return self.effective == "period_end"
+        if current is None:
+            return False
+        plans = settings.billing_plans
+        return plan_of(plans, self.plan_id).amount < plan_of(plans, current).amount
 
 
 @router.put("/subscription/plan", summary="Change the plan")
@@ -572,13 +589,40 @@ async def change_plan(
     settings: SettingsDep,
     key: workflow_calls.IdempotencyKey,
 ) -> BillingView:
-    """Stripe prorates the change. 409 when the tenant is not trialing or active, is on that
-    plan already, or uses more than the new plan allows (``excesses`` names what). A retry with
-    the same ``Idempotency-Key`` changes nothing more and answers the same."""
-    await _subscription(session, principal.tenant_id)
-    change = PlanChange(plan=body.plan_id, requested_by=principal.user_id)
+    """A change made now is prorated; one at the period's end (a cheaper plan, by default) is
+    kept until then (``scheduled_plan``) and the renewal bills it, while the tenant is held to
+    the new plan's limits. Changing to the current plan withdraws a scheduled change. 409 when
+    the tenant is not trialing or active, is on that plan already, or uses more than the new
+    plan allows (``excesses`` names what). A retry with the same ``Idempotency-Key`` changes
+    nothing more and answers the same."""
+    row = await _subscription(session, principal.tenant_id)
+    change = PlanChange(
+        plan=body.plan_id,
+        requested_by=principal.user_id,
+        at_period_end=body.at_period_end(settings, row.plan),
+    )
     call = _Call(client, settings, principal, key)
     return await _update(call, "change_plan", BillingWorkflow.change_plan, change)
+
+
+@router.post("/subscription/plan/preview", summary="Preview the invoice of a plan change")
+async def preview_plan_change(
+    body: PlanBody,
+    principal: TenantAdmin,
+    client: TemporalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> InvoicePreview:
+    """What Stripe would bill for the change, as ``PUT /subscription/plan`` with the same body
+    would make it: the prorated lines and the new plan's price on the next invoice, or only the
+    new price at the period's end. Nothing changes; 409 as for the change itself."""
+    row = await _subscription(session, principal.tenant_id)
+    preview = PlanPreview(plan=body.plan_id, at_period_end=body.at_period_end(settings, row.plan))
+    call = _Call(client, settings, principal, None)
+    answer: InvoicePreview = await _execute(
+        call, "preview_plan", BillingWorkflow.preview_plan_change, preview
+    )
+    return answer
 
 
 @router.post("/subscription/cancel", summary="Cancel at the end of the period")

@@ -24,6 +24,8 @@ from models.billing import (
     AdjustmentSnapshot,
     BillingEvent,
     ChargeSnapshot,
+    InvoiceLine,
+    InvoicePreview,
     InvoiceSnapshot,
     PaymentMethodSnapshot,
     SetupIntentSnapshot,
@@ -133,8 +135,17 @@ class BillingGateway(Protocol):
         price_id: str | None = None,
         cancel_at_period_end: bool | None = None,
         trial_end: datetime | None = None,
+        prorate: bool = True,
     ) -> SubscriptionSnapshot:
-        """Change the plan (prorated), whether it renews, and/or when its trial ends."""
+        """Change the plan (prorated unless ``prorate`` is false), whether it renews, and/or
+        when its trial ends."""
+        ...
+
+    async def preview_plan_change(
+        self, subscription: SubscriptionSnapshot, plan: PlanId, price_id: str, *, prorate: bool
+    ) -> InvoicePreview:
+        """The invoice a change of the subscription to ``plan`` (``price_id``) brings, as
+        Stripe computes it; nothing changes."""
         ...
 
     async def report_usage(
@@ -309,6 +320,36 @@ def invoice_snapshot(obj: Mapping[str, Any], as_of: int) -> InvoiceSnapshot:
         created=_time(obj.get("created") or obj.get("date")) or datetime.fromtimestamp(as_of, UTC),
         as_of=as_of,
     )
+
+
+def invoice_preview(
+    obj: Mapping[str, Any], plan: PlanId, billed_at: datetime | None
+) -> InvoicePreview:
+    """A previewed Stripe invoice (any API version, or localstripe's): its total and lines."""
+    lines = (obj.get("lines") or {}).get("data") or []
+    return InvoicePreview(
+        plan=plan,
+        currency=str(obj.get("currency") or "usd"),
+        amount_due=int(obj.get("amount_due") or 0),
+        billed_at=billed_at,
+        lines=[
+            InvoiceLine(
+                description=line.get("description"),
+                amount=int(line.get("amount") or 0),
+                proration=_is_proration(line),
+            )
+            for line in lines
+        ],
+    )
+
+
+def _is_proration(line: Mapping[str, Any]) -> bool:
+    """Named on the line before API version 2025-03-31, under its parent since."""
+    if "proration" in line:
+        return bool(line["proration"])
+    parent = line.get("parent") or {}
+    details = parent.get("subscription_item_details") or parent.get("invoice_item_details") or {}
+    return bool(details.get("proration"))
 
 
 def setup_intent_snapshot(obj: Mapping[str, Any]) -> SetupIntentSnapshot:

@@ -23,6 +23,7 @@ from connectors.billing import (
     GatewayOpener,
     charge_snapshot,
     default_payment_method,
+    invoice_preview,
     invoice_snapshot,
     payment_method_snapshot,
     subscription_snapshot,
@@ -32,10 +33,12 @@ from core.plans import PlanSpec
 from core.settings import Settings
 from models.billing import (
     ChargeSnapshot,
+    InvoicePreview,
     InvoiceSnapshot,
     PaymentMethodSnapshot,
     SubscriptionSnapshot,
 )
+from models.onboarding import PlanId
 
 # Error codes Stripe sends (with 429, or 400 on older API versions) for a request that may
 # succeed when repeated later: https://docs.stripe.com/error-codes, /rate-limits.
@@ -239,13 +242,16 @@ class StripeGateway:
         price_id: str | None = None,
         cancel_at_period_end: bool | None = None,
         trial_end: datetime | None = None,
+        prorate: bool = True,
     ) -> SubscriptionSnapshot:
-        # Stripe prorates a plan change by default (and localstripe knows no other way).
+        # Stripe prorates a plan change by default.
         params: dict[str, Any] = {}
         if trial_end is not None:
             params["trial_end"] = int(trial_end.timestamp())
         if price_id is not None:
             params["items"] = [{"id": subscription.item_id, "plan": price_id}]
+            if not prorate:
+                params["proration_behavior"] = "none"
         if cancel_at_period_end is not None:
             params["cancel_at_period_end"] = cancel_at_period_end
         async with _classified():
@@ -255,6 +261,26 @@ class StripeGateway:
                 options={"idempotency_key": idempotency_key},
             )
         return subscription_snapshot(updated.to_dict(), _now())
+
+    async def preview_plan_change(
+        self, subscription: SubscriptionSnapshot, plan: PlanId, price_id: str, *, prorate: bool
+    ) -> InvoicePreview:
+        details: dict[str, Any] = {
+            "items": [{"id": subscription.item_id, "plan": price_id}],
+            "proration_behavior": "create_prorations" if prorate else "none",
+        }
+        if prorate:
+            details["proration_date"] = _now()
+        async with _classified():
+            preview = await self._client.v1.invoices.create_preview_async(
+                params={
+                    "customer": subscription.customer_id,
+                    "subscription": subscription.subscription_id,
+                    "subscription_details": details,
+                },  # type: ignore[arg-type]
+            )
+        # Prorations go on the next invoice, as does the new price: both at the period's end.
+        return invoice_preview(preview.to_dict(), plan, subscription.current_period_end)
 
     async def report_usage(
         self,

@@ -7,6 +7,10 @@ localstripe lacks or cannot be made to do.
   a meter event needs a known ``event_name``, a customer in its payload and a unique
   ``identifier`` (a repeat is refused, 400, as Stripe does within 24 h); events are kept so
   that a test can read what was billed.
+- **No proration** (``proration_behavior=none``), which localstripe ignores: on a subscription
+  update the front removes the "Unused time" items localstripe adds, and from an invoice
+  preview it removes the proration lines (and their sum from the amount due), as Stripe does
+  (https://docs.stripe.com/billing/subscriptions/prorations#disable-prorations).
 - **Faults**: a test queues answers (status and Stripe's error body) for the next requests to a
   path, as Stripe sends them on a rotated key (401), a missing permission (403), a concurrent
   request on the same idempotency key (409), a rate limit or lock timeout (429), or an outage
@@ -17,10 +21,12 @@ Use it with ``pytest_plugins = ["tests.peers_stripe", "tests.peers.stripe_front"
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 import pytest
@@ -157,6 +163,46 @@ def _app(front: StripeFront, upstream: str) -> web.Application:
             }
         )
 
+    async def send(
+        method: str, path: str, headers: dict[str, str], body: bytes = b""
+    ) -> tuple[int, bytes, str]:
+        async with http["session"].request(
+            method, f"{upstream}{path}", data=body, headers=headers
+        ) as answer:
+            return answer.status, await answer.read(), answer.content_type
+
+    async def pending_prorations(customer: str, headers: dict[str, str]) -> set[str]:
+        _, body, _ = await send("GET", f"/v1/invoiceitems?customer={customer}&limit=99", headers)
+        return {item["id"] for item in json.loads(body)["data"] if item.get("proration")}
+
+    async def update_without_proration(
+        request: web.Request, form: list[tuple[str, str]], headers: dict[str, str]
+    ) -> web.Response:
+        kept = urlencode([(k, v) for k, v in form if k != "proration_behavior"]).encode()
+        _, found, _ = await send("GET", request.path, headers)
+        customer = json.loads(found)["customer"]
+        before = await pending_prorations(customer, headers)
+        status, body, content_type = await send("POST", request.path, headers, kept)
+        if status == 200:
+            for item in await pending_prorations(customer, headers) - before:
+                await send("DELETE", f"/v1/invoiceitems/{item}", headers)
+        return web.Response(status=status, body=body, content_type=content_type)
+
+    async def preview_without_proration(
+        request: web.Request, headers: dict[str, str]
+    ) -> web.Response:
+        status, body, content_type = await send(
+            "POST", request.path_qs, headers, await request.read()
+        )
+        if status != 200:
+            return web.Response(status=status, body=body, content_type=content_type)
+        preview = json.loads(body)
+        lines = [line for line in preview["lines"]["data"] if not line.get("proration")]
+        total = sum(line["amount"] for line in lines)
+        preview["lines"]["data"] = lines
+        preview.update(subtotal=total, total=total, amount_due=total)
+        return web.json_response(preview)
+
     async def forward(request: web.Request) -> web.Response:
         fault = front._next_fault(request.path)
         if fault is not None:
@@ -170,6 +216,15 @@ def _app(front: StripeFront, upstream: str) -> web.Application:
         headers = {
             name: request.headers[name] for name in _FORWARDED_HEADERS if name in request.headers
         }
+        if request.method == "POST" and request.content_type.endswith("urlencoded"):
+            form = parse_qsl((await request.read()).decode(), keep_blank_values=True)
+            unprorated = ("proration_behavior", "none") in form
+            if unprorated and request.path.startswith("/v1/subscriptions/"):
+                return await update_without_proration(request, form, headers)
+            if request.path == "/v1/invoices/create_preview" and (
+                ("subscription_details[proration_behavior]", "none") in form
+            ):
+                return await preview_without_proration(request, headers)
         async with http["session"].request(
             request.method,
             f"{upstream}{request.path_qs}",

@@ -977,6 +977,38 @@ async def test_an_operator_applies_new_dunning_policy_to_a_running_tenant(
     await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
 
 
+@pytest.mark.parametrize(
+    "billing_overrides",
+    [{"billing_grace": timedelta(minutes=10), "billing_reminders": [timedelta(minutes=2)]}],
+)
+@pytest.mark.usefixtures("ts_worker")
+async def test_new_policy_applied_during_dunning_moves_the_timer_it_waits_for(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    started_under = billing_settings.model_copy(
+        update={"billing_grace": None, "billing_reminders": None}
+    )
+    admin, customer, subscription, handle = await _active_tenant(
+        time_skipping_env.client, sessions, started_under, localstripe, left_running
+    )
+    invoice = await _failed_invoice(localstripe, customer, subscription)
+    await _post(ts_api, "invoice.payment_failed", invoice)
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.PAST_DUE)
+    # The workflow waits for the day-1 reminder of the 7-day grace; the new grace ends sooner.
+    operator = await member(sessions, billing_settings, Role.SUPER_ADMIN)
+    applied = await ts_api.post(
+        f"/api/v1/billing/tenants/{admin.tenant_id}/policy", headers=operator.headers
+    )
+    assert applied.status_code == 200, applied.text
+    await time_skipping_env.sleep(timedelta(minutes=11))
+    await _status(handle, sessions, admin.tenant_id, BillingStatus.SUSPENDED)
+
+
 # --- Self-service -------------------------------------------------------------------------
 
 
@@ -1297,3 +1329,176 @@ async def test_refunds_disputes_and_credit_notes_are_recorded_on_the_invoice_onc
     ]
     # Nothing of it changes the tenant's access.
     assert (await handle.query(BillingWorkflow.view)).status is BillingStatus.ACTIVE
+
+
+# --- Plan changes at the period's end -----------------------------------------------------
+
+
+async def _professional_tenant(
+    client: Client,
+    api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> tuple[Member, str, str, Billing]:
+    """An active tenant moved up to the professional plan (a change made at once)."""
+    admin, customer, subscription, handle = await _active_tenant(
+        client, sessions, settings, localstripe, left_running
+    )
+    upgraded = await api.put(
+        "/api/v1/billing/subscription/plan",
+        json={"plan_id": "professional"},
+        headers=admin.headers,
+    )
+    assert upgraded.status_code == 200, upgraded.text
+    assert (upgraded.json()["plan"], upgraded.json()["scheduled_plan"]) == ("professional", None)
+    return admin, customer, subscription, handle
+
+
+async def _stripe_plan(localstripe: LocalStripe, subscription: str) -> str:
+    async with localstripe.sdk() as sdk:
+        found = await sdk.v1.subscriptions.retrieve_async(subscription)
+    return str(found.to_dict()["plan"]["metadata"]["plan_id"])
+
+
+async def _pending_items(localstripe: LocalStripe, customer: str) -> list[str]:
+    """The customer's invoice items waiting for the next invoice (prorations, say)."""
+    async with localstripe.sdk() as sdk:
+        found = await sdk.v1.invoice_items.list_async(params={"customer": customer})
+    return sorted(str(item.id) for item in found.data)
+
+
+async def _reserved(sessions: SessionFactory, tenant_id: uuid.UUID) -> str | None:
+    async with sessions() as session:
+        tenant = await session.get(Tenant, tenant_id)
+    assert tenant is not None
+    return tenant.plan_reserved
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_downgrade_waits_for_the_period_end_and_the_renewal_bills_it(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, customer, subscription, handle = await _professional_tenant(
+        client, ts_api, sessions, billing_settings, localstripe, left_running
+    )
+    plan = "/api/v1/billing/subscription/plan"
+
+    # The previews: a cheaper plan is billed at its price at the period's end, unprorated; a
+    # dearer one now, with the unused time credited.
+    down = await ts_api.post(f"{plan}/preview", json={"plan_id": "starter"}, headers=admin.headers)
+    assert down.status_code == 200, down.text
+    assert down.json()["amount_due"] == 2900
+    assert [(line["amount"], line["proration"]) for line in down.json()["lines"]] == [(2900, False)]
+    up = await ts_api.post(f"{plan}/preview", json={"plan_id": "business"}, headers=admin.headers)
+    assert up.status_code == 200, up.text
+    lines = up.json()["lines"]
+    assert (19900, False) in [(line["amount"], line["proration"]) for line in lines]
+    assert any(line["proration"] and line["amount"] < 0 for line in lines)
+    assert up.json()["amount_due"] == sum(line["amount"] for line in lines)
+    same = await ts_api.post(
+        f"{plan}/preview", json={"plan_id": "professional"}, headers=admin.headers
+    )
+    assert same.status_code == 409
+
+    # The downgrade is kept for the period's end: Stripe still bills professional, the tenant
+    # is held to the starter plan's limits meanwhile.
+    scheduled = await ts_api.put(plan, json={"plan_id": "starter"}, headers=admin.headers)
+    assert scheduled.status_code == 200, scheduled.text
+    view = scheduled.json()
+    assert (view["plan"], view["scheduled_plan"]) == ("professional", "starter")
+    period_end = datetime.fromisoformat(view["current_period_end"])
+    assert datetime.fromisoformat(view["scheduled_plan_at"]) == period_end - timedelta(hours=1)
+    again = await ts_api.put(
+        plan, json={"plan_id": "starter", "effective": "period_end"}, headers=admin.headers
+    )
+    assert again.status_code == 409
+    shown = (await ts_api.get("/api/v1/billing/subscription", headers=admin.headers)).json()
+    assert (shown["plan"], shown["scheduled_plan"]) == ("professional", "starter")
+    assert await _stripe_plan(localstripe, subscription) == "professional"
+    assert await _reserved(sessions, admin.tenant_id) == "starter"
+
+    # The period ends: Stripe moves to starter without crediting the unused time.
+    pending = await _pending_items(localstripe, customer)
+    await time_skipping_env.sleep(period_end - datetime.now(UTC))
+    await eventually(
+        lambda: _projection(sessions, admin.tenant_id),
+        lambda row: row is not None and row.plan is PlanId.STARTER and row.scheduled_plan is None,
+    )
+    assert await _stripe_plan(localstripe, subscription) == "starter"
+    assert await _pending_items(localstripe, customer) == pending  # nothing prorated
+    view = (await handle.query(BillingWorkflow.view)).model_dump()
+    assert (view["plan"], view["scheduled_plan"], view["status"]) == (
+        PlanId.STARTER,
+        None,
+        BillingStatus.ACTIVE,
+    )
+    assert await _reserved(sessions, admin.tenant_id) is None
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.plan_changed",
+        "billing.plan_change_scheduled",
+        "billing.plan_changed",
+    ]
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_scheduled_downgrade_is_withdrawn_or_dropped_when_the_tenant_outgrows_it(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, _, subscription, _ = await _professional_tenant(
+        client, ts_api, sessions, billing_settings, localstripe, left_running
+    )
+    plan = "/api/v1/billing/subscription/plan"
+    scheduled = await ts_api.put(plan, json={"plan_id": "starter"}, headers=admin.headers)
+    assert scheduled.json()["scheduled_plan"] == "starter", scheduled.text
+
+    # Back to the current plan: the scheduled change and its hold are gone.
+    withdrawn = await ts_api.put(plan, json={"plan_id": "professional"}, headers=admin.headers)
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert (withdrawn.json()["plan"], withdrawn.json()["scheduled_plan"]) == ("professional", None)
+    assert await _reserved(sessions, admin.tenant_id) is None
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert row.scheduled_plan is None
+    nothing = await ts_api.put(plan, json={"plan_id": "professional"}, headers=admin.headers)
+    assert nothing.status_code == 409
+
+    # Scheduled again; members added past the hold (an operator's import, say) outgrow it.
+    scheduled = await ts_api.put(plan, json={"plan_id": "starter"}, headers=admin.headers)
+    assert scheduled.status_code == 200, scheduled.text
+    period_end = datetime.fromisoformat(scheduled.json()["current_period_end"])
+    for _ in range(3):  # four members: more than the starter plan's three users
+        await member(sessions, billing_settings, Role.USER, tenant_id=admin.tenant_id)
+    await time_skipping_env.sleep(period_end - datetime.now(UTC))
+    await eventually(
+        lambda: _actions(sessions, admin.tenant_id),
+        lambda actions: actions[-1] == "billing.plan_change_dropped",
+    )
+    assert await _stripe_plan(localstripe, subscription) == "professional"
+    row = await _projection(sessions, admin.tenant_id)
+    assert row is not None
+    assert (row.plan, row.scheduled_plan) == (PlanId.PROFESSIONAL, None)
+    assert await _reserved(sessions, admin.tenant_id) is None
+    async with sessions() as session:
+        dropped = await session.scalar(
+            select(AuditEntry)
+            .where(AuditEntry.tenant_id == admin.tenant_id)
+            .order_by(AuditEntry.seq.desc())
+            .limit(1)
+        )
+    assert dropped is not None
+    assert dropped.data["reason"] == "uses more than it allows: users 4 (limit 3)"
