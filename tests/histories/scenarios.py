@@ -52,6 +52,8 @@ from models.billing import (
     BillingPolicy,
     BillingStatus,
     OperatorRequest,
+    PlanChange,
+    PlanPreview,
     ProvisionRequest,
     Subscription,
     UsageMetric,
@@ -1264,6 +1266,43 @@ async def test_billing_provisioning_retried(
         )
         await _status(handle, sessions, admin.tenant_id, BillingStatus.TRIALING)
         await record(client, "billing-provisioning-retried", handle.id)
+        await finish(client, handle.id)
+
+
+async def test_billing_plan_change_at_period_end(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    stripe_front: StripeFront,
+    localstripe: LocalStripe,
+) -> None:
+    """A downgrade scheduled for the period's end (after a preview), withdrawn, scheduled
+    again and applied unprorated when the period ends."""
+    client = time_skipping_env.client
+    settings = stripe_front.settings(billing_settings)
+    admin = await member(sessions, settings)
+    async with localstripe.sdk() as sdk:
+        await card_holder(sdk, admin.tenant_id, admin.email)
+    async with _billing_worker(client, sessions, settings):
+        handle = await _provision(client, settings, admin.tenant_id, PlanId.PROFESSIONAL)
+        await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+        down = PlanChange(plan=PlanId.STARTER, requested_by=admin.user_id, at_period_end=True)
+        await handle.execute_update(
+            BillingWorkflow.preview_plan_change,
+            PlanPreview(plan=PlanId.STARTER, at_period_end=True),
+        )
+        await handle.execute_update(BillingWorkflow.change_plan, down, id="down-1")
+        back = PlanChange(plan=PlanId.PROFESSIONAL, requested_by=admin.user_id)
+        await handle.execute_update(BillingWorkflow.change_plan, back, id="back-1")
+        view = await handle.execute_update(BillingWorkflow.change_plan, down, id="down-2")
+        assert view.scheduled_plan_at is not None
+        await record(client, "billing-plan-change-scheduled", handle.id)
+        await time_skipping_env.sleep(view.scheduled_plan_at - datetime.now(UTC))
+        await eventually(
+            lambda: handle.query(BillingWorkflow.view),
+            lambda found: found.plan is PlanId.STARTER and found.scheduled_plan is None,
+        )
+        await record(client, "billing-plan-changed-at-period-end", handle.id)
         await finish(client, handle.id)
 
 
