@@ -28,6 +28,7 @@ from connectors.ports import Connector
 from connectors.secrets import SecretStore, connection_path, staged_path
 from core import audit, search
 from core.db import SessionFactory, transaction
+from core.plans import release_connection
 from core.settings import Settings
 from models.connection import (
     CheckOutcome,
@@ -177,18 +178,23 @@ class ConnectionActivities:
 
     @activity.defn
     async def discard_staged_credentials(self, command: ConnectionCommand) -> None:
-        """Forget credentials the vendor refused: nothing of them is kept."""
+        """Forget credentials the vendor refused: nothing of them is kept, and a new
+        connection's slot in the plan is free again."""
         await self._secrets.delete(staged_path(command.tenant_id, command.connection_id))
+        async with transaction(self._sessions) as session:
+            await release_connection(session, command.connection_id)
 
     @activity.defn
     async def record_connection(
         self, command: ConnectionCommand, check: CheckOutcome
     ) -> ConnectionView:
-        """Write the connection's row for a connect or a test, and audit a connect."""
+        """Write the connection's row for a connect or a test, and audit a connect. A new
+        connection takes the place of the slot held for it, in the same transaction."""
         now = datetime.now(UTC)
         async with transaction(self._sessions) as session:
             row = await session.get(Connection, command.connection_id)
             if row is None:
+                await release_connection(session, command.connection_id)
                 row = Connection(
                     id=command.connection_id,
                     tenant_id=command.tenant_id,

@@ -9,13 +9,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Problem
 from models.base import utcnow
 from models.billing import GAUGES, UsageEvent, UsageMetric
-from models.connection import Connection, ConnectionStatus
+from models.connection import Connection, ConnectionHold, ConnectionStatus
 from models.onboarding import PlanId
 from models.tenant import Tenant
 from models.user import Membership
@@ -43,6 +43,9 @@ class PlanSpec(BaseModel):
     currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
     interval: str = Field(default="month", pattern=r"^(day|week|month|year)$")
     limits: dict[Resource, int | None]
+    # Priced per user: ``amount`` is per member, and the subscription bills the tenant's
+    # members as its quantity.
+    per_seat: bool = False
 
     def limit(self, resource: Resource) -> int | None:
         return self.limits.get(resource)
@@ -176,6 +179,11 @@ async def usage_since(
     return usage
 
 
+async def seats_of(session: AsyncSession, plan: PlanSpec, tenant_id: uuid.UUID) -> int:
+    """The quantity the plan bills the tenant: its members when priced per user, else 1."""
+    return max(await member_count(session, tenant_id), 1) if plan.per_seat else 1
+
+
 async def ensure_room_for_user(
     session: AsyncSession, plans: Iterable[PlanSpec], tenant_id: uuid.UUID
 ) -> None:
@@ -187,15 +195,25 @@ async def ensure_room_for_user(
 
 
 async def connection_count(session: AsyncSession, tenant_id: uuid.UUID) -> int:
-    """The tenant's connections that count against its plan (disconnected ones do not)."""
-    count = await session.scalar(
+    """The tenant's connections that count against its plan: those not disconnected, and
+    those being set up (their slots held). One statement, so that a hold turning into its
+    connection as this reads is counted once, never zero times."""
+    connections = (
         select(func.count())
         .select_from(Connection)
         .where(
             Connection.tenant_id == tenant_id,
             Connection.status != ConnectionStatus.DISCONNECTED,
         )
+        .scalar_subquery()
     )
+    holds = (
+        select(func.count())
+        .select_from(ConnectionHold)
+        .where(ConnectionHold.tenant_id == tenant_id, ConnectionHold.held_until > utcnow())
+        .scalar_subquery()
+    )
+    count = await session.scalar(select(connections + holds))
     return int(count or 0)
 
 
@@ -207,6 +225,53 @@ async def ensure_room_for_connection(
     used = await connection_count(session, tenant_id)
     advice = "upgrade the plan or disconnect one"
     await _ensure_room(session, plans, tenant_id, Resource.CONNECTORS, used, advice)
+
+
+#: How long a slot is held for a connection being set up when its workflow neither records
+#: the connection nor lets the connect go (it never started, or failed): a connect takes
+#: seconds, retries included; an OAuth connect's wait for the consent comes on top.
+CONNECTION_HOLD = timedelta(minutes=15)
+
+
+async def take_turn(session: AsyncSession, tenant_id: uuid.UUID) -> None:
+    """Hold the tenant's row until the transaction ends: the writes a count of the tenant
+    admits (invitations, connects, role changes, removals) take turns, so none reads a count
+    another is about to change (a plan's limit, the last tenant_admin)."""
+    await session.get(Tenant, tenant_id, with_for_update=True)
+
+
+async def hold_connection(
+    session: AsyncSession,
+    plans: Iterable[PlanSpec],
+    tenant_id: uuid.UUID,
+    connection_id: uuid.UUID,
+    wait: timedelta = timedelta(),
+) -> None:
+    """Take a slot of the tenant's plan for a new connection (403 when there is none), in
+    turn with the tenant's other connects. It is held until the connection's workflow records
+    the connection or lets the connect go, at most ``CONNECTION_HOLD`` plus ``wait`` (a
+    consent's); the caller commits before starting that workflow.
+
+    Holds that ran out are deleted before the count: on SQLite, which has no row locks, that
+    first write is what makes two connects take turns."""
+    await take_turn(session, tenant_id)
+    now = utcnow()
+    await session.execute(
+        delete(ConnectionHold).where(
+            ConnectionHold.tenant_id == tenant_id, ConnectionHold.held_until <= now
+        )
+    )
+    await ensure_room_for_connection(session, plans, tenant_id)
+    until = now + CONNECTION_HOLD + wait
+    session.add(ConnectionHold(connection_id=connection_id, tenant_id=tenant_id, held_until=until))
+    await session.flush()
+
+
+async def release_connection(session: AsyncSession, connection_id: uuid.UUID) -> None:
+    """Free the slot held for a connection being set up (none held: nothing to do)."""
+    await session.execute(
+        delete(ConnectionHold).where(ConnectionHold.connection_id == connection_id)
+    )
 
 
 _NOUNS = {Resource.USERS: "users", Resource.CONNECTORS: "connections"}

@@ -16,7 +16,7 @@ from models.billing import (
     UsageEvent,
     UsageReport,
 )
-from models.connection import Connection, ConnectionPacing
+from models.connection import Connection, ConnectionHold, ConnectionPacing
 from models.content import ContentItem, ContentPolicy
 from models.email import OutboundEmail
 from models.identity import AuthSession, RecoveryCode, RefreshToken, SsoIdentity
@@ -37,6 +37,7 @@ __all__ = [
     "Base",
     "BillingPlan",
     "Connection",
+    "ConnectionHold",
     "ConnectionPacing",
     "ContentItem",
     "ContentPolicy",

@@ -65,6 +65,21 @@ class Connection(Timestamped, Base):
     auth_notified_at: Mapped[datetime | None]
 
 
+class ConnectionHold(Base):
+    """A slot of the tenant's plan held for a connection being set up: taken with the plan
+    check (the tenant's row locked), it counts as a connection until the connection's workflow
+    records the connection or lets the connect go, or ``held_until`` passes (a connect whose
+    workflow never started or never ended)."""
+
+    __tablename__ = "connection_holds"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    held_until: Mapped[datetime]
+
+
 class ConnectionPacing(Base):
     """A connection's place in its vendor's rate limit (``connectors/pacing.py``): the
     theoretical arrival time of its next call, in seconds since the epoch."""

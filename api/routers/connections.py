@@ -16,7 +16,8 @@ import jwt
 from fastapi import APIRouter, Depends, Query, Response, status
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select, tuple_
-from temporalio.client import Client
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -36,7 +37,7 @@ from connectors.oauth import authorize_url, oauth_client
 from connectors.secrets import secret_store_from_settings, staged_path
 from core import search
 from core.errors import Conflict, NotFound, Problem, Unprocessable
-from core.plans import ensure_room_for_connection
+from core.plans import hold_connection, release_connection
 from core.security import Principal
 from core.settings import Settings
 from models.connection import (
@@ -143,11 +144,12 @@ async def connect(
     settings: SettingsDep,
 ) -> ConnectionView:
     """Check the credentials with the vendor and keep them: 201 with the connection, or 422
-    with the vendor's reason (nothing is kept). 403 past the plan's number of connections."""
+    with the vendor's reason (nothing is kept). 403 past the plan's number of connections,
+    counting those being set up."""
     spec = _spec(body.connector_id)
     auth_kind = body.auth_kind or spec.auth_kind
-    await ensure_room_for_connection(session, settings.billing_plans, principal.tenant_id)
     connection_id = uuid.uuid4()
+    await hold_connection(session, settings.billing_plans, principal.tenant_id, connection_id)
     command = ConnectionCommand(
         action=ConnectionAction.CONNECT,
         connection_id=connection_id,
@@ -165,7 +167,11 @@ async def connect(
             tenant_id=principal.tenant_id,
         ),
     )
-    return _connected(await _run(client, settings, command))
+    await session.commit()
+    async with workflow_calls.deadline(settings):
+        handle = await _start_new(client, settings, session, command)
+        outcome = await handle.result()
+    return _connected(outcome)
 
 
 @router.post(
@@ -182,7 +188,8 @@ async def connect_with_consent(
 ) -> OAuthStart:
     """Start an OAuth connection: send the browser to ``authorize_url``; the provider returns
     it to the callback, which completes the connection. The attempt expires at
-    ``expires_at``."""
+    ``expires_at``; until then it counts against the plan's number of connections (403 past
+    it)."""
     spec = _spec(body.connector_id)
     if "oauth2_authorization_code" not in spec.auth_kinds:
         raise Unprocessable(f"{spec.display_name} has no consent screen to connect with.")
@@ -193,7 +200,6 @@ async def connect_with_consent(
         connection_settings, _ = spec.split_form(body.form, "oauth2_authorization_code")
     except ValidationError as exc:
         raise _invalid_form(exc) from None
-    await ensure_room_for_connection(session, settings.billing_plans, principal.tenant_id)
     wait = timedelta(minutes=settings.oauth_consent_minutes)
     command = ConnectionCommand(
         action=ConnectionAction.CONNECT,
@@ -206,10 +212,11 @@ async def connect_with_consent(
         settings=connection_settings.model_dump(mode="json"),
         consent_timeout=wait,
     )
+    tenant_id = principal.tenant_id
+    await hold_connection(session, settings.billing_plans, tenant_id, command.connection_id, wait)
+    await session.commit()
     async with workflow_calls.deadline(settings):
-        await client.start_workflow(
-            ConnectionWorkflow.run, command, **start_options(command, settings)
-        )
+        await _start_new(client, settings, session, command)
     expires_at = datetime.now(UTC) + wait
     url = authorize_url(
         spec,
@@ -421,6 +428,22 @@ async def _run(client: Client, settings: Settings, command: ConnectionCommand) -
     except WorkflowAlreadyStartedError:
         raise Conflict("Another change to this connection is running; try again.") from None
     return outcome
+
+
+async def _start_new(
+    client: Client, settings: Settings, session: AsyncSession, command: ConnectionCommand
+) -> WorkflowHandle[ConnectionWorkflow, ConnectionOutcome]:
+    """Start a new connection's workflow, which frees the slot held for it however the
+    connect ends; a start Temporal refused or never received frees it here. (A start that
+    timed out may have been taken: its slot is held until it runs out.)"""
+    try:
+        return await client.start_workflow(
+            ConnectionWorkflow.run, command, **start_options(command, settings)
+        )
+    except RPCError:
+        await release_connection(session, command.connection_id)
+        await session.commit()
+        raise
 
 
 def start_options(command: ConnectionCommand, settings: Settings) -> dict[str, Any]:

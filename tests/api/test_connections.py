@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -227,15 +227,25 @@ async def test_the_plan_limits_connections(
     connect_settings: Settings,
 ) -> None:
     admin = await member(sessions, connect_settings)
+    await _on_starter_with(sessions, admin.tenant_id, connections=5)
+    limited = await _connect(connections_api, admin, wordpress_site)
+    assert limited.status_code == 403
+    assert limited.json()["limit"] == "connectors"
+
+
+async def _on_starter_with(
+    sessions: SessionFactory, tenant_id: uuid.UUID, connections: int
+) -> None:
+    """Put the tenant on the starter plan (five connections) with ``connections`` of them."""
     async with transaction(sessions) as session:
-        tenant = await session.get(Tenant, admin.tenant_id)
+        tenant = await session.get(Tenant, tenant_id)
         assert tenant is not None
-        tenant.plan = "starter"  # five connections
-        for n in range(5):
+        tenant.plan = "starter"
+        for n in range(connections):
             session.add(
                 Connection(
                     id=uuid.uuid4(),
-                    tenant_id=admin.tenant_id,
+                    tenant_id=tenant_id,
                     connector_id="wordpress",
                     auth_kind="application_password",
                     label=f"site {n}",
@@ -245,9 +255,18 @@ async def test_the_plan_limits_connections(
                     health=ConnectionHealth.HEALTHY,
                 )
             )
-    limited = await _connect(connections_api, admin, wordpress_site)
-    assert limited.status_code == 403
-    assert limited.json()["limit"] == "connectors"
+
+
+async def _counted(sessions: SessionFactory, tenant_id: uuid.UUID) -> int:
+    """The tenant's connections that are not disconnected."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Connection).where(
+                Connection.tenant_id == tenant_id,
+                Connection.status != ConnectionStatus.DISCONNECTED,
+            )
+        )
+        return len(list(rows))
 
 
 async def test_live_reads_come_from_the_tenants_own_system(
@@ -407,20 +426,76 @@ async def _outbox(sessions: SessionFactory, tenant_id: uuid.UUID, subject: str) 
         return len(list(rows))
 
 
-async def _hubspot_connection(api: httpx.AsyncClient, admin: Member, label: str) -> str:
-    """A HubSpot connection by private app token; its path."""
-    created = await api.post(
+def _hubspot_connect(
+    api: httpx.AsyncClient, admin: Member, label: str, token: str = PRIVATE_APP_TOKEN
+) -> Awaitable[httpx.Response]:
+    """Connect HubSpot by private app token."""
+    return api.post(
         "/api/v1/connections",
         json={
             "connector_id": "hubspot",
             "label": label,
             "auth_kind": "api_key",
-            "form": {"api_key": PRIVATE_APP_TOKEN},
+            "form": {"api_key": token},
         },
         headers=admin.headers,
     )
+
+
+async def _hubspot_connection(api: httpx.AsyncClient, admin: Member, label: str) -> str:
+    """A HubSpot connection by private app token; its path."""
+    created = await _hubspot_connect(api, admin, label)
     assert created.status_code == 201, created.text
     return f"/api/v1/connections/{created.json()['connection_id']}"
+
+
+async def test_connects_at_once_never_pass_the_plan(
+    hubspot_api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    """One connection below the limit, two connects at once: one connects, the other is
+    refused, however the two interleave."""
+    admin = await member(sessions, settings)
+    await _on_starter_with(sessions, admin.tenant_id, connections=4)
+    answers = await asyncio.gather(
+        *(_hubspot_connect(hubspot_api, admin, f"CRM {n}") for n in range(2))
+    )
+    assert sorted(a.status_code for a in answers) == [201, 403], [a.text for a in answers]
+    refused = next(a for a in answers if a.status_code == 403).json()
+    assert (refused["limit"], refused["allowed"], refused["used"]) == ("connectors", 5, 5)
+    assert await _counted(sessions, admin.tenant_id) == 5
+
+
+async def test_a_connect_under_way_holds_its_slot_until_it_ends(
+    hubspot_api: httpx.AsyncClient, sessions: SessionFactory, settings: Settings
+) -> None:
+    """A consent being given holds the last slot; a refused or denied connect frees it."""
+    api, admin = hubspot_api, await member(sessions, settings)
+    await _on_starter_with(sessions, admin.tenant_id, connections=4)
+    refused = await _hubspot_connect(api, admin, "CRM", token="pat-na1-not-a-token")
+    assert refused.status_code == 422, refused.text
+
+    started = await api.post(
+        "/api/v1/connections/oauth",
+        json={"connector_id": "hubspot", "label": "CRM", "form": {}},
+        headers=admin.headers,
+    )
+    assert started.status_code == 202, started.text
+    meanwhile = await _hubspot_connect(api, admin, "Other CRM")
+    assert meanwhile.status_code == 403, meanwhile.text
+    again = await api.post(
+        "/api/v1/connections/oauth",
+        json={"connector_id": "hubspot", "label": "CRM", "form": {}},
+        headers=admin.headers,
+    )
+    assert again.status_code == 403, again.text
+
+    state = parse_qs(urlsplit(started.json()["authorize_url"]).query)["state"][0]
+    denied = await api.get(
+        "/api/v1/connections/oauth/callback", params={"state": state, "error": "access_denied"}
+    )
+    assert denied.status_code == 422, denied.text
+    assert (await _hubspot_connect(api, admin, "CRM")).status_code == 201
+    assert await _counted(sessions, admin.tenant_id) == 5
 
 
 async def test_revoked_credentials_mark_the_connection_and_tell_the_admins_once(

@@ -12,14 +12,22 @@ from temporalio.testing import ActivityEnvironment
 from activities.billing import BillingActivities
 from connectors.mail import mailer_from_settings
 from core.db import SessionFactory, transaction
-from core.plans import GIB, PlanLimitReached, Resource, ensure_room_for_user, plan_of
+from core.plans import (
+    GIB,
+    PlanLimitReached,
+    Resource,
+    ensure_room_for_user,
+    hold_connection,
+    plan_of,
+)
 from core.settings import Settings
 from models.base import utcnow
 from models.billing import PlanFit
+from models.connection import ConnectionHold
 from models.onboarding import PlanId
 from models.tenant import Tenant
 from models.user import Role
-from tests.factories import member
+from tests.factories import hubspot_connection, member
 
 
 def test_the_product_plans_are_the_default() -> None:
@@ -111,6 +119,30 @@ async def test_a_plan_change_under_way_holds_invitations_to_the_stricter_plan(
         tenant.plan_reserved_until = utcnow() - timedelta(seconds=1)
     async with sessions() as session:
         await ensure_room_for_user(session, settings.billing_plans, admin.tenant_id)
+
+
+async def test_a_downgrade_counts_the_connections_being_set_up(
+    sessions: SessionFactory, settings: Settings
+) -> None:
+    admin = await member(sessions, settings)
+    await _on_plan(sessions, admin.tenant_id, PlanId.PROFESSIONAL)
+    for _ in range(5):  # what the starter plan allows
+        await hubspot_connection(sessions, settings, admin.tenant_id)
+    connecting = uuid.uuid4()
+    async with transaction(sessions) as session:
+        await hold_connection(session, settings.billing_plans, admin.tenant_id, connecting)
+    billing = BillingActivities(sessions, mailer_from_settings(settings, sessions), settings, None)
+    env = ActivityEnvironment()
+    down = PlanFit(tenant_id=admin.tenant_id, plan=PlanId.STARTER)
+    [excess] = await env.run(billing.plan_excesses, down)
+    assert (excess.resource, excess.used, excess.limit) == (Resource.CONNECTORS, 6, 5)
+
+    # A connect that never ended (its workflow never started) holds its slot no longer.
+    async with transaction(sessions) as session:
+        held = await session.get(ConnectionHold, connecting)
+        assert held is not None
+        held.held_until = utcnow() - timedelta(seconds=1)
+    assert await env.run(billing.plan_excesses, down) == []
 
 
 async def _on_plan(sessions: SessionFactory, tenant_id: uuid.UUID, plan: PlanId) -> None:
