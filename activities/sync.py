@@ -681,6 +681,7 @@ class SyncActivities:
                 )
             return SyncStart(
                 active=True,
+                tenant_id=profile.tenant_id,
                 updated_since=profile.cursor,
                 page_cursor=profile.page_cursor,
                 pending_cursor=profile.pending_cursor,

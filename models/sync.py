@@ -224,9 +224,11 @@ class SyncCounts(BaseModel):
 
 class SyncStart(BaseModel):
     """Where a run begins: the committed watermark, or an interrupted run's page; for a
-    two-way profile (``two_way``) the backward leg's too."""
+    two-way profile (``two_way``) the backward leg's too. ``tenant_id``: whose run it is (its
+    usage is the tenant's), when it runs."""
 
     active: bool
+    tenant_id: uuid.UUID | None = None
     updated_since: datetime | None = None
     page_cursor: str | None = None
     pending_cursor: datetime | None = None

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ChatTurnRequest,
     )
     from models.agents import TOOLS, ToolCall, ToolOutcome, ToolRequest
+    from workflows import metering
 
 PROCESS = "agent-chat"
 #: Refusal types of the updates (the API maps them to problems).
@@ -67,6 +68,7 @@ class AgentChatWorkflow:
     - **end** (update): the person closes the session; a day without messages closes it too.
     - Steps per message follow the agent's ``max_steps``, tokens per message its
       ``run_token_budget``. A long transcript continues as a new run with its latest entries.
+    - The session counts one workflow run as it starts (not again when it continues).
     """
 
     @workflow.init
@@ -89,6 +91,7 @@ class AgentChatWorkflow:
     async def run(self, start: ChatStart) -> ChatState:
         """Wait for messages; end when asked or idle; continue as new when long."""
         await self._record()
+        await metering.count_run(start.tenant_id)
         while self._state.status is ChatStatus.OPEN:
             try:
                 await workflow.wait_condition(partial(self._stirred, self._said), timeout=_IDLE)

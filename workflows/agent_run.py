@@ -35,9 +35,9 @@ with workflow.unsafe.imports_passed_through():
         TraceEntry,
     )
     from models.approval import ApprovalKind, ApprovalOutcome, ApprovalRequest, ApprovalStatus
-    from models.billing import UsageMetric, UsageRecord
+    from models.billing import UsageMetric
     from models.user import Role
-    from workflows import approval
+    from workflows import approval, metering
 
 PROCESS = "agent-run"
 _STORE_TIMEOUT = timedelta(seconds=30)
@@ -86,7 +86,8 @@ class AgentRunWorkflow:
     - **Apply**: each write is an activity with a key fixed here, so a retry never writes
       twice.
 
-    The ``agent_runs`` projection follows the status; the decision log gets the result.
+    The ``agent_runs`` projection follows the status; the decision log gets the result. Usage:
+    the run's agent minutes, and one workflow run unless a task or playbook started it.
     """
 
     @workflow.init
@@ -110,6 +111,7 @@ class AgentRunWorkflow:
     async def run(self, start: AgentRunStart) -> AgentRunState:
         """Think, have the writes reviewed when required, apply them; return the run."""
         await self._record()
+        await metering.count_run(start.tenant_id)
         began = workflow.now()
         failure: RunFailed | None = None
         try:
@@ -315,17 +317,12 @@ class AgentRunWorkflow:
 
     async def _count_minutes(self, thinking: timedelta) -> None:
         """The run's agent minutes (its thinking, not the wait for a review), rounded up."""
-        await workflow.execute_activity(
-            "record_usage",
-            UsageRecord(
-                tenant_id=self._start.tenant_id,
-                metric=UsageMetric.AGENT_MINUTES,
-                quantity=max(1, math.ceil(thinking.total_seconds() / 60)),
-                occurred_at=workflow.now(),
-                idempotency_key=f"{workflow_id(self._start.run_id)}:minutes",
-            ),
-            start_to_close_timeout=_STORE_TIMEOUT,
-            summary="count the run's agent minutes as usage",
+        await metering.record_usage(
+            self._start.tenant_id,
+            UsageMetric.AGENT_MINUTES,
+            max(1, math.ceil(thinking.total_seconds() / 60)),
+            f"{workflow_id(self._start.run_id)}:minutes",
+            "count the run's agent minutes as usage",
         )
 
     def _spend(self, what: str) -> None:

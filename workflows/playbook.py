@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
         WaitStep,
         resolve,
     )
-    from workflows import agent_run, approval, publish
+    from workflows import agent_run, approval, metering, publish
 
 PROCESS = "playbook"
 #: Refusal type of the control updates (the API maps it to a 409).
@@ -82,6 +82,8 @@ class PlaybookWorkflow:
       as every item's does) submitted at once, and wait until it is published.
     - **pause** / **resume** (updates) hold the run before its next step; **cancel** ends it
       at once, cancelling a wait or a pending approval.
+
+    The run counts one workflow run as it starts; its child runs are part of it.
     """
 
     @workflow.init
@@ -99,6 +101,7 @@ class PlaybookWorkflow:
     async def run(self, start: PlaybookStart) -> PlaybookState:
         """The steps, until the end, a failure or a cancel."""
         await self._record()
+        await metering.count_run(start.tenant_id)
         step_id = self._document.steps[0].id
         failure: StepFailed | None = None
         try:

@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRequest,
         ApprovalStatus,
     )
-    from models.billing import UsageMetric, UsageRecord
+    from models.billing import UsageMetric
     from models.content import (
         Actor,
         CmsTarget,
@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
         UnpublishMode,
         UnpublishRequest,
     )
-    from workflows import approval
+    from workflows import approval, metering
 
 PROCESS = "publish"
 # Error types of refused updates; the API maps each to its HTTP status.
@@ -113,7 +113,8 @@ class PublishWorkflow:
       a retry after a timeout finds the post it created; later revisions update the same post.
       The post is read back and checked; a mismatch fails the publish with the reason, and the
       item keeps the post (unverified: it exists at the CMS) for the next publish to write over.
-      Published, the item is audited and counted as usage.
+      Published, the item is audited and counted as usage. The item's process counts one
+      workflow run as it starts (none when a playbook's run started it).
     - Credentials the CMS refuses: the connection is checked (marked ``auth_failed``, the
       admins told) and the item waits ``reconnect_wait`` for the reconnect signal, then fails.
     - **Unpublish**: back to a draft at the CMS, or into its trash.
@@ -140,6 +141,7 @@ class PublishWorkflow:
         """Serve the item: review, schedule, publish and unpublish as asked; never ends by
         itself (it continues as new when its history grows long)."""
         await self._record()
+        await metering.count_run(self._item.tenant_id)
         if start.submission is not None:
             self._submit(start.submission)
         while True:
@@ -601,18 +603,12 @@ class PublishWorkflow:
         await self._record(audit="unpublished")
 
     async def _count_usage(self) -> None:
-        await workflow.execute_activity(
-            "record_usage",
-            UsageRecord(
-                tenant_id=self._item.tenant_id,
-                metric=UsageMetric.CONTENT_PUBLISHED,
-                quantity=1,
-                occurred_at=workflow.now(),
-                idempotency_key=f"{workflow_id(self._item.content_id)}:"
-                f"{self._item.post_generation}:published",
-            ),
-            start_to_close_timeout=_STORE_TIMEOUT,
-            summary="count the published item as usage",
+        await metering.record_usage(
+            self._item.tenant_id,
+            UsageMetric.CONTENT_PUBLISHED,
+            1,
+            f"{workflow_id(self._item.content_id)}:{self._item.post_generation}:published",
+            "count the published item as usage",
         )
 
     # --- State ------------------------------------------------------------------------

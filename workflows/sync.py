@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         SyncRunState,
         SyncStart,
     )
+    from workflows import metering
 
 PROCESS = "sync"
 #: Kept in step with ``activities.sync.LONG_WAIT_ERROR``.
@@ -46,7 +47,9 @@ class SyncWorkflow:
     Schedule is paused and its admins told first. After ``pages_per_run`` pages the run
     continues as new. A two-way profile's run then reads the target back to the source the
     same way (the backward leg, from its own position) before it completes. ``BizStatus``:
-    ``running``, then ``completed``, ``paused``, ``auth_failed`` or ``failed``.
+    ``running``, then ``completed``, ``paused``, ``auth_failed`` or ``failed``. Usage: a run of an
+    active profile counts one workflow run as it begins; each page's commit counts the records
+    written since the last one.
     """
 
     def __init__(self) -> None:
@@ -67,6 +70,8 @@ class SyncWorkflow:
             if not start.active:
                 self._publish("paused")
                 return state.counts
+            if start.tenant_id is not None:
+                await metering.count_run(start.tenant_id)
             state.started = True
             state.workflow_run_id = workflow.info().run_id
             state.updated_since = start.updated_since

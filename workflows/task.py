@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
         TaskStatus,
     )
-    from workflows import agent_run
+    from workflows import agent_run, metering
 
 PROCESS = "task"
 # Error types of refused updates; the API maps each to its HTTP status.
@@ -92,7 +92,8 @@ class TaskWorkflow:
       used (while ``waiting``, only their budgets: they stay paused).
 
     ``BizStatus`` follows the status (``breached`` while an open task is past a deadline),
-    ``SlaDeadline`` the earliest deadline not yet met, and the ``tasks`` projection both.
+    ``SlaDeadline`` the earliest deadline not yet met, and the ``tasks`` projection both. The
+    task counts one workflow run as it is created (its agent's run is part of it).
     """
 
     @workflow.init
@@ -125,6 +126,7 @@ class TaskWorkflow:
             else:
                 self._routing = True
         await self._record()
+        await metering.count_run(self._task.tenant_id)
         while self._task.status not in TERMINAL:
             if self._routing:
                 await self._route()

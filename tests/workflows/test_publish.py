@@ -30,7 +30,7 @@ from connectors.storage import storage_from_settings
 from core.db import SessionFactory, transaction
 from core.settings import Settings
 from models.approval import Approval, ApprovalStatus, DeadlinePolicy
-from models.billing import UsageEvent
+from models.billing import UsageEvent, UsageMetric
 from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.content import (
     CmsTarget,
@@ -264,7 +264,11 @@ async def test_a_publish_days_ahead_waits_rescheduled_then_publishes_once(
     assert row is not None
     assert row.status is ContentStatus.PUBLISHED
     assert row.post_id == "41"
-    assert [u.quantity for u in usage] == [1]
+    # Published once; the item's process is one workflow run.
+    assert sorted((u.metric, u.quantity) for u in usage) == [
+        (UsageMetric.CONTENT_PUBLISHED, 1),
+        (UsageMetric.WORKFLOW_RUNS, 1),
+    ]
 
 
 async def test_an_unanswered_review_expires_back_to_draft(
@@ -449,9 +453,15 @@ async def listed(
 
 
 async def _usage(sessions: SessionFactory, tenant_id: uuid.UUID) -> list[UsageEvent]:
+    """The tenant's published items counted as usage."""
     async with sessions() as session:
         return list(
-            await session.scalars(select(UsageEvent).where(UsageEvent.tenant_id == tenant_id))
+            await session.scalars(
+                select(UsageEvent).where(
+                    UsageEvent.tenant_id == tenant_id,
+                    UsageEvent.metric == UsageMetric.CONTENT_PUBLISHED,
+                )
+            )
         )
 
 
