@@ -40,7 +40,15 @@ from connectors.mail import Mailer
 from connectors.storage import ObjectStorage
 from core import audit, search
 from core.db import SessionFactory, transaction
-from core.plans import Excess, excesses, latest_storage, measured_usage, plan_of, reserve_plan
+from core.plans import (
+    Excess,
+    excesses,
+    latest_storage,
+    measured_usage,
+    plan_of,
+    reserve_plan,
+    seats_of,
+)
 from core.settings import Settings
 from models.audit import AuditEntry
 from models.billing import (
@@ -76,6 +84,7 @@ from models.billing import (
     PlanFit,
     PreviewRequest,
     ProvisionRequest,
+    SeatsUpdate,
     SetupIntentRequest,
     Subscription,
     SubscriptionRequest,
@@ -196,6 +205,16 @@ async def signal_billing(
     )
 
 
+async def count_seats_again(client: Client, tenant_id: uuid.UUID) -> None:
+    """Tell the tenant's billing workflow, if it runs, that its members changed (send it
+    before committing the change: the workflow counts a little later)."""
+    try:
+        await client.get_workflow_handle(workflow_id(tenant_id)).signal("seats_changed")
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:  # no billing: nothing to count
+            raise
+
+
 async def deliver_event(
     client: Client, settings: Settings, tenant_id: uuid.UUID, event: BillingEvent
 ) -> None:
@@ -271,6 +290,7 @@ def _copy_snapshot(row: Subscription, snapshot: SubscriptionSnapshot) -> None:
     row.current_period_end = snapshot.current_period_end
     row.cancel_at_period_end = snapshot.cancel_at_period_end
     row.trial_end = snapshot.trial_end
+    row.seats = snapshot.quantity
 
 
 class BillingActivities:
@@ -376,6 +396,7 @@ class BillingActivities:
         if existing is not None:
             return existing
         price_id = await self.ensure_plan_price(request.plan)
+        seats = await self._seats(request.tenant_id, request.plan)
         async with self._stripe() as gateway:
             return await gateway.create_subscription(
                 request.customer_id,
@@ -383,7 +404,14 @@ class BillingActivities:
                 request.tenant_id,
                 request.trial_end,
                 request.idempotency_key,
+                quantity=seats,
             )
+
+    async def _seats(self, tenant_id: uuid.UUID, plan_id: PlanId) -> int:
+        """The quantity ``plan_id`` bills the tenant (its members if priced per user)."""
+        plan = plan_of(self._settings.billing_plans, plan_id)
+        async with self._sessions() as session:
+            return await seats_of(session, plan, tenant_id)
 
     @activity.defn
     async def fetch_subscription(self, subscription_id: str) -> SubscriptionSnapshot | None:
@@ -400,7 +428,11 @@ class BillingActivities:
     @activity.defn
     async def update_subscription(self, update: SubscriptionUpdate) -> SubscriptionSnapshot:
         """Change the plan (Stripe prorates) or whether the subscription renews."""
-        price_id = await self.ensure_plan_price(update.plan) if update.plan else None
+        price_id, seats = None, None
+        tenant_id = update.tenant_id or update.subscription.tenant_id
+        if update.plan is not None:
+            price_id = await self.ensure_plan_price(update.plan)
+            seats = await self._seats(tenant_id, update.plan) if tenant_id else None
         async with self._stripe() as gateway:
             return await gateway.update_subscription(
                 update.subscription,
@@ -409,15 +441,36 @@ class BillingActivities:
                 cancel_at_period_end=update.cancel_at_period_end,
                 trial_end=update.trial_end,
                 prorate=update.prorate,
+                quantity=seats,
+            )
+
+    @activity.defn
+    async def update_seats(self, update: SeatsUpdate) -> SubscriptionSnapshot | None:
+        """Bill the tenant's members as the seats of a plan priced per user (prorated);
+        ``None`` when the quantity is right already."""
+        plan_id = update.subscription.plan
+        if plan_id is None:
+            return None
+        seats = await self._seats(update.tenant_id, plan_id)
+        if seats == update.subscription.quantity:
+            return None
+        async with self._stripe() as gateway:
+            return await gateway.update_subscription(
+                update.subscription, f"{update.idempotency_key}:{seats}", quantity=seats
             )
 
     @activity.defn
     async def preview_plan_change(self, request: PreviewRequest) -> InvoicePreview:
         """What Stripe would bill for the change (nothing changes)."""
         price_id = await self.ensure_plan_price(request.plan)
+        seats = await self._seats(request.tenant_id, request.plan)
         async with self._stripe() as gateway:
             return await gateway.preview_plan_change(
-                request.subscription, request.plan, price_id, prorate=request.prorate
+                request.subscription,
+                request.plan,
+                price_id,
+                prorate=request.prorate,
+                quantity=seats,
             )
 
     @activity.defn

@@ -47,6 +47,23 @@ STRIPE_WEBHOOKS = Counter(
     ["outcome"],
     registry=None,
 )
+# Billing reconciliation with Stripe: tenants by outcome, and drifts by kind (see
+# models/billing_reconciliation.py).
+RECONCILED_SUBSCRIPTIONS = Counter(
+    "bizosaas_billing_reconciled_subscriptions",
+    "Tenants' subscriptions reconciled with Stripe, by outcome (checked, drifted, repaired, "
+    "unrepaired, failed).",
+    ["outcome"],
+    registry=None,
+)
+SUBSCRIPTION_DRIFT = Counter(
+    "bizosaas_billing_subscription_drift",
+    "Differences between the subscriptions projection and Stripe found by reconciliation, by "
+    "kind (status, plan, period_end, cancel_at_period_end, trial_end, gone, "
+    "unknown_subscription).",
+    ["kind"],
+    registry=None,
+)
 
 
 class SdkMetrics(Collector):
@@ -137,9 +154,12 @@ def expose(app: FastAPI, registry: CollectorRegistry, sessions: SessionFactory) 
 
 
 def worker_registry() -> CollectorRegistry:
-    """The worker process's metrics: e-mails and the SDK's worker metrics."""
+    """The worker process's metrics: e-mails, billing reconciliation and the SDK's worker
+    metrics."""
     registry = CollectorRegistry()
     registry.register(EMAILS)
+    registry.register(RECONCILED_SUBSCRIPTIONS)
+    registry.register(SUBSCRIPTION_DRIFT)
     registry.register(SDK)
     return registry
 

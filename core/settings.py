@@ -236,6 +236,10 @@ class Settings(BaseSettings):
     billing_reminders: list[timedelta] | None = None
     # Usage is aggregated and reported to Stripe meters this often, per tenant.
     usage_report_every: timedelta = timedelta(hours=1)
+    # Every subscription is compared with Stripe this often (the billing-reconciliation
+    # Schedule, kept to these at worker start), a page of this many tenants at a time.
+    billing_reconciliation_every: timedelta = timedelta(days=1)
+    billing_reconciliation_page_size: int = Field(default=100, ge=1, le=1000)
 
     # How long the API waits for a workflow to answer an update or a query before it answers
     # 504 (the update may still be applied: a retry with the same Idempotency-Key finds it).
@@ -317,6 +321,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_plans(cls, value: list[PlanSpec]) -> list[PlanSpec]:
         return check_catalogue(value)
+
+    @field_validator("billing_reconciliation_every")
+    @classmethod
+    def _check_reconciliation_every(cls, value: timedelta) -> timedelta:
+        if value < timedelta(minutes=1):
+            raise ValueError("BIZ_BILLING_RECONCILIATION_EVERY must be a minute or more")
+        return value
 
     @model_validator(mode="after")
     def _check_reminders(self) -> Settings:

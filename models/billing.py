@@ -93,6 +93,8 @@ class Subscription(Timestamped, Base):
     # A plan change waiting for the period's end, and when it is applied.
     scheduled_plan: Mapped[PlanId | None] = mapped_column(str_enum(PlanId))
     scheduled_plan_at: Mapped[datetime | None]
+    # The subscription's quantity: the seats of a plan priced per user, else 1.
+    seats: Mapped[int | None]
 
 
 class Invoice(Timestamped, Base):
@@ -243,6 +245,8 @@ class SubscriptionSnapshot(BaseModel):
     cancel_at_period_end: bool = False
     trial_end: datetime | None = None
     as_of: int
+    # The item's quantity: the seats of a plan priced per user, else 1.
+    quantity: int = 1
 
 
 class InvoiceSnapshot(BaseModel):
@@ -425,6 +429,11 @@ class OperatorHold(BaseModel):
     by: uuid.UUID | None = None
 
 
+# Ids of the events the reconciliation with Stripe delivers (``reconcile:{subscription}:...``):
+# the projection differed from Stripe, so billing reads Stripe and writes the projection again.
+RECONCILED = "reconcile:"
+
+
 class ScheduledPlan(BaseModel):
     """A plan change that takes effect at the end of the period (a downgrade, by default)."""
 
@@ -464,6 +473,8 @@ class BillingState(BaseModel):
     hold: OperatorHold | None = None
     # A plan change waiting for the period's end.
     scheduled_plan: ScheduledPlan | None = None
+    # Since when the tenant's members changed and the seats billed were not counted again.
+    seats_changed_since: datetime | None = None
     # Messages received but not yet handled when the run continued as new.
     pending: list[BillingEvent] = Field(default_factory=list)
     pending_provisions: list[ProvisionRequest] = Field(default_factory=list)
@@ -537,6 +548,8 @@ class BillingView(BaseModel):
     # A plan change waiting for the period's end, and when it is applied.
     scheduled_plan: PlanId | None = None
     scheduled_plan_at: datetime | None = None
+    # The seats billed (members, for a plan priced per user; else 1).
+    seats: int | None = None
 
 
 # --- Activity inputs ----------------------------------------------------------------------
@@ -558,6 +571,9 @@ class SubscriptionRequest(BaseModel):
 class SubscriptionUpdate(BaseModel):
     """A change to the live subscription through Stripe (plan, renewal, or trial end)."""
 
+    # Whose (for the seats of a plan priced per user); runs before it was sent name it in
+    # the subscription's metadata only.
+    tenant_id: uuid.UUID | None = None
     subscription: SubscriptionSnapshot
     plan: PlanId | None = None
     cancel_at_period_end: bool | None = None
@@ -674,9 +690,19 @@ class PlanFit(BaseModel):
     hold_until: datetime | None = None
 
 
+class SeatsUpdate(BaseModel):
+    """Bill the tenant's members as the subscription's seats (a plan priced per user)."""
+
+    tenant_id: uuid.UUID
+    subscription: SubscriptionSnapshot
+    # Prefix of the Stripe idempotency key (the count of seats completes it).
+    idempotency_key: str
+
+
 class PreviewRequest(BaseModel):
     """Ask Stripe what moving ``subscription`` to ``plan`` would bill."""
 
+    tenant_id: uuid.UUID
     subscription: SubscriptionSnapshot
     plan: PlanId
     prorate: bool

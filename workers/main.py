@@ -26,6 +26,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
+from activities.billing_reconciliation import ensure_reconciliation_schedule
 from core import metrics, search
 from core.db import SessionFactory, create_engine, session_factory
 from core.errors import Fatal
@@ -136,12 +137,17 @@ def _spec(keys: Sequence[SearchAttributeKey[Any]]) -> str:
 
 
 async def run(settings: Settings) -> None:
-    """Run until a stop signal; in-flight activities finish before exit."""
+    """Run until a stop signal; in-flight activities finish before exit. Makes sure of the
+    search attributes and of the billing reconciliation Schedule first."""
     try:
         client = await connect(settings)
     except TemporalUnavailable as exc:
         raise Fatal(str(exc)) from None
     await ensure_search_attributes(client, may_register=settings.temporal_api_key is None)
+    try:
+        await ensure_reconciliation_schedule(client, settings)
+    except RPCError as exc:  # the worker still serves; the next start tries again
+        log.error("the billing reconciliation Schedule could not be made: %s", exc.message)
     engine = create_engine(settings.database_url, echo=settings.database_echo)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

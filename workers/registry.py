@@ -9,6 +9,7 @@ from activities.agents import AgentActivities
 from activities.approval import ApprovalActivities
 from activities.audit import AuditActivities
 from activities.billing import BillingActivities, StorageMetering
+from activities.billing_reconciliation import ReconciliationActivities
 from activities.connections import ConnectionActivities
 from activities.identity import PasswordResetActivities
 from activities.onboarding import OnboardingActivities
@@ -27,6 +28,7 @@ from workflows.agent_run import AgentRunWorkflow
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import AuditVerificationWorkflow
 from workflows.billing import BillingWorkflow, UsageReportWorkflow
+from workflows.billing_reconciliation import BillingReconciliationWorkflow
 from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.password_reset import PasswordResetWorkflow
@@ -42,6 +44,7 @@ WORKFLOWS: Sequence[type] = (
     ApprovalWorkflow,
     BillingWorkflow,
     UsageReportWorkflow,
+    BillingReconciliationWorkflow,
     ConnectionWorkflow,
     ConnectionWriteWorkflow,
     SyncWorkflow,
@@ -66,6 +69,7 @@ def activities(sessions: SessionFactory, settings: Settings) -> list[Callable[..
         password_reset.apply_password_reset,
         *onboarding_activities(sessions, settings),
         *billing_activities(sessions, settings),
+        *reconciliation_activities(sessions, settings),
         *connection_activities(sessions, settings),
         *sync_activities(sessions, settings),
         *publishing_activities(sessions, settings),
@@ -102,6 +106,7 @@ def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Cal
         billing.fetch_invoice,
         billing.update_subscription,
         billing.preview_plan_change,
+        billing.update_seats,
         billing.plan_excesses,
         billing.create_setup_intent,
         billing.set_default_payment_method,
@@ -120,6 +125,20 @@ def billing_activities(sessions: SessionFactory, settings: Settings) -> list[Cal
         billing.ensure_usage_schedule,
         billing.remove_usage_schedule,
         StorageMetering(sessions, storage_from_settings(settings)).measure_storage,
+    ]
+
+
+def reconciliation_activities(
+    sessions: SessionFactory, settings: Settings
+) -> list[Callable[..., Any]]:
+    """Billing reconciliation: the subscriptions projection against Stripe."""
+    reconciliation = ReconciliationActivities(sessions, settings, gateway_from_settings(settings))
+    return [
+        reconciliation.list_subscriptions,
+        reconciliation.check_subscription,
+        reconciliation.repair_subscription,
+        reconciliation.unrepaired,
+        reconciliation.report_reconciliation,
     ]
 
 

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from core.plans import Excess
     from core.search import BIZ_PROCESS, BIZ_STATUS, TENANT_ID
     from models.billing import (
+        RECONCILED,
         AdjustmentRecord,
         AdjustmentSnapshot,
         BillingEvent,
@@ -63,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         ProvisionRequest,
         RenewalChange,
         ScheduledPlan,
+        SeatsUpdate,
         SetupIntentRequest,
         SetupIntentSnapshot,
         SubscriptionRequest,
@@ -110,6 +112,9 @@ _SCHEDULED_HOLD = timedelta(days=1)
 # The patch behind which the loop wakes when an update moves the next timer (a change
 # scheduled for the period's end, a new policy's grace): it waited for the earlier one.
 REARM = "billing-rearm-timers"
+# Members are counted this long after the news of a change: the change is signalled before it
+# is committed (a change that is not committed is then counted as no change).
+_SEATS_SETTLE = timedelta(seconds=5)
 # Stripe statuses of a subscription with a payment outstanding, and of one that is over.
 _UNPAID = frozenset({"past_due", "unpaid"})
 _ENDED = frozenset({"canceled", "incomplete_expired"})
@@ -286,6 +291,13 @@ class BillingWorkflow:
         """Give the tenant a subscription for the plan (on approval)."""
         self._provisions.append(request)
 
+    @workflow.signal
+    def seats_changed(self) -> None:
+        """The tenant's members changed: the seats of a plan priced per user are counted
+        again (once for any number of changes until then)."""
+        if self._state.seats_changed_since is None:
+            self._state.seats_changed_since = workflow.now()
+
     @workflow.query
     def view(self) -> BillingView:
         """The tenant's billing state: status, plan, period, renewal, grace and retention."""
@@ -306,6 +318,7 @@ class BillingWorkflow:
             suspended_by_operator=self._state.hold.reason if self._state.hold else None,
             scheduled_plan=scheduled.plan if scheduled else None,
             scheduled_plan_at=scheduled.at if scheduled else None,
+            seats=subscription.quantity if subscription else None,
         )
 
     @workflow.update
@@ -409,6 +422,7 @@ class BillingWorkflow:
         return await self._activity(
             BillingActivities.preview_plan_change,
             PreviewRequest(
+                tenant_id=self._tenant_id,
                 subscription=self._state.subscription,
                 plan=preview.plan,
                 prorate=not preview.at_period_end,
@@ -1066,6 +1080,9 @@ class BillingWorkflow:
             ended = snapshot.model_copy(update={"stripe_status": "canceled"})
             await self._follow_subscription(ended, event.event_id)
             return
+        if event.event_id.startswith(RECONCILED):
+            await self._reconcile(snapshot, event.event_id)
+            return
         if current is not None and snapshot.as_of < current.as_of:
             return  # older than what is known
         if current is not None and snapshot.as_of == current.as_of and snapshot != current:
@@ -1078,11 +1095,28 @@ class BillingWorkflow:
             snapshot = fetched
         await self._follow_subscription(snapshot, event.event_id)
 
+    async def _reconcile(self, snapshot: SubscriptionSnapshot, cause: str) -> None:
+        """The projection differed from Stripe: follow Stripe as it is now and write the
+        projection again, even where this workflow knew it already (a rebuilt run, say)."""
+        fetched = await self._activity(
+            BillingActivities.fetch_subscription,
+            snapshot.subscription_id,
+            summary="re-read the subscription the reconciliation found drifted",
+        )
+        if fetched is not None:
+            await self._follow_subscription(fetched, cause, fresh=True, rewrite=True)
+
     async def _follow_subscription(
-        self, snapshot: SubscriptionSnapshot, cause: str, *, fresh: bool = False
+        self,
+        snapshot: SubscriptionSnapshot,
+        cause: str,
+        *,
+        fresh: bool = False,
+        rewrite: bool = False,
     ) -> None:
         """Adopt a newer subscription state and move access where it points (``fresh``: the
-        snapshot was just read from Stripe)."""
+        snapshot was just read from Stripe; ``rewrite``: the projection is written even if
+        nothing changed here)."""
         previous = self._state.subscription
         self._adopt(snapshot)
         target = _access_of(snapshot.stripe_status)
@@ -1120,7 +1154,7 @@ class BillingWorkflow:
                 await self._refresh(cause)
         elif target is not None and not self._state.unpaid_invoices and status is not target:
             await self._record(target, _action_for(status, target), cause=cause)
-        elif previous is None or _changed(previous, snapshot):
+        elif previous is None or _changed(previous, snapshot) or rewrite:
             await self._refresh(cause)
 
     async def _on_invoice(self, event: BillingEvent, invoice: InvoiceSnapshot) -> None:
@@ -1323,6 +1357,9 @@ class BillingWorkflow:
             state.status is BillingStatus.CANCELLED or not self._lifeline
         ):
             deadlines.append((state.retention_ends_at, "data retention ends"))
+        if state.seats_changed_since is not None:
+            at = state.seats_changed_since + _SEATS_SETTLE
+            deadlines.append((at, "count the seats again"))
         if state.scheduled_plan is not None:
             deadlines.append(
                 (state.scheduled_plan.at, f"plan change to {state.scheduled_plan.plan.value}")
@@ -1367,6 +1404,32 @@ class BillingWorkflow:
         scheduled = self._state.scheduled_plan
         if scheduled is not None and scheduled.at <= now:
             await self._apply_scheduled_plan(scheduled)
+        seats_changed = self._state.seats_changed_since
+        if seats_changed is not None and seats_changed + _SEATS_SETTLE <= now:
+            await self._count_seats(seats_changed)
+
+    async def _count_seats(self, since: datetime) -> None:
+        """Bill the members as the seats of a plan priced per user (Stripe prorates)."""
+        state = self._state
+        cause = f"seats:{since.isoformat()}"
+        if state.subscription is not None and state.status is not BillingStatus.CANCELLED:
+            snapshot = await self._activity(
+                BillingActivities.update_seats,
+                SeatsUpdate(
+                    tenant_id=self._tenant_id,
+                    subscription=state.subscription,
+                    idempotency_key=f"{workflow.info().workflow_id}:{cause}",
+                ),
+            )
+            if snapshot is not None:
+                self._adopt(snapshot)
+                await self._record(
+                    state.status,
+                    "billing.seats_changed",
+                    cause=cause,
+                    data={"seats": str(snapshot.quantity)},
+                )
+        state.seats_changed_since = None
 
     async def _apply_scheduled_plan(self, scheduled: ScheduledPlan) -> None:
         """The period is ending: move to the scheduled plan without proration (the renewal
@@ -1455,6 +1518,7 @@ class BillingWorkflow:
                 plan=plan,
                 cancel_at_period_end=cancel_at_period_end,
                 trial_end=trial_end,
+                tenant_id=self._tenant_id,
                 idempotency_key=f"{workflow.info().workflow_id}:{key or _update_id()}",
                 prorate=prorate,
             ),

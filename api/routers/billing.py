@@ -269,6 +269,7 @@ class SubscriptionView(BaseModel):
     retention_ends_at: datetime | None
     scheduled_plan: PlanId | None
     scheduled_plan_at: datetime | None
+    seats: int | None
 
 
 @router.get("/subscription", summary="The caller's tenant subscription")
@@ -286,6 +287,7 @@ async def get_subscription(principal: CurrentPrincipal, session: SessionDep) -> 
         retention_ends_at=row.retention_ends_at,
         scheduled_plan=row.scheduled_plan,
         scheduled_plan_at=row.scheduled_plan_at,
+        seats=row.seats,
     )
 
 

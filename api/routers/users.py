@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, status
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 
+from activities.billing import count_seats_again
 from api import workflow_calls
 from api.billing_guard import read_only_guard
 from api.deps import SessionDep, SettingsDep, TemporalDep, require_role
@@ -20,13 +21,12 @@ from api.routers.password_reset import start_password_link
 from api.tenancy import scoped
 from core import audit
 from core.errors import Conflict, Forbidden, NotFound
-from core.identity import normalize_email, revoke_all_sessions
-from core.plans import ensure_room_for_user
+from core.identity import membership_of, normalize_email, revoke_all_sessions
+from core.plans import ensure_room_for_user, take_turn
 from core.security import Principal
 from core.settings import Settings
 from models.password_reset import LinkPurpose, PasswordResetInput
 from models.tasks import TERMINAL, ReleaseCommand, Task
-from models.tenant import Tenant
 from models.user import Membership, Role, User
 from workflows.task import TaskWorkflow
 from workflows.task import workflow_id as task_workflow_id
@@ -34,6 +34,7 @@ from workflows.task import workflow_id as task_workflow_id
 router = APIRouter(prefix="/api/v1/users", tags=["users"], dependencies=[read_only_guard])
 TenantAdmin = Annotated[Principal, Depends(require_role(Role.TENANT_ADMIN, Role.SUPER_ADMIN))]
 _GRANTABLE = frozenset(Role) - {Role.SUPER_ADMIN}
+_TAKEN = "An account with this e-mail already exists."
 
 
 class UserItem(BaseModel):
@@ -92,29 +93,27 @@ async def invite_user(
     settings: SettingsDep,
 ) -> UserItem:
     """Add a member to the caller's tenant, within the plan's user limit, and e-mail a link
-    to choose a password (valid ``BIZ_INVITATION_DAYS``)."""
+    to choose a password (valid ``BIZ_INVITATION_DAYS``); they sign in once they have chosen
+    it. Someone who was removed (from this tenant or another) is invited back to their own
+    account; an account that belongs to a tenant is not invited (409: each has one)."""
     if body.role not in _GRANTABLE:
         raise Forbidden("The super_admin role is granted with `bizosaas users create-admin`.")
-    await _take_turn(session, principal.tenant_id)
+    await take_turn(session, principal.tenant_id)
     await ensure_room_for_user(session, settings.billing_plans, principal.tenant_id)
-    user = User(
-        email=normalize_email(str(body.email)), full_name=body.full_name, password_hash=None
-    )
-    session.add(user)
-    try:
-        await session.flush()
-    except IntegrityError:
-        await session.rollback()
-        raise Conflict("An account with this e-mail already exists.") from None
+    user, returning = await _invitee(session, body)
     membership = Membership(user_id=user.id, tenant_id=principal.tenant_id, role=body.role)
     session.add(membership)
+    data: dict[str, Any] = {"user_id": str(user.id), "role": body.role.value}
+    if returning:
+        data["returning"] = True
     await audit.append(
         session,
         "user.invited",
         tenant_id=principal.tenant_id,
         actor=request_actor(request, principal),
-        data={"user_id": str(user.id), "role": body.role.value},
+        data=data,
     )
+    await _seats_changed(client, settings, principal.tenant_id)
     await session.commit()
     ttl = timedelta(days=settings.invitation_days)
     await start_password_link(
@@ -138,7 +137,7 @@ async def change_role(
     if body.role not in _GRANTABLE:
         raise Forbidden("The super_admin role is granted with `bizosaas users create-admin`.")
     membership = await _member(session, principal, user_id)
-    await _take_turn(session, membership.tenant_id)
+    await take_turn(session, membership.tenant_id)
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound(f"No user {user_id} in your tenant.")
@@ -167,10 +166,10 @@ async def remove_member(
 ) -> None:
     """Take a member out of the caller's tenant: their sessions there end at once, the open
     tasks they hold go to the next eligible person (or escalate), and their seat is free.
-    The account stays (audit entries name it; other tenants may have it). 409 for the last
+    The account stays (audit entries name it; it can be invited again). 409 for the last
     tenant_admin; platform administrators are managed from the command line (403)."""
     membership = await _member(session, principal, user_id)
-    await _take_turn(session, membership.tenant_id)
+    await take_turn(session, membership.tenant_id)
     if membership.role == Role.TENANT_ADMIN:
         await _keep_one_admin(session, membership.tenant_id)
     await session.delete(membership)
@@ -185,14 +184,30 @@ async def remove_member(
     # Before the commit: a release that reached a task is harmless should the commit fail
     # (the task is routed again); a member gone whose tasks still wait on them is not.
     await _release_tasks(session, client, settings, membership.tenant_id, user_id, principal)
+    await _seats_changed(client, settings, membership.tenant_id)
     await session.commit()
 
 
-async def _take_turn(session: SessionDep, tenant_id: uuid.UUID) -> None:
-    """Hold the tenant's row until the commit: its invitations, role changes and removals
-    take turns, so none reads a count another is about to change (the plan's user limit,
-    the last tenant_admin)."""
-    await session.get(Tenant, tenant_id, with_for_update=True)
+async def _invitee(session: SessionDep, body: InviteBody) -> tuple[User, bool]:
+    """The account to invite and whether it existed: a new one, or that of someone who
+    belongs to no tenant any more, locked so that no other invitation takes it meanwhile.
+    Like any invitee's, it has no password until the invitation is accepted (the old one
+    must not let them in before). 409 for an account in a tenant, or deactivated."""
+    email = normalize_email(str(body.email))
+    user = await session.scalar(select(User).where(User.email == email).with_for_update())
+    if user is None:
+        user = User(email=email, full_name=body.full_name, password_hash=None)
+        session.add(user)
+        try:
+            await session.flush()
+        except IntegrityError:
+            await session.rollback()
+            raise Conflict(_TAKEN) from None
+        return user, False
+    if not user.is_active or await membership_of(session, user.id) is not None:
+        raise Conflict(_TAKEN)
+    user.password_hash = None
+    return user, True
 
 
 async def _member(session: SessionDep, principal: Principal, user_id: uuid.UUID) -> Membership:
@@ -227,6 +242,13 @@ async def _release_tasks(
         for task_id in task_ids.all():
             handle = client.get_workflow_handle_for(TaskWorkflow.run, task_workflow_id(task_id))
             await handle.signal(TaskWorkflow.release, release)
+
+
+async def _seats_changed(client: Client, settings: Settings, tenant_id: uuid.UUID) -> None:
+    """Before the commit: billing counts the members a little later (a plan priced per user
+    bills them), and finds no change should the commit fail."""
+    async with workflow_calls.deadline(settings):
+        await count_seats_again(client, tenant_id)
 
 
 async def _keep_one_admin(session: SessionDep, tenant_id: uuid.UUID) -> None:

@@ -116,6 +116,7 @@ class BillingGateway(Protocol):
         tenant_id: uuid.UUID,
         trial_end: datetime | None,
         idempotency_key: str,
+        quantity: int = 1,
     ) -> SubscriptionSnapshot: ...
 
     async def fetch_subscription(self, subscription_id: str) -> SubscriptionSnapshot | None: ...
@@ -136,13 +137,20 @@ class BillingGateway(Protocol):
         cancel_at_period_end: bool | None = None,
         trial_end: datetime | None = None,
         prorate: bool = True,
+        quantity: int | None = None,
     ) -> SubscriptionSnapshot:
-        """Change the plan (prorated unless ``prorate`` is false), whether it renews, and/or
-        when its trial ends."""
+        """Change the plan and/or its quantity (prorated unless ``prorate`` is false), whether
+        it renews, and/or when its trial ends."""
         ...
 
     async def preview_plan_change(
-        self, subscription: SubscriptionSnapshot, plan: PlanId, price_id: str, *, prorate: bool
+        self,
+        subscription: SubscriptionSnapshot,
+        plan: PlanId,
+        price_id: str,
+        *,
+        prorate: bool,
+        quantity: int = 1,
     ) -> InvoicePreview:
         """The invoice a change of the subscription to ``plan`` (``price_id``) brings, as
         Stripe computes it; nothing changes."""
@@ -296,6 +304,7 @@ def subscription_snapshot(obj: Mapping[str, Any], as_of: int) -> SubscriptionSna
         cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
         trial_end=_time(obj.get("trial_end")),
         as_of=as_of,
+        quantity=int(item.get("quantity") or obj.get("quantity") or 1),
     )
 
 

@@ -159,10 +159,11 @@ class StripeGateway:
         tenant_id: uuid.UUID,
         trial_end: datetime | None,
         idempotency_key: str,
+        quantity: int = 1,
     ) -> SubscriptionSnapshot:
         params: dict[str, Any] = {
             "customer": customer_id,
-            "items": [{"plan": price_id}],
+            "items": [{"plan": price_id, "quantity": quantity}],
             "metadata": {TENANT_KEY: str(tenant_id)},
             "payment_behavior": "allow_incomplete",
         }
@@ -243,13 +244,18 @@ class StripeGateway:
         cancel_at_period_end: bool | None = None,
         trial_end: datetime | None = None,
         prorate: bool = True,
+        quantity: int | None = None,
     ) -> SubscriptionSnapshot:
-        # Stripe prorates a plan change by default.
+        # Stripe prorates a change of plan or quantity by default.
         params: dict[str, Any] = {}
         if trial_end is not None:
             params["trial_end"] = int(trial_end.timestamp())
-        if price_id is not None:
-            params["items"] = [{"id": subscription.item_id, "plan": price_id}]
+        if price_id is not None or quantity is not None:
+            item: dict[str, Any] = {"id": subscription.item_id}
+            if price_id is not None:
+                item["plan"] = price_id
+            item["quantity"] = quantity if quantity is not None else subscription.quantity
+            params["items"] = [item]
             if not prorate:
                 params["proration_behavior"] = "none"
         if cancel_at_period_end is not None:
@@ -263,10 +269,16 @@ class StripeGateway:
         return subscription_snapshot(updated.to_dict(), _now())
 
     async def preview_plan_change(
-        self, subscription: SubscriptionSnapshot, plan: PlanId, price_id: str, *, prorate: bool
+        self,
+        subscription: SubscriptionSnapshot,
+        plan: PlanId,
+        price_id: str,
+        *,
+        prorate: bool,
+        quantity: int = 1,
     ) -> InvoicePreview:
         details: dict[str, Any] = {
-            "items": [{"id": subscription.item_id, "plan": price_id}],
+            "items": [{"id": subscription.item_id, "plan": price_id, "quantity": quantity}],
             "proration_behavior": "create_prorations" if prorate else "none",
         }
         if prorate:

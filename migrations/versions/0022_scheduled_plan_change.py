@@ -1,4 +1,5 @@
-"""the subscriptions projection shows a plan change waiting for the period's end, and when
+"""the subscriptions projection shows a plan change waiting for the period's end, and when,
+and the seats billed
 
 Revision ID: 0022
 Revises: 0021
@@ -27,9 +28,11 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("scheduled_plan_at", models.base.UTCDateTime(timezone=True), nullable=True)
         )
+        batch.add_column(sa.Column("seats", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("subscriptions") as batch:
+        batch.drop_column("seats")
         batch.drop_column("scheduled_plan_at")
         batch.drop_column("scheduled_plan")

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +33,7 @@ from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
-from activities.billing import usage_schedule_id
+from activities.billing import count_seats_again, usage_schedule_id
 from activities.billing import workflow_id as billing_workflow_id
 from api.app import create_app
 from api.routers.onboarding import onboarding_input, start_onboarding
@@ -58,6 +59,12 @@ from models.billing import (
     Subscription,
     UsageMetric,
     UsageRecord,
+)
+from models.billing_reconciliation import (
+    DriftKind,
+    ReconciliationInput,
+    ReconciliationPolicy,
+    ReconciliationReport,
 )
 from models.connection import (
     ConnectionAction,
@@ -136,6 +143,11 @@ from tests.workflows.test_billing import (
     _status,
     _subjects,
 )
+from tests.workflows.test_billing_reconciliation import (
+    _active_tenant,
+    own_database,
+    reconciliation_worker,
+)
 from tests.workflows.test_onboarding import WIZARD, _approval_row, _state_until, _submitted
 from tests.workflows.test_password_reset import _confirmation, _emailed_token, _start
 from tests.workflows.test_publish import (
@@ -162,6 +174,7 @@ from workers.main import build_worker
 from workflows.approval import ApprovalWorkflow
 from workflows.audit_verification import workflow_id as audit_workflow_id
 from workflows.billing import BillingWorkflow, UsageReportWorkflow
+from workflows.billing_reconciliation import BillingReconciliationWorkflow
 from workflows.connection import ConnectionWorkflow, ConnectionWriteWorkflow, write_workflow_id
 from workflows.connection import workflow_id as connection_workflow_id
 from workflows.onboarding import OnboardingWorkflow, workflow_id
@@ -673,6 +686,53 @@ async def test_usage_report_measuring_storage(
     await record(client, "usage-report-measured", workflow_id)
 
 
+async def test_billing_reconciliation(
+    time_skipping_env: WorkflowEnvironment,
+    database_url: str,
+    tmp_path: Path,
+    settings: Settings,
+    localstripe: LocalStripe,
+    stripe_front: StripeFront,
+) -> None:
+    """A reconciliation over a database of its own (it reads every subscription): one tenant's
+    subscription cancelled in Stripe (repaired), one in step, one whose read Stripe refuses
+    (failed). The page is full, so the run continues as new; the next finds no more, reports."""
+    client = time_skipping_env.client
+    async with own_database(database_url, tmp_path) as (url, sessions):
+        billing = stripe_front.settings(settings).model_copy(
+            update={"billing_trial_days": 0, "database_url": url}
+        )
+        async with reconciliation_worker(client, sessions, billing):
+            cancelled, _, refused = [
+                await _active_tenant(client, sessions, billing, localstripe) for _ in range(3)
+            ]
+            async with localstripe.sdk() as sdk:
+                await sdk.v1.subscriptions.cancel_async(cancelled.subscription)
+            stripe_front.fail(
+                f"/v1/subscriptions/{refused.subscription}", Fault(400, "invalid_request_error")
+            )
+            handle = await client.start_workflow(
+                BillingReconciliationWorkflow.run,
+                ReconciliationInput(
+                    policy=ReconciliationPolicy(
+                        page_size=3, pages_per_run=1, settle=timedelta(seconds=5)
+                    )
+                ),
+                id="billing-reconciliation-recorded",
+                task_queue=billing.temporal_task_queue,
+            )
+            report = await handle.result()
+            assert report == ReconciliationReport(
+                checked=2, drifted=1, drift={DriftKind.STATUS: 1}, repaired=1, failed=1
+            )
+            last = await handle.describe()
+            assert last.run_id != handle.first_execution_run_id
+            await record(
+                client, "billing-reconciliation-repaired", handle.id, handle.first_execution_run_id
+            )
+            await record(client, "billing-reconciliation-reported", handle.id, last.run_id)
+
+
 # --- Password reset, audit verification ----------------------------------------------------
 
 
@@ -990,6 +1050,8 @@ async def test_connector_sync(
                 await record(client, f"{name}-next-run", handle.id)
             else:
                 await record(client, name, handle.id)
+            if name == "sync-completed":  # counted as a workflow run (usage-workflow-runs)
+                await record(client, "sync-run-counted", handle.id)
 
 
 async def test_connector_sync_failed_runs(
@@ -1103,6 +1165,7 @@ async def test_publishing(
         )
         await item_status(item, ContentStatus.DRAFT)
         await record(client, "publish-draft-edited", item.id)
+        await record(client, "publish-run-counted", item.id)  # usage-workflow-runs
         await item.execute_update(PublishWorkflow.submit, ContentSubmission(submitted_by=by))
         review = await _review_of(item)
         await _decide(client, review, _decision(Verdict.REQUEST_CHANGES, admin, "More."))
@@ -1306,6 +1369,33 @@ async def test_billing_plan_change_at_period_end(
         await finish(client, handle.id)
 
 
+async def test_billing_seats_counted(
+    time_skipping_env: WorkflowEnvironment,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+) -> None:
+    """A plan priced per user: members join and the seats billed follow."""
+    client = time_skipping_env.client
+    plans = [
+        plan.model_copy(update={"per_seat": True}) if plan.id is PlanId.STARTER else plan
+        for plan in billing_settings.billing_plans
+    ]
+    settings = billing_settings.model_copy(update={"billing_plans": plans})
+    admin = await member(sessions, settings)
+    async with localstripe.sdk() as sdk:
+        await card_holder(sdk, admin.tenant_id, admin.email)
+    async with _billing_worker(client, sessions, settings):
+        handle = await _provision(client, settings, admin.tenant_id)
+        await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
+        await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)
+        await count_seats_again(client, admin.tenant_id)
+        await time_skipping_env.sleep(timedelta(seconds=6))
+        await eventually(lambda: handle.query(BillingWorkflow.view), lambda found: found.seats == 2)
+        await record(client, "billing-seats-counted", handle.id)
+        await finish(client, handle.id)
+
+
 @pytest.mark.usefixtures("billing_worker")
 async def test_billing_payment_method_removed(
     time_skipping_env: WorkflowEnvironment,
@@ -1418,6 +1508,7 @@ async def test_tasks(
             )
         await task.result()
         await record(client, "task-done", task.id)
+        await record(client, "task-run-counted", task.id)  # usage-workflow-runs
 
         unwanted = await start_task(client, settings, admin, project_id, now, policy)
         await time_skipping_env.sleep(timedelta(hours=3))
@@ -1512,6 +1603,7 @@ async def test_agent_runs(
         plain = await run(lead)
         assert (await plain.result()).outcome.value == "no_action"
         await record(client, "agent-run-no-action", plain.id)
+        await record(client, "agent-run-counted", plain.id)  # usage-workflow-runs
 
         approved = await run(lead | {"write_score": True}, always_review=True)
         approval_id = await review_of(approved)
@@ -1678,6 +1770,7 @@ async def test_agent_chats(
         await talk.execute_update(AgentChatWorkflow.end, ChatEnd(by=person.user_id))
         assert (await talk.result()).status is ChatStatus.ENDED
         await record(client, "agent-chat", talk.id)
+        await record(client, "agent-chat-run-counted", talk.id)  # usage-workflow-runs
 
         quiet = await chat()
         chat_model_peer.reply_text("Hello.")
@@ -1806,6 +1899,7 @@ async def test_playbooks(
         )
         assert (await lead.result()).status.value == "completed"
         await record(client, "playbook-lead-hot", lead.id)
+        await record(client, "playbook-run-counted", lead.id)  # usage-workflow-runs
 
         slow = parse_document(
             {

@@ -22,12 +22,12 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.billing import signal_billing, workflow_id
+from activities.billing import count_seats_again, signal_billing, workflow_id
 from api.app import create_app
 from api.billing_guard import TenantSuspended, writable_tenant
 from connectors.billing import parse_event
 from core.db import SessionFactory
-from core.plans import plan_of
+from core.plans import PlanSpec, default_plans, plan_of
 from core.search import BIZ_STATUS
 from core.security import Principal
 from core.settings import Settings
@@ -1502,3 +1502,105 @@ async def test_a_scheduled_downgrade_is_withdrawn_or_dropped_when_the_tenant_out
         )
     assert dropped is not None
     assert dropped.data["reason"] == "uses more than it allows: users 4 (limit 3)"
+
+
+# --- Seats --------------------------------------------------------------------------------
+
+
+def _starter_per_seat() -> list[PlanSpec]:
+    """The default catalogue with the starter plan priced per user ($12 a member)."""
+    return [
+        plan.model_copy(update={"amount": 1200, "per_seat": True})
+        if plan.id is PlanId.STARTER
+        else plan
+        for plan in default_plans()
+    ]
+
+
+async def _stripe_quantity(localstripe: LocalStripe, subscription: str) -> int:
+    async with localstripe.sdk() as sdk:
+        found = await sdk.v1.subscriptions.retrieve_async(subscription)
+    return int(found.to_dict()["items"]["data"][0]["quantity"])
+
+
+@pytest.mark.parametrize("billing_overrides", [{"billing_plans": _starter_per_seat()}])
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_plan_priced_per_user_bills_the_members_as_seats(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    client = time_skipping_env.client
+    admin, _, subscription, handle = await _active_tenant(
+        client, sessions, billing_settings, localstripe, left_running
+    )
+    assert await _stripe_quantity(localstripe, subscription) == 1
+    assert (await handle.query(BillingWorkflow.view)).seats == 1
+
+    # Invited and removed through the API: the seats follow, a moment later.
+    invited = await ts_api.post(
+        "/api/v1/users",
+        json={"email": f"seat-{uuid.uuid4().hex[:8]}@example.com", "full_name": "Seat Holder"},
+        headers=admin.headers,
+    )
+    assert invited.status_code == 201, invited.text
+    await time_skipping_env.sleep(timedelta(seconds=6))
+    await eventually(lambda: _stripe_quantity(localstripe, subscription), lambda n: n == 2)
+    removed = await ts_api.delete(
+        f"/api/v1/users/{invited.json()['user_id']}", headers=admin.headers
+    )
+    assert removed.status_code == 204, removed.text
+    await time_skipping_env.sleep(timedelta(seconds=6))
+    await eventually(lambda: _stripe_quantity(localstripe, subscription), lambda n: n == 1)
+
+    # Two members join at once: one count for both.
+    for _ in range(2):
+        await member(sessions, billing_settings, Role.USER, tenant_id=admin.tenant_id)
+    await count_seats_again(client, admin.tenant_id)
+    await count_seats_again(client, admin.tenant_id)
+    await time_skipping_env.sleep(timedelta(seconds=6))
+    view = await eventually(
+        lambda: handle.query(BillingWorkflow.view), lambda found: found.seats == 3
+    )
+    assert view.plan is PlanId.STARTER
+    assert await _stripe_quantity(localstripe, subscription) == 3
+    shown = await ts_api.get("/api/v1/billing/subscription", headers=admin.headers)
+    assert shown.json()["seats"] == 3
+    # The preview of a flat plan bills one; a change to it makes the quantity one.
+    preview = await ts_api.post(
+        "/api/v1/billing/subscription/plan/preview",
+        json={"plan_id": "professional"},
+        headers=admin.headers,
+    )
+    assert preview.status_code == 200, preview.text
+    assert (7900, False) in [
+        (line["amount"], line["proration"]) for line in preview.json()["lines"]
+    ]
+    upgraded = await ts_api.put(
+        "/api/v1/billing/subscription/plan",
+        json={"plan_id": "professional"},
+        headers=admin.headers,
+    )
+    assert upgraded.status_code == 200, upgraded.text
+    assert upgraded.json()["seats"] == 1
+    assert await _stripe_quantity(localstripe, subscription) == 1
+    # Members changing on a flat plan change nothing at Stripe.
+    await count_seats_again(client, admin.tenant_id)
+    await time_skipping_env.sleep(timedelta(seconds=6))
+    assert await _stripe_quantity(localstripe, subscription) == 1
+    assert await _actions(sessions, admin.tenant_id) == [
+        "billing.provisioned",
+        "billing.seats_changed",
+        "billing.seats_changed",
+        "billing.seats_changed",
+        "billing.plan_changed",
+    ]
+
+
+async def test_news_of_members_for_a_tenant_without_billing_is_nothing(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    await count_seats_again(time_skipping_env.client, uuid.uuid4())

@@ -62,6 +62,11 @@ EXPECTED = {
     "billing-refunded",  # a partial refund of a paid invoice, recorded once
     "billing-disputed",  # a dispute opened: admins and operators told
     "billing-credit-noted",
+    "billing-plan-change-scheduled",  # a downgrade kept for the period's end
+    "billing-plan-changed-at-period-end",
+    "billing-seats-counted",  # a plan priced per user bills the members
+    "billing-reconciliation-repaired",  # drift repaired, a refused read counted; continued as new
+    "billing-reconciliation-reported",
     "password-reset-pending",
     "password-reset-done",
     "password-reset-expired",
@@ -115,6 +120,13 @@ EXPECTED = {
     "playbook-blog-published",
     "playbook-blog-rejected",
     "publish-from-playbook",
+    # Each business process's run counted once as workflow_runs usage.
+    "sync-run-counted",
+    "publish-run-counted",
+    "task-run-counted",
+    "agent-run-counted",
+    "agent-chat-run-counted",
+    "playbook-run-counted",
 }
 
 
