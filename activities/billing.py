@@ -59,6 +59,7 @@ from models.billing import (
     BillingEvent,
     BillingFailure,
     BillingInput,
+    BillingInterval,
     BillingNotice,
     BillingPlan,
     BillingPolicy,
@@ -291,6 +292,7 @@ def _copy_snapshot(row: Subscription, snapshot: SubscriptionSnapshot) -> None:
     row.cancel_at_period_end = snapshot.cancel_at_period_end
     row.trial_end = snapshot.trial_end
     row.seats = snapshot.quantity
+    row.interval = snapshot.interval
 
 
 class BillingActivities:
@@ -343,11 +345,20 @@ class BillingActivities:
         return workflow_id(request.tenant_id)
 
     @activity.defn
-    async def ensure_plan_price(self, plan_id: PlanId) -> str:
-        """The configured plan's Stripe price, created on first use and recorded in ``plans``."""
+    async def ensure_plan_price(
+        self, plan_id: PlanId, interval: BillingInterval | None = None
+    ) -> str:
+        """The configured plan's Stripe price (its annual one for ``year``), created on first
+        use; the plan's own price is recorded in ``plans``."""
         plan = plan_of(self._settings.billing_plans, plan_id)
+        try:
+            priced = plan.priced(interval)
+        except ValueError as exc:
+            raise ApplicationError(str(exc), type=STRIPE_REJECTED, non_retryable=True) from None
         async with self._stripe() as gateway:
-            price_id = await gateway.ensure_plan(plan)
+            price_id = await gateway.ensure_plan(priced)
+        if priced is not plan:
+            return price_id
         async with transaction(self._sessions) as session:
             row = await session.get(BillingPlan, plan.id, with_for_update=True)
             if row is None:
@@ -395,7 +406,7 @@ class BillingActivities:
             existing = await gateway.find_subscription(request.customer_id)
         if existing is not None:
             return existing
-        price_id = await self.ensure_plan_price(request.plan)
+        price_id = await self.ensure_plan_price(request.plan, request.interval)
         seats = await self._seats(request.tenant_id, request.plan)
         async with self._stripe() as gateway:
             return await gateway.create_subscription(
@@ -431,7 +442,7 @@ class BillingActivities:
         price_id, seats = None, None
         tenant_id = update.tenant_id or update.subscription.tenant_id
         if update.plan is not None:
-            price_id = await self.ensure_plan_price(update.plan)
+            price_id = await self.ensure_plan_price(update.plan, update.interval)
             seats = await self._seats(tenant_id, update.plan) if tenant_id else None
         async with self._stripe() as gateway:
             return await gateway.update_subscription(
@@ -462,7 +473,7 @@ class BillingActivities:
     @activity.defn
     async def preview_plan_change(self, request: PreviewRequest) -> InvoicePreview:
         """What Stripe would bill for the change (nothing changes)."""
-        price_id = await self.ensure_plan_price(request.plan)
+        price_id = await self.ensure_plan_price(request.plan, request.interval)
         seats = await self._seats(request.tenant_id, request.plan)
         async with self._stripe() as gateway:
             return await gateway.preview_plan_change(

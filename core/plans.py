@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.errors import Problem
 from models.base import utcnow
-from models.billing import GAUGES, UsageEvent, UsageMetric
+from models.billing import GAUGES, BillingInterval, UsageEvent, UsageMetric
 from models.connection import Connection, ConnectionHold, ConnectionStatus
 from models.onboarding import PlanId
 from models.tenant import Tenant
@@ -46,6 +46,19 @@ class PlanSpec(BaseModel):
     # Priced per user: ``amount`` is per member, and the subscription bills the tenant's
     # members as its quantity.
     per_seat: bool = False
+    # The price of a year, when the plan is also sold by the year (``None``: it is not).
+    annual_amount: int | None = Field(default=None, ge=0)
+
+    def priced(self, interval: BillingInterval | None) -> PlanSpec:
+        """The plan as sold by ``interval``: its own price, or its annual one (ValueError when
+        it is not sold by the year)."""
+        if interval is None or interval.value == self.interval:
+            return self
+        if interval is not BillingInterval.YEAR or self.annual_amount is None:
+            raise ValueError(f"The {self.name} plan is not sold by the {interval.value}.")
+        return self.model_copy(
+            update={"amount": self.annual_amount, "interval": "year", "annual_amount": None}
+        )
 
     def limit(self, resource: Resource) -> int | None:
         return self.limits.get(resource)
@@ -68,22 +81,35 @@ def _limits(
 
 
 def default_plans() -> list[PlanSpec]:
-    """The product's plans: starter, professional, business and enterprise (USD, monthly)."""
+    """The product's plans: starter, professional, business and enterprise (USD, monthly, or
+    yearly for ten months' price)."""
     return [
-        PlanSpec(id=PlanId.STARTER, name="Starter", amount=2900, limits=_limits(3, 5, 1000, 10)),
+        PlanSpec(
+            id=PlanId.STARTER,
+            name="Starter",
+            amount=2900,
+            annual_amount=29000,
+            limits=_limits(3, 5, 1000, 10),
+        ),
         PlanSpec(
             id=PlanId.PROFESSIONAL,
             name="Professional",
             amount=7900,
+            annual_amount=79000,
             limits=_limits(10, 15, 5000, 50),
         ),
         PlanSpec(
-            id=PlanId.BUSINESS, name="Business", amount=19900, limits=_limits(50, None, 20000, 200)
+            id=PlanId.BUSINESS,
+            name="Business",
+            amount=19900,
+            annual_amount=199000,
+            limits=_limits(50, None, 20000, 200),
         ),
         PlanSpec(
             id=PlanId.ENTERPRISE,
             name="Enterprise",
             amount=49900,
+            annual_amount=499000,
             limits=_limits(None, None, None, None),
         ),
     ]

@@ -42,6 +42,13 @@ class UsageMetric(StrEnum):
 GAUGES = frozenset({UsageMetric.STORAGE_BYTES})
 
 
+class BillingInterval(StrEnum):
+    """How often a subscription renews: a plan's monthly price, or its annual one."""
+
+    MONTH = "month"
+    YEAR = "year"
+
+
 class AdjustmentKind(StrEnum):
     """What changed an invoice after it was paid (or issued)."""
 
@@ -95,6 +102,8 @@ class Subscription(Timestamped, Base):
     scheduled_plan_at: Mapped[datetime | None]
     # The subscription's quantity: the seats of a plan priced per user, else 1.
     seats: Mapped[int | None]
+    # How often it renews (``month``, ``year``).
+    interval: Mapped[str | None] = mapped_column(String(16))
 
 
 class Invoice(Timestamped, Base):
@@ -247,6 +256,8 @@ class SubscriptionSnapshot(BaseModel):
     as_of: int
     # The item's quantity: the seats of a plan priced per user, else 1.
     quantity: int = 1
+    # How often its price renews (``month``, ``year``; Stripe's word).
+    interval: str | None = None
 
 
 class InvoiceSnapshot(BaseModel):
@@ -357,6 +368,7 @@ class ProvisionRequest(BaseModel):
     tenant_id: uuid.UUID
     plan: PlanId
     idempotency_key: str
+    interval: BillingInterval = BillingInterval.MONTH
 
 
 class BillingPolicy(BaseModel):
@@ -441,6 +453,7 @@ class ScheduledPlan(BaseModel):
     # When it is applied: shortly before the period ends, so that the renewal bills it.
     at: datetime
     requested_by: uuid.UUID | None = None
+    interval: BillingInterval | None = None
 
 
 class BillingState(BaseModel):
@@ -493,6 +506,8 @@ class PlanChange(BaseModel):
     plan: PlanId
     requested_by: uuid.UUID | None = None
     at_period_end: bool = False
+    # The price's interval; ``None`` keeps the subscription's.
+    interval: BillingInterval | None = None
 
 
 class PlanPreview(BaseModel):
@@ -500,6 +515,7 @@ class PlanPreview(BaseModel):
 
     plan: PlanId
     at_period_end: bool = False
+    interval: BillingInterval | None = None
 
 
 class InvoiceLine(BaseModel):
@@ -550,6 +566,8 @@ class BillingView(BaseModel):
     scheduled_plan_at: datetime | None = None
     # The seats billed (members, for a plan priced per user; else 1).
     seats: int | None = None
+    interval: str | None = None
+    scheduled_interval: BillingInterval | None = None
 
 
 # --- Activity inputs ----------------------------------------------------------------------
@@ -566,6 +584,7 @@ class SubscriptionRequest(BaseModel):
     plan: PlanId
     trial_end: datetime | None = None
     idempotency_key: str
+    interval: BillingInterval = BillingInterval.MONTH
 
 
 class SubscriptionUpdate(BaseModel):
@@ -581,6 +600,8 @@ class SubscriptionUpdate(BaseModel):
     idempotency_key: str
     # Whether Stripe prorates a plan change (a change at the period's end is not prorated).
     prorate: bool = True
+    # The new price's interval (``None``: the subscription's).
+    interval: BillingInterval | None = None
 
 
 class BillingTransition(BaseModel):
@@ -706,6 +727,7 @@ class PreviewRequest(BaseModel):
     subscription: SubscriptionSnapshot
     plan: PlanId
     prorate: bool
+    interval: BillingInterval | None = None
 
 
 class InvoiceRecord(BaseModel):

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         BillingEvent,
         BillingFailure,
         BillingInput,
+        BillingInterval,
         BillingNotice,
         BillingPolicy,
         BillingRebuild,
@@ -319,6 +320,8 @@ class BillingWorkflow:
             scheduled_plan=scheduled.plan if scheduled else None,
             scheduled_plan_at=scheduled.at if scheduled else None,
             seats=subscription.quantity if subscription else None,
+            interval=subscription.interval if subscription else None,
+            scheduled_interval=scheduled.interval if scheduled else None,
         )
 
     @workflow.update
@@ -330,7 +333,7 @@ class BillingWorkflow:
             if self._is_repeat():
                 return self.view()
             self._check_plan_change(change)
-            if change.plan == self._state.plan:
+            if self._is_current(change):
                 await self._withdraw_scheduled_plan(change)
                 return self.view()
             at = self._scheduled_plan_at() if change.at_period_end else None
@@ -353,7 +356,9 @@ class BillingWorkflow:
                 await self._schedule_plan(change, at)
                 return self.view()
             previous = self._state.plan
-            snapshot = await self._update_subscription(plan=change.plan)
+            snapshot = await self._update_subscription(
+                plan=change.plan, interval=self._interval_of(change.interval)
+            )
             self._state.scheduled_plan = None  # a change made now replaces a scheduled one
             self._adopt(snapshot)
             await self._record(
@@ -364,6 +369,7 @@ class BillingWorkflow:
                 data={
                     "plan": change.plan.value,
                     "previous_plan": previous.value if previous else "",
+                    "interval": snapshot.interval or "",
                 },
             )
             self._handled("")
@@ -378,7 +384,10 @@ class BillingWorkflow:
         """Keep the change for the period's end (the tenant is held to the new plan's limits
         meanwhile): the timer applies it then."""
         self._state.scheduled_plan = ScheduledPlan(
-            plan=change.plan, at=at, requested_by=change.requested_by
+            plan=change.plan,
+            at=at,
+            requested_by=change.requested_by,
+            interval=self._interval_of(change.interval),
         )
         await self._record(
             self._state.status,
@@ -404,6 +413,20 @@ class BillingWorkflow:
         )
         self._handled("")
 
+    def _is_current(self, change: PlanChange) -> bool:
+        """Whether the change asks for the plan and interval the tenant has."""
+        return change.plan == self._state.plan and (
+            change.interval is None or change.interval == self._interval_of(None)
+        )
+
+    def _interval_of(self, asked: BillingInterval | None) -> BillingInterval | None:
+        """The interval asked for, else the subscription's (``None``: not known)."""
+        if asked is not None:
+            return asked
+        subscription = self._state.subscription
+        known = subscription.interval if subscription else None
+        return BillingInterval(known) if known in set(BillingInterval) else None
+
     def _scheduled_plan_at(self) -> datetime:
         """When a change at the period's end is applied: a little before the period ends, so
         that the renewal bills the new plan (at once when the period is nearly over)."""
@@ -416,7 +439,9 @@ class BillingWorkflow:
     async def preview_plan_change(self, preview: PlanPreview) -> InvoicePreview:
         """What Stripe would bill for a change to ``preview.plan``, prorated now or at the
         period's end; nothing changes."""
-        change = PlanChange(plan=preview.plan, at_period_end=preview.at_period_end)
+        change = PlanChange(
+            plan=preview.plan, at_period_end=preview.at_period_end, interval=preview.interval
+        )
         self._check_plan_change(change)
         assert self._state.subscription is not None
         return await self._activity(
@@ -426,13 +451,18 @@ class BillingWorkflow:
                 subscription=self._state.subscription,
                 plan=preview.plan,
                 prorate=not preview.at_period_end,
+                interval=self._interval_of(preview.interval),
             ),
             summary=f"preview a change to the {preview.plan.value} plan",
         )
 
     @preview_plan_change.validator
     def _validate_preview(self, preview: PlanPreview) -> None:
-        self._check_plan_change(PlanChange(plan=preview.plan, at_period_end=preview.at_period_end))
+        self._check_plan_change(
+            PlanChange(
+                plan=preview.plan, at_period_end=preview.at_period_end, interval=preview.interval
+            )
+        )
 
     @workflow.update
     async def set_renewal(self, change: RenewalChange) -> BillingView:
@@ -791,11 +821,16 @@ class BillingWorkflow:
                 type=BILLING_STATE,
             )
         scheduled = self._state.scheduled_plan
-        if change.plan == self._state.plan and scheduled is None:
+        if self._is_current(change) and scheduled is None:
             raise ApplicationError(
                 f"The tenant is on the {change.plan.value} plan already.", type=SAME_PLAN
             )
-        if change.at_period_end and scheduled is not None and scheduled.plan == change.plan:
+        if (
+            change.at_period_end
+            and scheduled is not None
+            and (scheduled.plan, scheduled.interval)
+            == (change.plan, self._interval_of(change.interval))
+        ):
             raise ApplicationError(
                 f"A change to the {change.plan.value} plan is scheduled already.", type=SAME_PLAN
             )
@@ -1021,6 +1056,7 @@ class BillingWorkflow:
                     if trial
                     else None,
                     idempotency_key=f"{key}:subscription",
+                    interval=request.interval,
                 ),
             )
         except ActivityError as exc:
@@ -1447,7 +1483,7 @@ class BillingWorkflow:
                 release_hold=True,
             )
             return
-        if scheduled.plan != previous:
+        if not self._is_current(PlanChange(plan=scheduled.plan, interval=scheduled.interval)):
             excess = await self._activity(
                 BillingActivities.plan_excesses,
                 PlanFit(tenant_id=self._tenant_id, plan=scheduled.plan),
@@ -1464,7 +1500,9 @@ class BillingWorkflow:
                 )
                 return
             self._adopt(
-                await self._update_subscription(plan=scheduled.plan, prorate=False, key=cause)
+                await self._update_subscription(
+                    plan=scheduled.plan, interval=scheduled.interval, prorate=False, key=cause
+                )
             )
         state.scheduled_plan = None
         await self._record(
@@ -1507,6 +1545,7 @@ class BillingWorkflow:
         trial_end: datetime | None = None,
         prorate: bool = True,
         key: str | None = None,
+        interval: BillingInterval | None = None,
     ) -> SubscriptionSnapshot:
         """Change the subscription at Stripe, under the update's id (or ``key``, off an
         update)."""
@@ -1521,6 +1560,7 @@ class BillingWorkflow:
                 tenant_id=self._tenant_id,
                 idempotency_key=f"{workflow.info().workflow_id}:{key or _update_id()}",
                 prorate=prorate,
+                interval=interval,
             ),
         )
 

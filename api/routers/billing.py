@@ -54,6 +54,7 @@ from models.base import utcnow
 from models.billing import (
     AdjustmentKind,
     BillingEvent,
+    BillingInterval,
     BillingStatus,
     BillingView,
     Invoice,
@@ -270,6 +271,7 @@ class SubscriptionView(BaseModel):
     scheduled_plan: PlanId | None
     scheduled_plan_at: datetime | None
     seats: int | None
+    interval: str | None
 
 
 @router.get("/subscription", summary="The caller's tenant subscription")
@@ -288,6 +290,7 @@ async def get_subscription(principal: CurrentPrincipal, session: SessionDep) -> 
         scheduled_plan=row.scheduled_plan,
         scheduled_plan_at=row.scheduled_plan_at,
         seats=row.seats,
+        interval=row.interval,
     )
 
 
@@ -569,17 +572,29 @@ class PlanBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     plan_id: PlanId
+    # ``month`` or ``year`` (the plan's annual price); by default the subscription's.
+    interval: BillingInterval | None = None
     # ``now`` (prorated) or ``period_end`` (the renewal bills the new plan); by default a
-    # cheaper plan takes effect at the period's end, any other at once.
+    # cheaper plan, or monthly instead of yearly, takes effect at the period's end, any other
+    # change at once.
     effective: Literal["now", "period_end"] | None = None
 
-    def at_period_end(self, settings: Settings, current: PlanId | None) -> bool:
+    def sold(self, settings: Settings) -> None:
+        """422 when the plan is not sold by the interval asked for."""
+        try:
+            plan_of(settings.billing_plans, self.plan_id).priced(self.interval)
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from None
+
+    def at_period_end(self, settings: Settings, current: Subscription) -> bool:
         if self.effective is not None:
             return self.effective == "period_end"
-        if current is None:
+        if current.plan is None:
             return False
         plans = settings.billing_plans
-        return plan_of(plans, self.plan_id).amount < plan_of(plans, current).amount
+        cheaper = plan_of(plans, self.plan_id).amount < plan_of(plans, current.plan).amount
+        shorter = self.interval is BillingInterval.MONTH and current.interval == "year"
+        return cheaper or shorter
 
 
 @router.put("/subscription/plan", summary="Change the plan")
@@ -597,11 +612,13 @@ async def change_plan(
     the tenant is not trialing or active, is on that plan already, or uses more than the new
     plan allows (``excesses`` names what). A retry with the same ``Idempotency-Key`` changes
     nothing more and answers the same."""
+    body.sold(settings)
     row = await _subscription(session, principal.tenant_id)
     change = PlanChange(
         plan=body.plan_id,
         requested_by=principal.user_id,
-        at_period_end=body.at_period_end(settings, row.plan),
+        at_period_end=body.at_period_end(settings, row),
+        interval=body.interval,
     )
     call = _Call(client, settings, principal, key)
     return await _update(call, "change_plan", BillingWorkflow.change_plan, change)
@@ -618,8 +635,13 @@ async def preview_plan_change(
     """What Stripe would bill for the change, as ``PUT /subscription/plan`` with the same body
     would make it: the prorated lines and the new plan's price on the next invoice, or only the
     new price at the period's end. Nothing changes; 409 as for the change itself."""
+    body.sold(settings)
     row = await _subscription(session, principal.tenant_id)
-    preview = PlanPreview(plan=body.plan_id, at_period_end=body.at_period_end(settings, row.plan))
+    preview = PlanPreview(
+        plan=body.plan_id,
+        at_period_end=body.at_period_end(settings, row),
+        interval=body.interval,
+    )
     call = _Call(client, settings, principal, None)
     answer: InvoicePreview = await _execute(
         call, "preview_plan", BillingWorkflow.preview_plan_change, preview
@@ -660,12 +682,14 @@ async def resubscribe(
     with the customer's saved card; the billing workflow provisions it (202: follow
     ``GET /subscription``). A retry with the same ``Idempotency-Key`` provisions once. 409 when
     the tenant's subscription has not ended."""
+    body.sold(settings)
     row = await _subscription(session, principal.tenant_id)
     if row.status is not BillingStatus.CANCELLED:
         raise Conflict(f"Your tenant's subscription has not ended (it is {row.status.value}).")
     request = ProvisionRequest(
         tenant_id=principal.tenant_id,
         plan=body.plan_id,
+        interval=body.interval or BillingInterval.MONTH,
         idempotency_key=workflow_calls.update_id("resubscribe", principal, key)
         or f"resubscribe:{uuid.uuid4()}",
     )

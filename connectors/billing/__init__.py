@@ -305,6 +305,7 @@ def subscription_snapshot(obj: Mapping[str, Any], as_of: int) -> SubscriptionSna
         trial_end=_time(obj.get("trial_end")),
         as_of=as_of,
         quantity=int(item.get("quantity") or obj.get("quantity") or 1),
+        interval=price.get("interval") or (price.get("recurring") or {}).get("interval"),
     )
 
 

@@ -1,5 +1,5 @@
 """the subscriptions projection shows a plan change waiting for the period's end, and when,
-and the seats billed
+the seats billed and how often it renews
 
 Revision ID: 0022
 Revises: 0021
@@ -29,10 +29,12 @@ def upgrade() -> None:
             sa.Column("scheduled_plan_at", models.base.UTCDateTime(timezone=True), nullable=True)
         )
         batch.add_column(sa.Column("seats", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("interval", sa.String(16), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("subscriptions") as batch:
+        batch.drop_column("interval")
         batch.drop_column("seats")
         batch.drop_column("scheduled_plan_at")
         batch.drop_column("scheduled_plan")

@@ -16,13 +16,14 @@ from core.plans import (
     GIB,
     PlanLimitReached,
     Resource,
+    default_plans,
     ensure_room_for_user,
     hold_connection,
     plan_of,
 )
 from core.settings import Settings
 from models.base import utcnow
-from models.billing import PlanFit
+from models.billing import BillingInterval, PlanFit
 from models.connection import ConnectionHold
 from models.onboarding import PlanId
 from models.tenant import Tenant
@@ -150,3 +151,15 @@ async def _on_plan(sessions: SessionFactory, tenant_id: uuid.UUID, plan: PlanId)
         tenant = await session.get(Tenant, tenant_id)
         assert tenant is not None
         tenant.plan = plan.value
+
+
+def test_a_plan_is_sold_by_its_interval_and_by_the_year_only_when_priced_so() -> None:
+    starter = plan_of(default_plans(), PlanId.STARTER)
+    assert starter.priced(None) is starter
+    assert starter.priced(BillingInterval.MONTH) is starter
+    yearly = starter.priced(BillingInterval.YEAR)
+    assert (yearly.amount, yearly.interval) == (29000, "year")
+    assert yearly.stripe_plan_id == "bizosaas-starter-29000-usd-year"
+    monthly_only = starter.model_copy(update={"annual_amount": None})
+    with pytest.raises(ValueError, match="not sold by the year"):
+        monthly_only.priced(BillingInterval.YEAR)

@@ -1604,3 +1604,67 @@ async def test_news_of_members_for_a_tenant_without_billing_is_nothing(
     time_skipping_env: WorkflowEnvironment,
 ) -> None:
     await count_seats_again(time_skipping_env.client, uuid.uuid4())
+
+
+# --- Annual prices ------------------------------------------------------------------------
+
+
+async def _stripe_price(localstripe: LocalStripe, subscription: str) -> tuple[str, int, str]:
+    """The subscription's plan, amount and interval, as Stripe has them."""
+    async with localstripe.sdk() as sdk:
+        found = (await sdk.v1.subscriptions.retrieve_async(subscription)).to_dict()
+    plan = found["items"]["data"][0]["plan"]
+    return str(plan["metadata"]["plan_id"]), int(plan["amount"]), str(plan["interval"])
+
+
+@pytest.mark.usefixtures("ts_worker")
+async def test_a_tenant_moves_to_the_annual_price_and_back_at_the_period_end(
+    time_skipping_env: WorkflowEnvironment,
+    ts_api: httpx.AsyncClient,
+    sessions: SessionFactory,
+    billing_settings: Settings,
+    localstripe: LocalStripe,
+    left_running: list[str],
+) -> None:
+    admin, _, subscription, _ = await _active_tenant(
+        time_skipping_env.client, sessions, billing_settings, localstripe, left_running
+    )
+    plan = "/api/v1/billing/subscription/plan"
+    yearly = {"plan_id": "starter", "interval": "year"}
+
+    preview = await ts_api.post(f"{plan}/preview", json=yearly, headers=admin.headers)
+    assert preview.status_code == 200, preview.text
+    assert (29000, False) in [
+        (line["amount"], line["proration"]) for line in preview.json()["lines"]
+    ]
+    # The annual price is bought at once; the view and the projection say so.
+    annual = await ts_api.put(plan, json=yearly, headers=admin.headers)
+    assert annual.status_code == 200, annual.text
+    assert (annual.json()["plan"], annual.json()["interval"]) == ("starter", "year")
+    assert await _stripe_price(localstripe, subscription) == ("starter", 29000, "year")
+    shown = (await ts_api.get("/api/v1/billing/subscription", headers=admin.headers)).json()
+    assert shown["interval"] == "year"
+    same = await ts_api.put(plan, json=yearly, headers=admin.headers)
+    assert same.status_code == 409
+
+    # Back to monthly waits for the paid year's end; a plan change keeps the interval.
+    monthly = await ts_api.put(
+        plan, json={"plan_id": "starter", "interval": "month"}, headers=admin.headers
+    )
+    assert monthly.status_code == 200, monthly.text
+    view = monthly.json()
+    assert (view["interval"], view["scheduled_plan"], view["scheduled_interval"]) == (
+        "year",
+        "starter",
+        "month",
+    )
+    up = await ts_api.put(plan, json={"plan_id": "professional"}, headers=admin.headers)
+    assert up.status_code == 200, up.text
+    assert (up.json()["interval"], up.json()["scheduled_plan"]) == ("year", None)
+    assert await _stripe_price(localstripe, subscription) == ("professional", 79000, "year")
+
+    # A plan not sold by the year is refused before anything is asked of Stripe.
+    unsold = await ts_api.put(
+        plan, json={"plan_id": "starter", "interval": "week"}, headers=admin.headers
+    )
+    assert unsold.status_code == 422
