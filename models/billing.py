@@ -476,6 +476,7 @@ class BillingState(BaseModel):
     usage_scheduled: bool = False
     # The plan of a provisioning that failed (no card, say), and why: a saved card retries it.
     pending_plan: PlanId | None = None
+    pending_interval: BillingInterval = BillingInterval.MONTH
     provision_failure: str | None = None
     # Stripe events whose handling failed, kept for another try (bounded, oldest dropped).
     parked: list[ParkedEvent] = Field(default_factory=list)

@@ -83,6 +83,8 @@ class PlanId(StrEnum):
 
 class PlanStep(_Step):
     plan_id: PlanId
+    # Billed by the month, or by the year at the plan's annual price.
+    interval: Literal["month", "year"] = "month"
 
 
 STEP_MODELS: dict[OnboardingStep, type[_Step]] = {

@@ -695,7 +695,10 @@ class BillingWorkflow:
             )
             await self._provision(
                 ProvisionRequest(
-                    tenant_id=self._tenant_id, plan=plan, idempotency_key=f"retry:{_update_id()}"
+                    tenant_id=self._tenant_id,
+                    plan=plan,
+                    idempotency_key=f"retry:{_update_id()}",
+                    interval=self._state.pending_interval,
                 )
             )
             self._handled("")
@@ -1063,7 +1066,7 @@ class BillingWorkflow:
             _reraise_cancellation(exc)
             workflow.logger.warning("provisioning billing failed: %s", exc.cause)
             # A clear state the tenant resolves: a saved card provisions this plan again.
-            state.pending_plan = request.plan
+            state.pending_plan, state.pending_interval = request.plan, request.interval
             state.provision_failure = _error_text(exc)
             await self._record(
                 state.status,
@@ -1075,6 +1078,7 @@ class BillingWorkflow:
         state.retention_ends_at = None
         state.subscription = None
         state.pending_plan = request.plan if snapshot.stripe_status == "incomplete" else None
+        state.pending_interval = request.interval
         state.provision_failure = (
             "the first payment did not go through" if state.pending_plan else None
         )
@@ -1289,6 +1293,7 @@ class BillingWorkflow:
                         tenant_id=self._tenant_id,
                         plan=state.pending_plan,
                         idempotency_key=f"card:{event.event_id}",
+                        interval=state.pending_interval,
                     )
                 )
             subscription = state.subscription

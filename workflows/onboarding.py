@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalStatus,
         Attachment,
     )
-    from models.billing import ProvisionRequest
+    from models.billing import BillingInterval, ProvisionRequest
     from models.onboarding import (
         EDITABLE,
         STEP_MODELS,
@@ -394,6 +394,9 @@ class OnboardingWorkflow:
                 tenant_id=self._input.tenant_id,
                 plan=self._plan,
                 idempotency_key=self._key(f"{approval_id}:billing"),
+                interval=BillingInterval(
+                    self._steps[OnboardingStep.PLAN].get("interval", BillingInterval.MONTH)
+                ),
             ),
             start_to_close_timeout=_ACTIVITY_TIMEOUT,
             summary="provision billing",

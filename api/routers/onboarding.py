@@ -8,11 +8,12 @@ validators: refused updates become 404 / 409 / 422 here and nothing is written.
 from __future__ import annotations
 
 import uuid
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -41,9 +42,11 @@ from api.workflow_calls import IdempotencyKey, update_id
 from connectors.storage import upload_problem
 from core import search
 from core.errors import Conflict, NotFound, Unprocessable
+from core.plans import plan_of
 from core.security import Principal
 from core.settings import Settings
 from models.approval import DeadlinePolicy
+from models.billing import BillingInterval
 from models.onboarding import (
     Document,
     DocumentCheck,
@@ -53,6 +56,7 @@ from models.onboarding import (
     OnboardingState,
     OnboardingStatus,
     OnboardingStep,
+    PlanStep,
     StepData,
     Submission,
     sealed_key,
@@ -252,12 +256,28 @@ async def save_step(
     data: Annotated[dict[str, Any], Body()],
     principal: TenantAdmin,
     onboarding: WizardDep,
+    settings: SettingsDep,
 ) -> OnboardingState:
-    """Replace the step's data. 422 with field errors when invalid, 409 once submitted."""
+    """Replace the step's data. 422 with field errors when invalid (a plan asked for by the
+    year that is not sold so, too), 409 once submitted."""
     if step not in OnboardingStep.__members__.values():
         raise NotFound(f"There is no onboarding step {step!r}.")
+    if step == OnboardingStep.PLAN:
+        _sold(settings, data)
     step_data = StepData(step=OnboardingStep(step), data=data)
     return await onboarding.update(OnboardingWorkflow.save_step, step_data)
+
+
+def _sold(settings: Settings, data: dict[str, Any]) -> None:
+    """422 for a plan asked for by the year that is sold monthly only (other faults are the
+    step's validation's)."""
+    with suppress(ValidationError):
+        chosen = PlanStep.model_validate(data)
+        interval = BillingInterval(chosen.interval)
+        try:
+            plan_of(settings.billing_plans, chosen.plan_id).priced(interval)
+        except ValueError as exc:
+            raise Unprocessable(str(exc)) from None
 
 
 @router.post(

@@ -65,13 +65,16 @@ async def test_approval_starts_billing_with_the_chosen_plan(
     admin = await register(api, company)
     approver = await staff(sessions, settings)
     await fill_wizard(api, admin, company)
+    yearly = {"plan_id": "professional", "interval": "year"}  # billed by the year
+    chosen = await api.put("/api/v1/onboarding/steps/plan", json=yearly, headers=admin.headers)
+    assert chosen.status_code == 200, chosen.text
     await submit_application(api, admin)
     item = await pending_approval(api, approver, admin.tenant_id)
     assert (await decide(api, approver, item["approval_id"], "approve")).status_code == 200
     await onboarding_until(api, admin, "approved")
 
     row = await _subscription(sessions, admin.tenant_id)
-    assert row.plan == "professional"
+    assert (row.plan, row.interval) == ("professional", "year")
     assert row.stripe_customer_id
     handle = temporal_client.get_workflow_handle(billing_workflow_id(admin.tenant_id))
     assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING

@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from core.db import SessionFactory, transaction
@@ -39,6 +40,7 @@ from tests.api.flows import (
 )
 from tests.conftest import SmtpSink
 from tests.factories import Member, member
+from workers.main import build_worker
 
 
 def _company() -> str:
@@ -457,3 +459,34 @@ async def _slot_freed(api: httpx.AsyncClient, admin: Member) -> None:
     assert (await onboarding(api, admin))["documents"] == []
     second = await api.post("/api/v1/onboarding/documents", json=body, headers=admin.headers)
     assert second.status_code == 201, second.text
+
+
+async def test_a_plan_sold_monthly_only_is_refused_by_the_year(
+    settings: Settings,
+    temporal_env: WorkflowEnvironment,
+    engine: AsyncEngine,
+    sessions: SessionFactory,
+) -> None:
+    plans = [plan.model_copy(update={"annual_amount": None}) for plan in settings.billing_plans]
+    monthly_only = settings.model_copy(update={"billing_plans": plans})
+    app = create_app(monthly_only, temporal_env.client, engine)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        build_worker(temporal_env.client, sessions, monthly_only),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as api,
+    ):
+        admin = await register(api, _company())
+        url = "/api/v1/onboarding/steps/plan"
+        yearly = await api.put(
+            url, json={"plan_id": "starter", "interval": "year"}, headers=admin.headers
+        )
+        assert yearly.status_code == 422, yearly.text
+        assert "not sold by the year" in yearly.json()["detail"]
+        monthly = await api.put(
+            url, json={"plan_id": "starter", "interval": "month"}, headers=admin.headers
+        )
+        assert monthly.status_code == 200, monthly.text
+        unknown = await api.put(
+            url, json={"plan_id": "starter", "interval": "fortnight"}, headers=admin.headers
+        )
+        assert unknown.status_code == 422
