@@ -228,9 +228,12 @@ async def test_a_run_is_paused_resumed_and_cancelled(
     assert paused.status_code == 200, paused.text
     assert paused.json()["status"] == "paused"
     assert (await api.post(f"{RUNS}/{run_id}/pause", headers=admin.headers)).status_code == 409
-    await asyncio.sleep(1.5)  # the first wait ends; the run holds before the next step
-    held = (await api.get(f"{RUNS}/{run_id}", headers=admin.headers)).json()
+    # The first wait ends; the run holds before the next step, however long it waits.
+    held = await until(api, admin, run_id, lambda s: [x["step_id"] for x in s["steps"]] != [])
     assert [s["step_id"] for s in held["steps"]] == ["first"]
+    await asyncio.sleep(0.5)
+    held = (await api.get(f"{RUNS}/{run_id}", headers=admin.headers)).json()
+    assert ([s["step_id"] for s in held["steps"]], held["status"]) == (["first"], "paused")
     resumed = await api.post(f"{RUNS}/{run_id}/resume", headers=admin.headers)
     assert resumed.json()["status"] == "running"
     await until(api, admin, run_id, lambda s: s["current"] == "long")

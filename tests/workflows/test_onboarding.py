@@ -347,7 +347,7 @@ async def test_a_long_edited_wizard_continues_as_new(
     latest = ts_client.get_workflow_handle_for(OnboardingWorkflow.run, handle.id)
     assert (await latest.describe()).run_id != first_run
     state = await latest.query(OnboardingWorkflow.state)
-    assert state.steps == {OnboardingStep.PLAN: {"plan_id": plans[-1]}}
+    assert state.steps == {OnboardingStep.PLAN: {"plan_id": plans[-1], "interval": "month"}}
     assert state.status is OnboardingStatus.IN_PROGRESS
     await latest.terminate("test finished")
 
