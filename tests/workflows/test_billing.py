@@ -1517,6 +1517,22 @@ def _starter_per_seat() -> list[PlanSpec]:
     ]
 
 
+async def _seats_counted(env: WorkflowEnvironment, handle: Billing) -> int:
+    """How often the workflow has counted the seats (its finished ``update_seats``
+    activities), once the clock moved on past the settling time."""
+    await env.sleep(timedelta(seconds=6))
+    events = (await handle.fetch_history()).events
+    counting = {
+        event.event_id
+        for event in events
+        if event.activity_task_scheduled_event_attributes.activity_type.name == "update_seats"
+    }
+    return sum(
+        event.activity_task_completed_event_attributes.scheduled_event_id in counting
+        for event in events
+    )
+
+
 async def _stripe_quantity(localstripe: LocalStripe, subscription: str) -> int:
     async with localstripe.sdk() as sdk:
         found = await sdk.v1.subscriptions.retrieve_async(subscription)
@@ -1540,6 +1556,15 @@ async def test_a_plan_priced_per_user_bills_the_members_as_seats(
     assert await _stripe_quantity(localstripe, subscription) == 1
     assert (await handle.query(BillingWorkflow.view)).seats == 1
 
+    counts = 0
+
+    async def counted() -> None:
+        """Move the clock on until the workflow has counted the members once more."""
+        nonlocal counts
+        counts = await eventually(
+            lambda: _seats_counted(time_skipping_env, handle), lambda n: n > counts
+        )
+
     # Invited and removed through the API: the seats follow, a moment later.
     invited = await ts_api.post(
         "/api/v1/users",
@@ -1547,25 +1572,23 @@ async def test_a_plan_priced_per_user_bills_the_members_as_seats(
         headers=admin.headers,
     )
     assert invited.status_code == 201, invited.text
-    await time_skipping_env.sleep(timedelta(seconds=6))
-    await eventually(lambda: _stripe_quantity(localstripe, subscription), lambda n: n == 2)
+    await counted()
+    assert await _stripe_quantity(localstripe, subscription) == 2
     removed = await ts_api.delete(
         f"/api/v1/users/{invited.json()['user_id']}", headers=admin.headers
     )
     assert removed.status_code == 204, removed.text
-    await time_skipping_env.sleep(timedelta(seconds=6))
-    await eventually(lambda: _stripe_quantity(localstripe, subscription), lambda n: n == 1)
+    await counted()
+    assert await _stripe_quantity(localstripe, subscription) == 1
 
     # Two members join at once: one count for both.
     for _ in range(2):
         await member(sessions, billing_settings, Role.USER, tenant_id=admin.tenant_id)
     await count_seats_again(client, admin.tenant_id)
     await count_seats_again(client, admin.tenant_id)
-    await time_skipping_env.sleep(timedelta(seconds=6))
-    view = await eventually(
-        lambda: handle.query(BillingWorkflow.view), lambda found: found.seats == 3
-    )
-    assert view.plan is PlanId.STARTER
+    await counted()
+    view = await handle.query(BillingWorkflow.view)
+    assert (view.plan, view.seats) == (PlanId.STARTER, 3)
     assert await _stripe_quantity(localstripe, subscription) == 3
     shown = await ts_api.get("/api/v1/billing/subscription", headers=admin.headers)
     assert shown.json()["seats"] == 3
@@ -1587,9 +1610,9 @@ async def test_a_plan_priced_per_user_bills_the_members_as_seats(
     assert upgraded.status_code == 200, upgraded.text
     assert upgraded.json()["seats"] == 1
     assert await _stripe_quantity(localstripe, subscription) == 1
-    # Members changing on a flat plan change nothing at Stripe.
+    # Members counted again on a flat plan change nothing at Stripe.
     await count_seats_again(client, admin.tenant_id)
-    await time_skipping_env.sleep(timedelta(seconds=6))
+    await counted()
     assert await _stripe_quantity(localstripe, subscription) == 1
     assert await _actions(sessions, admin.tenant_id) == [
         "billing.provisioned",
