@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -39,7 +39,7 @@ from core.settings import Settings
 from models.base import Base
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(
@@ -171,10 +171,10 @@ def entity_dependency(
     state_query: Any,
     refuse: Callable[[ApplicationError], None],
     view: Callable[[Any], View],
-) -> Callable[..., Entity[View]]:
+) -> Callable[..., Coroutine[Any, Any, Entity[View]]]:
     """A route dependency giving the :class:`Entity` of one kind of workflow for the request."""
 
-    def entity(
+    async def entity(
         session: SessionDep,
         client: TemporalDep,
         settings: SettingsDep,

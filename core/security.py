@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -56,12 +58,37 @@ def issue_access_token(principal: Principal, key: str, ttl: timedelta) -> str:
 
 
 def read_access_token(token: str, key: str) -> Principal:
-    """Verify signature, algorithm and expiry, and return the principal."""
+    """Verify signature, algorithm and expiry, and return the principal.
+
+    A token verified before is not verified again (a frontend sends the same one with each
+    request until it refreshes): its principal is kept with its expiry, which is checked on
+    every use. Whether its session still stands is the caller's check, every time.
+    """
+    known = _verified.get((token, key))
+    if known is not None:
+        principal, expires = known
+        if time.time() >= expires:
+            raise InvalidToken("the access token has expired")
+        _verified.move_to_end((token, key))
+        return principal
+    principal, expires = _verify(token, key)
+    _verified[(token, key)] = (principal, expires)
+    if len(_verified) > _VERIFIED_TOKENS:
+        _verified.popitem(last=False)
+    return principal
+
+
+# Tokens verified lately, with their principal and expiry (least recently used first).
+_VERIFIED_TOKENS = 4096
+_verified: OrderedDict[tuple[str, str], tuple[Principal, float]] = OrderedDict()
+
+
+def _verify(token: str, key: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
             token, key, algorithms=[ALGORITHM], options={"require": _REQUIRED_CLAIMS}
         )
-        return Principal(
+        principal = Principal(
             user_id=uuid.UUID(claims["sub"]),
             tenant_id=uuid.UUID(claims["tenant_id"]),
             role=Role(claims["role"]),
@@ -73,6 +100,7 @@ def read_access_token(token: str, key: str) -> Principal:
                 else None
             ),
         )
+        return principal, float(claims["exp"])
     except jwt.ExpiredSignatureError:
         raise InvalidToken("the access token has expired") from None
     except (jwt.InvalidTokenError, ValueError, TypeError):

@@ -462,7 +462,7 @@ _USAGE_MAX_QUANTITY = 2**53 - 1
 Metering = Annotated[Principal, Depends(require_role(Role.SERVICE_ACCOUNT, Role.TENANT_ADMIN))]
 
 
-def _required_key(
+async def _required_key(
     key: Annotated[
         str,
         Header(

@@ -128,7 +128,7 @@ class _Cache:
             self._entries.popitem(last=False)
 
 
-def _cache(request: Request) -> _Cache:
+async def _cache(request: Request) -> _Cache:
     app_state = request.app.state
     if not hasattr(app_state, "live_read_cache"):
         app_state.live_read_cache = _Cache()

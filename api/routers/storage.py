@@ -19,7 +19,7 @@ from core.errors import Forbidden, NotFound, PayloadTooLarge
 router = APIRouter(prefix=LocalStorage.URL_PATH.rstrip("/"), tags=["storage"])
 
 
-def local_storage(storage: StorageDep) -> LocalStorage:
+async def local_storage(storage: StorageDep) -> LocalStorage:
     if not isinstance(storage, LocalStorage):
         raise NotFound("Objects are stored in S3; use the presigned URL.")
     return storage
