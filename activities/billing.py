@@ -7,7 +7,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -236,6 +236,20 @@ async def _stripe_outcomes() -> AsyncIterator[None]:
         raise ApplicationError(str(exc), type=STRIPE_REJECTED, non_retryable=True) from exc
 
 
+@asynccontextmanager
+async def open_stripe(open_gateway: GatewayOpener | None) -> AsyncIterator[BillingGateway]:
+    """The billing gateway for one activity, its outcomes as activity errors (a refusal is
+    final, faults are retried); without a payment provider, a final error."""
+    if open_gateway is None:
+        raise ApplicationError(
+            "billing needs a payment provider: set BIZ_STRIPE_SECRET_KEY",
+            type=BILLING_NOT_CONFIGURED,
+            non_retryable=True,
+        )
+    async with _stripe_outcomes(), open_gateway() as gateway:
+        yield gateway
+
+
 async def _tenant_admins(session: AsyncSession, tenant_id: uuid.UUID) -> list[tuple[str, str]]:
     """(e-mail, full name) of the tenant's active admins, oldest membership first."""
     rows = await session.execute(
@@ -310,17 +324,8 @@ class BillingActivities:
         self._settings = settings
         self._open_gateway = open_gateway
 
-    @asynccontextmanager
-    async def _stripe(self) -> AsyncIterator[BillingGateway]:
-        """The billing gateway for one activity, its outcomes as activity errors."""
-        if self._open_gateway is None:
-            raise ApplicationError(
-                "billing needs a payment provider: set BIZ_STRIPE_SECRET_KEY",
-                type=BILLING_NOT_CONFIGURED,
-                non_retryable=True,
-            )
-        async with _stripe_outcomes(), self._open_gateway() as gateway:
-            yield gateway
+    def _stripe(self) -> AbstractAsyncContextManager[BillingGateway]:
+        return open_stripe(self._open_gateway)
 
     # --- Provisioning ---------------------------------------------------------------------
 

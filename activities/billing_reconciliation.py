@@ -12,8 +12,6 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from sqlalchemy import select
 from temporalio import activity
@@ -30,10 +28,9 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import ApplicationError
 
-from activities.billing import BILLING_NOT_CONFIGURED, STRIPE_REJECTED, deliver_event
-from connectors.billing import ENDED_STATUSES, BillingGateway, BillingRejected, GatewayOpener
+from activities.billing import deliver_event, open_stripe
+from connectors.billing import ENDED_STATUSES, GatewayOpener
 from core import metrics, search
 from core.db import SessionFactory
 from core.settings import Settings
@@ -216,21 +213,6 @@ class ReconciliationActivities:
         self._settings = settings
         self._open_gateway = open_gateway
 
-    @asynccontextmanager
-    async def _stripe(self) -> AsyncIterator[BillingGateway]:
-        """The gateway for one activity; a refusal is final, faults are retried."""
-        if self._open_gateway is None:
-            raise ApplicationError(
-                "billing needs a payment provider: set BIZ_STRIPE_SECRET_KEY",
-                type=BILLING_NOT_CONFIGURED,
-                non_retryable=True,
-            )
-        try:
-            async with self._open_gateway() as gateway:
-                yield gateway
-        except BillingRejected as exc:
-            raise ApplicationError(str(exc), type=STRIPE_REJECTED, non_retryable=True) from exc
-
     @activity.defn
     async def list_subscriptions(self, page: PageRequest) -> list[SubscriptionRecord]:
         """The next rows of the subscriptions projection (by tenant id, after ``page.after``)
@@ -252,7 +234,7 @@ class ReconciliationActivities:
         """Read the tenant's subscription fresh from Stripe (and, when it is not live, the
         customer's live one) and say how the projection differs from it."""
         record = check.record
-        async with self._stripe() as gateway:
+        async with open_stripe(self._open_gateway) as gateway:
             found = (
                 await gateway.fetch_subscription(record.subscription_id)
                 if record.subscription_id is not None

@@ -224,6 +224,8 @@ async def test_a_run_is_paused_resumed_and_cancelled(
     }
     started = await run(api, admin, {}, document=document)
     run_id = started["run_id"]
+    # Paused during the first step (a pause before it would hold the run before it).
+    await until(api, admin, run_id, lambda s: s["current"] == "first")
     paused = await api.post(f"{RUNS}/{run_id}/pause", headers=admin.headers)
     assert paused.status_code == 200, paused.text
     assert paused.json()["status"] == "paused"
