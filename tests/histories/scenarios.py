@@ -134,8 +134,6 @@ from tests.peers_stripe import (
 from tests.polling import eventually
 from tests.workflows.test_audit_verification import _admin_with_history, _verify
 from tests.workflows.test_billing import (
-    _SCHEDULE_ACTIVITIES,
-    ScheduleLog,
     _post,
     _projection,
     _provision,
@@ -143,10 +141,10 @@ from tests.workflows.test_billing import (
     _status,
     _subjects,
 )
+from tests.workflows.test_billing import billing_worker as worker_without_schedules
 from tests.workflows.test_billing_reconciliation import (
     _active_tenant,
     own_database,
-    reconciliation_worker,
 )
 from tests.workflows.test_onboarding import WIZARD, _approval_row, _state_until, _submitted
 from tests.workflows.test_password_reset import _confirmation, _emailed_token, _start
@@ -256,25 +254,10 @@ async def billing_worker(
     time_skipping_env: WorkflowEnvironment, sessions: SessionFactory, billing_settings: Settings
 ) -> AsyncIterator[Worker]:
     """As in the billing tests: Stripe is localstripe."""
-    async with _billing_worker(time_skipping_env.client, sessions, billing_settings) as worker:
+    async with worker_without_schedules(
+        time_skipping_env.client, sessions, billing_settings
+    ) as worker:
         yield worker
-
-
-def _billing_worker(client: Client, sessions: SessionFactory, settings: Settings) -> Worker:
-    """The production worker, save that the time-skipping server has no Schedules: the two
-    Schedule activities are stood in for (same activity names)."""
-    schedules = ScheduleLog()
-    activities = [
-        fn
-        for fn in registry.activities(sessions, settings)
-        if fn.__name__ not in _SCHEDULE_ACTIVITIES
-    ]
-    return Worker(
-        client,
-        task_queue=settings.temporal_task_queue,
-        workflows=registry.WORKFLOWS,
-        activities=[*activities, schedules.ensure, schedules.remove],
-    )
 
 
 @pytest.fixture
@@ -702,7 +685,7 @@ async def test_billing_reconciliation(
         billing = stripe_front.settings(settings).model_copy(
             update={"billing_trial_days": 0, "database_url": url}
         )
-        async with reconciliation_worker(client, sessions, billing):
+        async with worker_without_schedules(client, sessions, billing):
             cancelled, _, refused = [
                 await _active_tenant(client, sessions, billing, localstripe) for _ in range(3)
             ]
@@ -1316,7 +1299,7 @@ async def test_billing_provisioning_retried(
     admin = await member(sessions, settings)
     operator = await member(sessions, settings, Role.SUPER_ADMIN)
     stripe_front.fail("/v1/subscriptions", Fault(400, "invalid_request_error"))
-    async with _billing_worker(client, sessions, settings):
+    async with worker_without_schedules(client, sessions, settings):
         handle = await _provision(client, settings, admin.tenant_id)
         await eventually(
             lambda: handle.query(BillingWorkflow.view),
@@ -1346,7 +1329,7 @@ async def test_billing_plan_change_at_period_end(
     admin = await member(sessions, settings)
     async with localstripe.sdk() as sdk:
         await card_holder(sdk, admin.tenant_id, admin.email)
-    async with _billing_worker(client, sessions, settings):
+    async with worker_without_schedules(client, sessions, settings):
         handle = await _provision(client, settings, admin.tenant_id, PlanId.PROFESSIONAL)
         await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
         down = PlanChange(plan=PlanId.STARTER, requested_by=admin.user_id, at_period_end=True)
@@ -1385,7 +1368,7 @@ async def test_billing_seats_counted(
     admin = await member(sessions, settings)
     async with localstripe.sdk() as sdk:
         await card_holder(sdk, admin.tenant_id, admin.email)
-    async with _billing_worker(client, sessions, settings):
+    async with worker_without_schedules(client, sessions, settings):
         handle = await _provision(client, settings, admin.tenant_id)
         await _status(handle, sessions, admin.tenant_id, BillingStatus.ACTIVE)
         await member(sessions, settings, Role.USER, tenant_id=admin.tenant_id)

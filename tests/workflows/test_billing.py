@@ -113,6 +113,28 @@ def schedules() -> ScheduleLog:
     return ScheduleLog()
 
 
+def billing_worker(
+    client: Client,
+    sessions: SessionFactory,
+    settings: Settings,
+    schedules: ScheduleLog | None = None,
+) -> Worker:
+    """The production worker, save that the time-skipping server has no Schedules: the two
+    Schedule activities are stood in for (same activity names, calls kept in ``schedules``)."""
+    log = schedules or ScheduleLog()
+    activities = [
+        fn
+        for fn in registry.activities(sessions, settings)
+        if fn.__name__ not in _SCHEDULE_ACTIVITIES
+    ]
+    return Worker(
+        client,
+        task_queue=settings.temporal_task_queue,
+        workflows=registry.WORKFLOWS,
+        activities=[*activities, log.ensure, log.remove],
+    )
+
+
 @pytest.fixture
 async def ts_worker(
     time_skipping_env: WorkflowEnvironment,
@@ -120,17 +142,8 @@ async def ts_worker(
     billing_settings: Settings,
     schedules: ScheduleLog,
 ) -> AsyncIterator[Worker]:
-    activities = [
-        fn
-        for fn in registry.activities(sessions, billing_settings)
-        if fn.__name__ not in _SCHEDULE_ACTIVITIES
-    ]
-    async with Worker(
-        time_skipping_env.client,
-        task_queue=billing_settings.temporal_task_queue,
-        workflows=registry.WORKFLOWS,
-        activities=[*activities, schedules.ensure, schedules.remove],
-    ) as worker:
+    client = time_skipping_env.client
+    async with billing_worker(client, sessions, billing_settings, schedules) as worker:
         yield worker
 
 

@@ -44,14 +44,12 @@ from tests.factories import member
 from tests.peers.stripe_front import Fault, StripeFront
 from tests.peers_stripe import LocalStripe, card_holder
 from tests.workflows.test_billing import (
-    _SCHEDULE_ACTIVITIES,
     Billing,
-    ScheduleLog,
     _projection,
     _provision,
     _status,
+    billing_worker,
 )
-from workers import registry
 from workflows.billing import BillingWorkflow
 from workflows.billing_reconciliation import BillingReconciliationWorkflow
 
@@ -78,23 +76,6 @@ async def own_database(backend_url: str, folder: Path) -> AsyncIterator[tuple[st
         await engine.dispose()
         if not sqlite:
             await _drop_postgres_database(url)
-
-
-def reconciliation_worker(client: Client, sessions: SessionFactory, settings: Settings) -> Worker:
-    """The production worker, save that the time-skipping server has no Schedules (the usage
-    Schedule activities are stood in for, as in the billing tests)."""
-    schedules = ScheduleLog()
-    activities = [
-        fn
-        for fn in registry.activities(sessions, settings)
-        if fn.__name__ not in _SCHEDULE_ACTIVITIES
-    ]
-    return Worker(
-        client,
-        task_queue=settings.temporal_task_queue,
-        workflows=registry.WORKFLOWS,
-        activities=[*activities, schedules.ensure, schedules.remove],
-    )
 
 
 async def reconcile(
@@ -139,7 +120,7 @@ async def ts_worker(
     reconciliation_settings: Settings,
 ) -> AsyncIterator[Worker]:
     client = time_skipping_env.client
-    async with reconciliation_worker(client, own_sessions, reconciliation_settings) as worker:
+    async with billing_worker(client, own_sessions, reconciliation_settings) as worker:
         yield worker
 
 
