@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.errors import Problem
+from core.errors import Problem, Unprocessable
 from models.base import utcnow
 from models.billing import GAUGES, BillingInterval, UsageEvent, UsageMetric
 from models.connection import Connection, ConnectionHold, ConnectionStatus
@@ -129,6 +129,16 @@ def check_catalogue(plans: Iterable[PlanSpec]) -> list[PlanSpec]:
 
 def plan_of(plans: Iterable[PlanSpec], plan_id: PlanId) -> PlanSpec:
     return next(plan for plan in plans if plan.id == plan_id)
+
+
+def ensure_sold(
+    plans: Iterable[PlanSpec], plan_id: PlanId, interval: BillingInterval | None
+) -> None:
+    """422 when the plan is not sold by ``interval`` (by the year without an annual price)."""
+    try:
+        plan_of(plans, plan_id).priced(interval)
+    except ValueError as exc:
+        raise Unprocessable(str(exc)) from None
 
 
 class PlanLimitReached(Problem):

@@ -439,10 +439,7 @@ class BillingWorkflow:
     async def preview_plan_change(self, preview: PlanPreview) -> InvoicePreview:
         """What Stripe would bill for a change to ``preview.plan``, prorated now or at the
         period's end; nothing changes."""
-        change = PlanChange(
-            plan=preview.plan, at_period_end=preview.at_period_end, interval=preview.interval
-        )
-        self._check_plan_change(change)
+        self._check_plan_change(_as_change(preview))
         assert self._state.subscription is not None
         return await self._activity(
             BillingActivities.preview_plan_change,
@@ -458,11 +455,7 @@ class BillingWorkflow:
 
     @preview_plan_change.validator
     def _validate_preview(self, preview: PlanPreview) -> None:
-        self._check_plan_change(
-            PlanChange(
-                plan=preview.plan, at_period_end=preview.at_period_end, interval=preview.interval
-            )
-        )
+        self._check_plan_change(_as_change(preview))
 
     @workflow.update
     async def set_renewal(self, change: RenewalChange) -> BillingView:
@@ -1712,6 +1705,13 @@ def _error_text(exc: ActivityError) -> str:
     kind = getattr(cause, "type", None) or type(cause).__name__
     message = getattr(cause, "message", None) or str(cause)
     return f"{kind}: {message}"[:500]
+
+
+def _as_change(preview: PlanPreview) -> PlanChange:
+    """The change a preview is of."""
+    return PlanChange(
+        plan=preview.plan, at_period_end=preview.at_period_end, interval=preview.interval
+    )
 
 
 def _update_id() -> str:

@@ -47,7 +47,7 @@ from connectors.billing import (
 from connectors.billing.stripe_gateway import gateway_from_settings
 from core import audit, metrics
 from core.errors import Conflict, NotFound, Problem, ServiceUnavailable, Unprocessable
-from core.plans import PlanSpec, plan_of, usage_since
+from core.plans import PlanSpec, ensure_sold, plan_of, usage_since
 from core.security import Principal
 from core.settings import Settings
 from models.base import utcnow
@@ -581,10 +581,7 @@ class PlanBody(BaseModel):
 
     def sold(self, settings: Settings) -> None:
         """422 when the plan is not sold by the interval asked for."""
-        try:
-            plan_of(settings.billing_plans, self.plan_id).priced(self.interval)
-        except ValueError as exc:
-            raise Unprocessable(str(exc)) from None
+        ensure_sold(settings.billing_plans, self.plan_id, self.interval)
 
     def at_period_end(self, settings: Settings, current: Subscription) -> bool:
         if self.effective is not None:

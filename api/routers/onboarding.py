@@ -42,7 +42,7 @@ from api.workflow_calls import IdempotencyKey, update_id
 from connectors.storage import upload_problem
 from core import search
 from core.errors import Conflict, NotFound, Unprocessable
-from core.plans import plan_of
+from core.plans import ensure_sold
 from core.security import Principal
 from core.settings import Settings
 from models.approval import DeadlinePolicy
@@ -273,11 +273,7 @@ def _sold(settings: Settings, data: dict[str, Any]) -> None:
     step's validation's)."""
     with suppress(ValidationError):
         chosen = PlanStep.model_validate(data)
-        interval = BillingInterval(chosen.interval)
-        try:
-            plan_of(settings.billing_plans, chosen.plan_id).priced(interval)
-        except ValueError as exc:
-            raise Unprocessable(str(exc)) from None
+        ensure_sold(settings.billing_plans, chosen.plan_id, BillingInterval(chosen.interval))
 
 
 @router.post(
