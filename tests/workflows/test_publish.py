@@ -18,6 +18,7 @@ from sqlalchemy import select
 from temporalio import activity
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -215,11 +216,18 @@ async def start_item(
 
 
 async def item_status(handle: Item, status: ContentStatus) -> ContentItemState:
-    async with asyncio.timeout(30):
+    """The item's state once it has ``status``; a query the server gives up on (sent to a
+    worker that was killed, before its replacement takes the workflow) is asked again."""
+    async with asyncio.timeout(60):
         while True:
-            state = await handle.query(PublishWorkflow.state)
-            if state.status is status:
-                return state
+            try:
+                state = await handle.query(PublishWorkflow.state, rpc_timeout=timedelta(seconds=5))
+            except RPCError as refused:
+                if refused.status not in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+                    raise
+            else:
+                if state.status is status:
+                    return state
             await asyncio.sleep(0.05)
 
 
