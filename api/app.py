@@ -7,14 +7,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import Scope
 from temporalio.client import Client
 
 from api import openapi, problems
 from api.deps import check_json_body
-from api.middleware import BodyLimitMiddleware, RequestIdMiddleware, UnhandledErrorMiddleware
+from api.middleware import (
+    BodyLimitMiddleware,
+    HttpMetricsMiddleware,
+    RequestIdMiddleware,
+    UnhandledErrorMiddleware,
+)
 from api.ratelimit import RateLimits
 from api.routers import (
     agent_chats,
@@ -79,7 +83,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
     app.state.rate_limits = rate_limits
 
     problems.install(app)
-    # Outermost last: request id, then the catch-all 500, then the body cap.
+    # Outermost last: metrics, request id, then the catch-all 500, then the body cap.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -94,6 +98,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
             allow_methods=["POST"],
             allow_headers=["authorization", "content-type", "x-namespace"],
         )
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: it sees every answer, 500s too
     # First: the live reads' /connections/{id}/{resource} would shadow it.
     app.include_router(connections.callback_router)
     for module in (
@@ -122,9 +127,7 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
         app.include_router(module.router)
     # The served document declares every error each route answers (api/openapi.py).
     openapi.install(app)
-    registry = metrics.api_registry()
-    Instrumentator(registry=registry).instrument(app)
-    metrics.expose(app, registry, app.state.sessions)
+    metrics.expose(app, metrics.api_registry(), app.state.sessions)
     return app
 
 

@@ -1,10 +1,11 @@
-"""ASGI middleware: request ids and a cap on request body size."""
+"""ASGI middleware: request ids, a cap on request body size and HTTP metrics."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import time
 import uuid
 
 from starlette.exceptions import HTTPException
@@ -12,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.problems import MEDIA_TYPE, TYPE_PREFIX, internal_error_response
 from core.logging import request_id, tenant_id
+from core.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 log = logging.getLogger(__name__)
 HEADER = b"x-request-id"
@@ -43,6 +45,36 @@ class RequestIdMiddleware:
         finally:
             request_id.reset(token)
             tenant_id.reset(tenant)
+
+
+class HttpMetricsMiddleware:
+    """Counts and times each HTTP request by its method, the template of the route it matched
+    (read from the scope once routing is done; ``none`` when no route matched) and its status
+    class."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the server answers when the app raises before a response starts
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            handler = getattr(scope.get("route"), "path", None) or "none"
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, handler, f"{status // 100}xx").inc()
+            HTTP_DURATION.labels(method, handler).observe(time.perf_counter() - started)
 
 
 class UnhandledErrorMiddleware:

@@ -16,7 +16,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,6 +51,20 @@ STRIPE_WEBHOOKS = Counter(
     "Stripe webhook requests by outcome (delivered, ignored, unmatched, received, duplicate, "
     "rejected).",
     ["outcome"],
+    registry=None,
+)
+# HTTP traffic by the route template matched (``none`` when no route matched), never the raw
+# path; statuses by class (2xx, 4xx, ...).
+HTTP_REQUESTS = Counter(
+    "http_requests",
+    "HTTP requests by method, route template and status class.",
+    ["method", "handler", "status"],
+    registry=None,
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time to answer an HTTP request, by method and route template.",
+    ["method", "handler"],
     registry=None,
 )
 # Billing reconciliation with Stripe: tenants by outcome, and drifts by kind (see
@@ -134,6 +154,8 @@ class ApprovalsPending(Collector):
 def api_registry() -> CollectorRegistry:
     """A registry per app (tests build many apps in one process) with the API's metrics."""
     registry = CollectorRegistry()
+    registry.register(HTTP_REQUESTS)
+    registry.register(HTTP_DURATION)
     registry.register(STRIPE_WEBHOOKS)
     registry.register(SDK)
     return registry

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
 from api.app import create_app
@@ -42,11 +45,31 @@ async def test_temporal_down_is_named(settings: Settings) -> None:
     assert response.json()["checks"] == {"database": "ok", "temporal": "failing"}
 
 
-async def test_metrics_are_exposed(api: httpx.AsyncClient) -> None:
+async def test_http_metrics_name_the_route_template_and_the_status_class(
+    api: httpx.AsyncClient,
+) -> None:
+    before = _http_samples((await api.get("/metrics")).text)
     await api.get("/healthz")
-    response = await api.get("/metrics")
-    assert response.status_code == 200
-    assert "http_requests_total" in response.text
+    unknown = uuid.uuid4()
+    await api.get(f"/api/v1/tasks/{unknown}")  # no token: 401, counted by its template
+    await api.get(f"/no/such/{unknown}")
+    after = _http_samples((await api.get("/metrics")).text)
+    counted = {key: after[key] - before.get(key, 0) for key in after}
+    assert counted[("http_requests_total", "GET", "/healthz", "2xx")] == 1
+    assert counted[("http_requests_total", "GET", "/api/v1/tasks/{task_id}", "4xx")] == 1
+    assert counted[("http_requests_total", "GET", "none", "4xx")] == 1
+    assert counted[("http_request_duration_seconds_count", "GET", "/healthz", "")] == 1
+    assert not any(str(unknown) in key[2] for key in after), "raw paths are never labels"
+
+
+def _http_samples(text: str) -> dict[tuple[str, str, str, str], float]:
+    return {
+        (s.name, s.labels["method"], s.labels["handler"], s.labels.get("status", "")): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith("http_")
+        for s in family.samples
+        if s.name in ("http_requests_total", "http_request_duration_seconds_count")
+    }
 
 
 async def test_openapi_docs_are_served(api: httpx.AsyncClient) -> None:

@@ -216,7 +216,7 @@ async def test_api_metrics_carry_business_and_sdk_metrics(
     started = {"operation": "StartWorkflowExecution", "task_queue": f"{task_queue}-f"}
     assert _sample(after, "temporal_request_total", **started) == 1
     assert "temporal_request_latency_bucket{" in after
-    # The HTTP metrics of the instrumentator are still there.
+    # The API's HTTP metrics are there too.
     assert "http_requests_total{" in after
 
 
