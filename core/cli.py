@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -100,22 +98,6 @@ def _api(_: argparse.Namespace) -> int:
 _HOLD_TEMPORAL_CLIENTS = frozenset({"api", "worker"})
 
 
-def _exit_without_teardown(code: int) -> NoReturn:
-    """End a process that may hold a Temporal client, after its clean shutdown.
-
-    The SDK's Rust threads can outlive the event loop and abort a finalizing interpreter
-    ("PyGILState_Release ... finalizing", temporalio/sdk-python#300); everything of ours is
-    closed by now, so the interpreter's own teardown is skipped.
-    """
-    from core import telemetry
-
-    telemetry.shutdown_tracing()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def _create_admin(args: argparse.Namespace) -> int:
     from core import password_policy
     from core.db import create_engine, session_factory, transaction
@@ -177,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     if args.command in _HOLD_TEMPORAL_CLIENTS:
-        _exit_without_teardown(code)
+        from core.temporal import exit_without_teardown
+
+        exit_without_teardown(code)
     return code
 
 

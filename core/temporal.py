@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import sys
+from typing import NoReturn
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -75,3 +79,18 @@ async def connect(settings: Settings) -> Client:
             f"cannot reach Temporal at {settings.temporal_address} "
             f"(namespace {settings.temporal_namespace!r}; set BIZ_TEMPORAL_ADDRESS): {exc}"
         ) from exc
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End a process that holds the Temporal SDK's runtime (a client, a worker or a replayer),
+    after its clean shutdown.
+
+    The SDK's Rust threads can outlive the event loop and abort a finalizing interpreter
+    ("PyGILState_Release ... finalizing", temporalio/sdk-python#300); everything of ours is
+    closed by now, so the interpreter's own teardown is skipped.
+    """
+    telemetry.shutdown_tracing()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

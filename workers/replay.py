@@ -18,7 +18,7 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
 from core.settings import Settings
-from core.temporal import data_converter, load_codec_keys
+from core.temporal import data_converter, exit_without_teardown, load_codec_keys
 from workers.registry import WORKFLOWS
 
 
@@ -50,4 +50,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

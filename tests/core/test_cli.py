@@ -75,6 +75,8 @@ def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]
     if process.poll() is None:
         process.kill()
         process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 def test_dev_starts_everything_and_stops_cleanly(
@@ -94,8 +96,9 @@ def test_dev_starts_everything_and_stops_cleanly(
     assert httpx.get(f"http://127.0.0.1:{ports['ui']}/").status_code == 200
     with socket.create_connection(("127.0.0.1", ports["temporal"]), timeout=2):
         pass
-    children = _descendants(process.pid)
-    assert len(children) >= 3  # temporal, worker, api
+    # Temporal, the API, then the worker, which `dev` starts once it has seen the API healthy.
+    _wait_for(lambda: _children_running(process.pid, "worker"), timeout=30)
+    assert len(_descendants(process.pid)) >= 3
     # The worker serves its metrics (SDK worker metrics included once it polls).
     scraped = _wait_for_metrics(ports["metrics"], "temporal_worker_task_slots_available")
     assert "bizosaas_emails_total" in scraped
