@@ -83,13 +83,15 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
     app.state.rate_limits = rate_limits
 
     problems.install(app)
-    # Outermost last: metrics, request id, then the catch-all 500, then the body cap.
+    # Outermost last: request id, metrics, then the catch-all 500, then the body cap.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         own_limits=(LocalStorage.URL_PATH,),
     )
     app.add_middleware(UnhandledErrorMiddleware)
+    # Inside the request id, so an access line carries it and the tenant.
+    app.add_middleware(HttpMetricsMiddleware, access_log=settings.api_access_log)
     app.add_middleware(RequestIdMiddleware)
     if settings.codec_server_origins:
         app.add_middleware(
@@ -98,7 +100,6 @@ def create_app(settings: Settings, temporal: Client, engine: AsyncEngine) -> Fas
             allow_methods=["POST"],
             allow_headers=["authorization", "content-type", "x-namespace"],
         )
-    app.add_middleware(HttpMetricsMiddleware)  # outermost: it sees every answer, 500s too
     # First: the live reads' /connections/{id}/{resource} would shadow it.
     app.include_router(connections.callback_router)
     for module in (

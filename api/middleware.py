@@ -16,6 +16,7 @@ from core.logging import request_id, tenant_id
 from core.metrics import HTTP_DURATION, HTTP_REQUESTS
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("api.access")
 HEADER = b"x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -50,10 +51,11 @@ class RequestIdMiddleware:
 class HttpMetricsMiddleware:
     """Counts and times each HTTP request by its method, the template of the route it matched
     (read from the scope once routing is done; ``none`` when no route matched) and its status
-    class."""
+    class; with ``access_log``, also logs one line of them. The raw URL is never logged: it
+    can hold a secret (an OAuth code in the query, a signed storage grant in the path)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, *, access_log: bool = False) -> None:
+        self.app, self.access_log = app, access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,10 +73,13 @@ class HttpMetricsMiddleware:
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
+            took = time.perf_counter() - started
             handler = getattr(scope.get("route"), "path", None) or "none"
             method = scope["method"]
             HTTP_REQUESTS.labels(method, handler, f"{status // 100}xx").inc()
-            HTTP_DURATION.labels(method, handler).observe(time.perf_counter() - started)
+            HTTP_DURATION.labels(method, handler).observe(took)
+            if self.access_log:
+                access.info("%s %s %d %.1f ms", method, handler, status, took * 1000)
 
 
 class UnhandledErrorMiddleware:

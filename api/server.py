@@ -9,6 +9,7 @@ from api.app import create_app
 from core import logging as biz_logging
 from core.db import create_engine
 from core.errors import Fatal
+from core.heap import freeze_startup_objects
 from core.net import ensure_port_free
 from core.settings import Settings
 from core.temporal import TemporalUnavailable, connect
@@ -29,11 +30,16 @@ async def serve(settings: Settings) -> None:
     except Exception as exc:
         await engine.dispose()
         raise Fatal(f"cannot reach the database (BIZ_DATABASE_URL): {exc}") from None
+    app = create_app(settings, client, engine)
+    freeze_startup_objects()
     config = uvicorn.Config(
-        create_app(settings, client, engine),
+        app,
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
+        # uvicorn's own line holds the raw URL (an OAuth code, a signed storage grant):
+        # the API's access line names the route instead (BIZ_API_ACCESS_LOG).
+        access_log=False,
         proxy_headers=True,
     )
     try:

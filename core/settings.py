@@ -293,6 +293,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # One INFO line per request (method, route template, status, milliseconds); off, the
+    # HTTP metrics and traces still see every request.
+    api_access_log: bool = False
     log_level: str = "INFO"
 
     # Operating the processes (workers/main.py, core/metrics.py, core/telemetry.py, logging).

@@ -30,6 +30,7 @@ from activities.billing_reconciliation import ensure_reconciliation_schedule
 from core import metrics, search
 from core.db import SessionFactory, create_engine, session_factory
 from core.errors import Fatal
+from core.heap import freeze_startup_objects
 from core.logging import TenantLogContext
 from core.net import ensure_port_free
 from core.settings import Settings
@@ -155,6 +156,7 @@ async def run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     sessions = session_factory(engine)
     worker = build_worker(client, sessions, settings)
+    freeze_startup_objects()
     metrics_server = None
     if settings.worker_metrics_port:
         ensure_port_free(

@@ -94,6 +94,12 @@ def test_dev_starts_everything_and_stops_cleanly(
         assert time.monotonic() < deadline, "API never became healthy"
         time.sleep(0.2)
     assert httpx.get(f"http://127.0.0.1:{ports['ui']}/").status_code == 200
+    # Secrets in a URL (an OAuth code, a signed storage grant) never reach the logs.
+    callback = f"http://127.0.0.1:{ports['api']}/api/v1/connections/oauth/callback"
+    assert httpx.get(callback, params={"state": "s", "code": "code-in-url"}).status_code == 400
+    assert (
+        httpx.get(f"http://127.0.0.1:{ports['api']}/api/v1/storage/grant-in-url").status_code >= 400
+    )
     with socket.create_connection(("127.0.0.1", ports["temporal"]), timeout=2):
         pass
     # Temporal, the API, then the worker, which `dev` starts once it has seen the API healthy.
@@ -119,6 +125,8 @@ def test_dev_starts_everything_and_stops_cleanly(
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
+    assert "code-in-url" not in output
+    assert "grant-in-url" not in output
     assert "the worker process exited (exit -9); restarting it in 1 s" in output
     assert f"restarted the worker process (pid {restarted[0]})" in output
     assert "API docs:" in output

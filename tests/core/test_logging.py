@@ -9,14 +9,18 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio import activity, workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from api.app import create_app
 from core import logging as biz_logging
 from core import search
+from core.settings import Settings
 from tests.core.telemetry_workflows import LoggingWorkflow, probe
 
 
@@ -124,3 +128,26 @@ async def test_workflow_and_activity_lines_carry_their_ids(
         "activity_type": "telemetry_probe",
         "tenant_id": tenant,
     }
+
+
+@pytest.mark.usefixtures("restore_logging")
+async def test_the_access_line_names_the_route_never_the_url(
+    settings: Settings, engine: AsyncEngine
+) -> None:
+    stream = io.StringIO()
+    biz_logging.configure("INFO", "json", stream=stream)
+    lines = settings.model_copy(update={"api_access_log": True})
+    for chosen in (settings, lines):
+        app = create_app(chosen, None, engine)  # type: ignore[arg-type]  # no workflow is called
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t"
+        ) as http:
+            answer = await http.get(
+                "/api/v1/connections/oauth/callback", params={"state": "s", "code": "secret"}
+            )
+        assert answer.status_code == 400
+    [line] = [line for line in _lines(stream) if line["logger"] == "api.access"]
+    assert line["message"].startswith("GET /api/v1/connections/oauth/callback 400 ")
+    assert line["request_id"] == answer.headers["x-request-id"]
+    logged = [line for line in _lines(stream) if line["logger"] != "httpx"]  # this test's client
+    assert "secret" not in json.dumps(logged)
