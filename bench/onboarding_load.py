@@ -1,7 +1,8 @@
 """Onboarding under load: the HTTP API against the raw Temporal client, many tenants at once
 (issue 16, P1 and P2).
 
-``python -m bench.onboarding_load [tenants] [concurrency] [--rounds R] [--profile DIR]``
+``python -m bench.onboarding_load [tenants] [concurrency] [--rounds R] [--profile DIR]
+[--api-core]``
 (default 100 tenants, 20 at a time, 2 rounds). One run starts ``bizosaas dev`` (``make run``:
 the Temporal dev server, then the API under uvicorn and the worker, each its own process, on
 the embedded defaults: SQLite, the local secret store) in a scratch directory on free ports,
@@ -42,6 +43,11 @@ sign-ups) or a 504 is answered as the API asks: the same request again after ``R
 Printed: tenants/s of each and the ratios (b)/(a), (c)/(a) against P1's 0.7 and 0.5; the step
 update's p50 / p99 through the API against raw (P2: the API's p99 at most 1.25 times raw's);
 CPU milliseconds per tenant of each process (on a shared machine, the steadier figure).
+``--api-core`` puts the API alone on the last core and everything else (the worker, the dev
+server, this process's clients) on the others, as production's advice has it: the raw
+baseline then runs on the remaining cores too, and the comparison shows what the API costs when
+it does not queue behind them.
+
 ``--profile DIR`` also records py-spy (``--gil``, raw format) of the API and the worker during
 each phase and prints the busiest functions; its sampling costs CPU, so take figures from a
 run without it.
@@ -427,6 +433,15 @@ class Stack:
             self.pids[name] = next(pid for pid, cmd in children.items() if marker in cmd)
         self.pids["temporal"] = next(pid for pid, cmd in children.items() if "start-dev" in cmd)
 
+    def give_api_its_core(self) -> None:
+        """The API alone on the last core; the worker, Temporal and this process (the clients)
+        on the others."""
+        cpus = sorted(os.sched_getaffinity(0))
+        api, rest = {cpus[-1]}, set(cpus[:-1])
+        for name, pid in self.pids.items():
+            _pin(pid, api if name == "api" else rest)
+        _pin(os.getpid(), rest)
+
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) used so far by each process, this one as ``bench``."""
         mine = os.times()
@@ -453,6 +468,12 @@ class Stack:
                 message = _VARYING.sub("#", str(record.get("message", "")))[:120]
                 said[f"{record['level']} {record.get('logger')}: {message}"] += 1
         return [f"{count} x {what}" for what, count in said.most_common(15)]
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (threads started later inherit it)."""
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(thread.name), cpus)
 
 
 def _children(parent: int) -> dict[int, str]:
@@ -645,7 +666,11 @@ def print_results(
 
 
 async def main(
-    tenants: int = 100, concurrency: int = 20, rounds: int = 2, profile: Path | None = None
+    tenants: int = 100,
+    concurrency: int = 20,
+    rounds: int = 2,
+    profile: Path | None = None,
+    api_core: bool = False,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="bizosaas-load-") as directory:
         stack = Stack(Path(directory))
@@ -655,6 +680,8 @@ async def main(
             # size) would land on whichever phase they fall in, as the API's and the worker's
             # would without the same freeze.
             freeze_startup_objects()
+            if api_core:
+                stack.give_api_its_core()
             before = os.getloadavg()[0]
             phases = await measure(stack, tenants, concurrency, rounds, profile)
             loads = (before, os.getloadavg()[0])
@@ -662,6 +689,8 @@ async def main(
             stack.stop()
             for line in stack.complaints():
                 print(f"during the run: {line}")
+    if api_core:
+        print("the API alone on the last core; the worker, Temporal and the clients on the rest")
     print_results(phases, concurrency, rounds, loads)
 
 
@@ -671,10 +700,23 @@ if __name__ == "__main__":
     parser.add_argument("concurrency", nargs="?", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="turns each phase takes (2)")
     parser.add_argument("--profile", type=Path, help="record py-spy of the API and the worker here")
+    parser.add_argument(
+        "--api-core",
+        action="store_true",
+        help="the API alone on the last core; the worker, Temporal and the clients on the rest",
+    )
     arguments = parser.parse_args()
     if arguments.profile is not None:
         arguments.profile.mkdir(parents=True, exist_ok=True)
-    asyncio.run(main(arguments.tenants, arguments.concurrency, arguments.rounds, arguments.profile))
+    asyncio.run(
+        main(
+            arguments.tenants,
+            arguments.concurrency,
+            arguments.rounds,
+            arguments.profile,
+            arguments.api_core,
+        )
+    )
     if arguments.profile is not None:
         for path in sorted(arguments.profile.glob("*.txt")):
             print(summary(path, 25))
