@@ -437,6 +437,8 @@ class Stack:
         """The API alone on the last core; the worker, Temporal and this process (the clients)
         on the others."""
         cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--api-core needs two cores or more")
         api, rest = {cpus[-1]}, set(cpus[:-1])
         for name, pid in self.pids.items():
             _pin(pid, api if name == "api" else rest)
