@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -73,6 +74,10 @@ def dev(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]
     )  # fmt: skip
     yield process, ports
     if process.poll() is None:
+        # Its children run in sessions of their own: a test that failed leaves them to us.
+        for child in _descendants(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
         process.kill()
         process.wait()
     if process.stdout is not None:
