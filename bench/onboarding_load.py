@@ -60,9 +60,7 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import statistics
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -78,13 +76,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.routers.onboarding import start_onboarding
 from bench.profiling import Recording, summary
-from bench.startup import BIN, REPO, WORKER_READY, Watched, clean_env, free_port
+from bench.stack import Stack, running
 from bench.timing import percentile, report
 from core import search
 from core.db import create_engine, session_factory
-from core.heap import freeze_startup_objects
-from core.settings import Settings
-from core.temporal import data_converter, load_codec_keys
 from models.approval import ApprovalStatus, Decision, Verdict
 from models.onboarding import OnboardingState, OnboardingStep, StepData, Submission
 from models.tenant import TenantStatus
@@ -102,14 +97,6 @@ PASSWORD = "orbit-velvet-canyon-42"  # noqa: S105 - the load test's applicants
 RETRY_STATUSES = (503, 504)  # the workflow or Temporal did not answer in time: retry
 TARGETS = {"api": 0.7, "api+signup": 0.5}  # P1
 P99_TARGET = 1.25  # P2: API p99 / raw p99 of the step update
-# The load comes from one address: sign-up and sign-in limits that would refuse it.
-UNLIMITED = {
-    "BIZ_REGISTER_RATE_PER_IP": "1000000/hour",
-    "BIZ_REGISTER_RATE_GLOBAL": "1000000/hour",
-    "BIZ_LOGIN_RATE_PER_IP": "1000000/minute",
-}
-# Ids and numbers in log messages, so that lines saying the same thing are counted together.
-_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+(\.\d+)?")
 PENDING_APPROVALS = (
     f"{search.BIZ_PROCESS.name} = '{approval.PROCESS}' "
     f"AND {search.BIZ_STATUS.name} = '{ApprovalStatus.PENDING.value}'"
@@ -403,101 +390,6 @@ async def gather_limited(concurrency: int, jobs: list[Callable[[], Awaitable[Any
     return await asyncio.gather(*(run(job) for job in jobs))
 
 
-class Stack:
-    """``bizosaas dev`` in a scratch directory, and the CPU time of its processes."""
-
-    def __init__(self, scratch: Path) -> None:
-        self.scratch = scratch
-        self.api_port, self.temporal_port = free_port(), free_port()
-        env = clean_env(scratch) | UNLIMITED
-        env.pop("PYTHONPYCACHEPREFIX")  # the tree's bytecode cache, as `make run` uses it
-        args = [
-            str(BIN / "bizosaas"), "dev",
-            "--config", str(REPO / "temporal-dev.yml"),
-            "--api-port", str(self.api_port),
-            "--temporal-port", str(self.temporal_port),
-            "--ui-port", str(free_port()),
-        ]  # fmt: skip
-        self.dev = Watched(args, env, scratch)
-        self.pids: dict[str, int] = {}
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    def wait_ready(self) -> None:
-        self.dev.wait_healthy(f"{self.api_url}/healthz", timeout=120)
-        self.dev.wait_for(WORKER_READY, timeout=120)
-        children = _children(self.dev.process.pid)
-        for name, marker in (("api", "core.cli api"), ("worker", "core.cli worker")):
-            self.pids[name] = next(pid for pid, cmd in children.items() if marker in cmd)
-        self.pids["temporal"] = next(pid for pid, cmd in children.items() if "start-dev" in cmd)
-
-    def give_api_its_core(self) -> None:
-        """The API alone on the last core; the worker, Temporal and this process (the clients)
-        on the others."""
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
-            raise SystemExit("--api-core needs two cores or more")
-        api, rest = {cpus[-1]}, set(cpus[:-1])
-        for name, pid in self.pids.items():
-            _pin(pid, api if name == "api" else rest)
-        _pin(os.getpid(), rest)
-
-    def cpu(self) -> dict[str, float]:
-        """CPU seconds (user + system) used so far by each process, this one as ``bench``."""
-        mine = os.times()
-        return {"bench": mine.user + mine.system} | {
-            name: _cpu_seconds(pid) for name, pid in self.pids.items()
-        }
-
-    def stop(self) -> None:
-        self.dev.stop()
-
-    def complaints(self) -> list[str]:
-        """What the stack said went wrong: restarts (``bizosaas dev`` restarts a dead API or
-        worker and says so), tracebacks, and warnings and errors counted by logger and
-        message (the JSON log lines of the API and the worker)."""
-        said: Counter[str] = Counter()
-        for _, line in self.dev.lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                if line.startswith("bizosaas dev:") or "Traceback" in line:
-                    said[line.strip()[:160]] += 1
-                continue
-            if isinstance(record, dict) and record.get("level") in ("WARNING", "ERROR"):
-                message = _VARYING.sub("#", str(record.get("message", "")))[:120]
-                said[f"{record['level']} {record.get('logger')}: {message}"] += 1
-        return [f"{count} x {what}" for what, count in said.most_common(15)]
-
-
-def _pin(pid: int, cpus: set[int]) -> None:
-    """Every thread of ``pid`` on ``cpus`` (threads started later inherit it)."""
-    for thread in Path(f"/proc/{pid}/task").iterdir():
-        os.sched_setaffinity(int(thread.name), cpus)
-
-
-def _children(parent: int) -> dict[int, str]:
-    """Direct children of ``parent``: pid → command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                found[int(entry.name)] = (
-                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                )
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
 def profiled(stack: Stack, directory: Path | None, phase: str) -> Iterator[None]:
     """py-spy on the API and the worker while the block runs, when ``directory`` is given."""
@@ -536,12 +428,10 @@ async def measure(
     """The three phases, each run in ``rounds`` slices of the tenants taking turns (raw, API,
     API with sign-up, raw, ...), so that a burst of other work on the machine falls on all
     three alike."""
-    settings = Settings(_env_file=None, data_dir=stack.scratch / "data")
+    settings = stack.settings
     engine = create_engine(settings.database_url)
     sessions = session_factory(engine)
-    client = await Client.connect(
-        f"127.0.0.1:{stack.temporal_port}", data_converter=data_converter(load_codec_keys(settings))
-    )
+    client = await stack.raw_client()
     http = aiohttp.ClientSession(
         stack.api_url,
         connector=aiohttp.TCPConnector(limit=4 * concurrency),
@@ -674,23 +564,12 @@ async def main(
     profile: Path | None = None,
     api_core: bool = False,
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="bizosaas-load-") as directory:
-        stack = Stack(Path(directory))
-        try:
-            await asyncio.to_thread(stack.wait_ready)
-            # This process measures both drivers: its own full collections (~100 ms at its
-            # size) would land on whichever phase they fall in, as the API's and the worker's
-            # would without the same freeze.
-            freeze_startup_objects()
-            if api_core:
-                stack.give_api_its_core()
-            before = os.getloadavg()[0]
-            phases = await measure(stack, tenants, concurrency, rounds, profile)
-            loads = (before, os.getloadavg()[0])
-        finally:
-            stack.stop()
-            for line in stack.complaints():
-                print(f"during the run: {line}")
+    async with running("bizosaas-load-") as stack:
+        if api_core:
+            stack.give_api_its_core()
+        before = os.getloadavg()[0]
+        phases = await measure(stack, tenants, concurrency, rounds, profile)
+        loads = (before, os.getloadavg()[0])
     if api_core:
         print("the API alone on the last core; the worker, Temporal and the clients on the rest")
     print_results(phases, concurrency, rounds, loads)

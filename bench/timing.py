@@ -18,6 +18,24 @@ async def sample(operation: Callable[[], Awaitable[object]], runs: int) -> list[
     return seconds
 
 
+async def alternate(
+    first: Callable[[], Awaitable[object]], second: Callable[[], Awaitable[object]], runs: int
+) -> tuple[list[float], list[float]]:
+    """Seconds per run of each of two operations, after one warm-up run of each, the two taking
+    turns (and turns at going first) so that a burst of other work falls on both alike."""
+    await first()
+    await second()
+    times: tuple[list[float], list[float]] = ([], [])
+    for run in range(runs):
+        order = (0, 1) if run % 2 == 0 else (1, 0)
+        for which in order:
+            operation = (first, second)[which]
+            start = time.perf_counter()
+            await operation()
+            times[which].append(time.perf_counter() - start)
+    return times
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
