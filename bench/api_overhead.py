@@ -1,11 +1,13 @@
 """What the HTTP API adds to each process's workflow calls, one call at a time (issue 16, P2).
 
-``python -m bench.api_overhead [runs]`` (default 200 of each call). One run starts ``bizosaas
-dev`` (``make run``: the Temporal dev server, then the API under uvicorn and the worker, each
-its own process, on the embedded defaults) in a scratch directory, as a new user runs it. For
-each process the API drives, the same call goes to the same workflows through the API (aiohttp
-over loopback, with the frontend's bearer token and ``Idempotency-Key``) and through a raw
-Temporal client in this process with the API's data converter, the two taking turns call by
+``python -m bench.api_overhead [runs] [--profile DIR]`` (default 200 of each call; ``DIR``: py-spy
+of the API per call, whose sampling costs CPU: take figures from a run without it).
+
+One run starts ``bizosaas dev`` (``make run``: the Temporal dev server, then the API under uvicorn
+and the worker, each its own process, on the embedded defaults) in a scratch directory, as a new
+user runs it. For each process the API drives, the same call goes to the same workflows through the
+API (aiohttp over loopback, with the frontend's bearer token and ``Idempotency-Key``) and through a
+raw Temporal client in this process with the API's data converter, the two taking turns call by
 call so that a burst of other work falls on both:
 
 - **onboarding**: the wizard's state (``GET /onboarding`` against the ``state`` query) and a
@@ -32,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -45,6 +49,7 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from activities.tasks import task_policy
 from api.routers.content import PolicyView
 from api.routers.onboarding import start_onboarding
+from bench.profiling import Recording, summary
 from bench.stack import Stack, running
 from bench.timing import alternate, percentile
 from core.db import SessionFactory, create_engine, session_factory, transaction
@@ -75,6 +80,7 @@ class Measured:
     name: str
     raw: list[float] = field(default_factory=list)
     api: list[float] = field(default_factory=list)
+    api_cpu: float = 0.0  # the API process's CPU seconds per request
 
     def line(self) -> str:
         r50, a50 = statistics.median(self.raw), statistics.median(self.api)
@@ -83,7 +89,8 @@ class Measured:
         return (
             f"{self.process:<10} {self.name:<44} raw {r50 * 1e3:5.1f} / {r99 * 1e3:5.1f} ms | "
             f"API {a50 * 1e3:5.1f} / {a99 * 1e3:5.1f} ms | overhead {(a50 - r50) * 1e3:+5.1f} / "
-            f"{(a99 - r99) * 1e3:+5.1f} ms | {'within' if within else 'OVER'}"
+            f"{(a99 - r99) * 1e3:+5.1f} ms | API CPU {self.api_cpu * 1e3:.1f} ms | "
+            f"{'within' if within else 'OVER'}"
         )
 
 
@@ -116,6 +123,8 @@ class Bench:
     http: aiohttp.ClientSession
     admin: Member
     runs: int
+    profile: Callable[[str], contextlib.AbstractContextManager[object]]
+    api_cpu: Callable[[], float]  # CPU seconds the API process has used so far
 
     @property
     def api(self) -> Frontend:
@@ -123,7 +132,10 @@ class Bench:
 
     async def measure(self, process: str, name: str, raw: Call, api: Call) -> Measured:
         measured = Measured(process, name)
-        measured.raw, measured.api = await alternate(raw, api, self.runs)
+        with self.profile(f"{process}-{name.split(':')[0]}"):
+            before = self.api_cpu()
+            measured.raw, measured.api = await alternate(raw, api, self.runs)
+            measured.api_cpu = (self.api_cpu() - before) / (self.runs + 1)  # and the warm-up
         return measured
 
 
@@ -293,7 +305,13 @@ async def wordpress_connection(sessions: SessionFactory, tenant_id: uuid.UUID) -
     return connection_id
 
 
-async def measure(stack: Stack, runs: int) -> list[Measured]:
+async def measure(stack: Stack, runs: int, profile: Path | None) -> list[Measured]:
+    def recorded(call: str) -> contextlib.AbstractContextManager[object]:
+        """py-spy of the API while ``call`` is measured, when ``profile`` is given."""
+        if profile is None:
+            return contextlib.nullcontext()
+        return Recording(stack.pids["api"], profile / f"{call}.txt")
+
     settings = stack.settings
     engine = create_engine(settings.database_url)
     try:
@@ -306,6 +324,8 @@ async def measure(stack: Stack, runs: int) -> list[Measured]:
                 http,
                 await member(sessions, settings),
                 runs,
+                recorded,
+                lambda: stack.cpu()["api"],
             )
             measured = []
             for process in (onboarding, tasks, publishing):
@@ -315,9 +335,9 @@ async def measure(stack: Stack, runs: int) -> list[Measured]:
         await engine.dispose()
 
 
-async def main(runs: int = 200) -> None:
+async def main(runs: int = 200, profile: Path | None = None) -> None:
     async with running("bizosaas-overhead-") as stack:
-        measured = await measure(stack, runs)
+        measured = await measure(stack, runs, profile)
     print(
         f"API overhead over the raw Temporal client, one call at a time, {runs} of each "
         "(p50 / p99; P2: at most +3 / +5 ms)"
@@ -329,4 +349,11 @@ async def main(runs: int = 200) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.api_overhead")
     parser.add_argument("runs", nargs="?", type=int, default=200)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--profile", type=Path, help="record py-spy of the API here, per call")
+    arguments = parser.parse_args()
+    if arguments.profile is not None:
+        arguments.profile.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(arguments.runs, arguments.profile))
+    if arguments.profile is not None:
+        for path in sorted(arguments.profile.glob("*.txt")):
+            print(summary(path, 25))

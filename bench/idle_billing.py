@@ -17,7 +17,7 @@ For each it prints:
   activities an event triggers (database writes, Stripe reads) come on top.
 
 ``python -m bench.idle_billing [count] [samples]``: about 9 minutes on 2 busy cores at 10,000;
-not part of ``make bench``.
+``make bench`` runs it at 500.
 """
 
 from __future__ import annotations

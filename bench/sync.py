@@ -1,8 +1,8 @@
 """Connector sync throughput: shop customers at the WooCommerce peer become contacts at the
 HubSpot peer, through ``SyncWorkflow`` run by a ``bizosaas worker`` process.
 
-``python -m bench.sync [records] [limit]`` (10,000 records and 100 requests/s by default; not
-in ``make bench``: a full run takes minutes). It starts its own dev server, a SQLite database
+``python -m bench.sync [records] [limit]`` (10,000 records and 100 requests/s by default, a run
+of minutes; ``make bench`` runs 1,000). It starts its own dev server, a SQLite database
 and the two peers, then measures in one run:
 
 - **baseline**: the same reads and writes through the same ports (a page's records looked up
