@@ -52,15 +52,14 @@ from api.routers.onboarding import start_onboarding
 from bench.profiling import Recording, summary
 from bench.stack import Stack, running
 from bench.timing import alternate, percentile
-from core.db import SessionFactory, create_engine, session_factory, transaction
+from core.db import SessionFactory, create_engine, session_factory
 from core.search import start_options
 from core.settings import Settings
-from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.content import ContentFields, ContentItemState, ContentStatus, EditCommand, PublishStart
 from models.onboarding import OnboardingStep, StepData
 from models.tasks import Project, TaskEdit, TaskFields, TaskStart, TaskState, TaskStatus
 from models.tenant import TenantStatus
-from tests.factories import Member, member
+from tests.factories import Member, cms_connection, member
 from workflows import publish, task
 from workflows.onboarding import OnboardingWorkflow
 from workflows.onboarding import workflow_id as onboarding_id
@@ -229,7 +228,7 @@ async def tasks(bench: Bench) -> list[Measured]:
 async def publishing(bench: Bench) -> list[Measured]:
     """Content items of a connected WordPress site: created, read and edited as drafts."""
     tenant, user = bench.admin.tenant_id, bench.admin.user_id
-    connection = await wordpress_connection(bench.sessions, tenant)
+    connection = await cms_connection(bench.sessions, tenant, "https://blog.example.com")
     body = {"connection_id": str(connection), "title": "Overhead", "body": "<p>Measured.</p>"}
 
     async def raw_create() -> None:
@@ -283,26 +282,6 @@ async def publishing(bench: Bench) -> list[Measured]:
             lambda: bench.api("PATCH", item, {"title": "Overhead again"}),
         ),
     ]
-
-
-async def wordpress_connection(sessions: SessionFactory, tenant_id: uuid.UUID) -> uuid.UUID:
-    """A connected WordPress connection of the tenant (drafts never reach the site)."""
-    connection_id = uuid.uuid4()
-    async with transaction(sessions) as session:
-        session.add(
-            Connection(
-                id=connection_id,
-                tenant_id=tenant_id,
-                connector_id="wordpress",
-                auth_kind="application_password",
-                label="Blog",
-                settings={"site_url": "https://blog.example.com"},
-                account={},
-                status=ConnectionStatus.CONNECTED,
-                health=ConnectionHealth.HEALTHY,
-            )
-        )
-    return connection_id
 
 
 async def measure(stack: Stack, runs: int, profile: Path | None) -> list[Measured]:

@@ -88,3 +88,24 @@ async def hubspot_connection(
         connection_path(tenant_id, connection_id), {"api_key": PRIVATE_APP_TOKEN}
     )
     return connection_id
+
+
+async def cms_connection(sessions: SessionFactory, tenant_id: uuid.UUID, url: str) -> uuid.UUID:
+    """A connected WordPress connection of the tenant at ``url`` (no secret: a test that
+    reaches the site stores its own)."""
+    connection_id = uuid.uuid4()
+    async with transaction(sessions) as session:
+        session.add(
+            Connection(
+                id=connection_id,
+                tenant_id=tenant_id,
+                connector_id="wordpress",
+                auth_kind="application_password",
+                label="Blog",
+                settings={"site_url": url},
+                account={},
+                status=ConnectionStatus.CONNECTED,
+                health=ConnectionHealth.HEALTHY,
+            )
+        )
+    return connection_id

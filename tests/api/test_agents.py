@@ -17,11 +17,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from connectors.crm.hubspot import API_BASE
-from core.db import SessionFactory, transaction
+from core.db import SessionFactory
 from core.settings import Settings
-from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.user import Role
-from tests.factories import Member, member
+from tests.factories import Member, cms_connection, member
 from tests.history import decoded_history
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
 from workers.main import build_worker
@@ -457,21 +456,7 @@ async def test_seo_audit_of_a_content_item_and_of_html(
 ) -> None:
     admin = await member(sessions, agent_settings)
     stranger = await member(sessions, agent_settings)
-    blog = uuid.uuid4()
-    async with transaction(sessions) as session:
-        session.add(
-            Connection(
-                id=blog,
-                tenant_id=admin.tenant_id,
-                connector_id="wordpress",
-                auth_kind="application_password",
-                label="Blog",
-                settings={"site_url": "https://blog.example.com"},
-                account={},
-                status=ConnectionStatus.CONNECTED,
-                health=ConnectionHealth.HEALTHY,
-            )
-        )
+    blog = await cms_connection(sessions, admin.tenant_id, "https://blog.example.com")
     item = await api.post(
         "/api/v1/content",
         json={

@@ -26,11 +26,10 @@ from models.tasks import Task
 from models.user import Role
 from tests.api.test_agents import crm, pending_action, seed_lead
 from tests.api.test_model_agents import answer, provider
-from tests.factories import Member, member
+from tests.factories import Member, cms_connection, member
 from tests.peers.chat_model import ChatModelPeer
 from tests.peers.hubspot import HubSpotPeer
 from tests.peers.wordpress import WordPressSite
-from tests.workflows.test_publish import cms_connection
 from workers.main import build_worker
 
 pytest_plugins = ["tests.peers.hubspot", "tests.peers.chat_model", "tests.peers.wordpress"]

@@ -110,7 +110,7 @@ from models.tasks import (
 from models.tenant import TenantStatus
 from models.user import Membership, Role, User
 from tests.api.test_connections import _own_password
-from tests.factories import Member, hubspot_connection, member
+from tests.factories import Member, cms_connection, hubspot_connection, member
 from tests.histories import HISTORIES, load, replay_converter
 from tests.peers.chat_model import ChatModelPeer
 from tests.peers.hubspot import PRIVATE_APP_TOKEN, HubSpotPeer
@@ -150,7 +150,6 @@ from tests.workflows.test_onboarding import WIZARD, _approval_row, _state_until,
 from tests.workflows.test_password_reset import _confirmation, _emailed_token, _start
 from tests.workflows.test_publish import (
     FakeCms,
-    cms_connection,
     fake_cms_worker,
     item_status,
     start_item,

@@ -28,13 +28,13 @@ from models.content import ContentStatus, EditCommand
 from models.playbooks import PlaybookStart, PlaybookStatus, parse_document
 from models.sync import PageCommit, SyncCounts, SyncProfile, SyncRunState, SyncStatus
 from models.tasks import TaskPolicy, TaskStatus
-from tests.factories import Member, member
+from tests.factories import Member, cms_connection, member
 from tests.peers.chat_model import ChatModelPeer
 from tests.peers.hubspot import HubSpotPeer
 from tests.peers.woocommerce import WooCommercePeer
 from tests.polling import eventually
 from tests.workflows.test_agent_chat import _chat
-from tests.workflows.test_publish import FakeCms, cms_connection, fake_cms_worker, start_item
+from tests.workflows.test_publish import FakeCms, fake_cms_worker, start_item
 from tests.workflows.test_sync import T0, add_profile, connect_pair
 from tests.workflows.test_task import _project as task_project
 from tests.workflows.test_task import _start as start_task

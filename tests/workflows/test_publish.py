@@ -28,11 +28,10 @@ from activities.publishing import MISMATCH, PublishingActivities
 from connectors.mail import mailer_from_settings
 from connectors.secrets import connection_path, secret_store_from_settings
 from connectors.storage import storage_from_settings
-from core.db import SessionFactory, transaction
+from core.db import SessionFactory
 from core.settings import Settings
 from models.approval import Approval, ApprovalStatus, DeadlinePolicy
 from models.billing import UsageEvent, UsageMetric
-from models.connection import Connection, ConnectionHealth, ConnectionStatus
 from models.content import (
     CmsTarget,
     ContentFields,
@@ -49,7 +48,7 @@ from models.content import (
     TermNames,
     Unpublish,
 )
-from tests.factories import Member, member
+from tests.factories import Member, cms_connection, member
 from tests.peers.wordpress import WordPressSite
 from tests.processes import worker_process
 from workflows.approval import ApprovalWorkflow
@@ -143,25 +142,6 @@ async def ts(
     cms = FakeCms()
     async with fake_cms_worker(time_skipping_env.client, sessions, settings, cms):
         yield time_skipping_env.client, cms
-
-
-async def cms_connection(sessions: SessionFactory, tenant_id: uuid.UUID, url: str) -> uuid.UUID:
-    connection_id = uuid.uuid4()
-    async with transaction(sessions) as session:
-        session.add(
-            Connection(
-                id=connection_id,
-                tenant_id=tenant_id,
-                connector_id="wordpress",
-                auth_kind="application_password",
-                label="Blog",
-                settings={"site_url": url},
-                account={},
-                status=ConnectionStatus.CONNECTED,
-                health=ConnectionHealth.HEALTHY,
-            )
-        )
-    return connection_id
 
 
 async def wordpress_connection(
