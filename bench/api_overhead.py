@@ -17,7 +17,11 @@ call so that a burst of other work falls on both:
   /tasks/{id}`` against the ``edit`` update);
 - **publishing**: the same three for content items (``POST /content``, ``GET`` and ``PATCH
   /content/{id}``), on a connected WordPress connection of the tenant (no call reaches
-  WordPress: drafts are kept in the workflow).
+  WordPress: drafts are kept in the workflow);
+- **approvals**: a review decided (``POST /approvals/{id}/decision`` by a tenant admin signed in
+  with a second factor, against the ``decide`` update): content items submitted to a tenant that
+  requires review, made before the clock, one pending approval for each call, rejected so that
+  nothing is published.
 
 Printed: p50 and p99 of each side, the API's overhead, and whether it is within P2's targets
 (p50 at most 3 ms and p99 at most 5 ms above the raw client). The API's figure includes its
@@ -25,9 +29,8 @@ HTTP handling, authentication (the session and role read), the tenancy check (th
 projection row) and what it renders (a content item's sanitised HTML); the client's own cost,
 about 1 ms of CPU per request in aiohttp, is in it too.
 
-Not here: billing's calls need Stripe (``bench.idle_billing`` covers its webhooks), an
-approval's decision is made once per approval (``bench.onboarding_load`` measures it under
-load), agents need a model, and connections and sync need vendors (``bench.sync``).
+Not here: billing's calls need Stripe (``bench.idle_billing`` covers its webhooks), agents
+need a model, and connections and sync need vendors (``bench.sync``).
 """
 
 from __future__ import annotations
@@ -49,18 +52,23 @@ from temporalio.client import Client, WithStartWorkflowOperation
 from activities.tasks import task_policy
 from api.routers.content import PolicyView
 from api.routers.onboarding import start_onboarding
+from bench.onboarding_load import gather_limited
 from bench.profiling import Recording, summary
 from bench.stack import Stack, running
 from bench.timing import alternate, percentile
 from core.db import SessionFactory, create_engine, session_factory
 from core.search import start_options
 from core.settings import Settings
+from models.approval import Decision, Verdict
 from models.content import ContentFields, ContentItemState, ContentStatus, EditCommand, PublishStart
 from models.onboarding import OnboardingStep, StepData
 from models.tasks import Project, TaskEdit, TaskFields, TaskStart, TaskState, TaskStatus
 from models.tenant import TenantStatus
+from models.user import Role
 from tests.factories import Member, cms_connection, member
-from workflows import publish, task
+from tests.polling import eventually
+from workflows import approval, publish, task
+from workflows.approval import ApprovalWorkflow
 from workflows.onboarding import OnboardingWorkflow
 from workflows.onboarding import workflow_id as onboarding_id
 from workflows.publish import PublishWorkflow
@@ -109,6 +117,12 @@ class Frontend:
         if response.status != expected:
             raise RuntimeError(f"{method} {path}: {response.status} {answer}")
         return answer
+
+    async def status(self, method: str, path: str) -> int:
+        """Only the status of a request (a read that may not find its row yet)."""
+        async with self.http.request(method, path, headers=self.who.headers) as response:
+            await response.read()
+            return response.status
 
 
 @dataclass
@@ -284,6 +298,53 @@ async def publishing(bench: Bench) -> list[Measured]:
     ]
 
 
+async def approvals(bench: Bench) -> list[Measured]:
+    """Content reviews decided by the tenant's admin (two-factor, as deciding requires): each
+    call decides another pending approval, rejecting it so that nothing is published."""
+    admin = await member(bench.sessions, bench.settings, mfa_enabled=True)
+    api = Frontend(bench.http, admin)
+    await api("PUT", "/api/v1/content/settings", {"review_required": True})
+    connection = await cms_connection(bench.sessions, admin.tenant_id, "https://blog.example.com")
+    body = {"connection_id": str(connection), "title": "Reviewed", "body": "<p>Measured.</p>"}
+
+    async def pending() -> uuid.UUID:
+        content_id = (await api("POST", "/api/v1/content", body, 201))["content_id"]
+        await api("POST", f"/api/v1/content/{content_id}/submit", None, 202)
+        handle = bench.client.get_workflow_handle(publish.workflow_id(uuid.UUID(content_id)))
+        state: ContentItemState = await eventually(
+            lambda: handle.query(PublishWorkflow.state), lambda s: s.review is not None
+        )
+        assert state.review is not None
+        approval_id = state.review.approval_id
+        await eventually(  # its queue row, which the API reads first
+            lambda: api.status("GET", f"/api/v1/approvals/{approval_id}"), lambda s: s == 200
+        )
+        return approval_id
+
+    count = bench.runs + 1  # and the warm-up
+    raw_ids, api_ids = [iter(await gather_limited(10, [pending] * count)) for _ in ("raw", "api")]
+    verdict = {"decision": "reject", "reason": "Measured"}
+    decision = Decision(
+        decision=Verdict.REJECT,
+        reason="Measured",
+        decided_by=admin.user_id,
+        decider_role=Role.TENANT_ADMIN,
+    )
+
+    async def raw_decide() -> object:
+        handle = bench.client.get_workflow_handle(approval.workflow_id(next(raw_ids)))
+        return await handle.execute_update(ApprovalWorkflow.decide, decision)
+
+    async def api_decide() -> object:
+        return await api("POST", f"/api/v1/approvals/{next(api_ids)}/decision", verdict)
+
+    return [
+        await bench.measure(
+            "approvals", "decide: POST /approvals/{id}/decision", raw_decide, api_decide
+        )
+    ]
+
+
 async def measure(stack: Stack, runs: int, profile: Path | None) -> list[Measured]:
     def recorded(call: str) -> contextlib.AbstractContextManager[object]:
         """py-spy of the API while ``call`` is measured, when ``profile`` is given."""
@@ -307,7 +368,7 @@ async def measure(stack: Stack, runs: int, profile: Path | None) -> list[Measure
                 lambda: stack.cpu()["api"],
             )
             measured = []
-            for process in (onboarding, tasks, publishing):
+            for process in (onboarding, tasks, publishing, approvals):
                 measured += await process(bench)
             return measured
     finally:
